@@ -1,0 +1,242 @@
+"""The one typed KHaR configuration.
+
+MMSA hands every model an ``EasyDict`` merged from its JSON, the ``config=`` override and the
+loader's ``feature_dims``/``seq_lens``.  :meth:`KHaRConfig.from_mmsa_args` converts it once, at the
+boundary; everything inside :mod:`khar_mmsa` reads typed fields only.
+
+Every coefficient is a field here, with a comment pointing at the paper's equation or table
+(``../shared/paper/KHaR.txt``).  Values the paper leaves open carry a documented default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+# Keys MMSA itself puts into ``args`` (loader, runner, dataset block).  They are accepted and
+# ignored by the KHaR config; anything else unknown is an error with a suggestion.
+MMSA_RUNTIME_KEYS = frozenset({
+    "model_name", "dataset_name", "featurePath", "feature_dims", "seq_lens", "train_samples",
+    "num_classes", "language", "KeyEval", "missing_rate", "missing_seed", "need_data_aligned",
+    "need_model_aligned", "need_normalized", "use_bert", "use_finetune", "device",
+    "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
+    "feature_V", "transformers", "data_missing", "d_paras", "early_stop",
+})
+
+MODALITIES = ("t", "a", "v")
+LABEL_RANGES = {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0), "simsv2": (-1.0, 1.0)}
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with a help string (read by the README's configuration reference)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+class ConfigError(ValueError):
+    """A KHaR configuration value is unknown, of the wrong type or impossible."""
+
+
+@dataclass
+class KHaRConfig:
+    # ---- data (filled from MMSA's args) -------------------------------------------------------
+    dataset_name: str = _f("mosi", "MMSA dataset key: mosi, mosei, sims or simsv2.")
+    feature_dims: list = _f([768, 5, 20], "Input widths (text, audio, vision); MMSA's loader fills them from the pickle.")
+    seq_lens: list = _f([50, 375, 500], "Sequence lengths (text, audio, vision); read from the pickle, never trusted from JSON.")
+    modalities: str = _f("tav", "Modalities used, any subset of 't', 'a', 'v' with at least two (Table 3, 'Role of Each Modality').")
+
+    # ---- text encoder (§3.3, eq. 1) -----------------------------------------------------------
+    pretrained: str = _f("bert-base-uncased", "BERT hub name or local folder (bert-base-chinese for SIMS/SIMSv2; Appendix B).")
+    finetune_bert: bool = _f(True, "Fine-tune the text encoder (the paper fine-tunes BERT; Appendix B).")
+
+    # ---- audio / vision encoders (§3.3, eq. 1) -------------------------------------------------
+    modal_dim: int = _f(128, "d_m: width of the audio/vision Transformer encoders and of each refined modality (Table 5: 128, 256 on MOSEI).")
+    encoder_layers: int = _f(4, "Transformer layers of the audio and vision encoders (KuDA's design; paper leaves open).")
+    encoder_heads: int = _f(8, "Attention heads of the audio/vision encoders; modal_dim must be divisible by it.")
+    encoder_ff_dim: int = _f(64, "Feed-forward width of the audio/vision encoder layers (KuDA: 64).")
+    encoder_dropout: float = _f(0.2, "Dropout inside the audio/vision encoders (KuDA: 0.2).")
+
+    # ---- knowledge adapters (§3.3, eq. 2-3) ---------------------------------------------------
+    text_adapters: int = _f(4, "Number of chained adapter blocks on the text encoder (KuDA: 4).")
+    av_adapters: int = _f(3, "Number of chained adapter blocks on the audio and vision encoders (KuDA: 3).")
+    adapter_layers_text: Optional[list] = _f(None, "Hidden-state indices (0 = embeddings) feeding the text adapters, len = text_adapters+1. None: evenly spaced over the encoder's depth, last intermediate state included.")
+    adapter_layers_av: Optional[list] = _f(None, "Same for audio/vision encoders (0 = input projection). None: evenly spaced.")
+    adapter_heads: int = _f(4, "Heads of the 2-layer Transformer inside each adapter block (KuDA: 4).")
+    adapter_inner_layers: int = _f(2, "Transformer layers inside one adapter block (KuDA: 2).")
+    adapter_dropout: float = _f(0.1, "Dropout inside adapter blocks.")
+
+    # ---- knowledge harvesting: adapter pretraining (eq. 2, 'pretrained parameters') -----------
+    pretrain_adapters: bool = _f(True, "Run the per-modality adapter pretraining stage before the main run (eq. 2). False: adapters start untrained and train with the model.")
+    pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when it exists and matches this config.")
+    freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their harvesting heads) frozen in the main run (KuDA's knowledge injection).")
+    pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE).")
+    pretrain_learning_rate: float = _f(1e-4, "AdamW learning rate of adapter pretraining (KuDA: 1e-4).")
+    pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).")
+
+    # ---- knowledge refinement: sparse MoE (§3.4, eq. 4-6) -------------------------------------
+    refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), or the Table 3 ablations 'mlp', 'attention', 'cnn'.")
+    num_experts: int = _f(3, "s, experts per modality (Table 5: 3).")
+    top_k: int = _f(2, "k of KeepTopK in eq. 4 (paper leaves open; 2 of 3 keeps the gate sparse and the load term informative).")
+    expert_hidden_dim: int = _f(256, "Hidden width of each expert MLP.")
+    moe_noisy_gating: bool = _f(True, "Shazeer et al.'s tunable gate noise in training, needed for the differentiable load L(X) of eq. 6.")
+    moe_balance_weight: float = _f(1e-2, "omega of eq. 6 (paper leaves open; Shazeer et al. use 1e-2).")
+    cv_eps: float = _f(1e-10, "Epsilon in CV^2 = var / (mean^2 + eps) (eq. 6).")
+
+    # ---- multimodal information bottleneck (§3.5, eq. 8-12, Appendix C) -----------------------
+    fusion: str = _f("mib", "Fusion: 'mib' (eq. 8-12), or the Table 3 ablations 'sum', 'concat', 'attention', 'mul'.")
+    fine_grained_dim: int = _f(50, "Table 5's 'fine-grained dimension': width of each unimodal vector x^m = F^m(X^m) (Algorithm 1), used by the fusion and the contrastive loss (E-MIB's d_l = 50).")
+    fusion_hidden_dim: int = _f(128, "Width of the fusion network F^f's output x (Algorithm 1).")
+    latent_dim: int = _f(50, "Width of the bottleneck z (eq. 23).")
+    mib_beta: float = _f(1e-3, "beta of eq. 8/12 (paper leaves open; E-MIB uses 1e-3).")
+    mib_sigma_offset: float = _f(-5.0, "Sigma = softplus(W x + offset): a negative offset starts the posterior narrow (E-MIB: -5).")
+    dropout: float = _f(0.1, "Dropout before the fusion and the decoder.")
+
+    # ---- intensity contrastive learning (§3.6, eq. 13-21) -------------------------------------
+    contrastive_weight: float = _f(1.0, "lambda of eq. 22 (Table 5: SIMS 1, SIMSv2 1, MOSI 0.05, MOSEI 0.45). 0 disables the loss ('w/o CL', Table 3).")
+    contrastive_kappa: float = _f(0.4, "kappa of eq. 14: |y_i - y_j| <= kappa makes a positive pair.")
+    contrastive_label_scale: str = _f("raw", "Scale kappa applies to: 'raw' = the dataset's own labels ([-3,3] MOSI/MOSEI, [-1,1] SIMS; the paper's example 1.0~1.3 vs 2.0 is on raw MOSI), 'unit' = labels divided by the dataset's max |y| (CLGSI).")
+    contrastive_temperature: float = _f(0.1, "tau of eq. 21 (paper leaves open; CLGSI uses 0.03, which saturates at batch 64).")
+
+    # ---- optimisation (Appendix B, Table 5) ---------------------------------------------------
+    epochs: int = _f(70, "Epoch cap (Table 5: 70).")
+    early_stop: int = _f(8, "Stop after this many epochs without a better validation KeyEval (MMSA's convention).")
+    batch_size: int = _f(64, "Batch size (Table 5: 64, 36 on MOSEI).")
+    learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).")
+    learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).")
+    weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.")
+    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).")
+    grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
+    key_eval: str = _f("MAE", "Validation metric for model selection and early stopping (MMSA key, e.g. MAE, Loss, Mult_acc_7).")
+
+    def __post_init__(self) -> None:
+        self.dataset_name = str(self.dataset_name).lower()
+        self.feature_dims = [int(x) for x in self.feature_dims]
+        self.seq_lens = [int(x) for x in self.seq_lens]
+        problems = []
+        if self.dataset_name not in LABEL_RANGES:
+            problems.append(f"dataset_name={self.dataset_name!r}: expected one of {sorted(LABEL_RANGES)}")
+        if len(self.feature_dims) != 3 or len(self.seq_lens) != 3:
+            problems.append("feature_dims and seq_lens need three entries (text, audio, vision)")
+        mods = set(self.modalities)
+        if not mods <= set(MODALITIES) or len(mods) < 2 or len(mods) != len(self.modalities):
+            problems.append(f"modalities={self.modalities!r}: two or three distinct letters of 'tav'")
+        if self.refiner not in ("moe", "mlp", "attention", "cnn"):
+            problems.append(f"refiner={self.refiner!r}: one of moe, mlp, attention, cnn")
+        if self.fusion not in ("mib", "sum", "concat", "attention", "mul"):
+            problems.append(f"fusion={self.fusion!r}: one of mib, sum, concat, attention, mul")
+        if self.contrastive_label_scale not in ("raw", "unit"):
+            problems.append(f"contrastive_label_scale={self.contrastive_label_scale!r}: 'raw' or 'unit'")
+        if self.num_experts < 1:
+            problems.append(f"num_experts={self.num_experts}: at least 1")
+        if not 1 <= self.top_k <= self.num_experts:
+            problems.append(f"top_k={self.top_k}: must be between 1 and num_experts={self.num_experts}")
+        for name in ("contrastive_kappa", "mib_beta", "moe_balance_weight", "contrastive_weight",
+                     "weight_decay", "pretrain_weight_decay"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 0")
+        if self.contrastive_temperature <= 0:
+            problems.append(f"contrastive_temperature={self.contrastive_temperature}: must be > 0")
+        for name in ("modal_dim", "encoder_layers", "encoder_heads", "encoder_ff_dim", "text_adapters",
+                     "av_adapters", "adapter_heads", "adapter_inner_layers", "expert_hidden_dim",
+                     "fine_grained_dim", "fusion_hidden_dim", "latent_dim", "epochs", "early_stop",
+                     "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.modal_dim % self.encoder_heads:
+            problems.append(f"modal_dim={self.modal_dim} is not divisible by encoder_heads={self.encoder_heads}")
+        if (self.modal_dim // 2) % self.adapter_heads:
+            problems.append(f"modal_dim/2={self.modal_dim // 2} (adapter width) is not divisible by adapter_heads={self.adapter_heads}")
+        if self.contrastive_weight > 0 and self.batch_size < 2:
+            problems.append(f"batch_size={self.batch_size}: the contrastive loss needs at least 2 samples per batch (or set contrastive_weight=0)")
+        for name, n in (("adapter_layers_text", self.text_adapters), ("adapter_layers_av", self.av_adapters)):
+            layers = getattr(self, name)
+            if layers is not None and (len(layers) != n + 1 or any(int(i) < 0 for i in layers)):
+                problems.append(f"{name}={layers}: needs {n + 1} non-negative hidden-state indices")
+        for name in ("encoder_dropout", "adapter_dropout", "dropout", "warmup_ratio"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name}={getattr(self, name)}: must be in [0, 1)")
+        if problems:
+            raise ConfigError("invalid KHaR config: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def label_range(self) -> tuple:
+        return LABEL_RANGES[self.dataset_name]
+
+    @property
+    def has_unimodal_labels(self) -> bool:
+        """SIMS and SIMSv2 carry T/A/V labels; MOSI/MOSEI do not (notes, anchors)."""
+        return self.dataset_name in ("sims", "simsv2")
+
+    @classmethod
+    def field_names(cls) -> list:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mmsa_args(cls, args: Mapping[str, Any], strict: bool = True) -> "KHaRConfig":
+        """Convert MMSA's merged EasyDict once.
+
+        MMSA's own runtime keys are ignored; ``KeyEval`` maps to ``key_eval``; any other key that
+        is not a field raises :class:`ConfigError` naming the closest field.
+        """
+        known = set(cls.field_names())
+        kwargs: dict = {}
+        unknown = []
+        for key, value in dict(args).items():
+            if key in known:
+                kwargs[key] = value
+            elif key == "KeyEval":
+                kwargs["key_eval"] = value
+            elif key not in MMSA_RUNTIME_KEYS:
+                unknown.append(key)
+        if unknown and strict:
+            msgs = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError("unknown KHaR config key(s): " + ", ".join(msgs))
+        check_types(kwargs)
+        return cls(**kwargs)
+
+
+def check_types(kwargs: Mapping[str, Any]) -> None:
+    """Reject values whose type cannot be the field's (``'3e-5'`` for a float, say)."""
+    types = {f.name: f.type for f in dataclasses.fields(KHaRConfig)}
+    bad = []
+    for key, value in kwargs.items():
+        t = str(types.get(key, ""))
+        if t == "bool":
+            ok = isinstance(value, bool)
+        elif t == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif t == "str":
+            ok = isinstance(value, str)
+        elif t == "list":
+            ok = isinstance(value, (list, tuple))
+        elif t.startswith("Optional[list"):
+            ok = value is None or isinstance(value, (list, tuple))
+        elif t.startswith("Optional[str"):
+            ok = value is None or isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            bad.append(f"{key}={value!r} ({type(value).__name__}, expected {t})")
+    if bad:
+        raise ConfigError("wrong type for KHaR config key(s): " + "; ".join(bad))
+
+
+def evenly_spaced_layers(num_states: int, num_adapters: int) -> list:
+    """Hidden-state indices feeding ``num_adapters`` chained adapters.
+
+    ``num_states`` counts the states an encoder exposes (embeddings/input projection included, the
+    final output excluded when it is also O_m).  The first adapter takes two states, every further
+    one takes one: ``num_adapters + 1`` indices spread evenly from 0 to ``num_states - 1``.  For a
+    12-layer BERT (13 states, 12 intermediate ones: 0..11) and 4 adapters this gives
+    [0, 3, 6, 8, 11] -- KuDA's [0, 3, 6, 9, 11] up to rounding.
+    """
+    last = num_states - 1
+    return [round(i * last / num_adapters) for i in range(num_adapters + 1)]
