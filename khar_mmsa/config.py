@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
@@ -21,7 +22,7 @@ MMSA_RUNTIME_KEYS = frozenset({
     "num_classes", "language", "KeyEval", "missing_rate", "missing_seed", "need_data_aligned",
     "need_model_aligned", "need_normalized", "use_bert", "use_finetune", "device",
     "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
-    "feature_V", "transformers", "data_missing", "d_paras", "early_stop",
+    "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
 })
 
 MODALITIES = ("t", "a", "v")
@@ -81,6 +82,7 @@ class KHaRConfig:
     top_k: int = _f(2, "k of KeepTopK in eq. 4 (paper leaves open; 2 of 3 keeps the gate sparse and the load term informative).")
     expert_hidden_dim: int = _f(256, "Hidden width of each expert MLP.")
     moe_noisy_gating: bool = _f(True, "Shazeer et al.'s tunable gate noise in training, needed for the differentiable load L(X) of eq. 6.")
+    moe_noise_epsilon: float = _f(1e-2, "Floor added to softplus(W_noise x), the gate noise std (Shazeer et al.: 1e-2).")
     moe_balance_weight: float = _f(1e-2, "omega of eq. 6 (paper leaves open; Shazeer et al. use 1e-2).")
     cv_eps: float = _f(1e-10, "Epsilon in CV^2 = var / (mean^2 + eps) (eq. 6).")
 
@@ -108,9 +110,12 @@ class KHaRConfig:
     weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.")
     warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).")
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
-    key_eval: str = _f("MAE", "Validation metric for model selection and early stopping (MMSA key, e.g. MAE, Loss, Mult_acc_7).")
+    key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
 
     def __post_init__(self) -> None:
+        # Types first: a wrong type (batch_size='64') must be a ConfigError, not a TypeError from
+        # one of the comparisons below.
+        check_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         self.dataset_name = str(self.dataset_name).lower()
         self.feature_dims = [int(x) for x in self.feature_dims]
         self.seq_lens = [int(x) for x in self.seq_lens]
@@ -134,7 +139,7 @@ class KHaRConfig:
             problems.append(f"top_k={self.top_k}: must be between 1 and num_experts={self.num_experts}")
         for name in ("contrastive_kappa", "mib_beta", "moe_balance_weight", "contrastive_weight",
                      "weight_decay", "pretrain_weight_decay"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # also rejects NaN
                 problems.append(f"{name}={getattr(self, name)}: must be >= 0")
         if self.contrastive_temperature <= 0:
             problems.append(f"contrastive_temperature={self.contrastive_temperature}: must be > 0")
@@ -144,9 +149,9 @@ class KHaRConfig:
                      "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.modal_dim % self.encoder_heads:
+        if self.encoder_heads >= 1 and self.modal_dim % self.encoder_heads:
             problems.append(f"modal_dim={self.modal_dim} is not divisible by encoder_heads={self.encoder_heads}")
-        if (self.modal_dim // 2) % self.adapter_heads:
+        if self.adapter_heads >= 1 and (self.modal_dim // 2) % self.adapter_heads:
             problems.append(f"modal_dim/2={self.modal_dim // 2} (adapter width) is not divisible by adapter_heads={self.adapter_heads}")
         if self.contrastive_weight > 0 and self.batch_size < 2:
             problems.append(f"batch_size={self.batch_size}: the contrastive loss needs at least 2 samples per batch (or set contrastive_weight=0)")
@@ -209,10 +214,10 @@ def check_types(kwargs: Mapping[str, Any]) -> None:
         t = str(types.get(key, ""))
         if t == "bool":
             ok = isinstance(value, bool)
-        elif t == "int":
-            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif t == "int":  # numbers.Integral: numpy integers from a tuning grid are fine too
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         elif t == "float":
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         elif t == "str":
             ok = isinstance(value, str)
         elif t == "list":
@@ -240,3 +245,12 @@ def evenly_spaced_layers(num_states: int, num_adapters: int) -> list:
     """
     last = num_states - 1
     return [round(i * last / num_adapters) for i in range(num_adapters + 1)]
+
+
+def config_reference_markdown() -> str:
+    """The README's configuration reference table, generated from the fields' help strings."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(KHaRConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows)

@@ -1,0 +1,524 @@
+"""Synthetic MMSA feature pickles with a *planted*, known sentiment signal.
+
+Real MOSI/MOSEI/SIMS audio and visual features cannot be had offline; these datasets stand in for
+them in tests and benchmarks.  They have MMSA 2.2.1's exact *unaligned* pickle layout and the real
+feature widths, so every MMSA model (TFN, MulT, Self-MM, ...) and KHaR load them unchanged, and
+their label noise is known, so a benchmark can say how far a model is from the best possible MAE.
+
+Pickle layout
+-------------
+``{'train', 'valid', 'test'}``, each a dict of arrays over N samples:
+
+========================  =====================  ==============================================
+key                       shape / dtype          content
+========================  =====================  ==============================================
+``id``                    (N,) str               ``planted_<split>_<index>``
+``raw_text``              (N,) str               the generated sentence (lower case, no punct.)
+``text``                  (N, L_t, D_t) float32  BERT-like token features (see *Text*), zero on
+                                                 padding positions
+``text_bert``             (N, 3, L_t) float32    token ids, attention mask, segment ids (zeros)
+``audio``                 (N, T_a, d_a) float32  frames, exact zeros after ``audio_lengths``
+``vision``                (N, T_v, d_v) float32  frames, exact zeros after ``vision_lengths``
+``audio_lengths``         (N,) int64             valid frames, in 1..T_a
+``vision_lengths``        (N,) int64             valid frames, in 1..T_v
+``regression_labels``     (N,) float32           y, in the dataset's label range
+``classification_labels`` (N,) float32           0 negative (y<0), 1 neutral (y=0), 2 positive
+``annotations``           (N,) str               'Negative' / 'Neutral' / 'Positive'
+``regression_labels_T``   (N,) float32           SIMS / SIMSv2 only: unimodal labels (T, A, V)
+========================  =====================  ==============================================
+
+MMSA's loader only indexes ``data[split]``; two extra top-level keys are harmless and document the
+data: ``data['meta']`` (the :class:`PlantedInfo` as a dict) and ``data['latents'][split]`` (the
+hidden components below, the *oracle features* for tests and diagnostics).
+
+Signal design
+-------------
+All quantities are in units of ``R``, the label range's half width (3 for MOSI/MOSEI, 1 for SIMS
+/SIMSv2).  A latent sentiment score is spread over the three modalities::
+
+    y = clip(y_t + y_a + y_v + eps, -R, R),      eps ~ N(0, sigma^2)
+
+* **Text** ``y_t = TEXT_UNIT * R * p`` where ``p`` is the polarity sum of the sentence's sentiment
+  words (+-1 mild, +-2 strong, e.g. 'good' +1, 'terrible' -2), each flipped by a preceding
+  ``'not'``.  Sentences mix 0..3 sentiment words with neutral filler words.  With a tokenizer (a
+  local folder or a tokenizer object) the words come from its vocabulary (whole-token words are
+  preferred; words it lacks are split into its word pieces, so ids are always real); without one a
+  built-in word list uses the ``bert-base-uncased`` ids of those words.  ``text_bert`` is
+  ``[CLS] pieces [SEP] [PAD]...``; ``text`` is a deterministic function of the same ids: a fixed
+  seeded embedding table (one vector per id, independent of ``seed``) plus a fixed positional
+  vector plus small token noise.  Models reading ``text`` (TFN, MulT) and models reading
+  ``text_bert`` (BERT-based) therefore see the same information.
+* **Audio and vision** ``y_m = c_m + q_m + b_m`` for m in (a, v), three equal-variance parts, each
+  written along its own direction ``u`` (orthonormal, seeded, shared by all splits) in feature
+  space on top of unit Gaussian frame noise:
+
+  - *sustained* ``c_m`` (continuous, uniform): ``c_m/w * u_c`` on every valid frame;
+  - *intensity steps* ``q_m`` (quantised to ``STEP_LEVELS`` levels, so fine-grained accuracy such
+    as Acc-7 is meaningful): ``k/K * u_q`` on every valid frame;
+  - *transient bursts* ``b_m`` (continuous, uniform): ``BURST_GAIN * b_m/w * u_b`` on only
+    ``BURST_FRAMES`` frames at random positions within the sample's length.  Mean pooling over
+    the sequence divides this by the (random) length and buries it in the frame noise; a model
+    has to look at individual frames (attention, max pooling, recurrence) to recover it.
+
+  Lengths are uniform in ``[ceil(MIN_LENGTH_FRACTION * T), T]``; padding frames are exact zeros.
+* **Shares.** With the defaults ``y_t`` has std ~0.2R and each of ``y_a``, ``y_v`` std ~0.17R;
+  the total signal std is ~0.31R.  All parts are bounded, so with the default noise
+  (``sigma = DEFAULT_NOISE_FRACTION * R = 0.1R``) clipping at +-R is rare (about 0.1-0.3% of the
+  samples); :attr:`PlantedInfo.clipped_fraction` reports the exact fraction.
+* **SIMS / SIMSv2** also carry unimodal labels ``y_T = clip(y_t + eps_T)``, ``y_A``, ``y_V`` with
+  their own independent noise of the same sigma.
+
+Noise floor
+-----------
+The best possible predictor of ``y`` from the inputs is ``f = y_t + y_a + y_v`` (all of it is
+recoverable from the features; ``eps`` is independent of them).  Without clipping its error is
+``|eps|`` and, for ``eps ~ N(0, sigma^2)``::
+
+    E|eps| = 2 * int_0^inf e * exp(-e^2 / (2 sigma^2)) / (sigma sqrt(2 pi)) de
+           = 2 * sigma^2 / (sigma sqrt(2 pi)) = sigma * sqrt(2 / pi)  (~0.798 sigma)
+
+This is :attr:`PlantedInfo.noise_floor_mae`.  It is exact only without clipping: a clipped label
+is closer to a clipped prediction than ``|eps|`` so the true floor is very slightly lower; with
+the rare clipping here the difference is negligible (reported via ``clipped_fraction``).
+
+Everything is seeded through :class:`numpy.random.Generator` streams keyed by ``(seed, split)``, so
+the same arguments give byte-identical arrays, and changing one split's size leaves the others
+unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+logger = logging.getLogger("MMSA")
+
+__all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset", "planted_data",
+           "noise_floor_mae", "main"]
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Real shapes of one MMSA dataset (``../shared/notes/mmsa-2.2.1.md``, feature table)."""
+    text_len: int
+    audio_shape: Tuple[int, int]   # (T_a, d_a)
+    vision_shape: Tuple[int, int]  # (T_v, d_v)
+    label_max: float               # labels lie in [-label_max, label_max]
+    real_sizes: Tuple[int, int, int]
+    unimodal_labels: bool
+
+
+DATASET_SPECS: Dict[str, DatasetSpec] = {
+    "mosi": DatasetSpec(50, (375, 5), (500, 20), 3.0, (1284, 229, 686), False),
+    "mosei": DatasetSpec(50, (500, 74), (500, 35), 3.0, (16326, 1871, 4659), False),
+    "sims": DatasetSpec(39, (400, 33), (55, 709), 1.0, (1368, 456, 457), True),
+    "simsv2": DatasetSpec(50, (925, 25), (232, 177), 1.0, (2722, 647, 1034), True),
+}
+
+# ---- signal design constants (units of R, the label half range) -------------------------------
+DEFAULT_SIZES = (256, 64, 64)
+DEFAULT_NOISE_FRACTION = 0.1        # sigma = 0.1 R: floor 0.080 R, small vs the ~0.31 R signal std
+SIGMA_DIGITS = 12                   # rounding of the default sigma (float noise only)
+TEXT_UNIT = 0.1                     # y_t = 0.1 R per polarity point; |p| <= 6 keeps |y_t| <= 0.6 R
+COMPONENT_HALF_WIDTH = 0.1 * math.sqrt(3.0)  # uniform(-w, w) has std w/sqrt(3) = 0.1 R
+STEP_LEVELS = 7                     # quantised levels -K..K of the step component (K = 3)
+STEP_HALF = (STEP_LEVELS - 1) // 2  # K
+STEP_UNIT = 0.05                    # level k contributes 0.05 R * k: std 0.05 R * 2 = 0.1 R
+BURST_FRAMES = 3                    # frames carrying the transient burst ("a few frames")
+BURST_GAIN = 4.0                    # burst amplitude in units of the frame noise std
+SUSTAINED_GAIN = 1.0                # sustained / step amplitude in units of the frame noise std
+FRAME_NOISE = 1.0                   # std of the Gaussian frame noise on valid frames
+MIN_LENGTH_FRACTION = 0.5           # lengths uniform in [ceil(0.5 T), T] (at least 1)
+
+# ---- text constants ----------------------------------------------------------------------------
+EMBED_SEED = 20240917               # fixed: the embedding table does not depend on ``seed``
+POSITION_STREAM = 1 << 31           # sub-stream of EMBED_SEED for the positional table
+EMBED_SCALE = 0.5                   # std of token embeddings (real BERT features: ~0.5)
+POSITION_SCALE = 0.1                # std of positional vectors added to every token
+TOKEN_NOISE = 0.05                  # std of per-token Gaussian noise on ``text``
+SENTIMENT_WORD_PROBS = (0.15, 0.45, 0.3, 0.1)  # P(0, 1, 2, 3 sentiment words in a sentence)
+NEGATION_PROB = 0.25                # chance a sentiment word is preceded by 'not'
+MIN_FILLER_WORDS = 2                # filler words per sentence: uniform in [2, 12]
+MAX_FILLER_WORDS = 12
+MIN_IN_VOCAB = 2                    # whole-token words needed per class to drop multi-piece words
+NEGATION_WORD = "not"
+
+# Built-in word list with their bert-base-uncased ids (the vocabulary of all-MiniLM-L6-v2 and
+# bert-base-uncased): used when no tokenizer is given, so an uncased English BERT reads them.
+POSITIVE_WORDS = {"good": 1, "great": 2, "excellent": 2, "nice": 1, "love": 2, "best": 2,
+                  "fun": 1, "happy": 1, "wonderful": 2, "amazing": 2}
+NEGATIVE_WORDS = {"bad": -1, "terrible": -2, "awful": -2, "boring": -1, "hate": -2, "worst": -2,
+                  "poor": -1, "sad": -1, "horrible": -2, "stupid": -1}
+FILLER_WORDS = ("the", "movie", "it", "was", "and", "i", "this", "film", "really", "a", "story",
+                "acting", "of", "is", "but", "so", "to", "very", "just")
+BUILTIN_IDS = {
+    "good": 2204, "great": 2307, "excellent": 6581, "nice": 3835, "love": 2293, "best": 2190,
+    "fun": 4569, "happy": 3407, "wonderful": 6919, "amazing": 6429, "bad": 2919, "terrible": 6659,
+    "awful": 9643, "boring": 11771, "hate": 5223, "worst": 5409, "poor": 3532, "sad": 6517,
+    "horrible": 9202, "stupid": 5236, "not": 2025, "the": 1996, "movie": 3185, "it": 2009,
+    "was": 2001, "and": 1998, "i": 1045, "this": 2023, "film": 2143, "really": 2428, "a": 1037,
+    "story": 2466, "acting": 3772, "of": 1997, "is": 2003, "but": 2021, "so": 2061, "to": 2000,
+    "very": 2200, "just": 2074,
+}
+BUILTIN_PAD_ID, BUILTIN_CLS_ID, BUILTIN_SEP_ID = 0, 101, 102  # bert-base-uncased specials
+MIN_TEXT_LEN = 3                    # [CLS] + one word piece + [SEP]
+SPECIAL_TOKENS_PER_SEQ = 2          # [CLS] and [SEP]
+
+TokenizerLike = Union[None, str, os.PathLike, Any]
+
+
+def noise_floor_mae(sigma: float) -> float:
+    """E|eps| for eps ~ N(0, sigma^2): ``sigma * sqrt(2/pi)`` (derivation in the module docstring)."""
+    return float(sigma) * math.sqrt(2.0 / math.pi)
+
+
+@dataclass
+class PlantedInfo:
+    """What :func:`make_planted_dataset` wrote, and the best MAE any model can reach on it."""
+    path: Optional[str]
+    dataset: str
+    sizes: Tuple[int, int, int]
+    seed: int
+    noise_sigma: float
+    noise_floor_mae: float          # sigma * sqrt(2/pi): exact without clipping
+    feature_dims: Tuple[int, int, int]  # (text feature width, d_a, d_v)
+    seq_lens: Tuple[int, int, int]      # (L_t, T_a, T_v)
+    label_range: Tuple[float, float]
+    clipped_fraction: float         # share of samples (all splits) whose label hit the clip
+    signal_std: float               # empirical std of y_t + y_a + y_v over all splits
+    tokenizer: str                  # 'builtin' or the tokenizer's name / folder
+    words: Dict[str, List[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- text ---------------------------------------------------------------------------------------
+class _Vocab:
+    """Word -> word-piece ids for the chosen word lists, plus the special ids."""
+
+    def __init__(self, tokenizer: TokenizerLike) -> None:
+        self.name = "builtin"
+        if tokenizer is None:
+            self.pieces = {w: [i] for w, i in BUILTIN_IDS.items()}
+            self.pad, self.cls, self.sep = BUILTIN_PAD_ID, BUILTIN_CLS_ID, BUILTIN_SEP_ID
+            self.positive, self.negative = dict(POSITIVE_WORDS), dict(NEGATIVE_WORDS)
+            self.filler = list(FILLER_WORDS)
+            return
+        if isinstance(tokenizer, (str, os.PathLike)):
+            self.name = str(tokenizer)
+            tokenizer = _load_tokenizer(tokenizer)
+        else:
+            self.name = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
+        vocab = tokenizer.get_vocab()
+        self.pad, self.cls, self.sep = (int(tokenizer.pad_token_id), int(tokenizer.cls_token_id),
+                                        int(tokenizer.sep_token_id))
+
+        def choose(words: Sequence[str]) -> List[str]:
+            whole = [w for w in words if w in vocab]
+            return whole if len(whole) >= MIN_IN_VOCAB else list(words)
+
+        self.positive = {w: POSITIVE_WORDS[w] for w in choose(list(POSITIVE_WORDS))}
+        self.negative = {w: NEGATIVE_WORDS[w] for w in choose(list(NEGATIVE_WORDS))}
+        self.filler = choose(FILLER_WORDS)
+        self.pieces = {}
+        for w in list(self.positive) + list(self.negative) + self.filler + [NEGATION_WORD]:
+            ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))
+            self.pieces[w] = [int(i) for i in ids]
+
+    @property
+    def polar(self) -> Dict[str, int]:
+        return {**self.positive, **self.negative}
+
+
+def _load_tokenizer(folder: Union[str, os.PathLike]) -> Any:
+    """A BERT tokenizer from a local folder (never the hub)."""
+    from transformers import AutoTokenizer
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {str(folder)!r} does not exist (local folders only)")
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _sentences(vocab: _Vocab, n: int, text_len: int, rng: np.random.Generator
+               ) -> Tuple[List[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Generate n sentences: raw texts, ids (n, L), mask (n, L) and polarity sums p (n,)."""
+    budget = text_len - SPECIAL_TOKENS_PER_SEQ
+    polar_words = list(vocab.polar)
+    ids = np.full((n, text_len), vocab.pad, dtype=np.int64)
+    mask = np.zeros((n, text_len), dtype=np.int64)
+    polarity = np.zeros(n, dtype=np.int64)
+    texts: List[str] = []
+    n_polar = rng.choice(len(SENTIMENT_WORD_PROBS), size=n, p=SENTIMENT_WORD_PROBS)
+    n_filler = rng.integers(MIN_FILLER_WORDS, MAX_FILLER_WORDS + 1, size=n)
+    for i in range(n):
+        units: List[Tuple[List[str], int]] = []
+        for _ in range(n_polar[i]):
+            w = polar_words[rng.integers(len(polar_words))]
+            if rng.random() < NEGATION_PROB:
+                units.append(([NEGATION_WORD, w], -vocab.polar[w]))
+            else:
+                units.append(([w], vocab.polar[w]))
+        for _ in range(n_filler[i]):
+            units.append(([vocab.filler[rng.integers(len(vocab.filler))]], 0))
+        order = rng.permutation(len(units))
+        words: List[str] = []
+        pieces: List[int] = []
+        p = 0
+        for j in order:
+            unit_words, unit_p = units[j]
+            unit_pieces = [t for w in unit_words for t in vocab.pieces[w]]
+            if len(pieces) + len(unit_pieces) > budget:
+                continue  # does not fit: dropped, and so its polarity does not count
+            words += unit_words
+            pieces += unit_pieces
+            p += unit_p
+        row = [vocab.cls] + pieces + [vocab.sep]
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+        polarity[i] = p
+        texts.append(" ".join(words))
+    return texts, ids, mask, polarity
+
+
+def _embedding(unique_ids: np.ndarray, dim: int) -> Dict[int, np.ndarray]:
+    """The fixed embedding row of each id: seeded by (EMBED_SEED, id), independent of ``seed``."""
+    return {int(i): (np.random.default_rng([EMBED_SEED, int(i)]).standard_normal(dim)
+                     * EMBED_SCALE).astype(np.float32) for i in unique_ids}
+
+
+def _text_features(ids: np.ndarray, mask: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``text`` = E[id] + P[position] + token noise on real tokens, exact zeros on padding."""
+    unique, inverse = np.unique(ids, return_inverse=True)
+    emb = _embedding(unique, dim)
+    table = np.stack([emb[int(i)] for i in unique])
+    positions = (np.random.default_rng([EMBED_SEED, POSITION_STREAM]).standard_normal(
+        (ids.shape[1], dim)) * POSITION_SCALE).astype(np.float32)
+    feats = table[inverse.reshape(ids.shape)]
+    feats += positions[None]
+    feats += rng.standard_normal(feats.shape, dtype=np.float32) * np.float32(TOKEN_NOISE)
+    feats *= mask[..., None].astype(np.float32)
+    return feats
+
+
+# ---- audio / vision -----------------------------------------------------------------------------
+def _directions(dim: int, rng: np.random.Generator) -> np.ndarray:
+    """Three orthonormal directions (3, dim) for the sustained, step and burst components."""
+    q, _ = np.linalg.qr(rng.standard_normal((dim, 3)))
+    return q.T.astype(np.float32)
+
+
+def _lengths(n: int, t_max: int, rng: np.random.Generator) -> np.ndarray:
+    low = max(1, math.ceil(MIN_LENGTH_FRACTION * t_max))
+    return rng.integers(low, t_max + 1, size=n).astype(np.int64)
+
+
+def _frames(n: int, t_max: int, dirs: np.ndarray, r: float, rng: np.random.Generator
+            ) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+    """Frames (n, T, d), lengths (n,), and the latent parts (sustained, step, burst) in label units."""
+    w = COMPONENT_HALF_WIDTH * r
+    sustained = rng.uniform(-w, w, size=n)
+    levels = rng.integers(-STEP_HALF, STEP_HALF + 1, size=n)
+    step = levels * STEP_UNIT * r
+    burst = rng.uniform(-w, w, size=n)
+    lengths = _lengths(n, t_max, rng)
+    dim = dirs.shape[1]
+    feats = rng.standard_normal((n, t_max, dim), dtype=np.float32) * np.float32(FRAME_NOISE)
+    level = (SUSTAINED_GAIN * (sustained / w)[:, None] * dirs[0][None]
+             + SUSTAINED_GAIN * (levels / STEP_HALF)[:, None] * dirs[1][None]).astype(np.float32)
+    feats += level[:, None, :]
+    # burst positions: the BURST_FRAMES smallest random keys among valid frames
+    valid = np.arange(t_max)[None, :] < lengths[:, None]
+    keys = np.where(valid, rng.random((n, t_max)), np.inf)
+    k = min(BURST_FRAMES, t_max)
+    pos = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < t_max else np.tile(np.arange(t_max), (n, 1))
+    rows = np.repeat(np.arange(n), k)
+    cols = pos.reshape(-1)
+    ok = cols < np.repeat(lengths, k)  # samples shorter than BURST_FRAMES burst on fewer frames
+    amp = (BURST_GAIN * burst / w).astype(np.float32)
+    feats[rows[ok], cols[ok]] += amp[rows[ok], None] * dirs[2][None]
+    feats[~valid] = 0.0
+    return feats, lengths, {"sustained": sustained, "step": step, "burst": burst,
+                            "step_level": levels}
+
+
+# ---- assembly -----------------------------------------------------------------------------------
+def _resolve(dataset: str, seq_lens: Optional[Sequence[int]], noise_sigma: Optional[float]
+             ) -> Tuple[DatasetSpec, Tuple[int, int, int], float]:
+    dataset = dataset.lower()
+    if dataset not in DATASET_SPECS:
+        raise ValueError(f"dataset={dataset!r}: expected one of {sorted(DATASET_SPECS)}")
+    spec = DATASET_SPECS[dataset]
+    lens = (spec.text_len, spec.audio_shape[0], spec.vision_shape[0])
+    if seq_lens is not None:
+        if len(seq_lens) != 3 or any(int(x) < 1 for x in seq_lens):
+            raise ValueError(f"seq_lens={seq_lens}: three positive lengths (text, audio, vision)")
+        lens = tuple(int(x) for x in seq_lens)
+    if lens[0] < MIN_TEXT_LEN:
+        raise ValueError(f"text length {lens[0]} < {MIN_TEXT_LEN} ([CLS], one token, [SEP])")
+    # rounded so that the default reads 0.3, not 0.30000000000000004
+    sigma = (round(DEFAULT_NOISE_FRACTION * spec.label_max, SIGMA_DIGITS) if noise_sigma is None
+             else float(noise_sigma))
+    if sigma < 0:
+        raise ValueError(f"noise_sigma={sigma}: must be >= 0")
+    return spec, lens, sigma
+
+
+def _split(split_idx: int, n: int, spec: DatasetSpec, lens: Tuple[int, int, int], sigma: float,
+           text_dim: int, vocab: _Vocab, dirs: Dict[str, np.ndarray], seed: int
+           ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    r = spec.label_max
+    rng_text, rng_a, rng_v, rng_y = (np.random.default_rng([seed, split_idx, stream])
+                                     for stream in range(4))
+    texts, ids, mask, polarity = _sentences(vocab, n, lens[0], rng_text)
+    text = _text_features(ids, mask, text_dim, rng_text)
+    audio, a_len, a_lat = _frames(n, lens[1], dirs["audio"], r, rng_a)
+    vision, v_len, v_lat = _frames(n, lens[2], dirs["vision"], r, rng_v)
+    y_t = TEXT_UNIT * r * polarity
+    y_a = a_lat["sustained"] + a_lat["step"] + a_lat["burst"]
+    y_v = v_lat["sustained"] + v_lat["step"] + v_lat["burst"]
+    signal = y_t + y_a + y_v
+    eps = rng_y.normal(0.0, sigma, size=n)
+    raw = signal + eps
+    y = np.clip(raw, -r, r).astype(np.float32)
+    cls = np.sign(y).astype(np.int64) + 1  # 0 negative, 1 neutral, 2 positive
+    names = np.array(["Negative", "Neutral", "Positive"])
+    out: Dict[str, np.ndarray] = {
+        "id": np.array([f"planted_{SPLITS[split_idx]}_{i:05d}" for i in range(n)], dtype=object),
+        "raw_text": np.array(texts, dtype=object),
+        "text": text,
+        "text_bert": np.stack([ids, mask, np.zeros_like(ids)], axis=1).astype(np.float32),
+        "audio": audio,
+        "vision": vision,
+        "audio_lengths": a_len,
+        "vision_lengths": v_len,
+        "regression_labels": y,
+        "classification_labels": cls.astype(np.float32),
+        "annotations": names[cls].astype(object),
+    }
+    if spec.unimodal_labels:
+        for key, part in (("T", y_t), ("A", y_a), ("V", y_v)):
+            out["regression_labels_" + key] = np.clip(
+                part + rng_y.normal(0.0, sigma, size=n), -r, r).astype(np.float32)
+    latents = {"y_t": y_t, "y_a": y_a, "y_v": y_v, "signal": signal, "noise": eps,
+               "clipped": np.abs(raw) > r, "text_polarity": polarity}
+    for m, lat in (("a", a_lat), ("v", v_lat)):
+        for key, value in lat.items():
+            latents[f"{m}_{key}"] = value
+    return out, latents
+
+
+def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 0,
+                 noise_sigma: Optional[float] = None, seq_lens: Optional[Sequence[int]] = None,
+                 tokenizer: TokenizerLike = None, text_feature_dim: int = 768
+                 ) -> Tuple[Dict[str, Any], PlantedInfo]:
+    """Build the planted dataset in memory: ``(data, info)`` with ``info.path = None``.
+
+    Arguments as in :func:`make_planted_dataset`.
+    """
+    spec, lens, sigma = _resolve(dataset, seq_lens, noise_sigma)
+    if len(sizes) != 3 or any(int(s) < 1 for s in sizes):
+        raise ValueError(f"sizes={sizes}: three positive split sizes (train, valid, test)")
+    if text_feature_dim < 1:
+        raise ValueError(f"text_feature_dim={text_feature_dim}: must be >= 1")
+    vocab = _Vocab(tokenizer)
+    dir_rng = np.random.default_rng([seed, len(SPLITS)])  # shared by all splits
+    dirs = {"audio": _directions(spec.audio_shape[1], dir_rng),
+            "vision": _directions(spec.vision_shape[1], dir_rng)}
+    data: Dict[str, Any] = {"latents": {}}
+    for k, name in enumerate(SPLITS):
+        data[name], data["latents"][name] = _split(k, int(sizes[k]), spec, lens, sigma,
+                                                   int(text_feature_dim), vocab, dirs, seed)
+    clipped = np.concatenate([data["latents"][s]["clipped"] for s in SPLITS])
+    signal = np.concatenate([data["latents"][s]["signal"] for s in SPLITS])
+    info = PlantedInfo(
+        path=None, dataset=dataset.lower(), sizes=tuple(int(s) for s in sizes), seed=int(seed),
+        noise_sigma=sigma, noise_floor_mae=noise_floor_mae(sigma),
+        feature_dims=(int(text_feature_dim), spec.audio_shape[1], spec.vision_shape[1]),
+        seq_lens=lens, label_range=(-spec.label_max, spec.label_max),
+        clipped_fraction=float(clipped.mean()), signal_std=float(signal.std()),
+        tokenizer=vocab.name,
+        words={"positive": list(vocab.positive), "negative": list(vocab.negative),
+               "filler": list(vocab.filler), "negation": [NEGATION_WORD]})
+    data["meta"] = info.as_dict()
+    return data, info
+
+
+def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
+                         sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 0,
+                         noise_sigma: Optional[float] = None,
+                         seq_lens: Optional[Sequence[int]] = None,
+                         tokenizer: TokenizerLike = None,
+                         text_feature_dim: int = 768) -> PlantedInfo:
+    """Write a planted MMSA unaligned feature pickle to ``path`` and describe it.
+
+    Args:
+        path: output ``.pkl`` (parent folders are created).
+        dataset: ``'mosi'``, ``'mosei'``, ``'sims'`` or ``'simsv2'`` (real widths and lengths).
+        sizes: samples in (train, valid, test).
+        seed: seeds every random stream (same arguments -> identical arrays).
+        noise_sigma: label noise std; ``None`` -> ``DEFAULT_NOISE_FRACTION * R`` (0.3 on
+            MOSI/MOSEI, 0.1 on SIMS/SIMSv2).
+        seq_lens: (L_t, T_a, T_v) to shrink sequences for fast tests; ``None`` -> the real ones.
+        tokenizer: ``None`` (built-in words with bert-base-uncased ids), a local tokenizer folder,
+            or a tokenizer object (``get_vocab``, ``tokenize``, ``convert_tokens_to_ids``).
+        text_feature_dim: width of ``text`` (768 like BERT-base features).
+
+    Returns:
+        :class:`PlantedInfo`, including ``noise_floor_mae`` (the best achievable test MAE).
+    """
+    data, info = planted_data(dataset, sizes, seed, noise_sigma, seq_lens, tokenizer,
+                              text_feature_dim)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info.path = str(path)
+    data["meta"] = info.as_dict()
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+    logger.debug(f"planted {info.dataset} dataset written to {path}: {info}")
+    return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
+    """CLI: ``python -m khar_mmsa.data.planted --dataset mosi --out file.pkl``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="mosi", choices=sorted(DATASET_SPECS))
+    parser.add_argument("--out", required=True, help="output pickle")
+    parser.add_argument("--sizes", type=int, nargs=3, default=list(DEFAULT_SIZES),
+                        metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise-sigma", type=float, default=None,
+                        help=f"label noise std (default {DEFAULT_NOISE_FRACTION} * label range max)")
+    parser.add_argument("--seq-lens", type=int, nargs=3, default=None, metavar=("L_T", "T_A", "T_V"))
+    parser.add_argument("--tokenizer", default=None, help="local BERT tokenizer folder")
+    parser.add_argument("--text-feature-dim", type=int, default=768)
+    args = parser.parse_args(argv)
+    _cli_logging()
+    info = make_planted_dataset(args.out, args.dataset, args.sizes, args.seed, args.noise_sigma,
+                                args.seq_lens, args.tokenizer, args.text_feature_dim)
+    logger.info(f"wrote {info.path}")
+    for key, value in info.as_dict().items():
+        logger.info(f"  {key}: {value}")
+    return info
+
+
+def _cli_logging() -> None:
+    """Give the 'MMSA' logger one INFO stream handler (CLIs only; libraries never do this)."""
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    main()

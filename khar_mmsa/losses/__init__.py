@@ -1,0 +1,14 @@
+"""KHaR losses: MoE balance (eq. 6), MIB (eq. 12, App. C), intensity contrastive (eq. 13-21)."""
+from .balance import balance_loss, cv_squared
+from .contrastive import intensity_contrastive_loss, make_positive_mask
+from .information_bottleneck import gaussian_kl_to_standard_normal, mib_loss, reparameterize
+
+__all__ = [
+    "balance_loss",
+    "cv_squared",
+    "intensity_contrastive_loss",
+    "make_positive_mask",
+    "gaussian_kl_to_standard_normal",
+    "reparameterize",
+    "mib_loss",
+]

@@ -1,0 +1,1 @@
+"""KHaR's network, one module per part of §3.3-3.6."""

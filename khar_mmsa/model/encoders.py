@@ -1,0 +1,87 @@
+"""Comprehensive-level encoders (§3.3, eq. 1): BERT for text, stacked Transformers for audio/vision.
+
+Each returns ``EncoderOutput``: the final state O_m, the intermediate hidden states H_m (the states
+the adapters read; the final one excluded) and the padding mask.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import nn
+
+from ..text_encoders import resolve_pretrained
+
+
+@dataclass
+class EncoderOutput:
+    final: torch.Tensor          # O_m: (b, n, d)
+    hidden: List[torch.Tensor]   # H_m: intermediate states, each (b, n, d); index 0 = embeddings/input projection
+    mask: torch.Tensor           # (b, n) bool, True at real positions
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(b,) lengths -> (b, max_len) bool mask, True at real positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths.to(torch.long)[:, None]
+
+
+class SequenceEncoder(nn.Module):
+    """Audio/vision encoder: Linear projection + learned positions + stacked Transformer layers."""
+
+    def __init__(self, in_dim: int, dim: int, layers: int, heads: int, ff_dim: int, dropout: float,
+                 max_len: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, dim)
+        self.position = nn.Parameter(torch.zeros(1, max_len, dim))
+        nn.init.normal_(self.position, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ff_dim, dropout=dropout,
+                                       activation="gelu", batch_first=True)
+            for _ in range(layers))
+        self.dim = dim
+
+    @property
+    def num_hidden_states(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
+        """x: (b, n, f) features; mask: (b, n) bool. Stock nn.TransformerEncoder hides its
+        intermediate states, so the layers are iterated here (anchors: KuDA pitfall)."""
+        n = x.shape[1]
+        if n > self.position.shape[1]:
+            raise ValueError(f"sequence of length {n} is longer than the encoder's max_len "
+                             f"{self.position.shape[1]} (seq_lens from the training pickle)")
+        h = self.proj(x) + self.position[:, :n]
+        states = [h]
+        for layer in self.layers:
+            h = layer(h, src_key_padding_mask=~mask)
+            states.append(h)
+        return EncoderOutput(final=states[-1], hidden=states[:-1], mask=mask)
+
+
+class TextEncoder(nn.Module):
+    """A pretrained BERT-family encoder exposing all hidden states."""
+
+    def __init__(self, pretrained: str, finetune: bool) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.backbone = AutoModel.from_pretrained(resolve_pretrained(pretrained))
+        self.finetune = finetune
+        if not finetune:
+            self.backbone.requires_grad_(False)
+        self.dim = self.backbone.config.hidden_size
+
+    @property
+    def num_hidden_states(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    def forward(self, text: torch.Tensor) -> EncoderOutput:
+        """text: (b, 3, n) = token ids, attention mask, segment ids (MMSA's ``text_bert``)."""
+        ids, attn, segments = text[:, 0].long(), text[:, 1].long(), text[:, 2].long()
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            out = self.backbone(input_ids=ids, attention_mask=attn, token_type_ids=segments,
+                                output_hidden_states=True)
+        states = list(out.hidden_states)
+        return EncoderOutput(final=states[-1], hidden=states[:-1], mask=attn.bool())

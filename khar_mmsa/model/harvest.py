@@ -1,0 +1,60 @@
+"""Knowledge harvesting (§3.3): wiring adapter blocks into an encoder's depth.
+
+The chained adapters read the encoder's intermediate states H_m through one shared LayerNorm
+(KuDA's design, anchors.md): x = Ad_1(LN(H[l0] + H[l1])), x = Ad_i(LN(x + H[l_i])).  The layers
+``l_i`` follow the encoder's depth (config ``adapter_layers_*`` or evenly spaced), so a 4-layer
+test BERT, 6-layer MiniLM and 12-layer BERT-base all work.  The harvested representation is
+X_m = [A_m; O_m] (eq. 3; H_m there is read as the encoder output O_m, the only state of width d_m).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..config import evenly_spaced_layers
+from .adapter import AdapterBlock
+from .encoders import EncoderOutput
+
+
+class AdapterStack(nn.Module):
+    """Chained adapter blocks fed by selected intermediate states of one encoder."""
+
+    def __init__(self, dim: int, num_hidden_states: int, num_adapters: int, layers: Optional[Sequence[int]],
+                 heads: int, inner_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = list(layers) if layers is not None else evenly_spaced_layers(num_hidden_states, num_adapters)
+        if len(self.layers) != num_adapters + 1 or max(self.layers) >= num_hidden_states:
+            raise ValueError(f"adapter layers {self.layers} do not fit an encoder with {num_hidden_states} "
+                             f"intermediate states and {num_adapters} adapters")
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(AdapterBlock(dim, heads, inner_layers, dropout) for _ in range(num_adapters))
+
+    def forward(self, enc: EncoderOutput) -> torch.Tensor:
+        """Returns A_m: (b, n, d)."""
+        h = enc.hidden
+        x = self.blocks[0](self.norm(h[self.layers[0]] + h[self.layers[1]]), enc.mask)
+        for block, layer in zip(self.blocks[1:], self.layers[2:]):
+            x = block(self.norm(x + h[layer]), enc.mask)
+        return x
+
+
+class Harvester(nn.Module):
+    """Encoder + adapters of one modality: returns X_m = [A_m; O_m] (b, n, 2d) and the mask."""
+
+    def __init__(self, encoder: nn.Module, adapters: AdapterStack) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.adapters = adapters
+
+    def forward(self, *inputs: torch.Tensor) -> tuple:
+        enc = self.encoder(*inputs)
+        adapted = self.adapters(enc)
+        return torch.cat([adapted, enc.final], dim=-1), enc.mask, adapted
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x: (b, n, d), mask: (b, n) bool -> (b, d) mean over real positions only."""
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)

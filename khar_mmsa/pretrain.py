@@ -1,0 +1,147 @@
+"""Knowledge harvesting: per-modality adapter pretraining (eq. 2, "pretrained parameters").
+
+For each modality, a copy of its harvester (encoder + adapters) and a small regression head on the
+time-mean of the adapter output A_m are trained on that modality's labels: the unimodal T/A/V labels
+on SIMS/SIMSv2.  MOSI and MOSEI have no unimodal labels, so there each modality learns the
+multimodal label M instead -- a weaker, documented substitute.  The text encoder (BERT) stays frozen
+in this stage so that the adapters learn to read its pretrained states; audio/vision encoders train
+with their adapters and are saved too.  The result is one file the main run loads; its adapters are
+then frozen (``freeze_pretrained_adapters``) while the encoders keep training.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .config import KHaRConfig
+from .model.harvest import masked_mean
+from .model.khar import KHaR, modality_inputs
+from .safe_io import atomic_torch_save, safe_torch_load
+
+logger = logging.getLogger("MMSA")
+
+# Config fields that change what pretraining produces; a saved file is reused only when they match.
+_PRETRAIN_FIELDS = ("dataset_name", "feature_dims", "seq_lens", "pretrained", "modal_dim", "encoder_layers",
+                    "encoder_heads", "encoder_ff_dim", "encoder_dropout", "text_adapters", "av_adapters",
+                    "adapter_layers_text", "adapter_layers_av", "adapter_heads", "adapter_inner_layers",
+                    "adapter_dropout", "pretrain_epochs", "pretrain_learning_rate", "pretrain_weight_decay",
+                    "early_stop", "batch_size")
+
+
+def pretrain_fingerprint(cfg: KHaRConfig, seed: object) -> str:
+    fields = {k: getattr(cfg, k) for k in _PRETRAIN_FIELDS}
+    fields["seed"] = seed
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def label_key(modality: str, cfg: KHaRConfig) -> str:
+    """Which label a modality's adapters learn: its own on SIMS/SIMSv2, the multimodal one elsewhere."""
+    return modality.upper() if cfg.has_unimodal_labels else "M"
+
+
+class HarvestHead(nn.Module):
+    """Regression head on the time-mean of A_m (hidden width d/2, KuDA's MLP head)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+
+    def forward(self, adapted: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(masked_mean(adapted, mask))
+
+
+def _batch_inputs(modality: str, batch: Mapping, device: torch.device) -> tuple:
+    def get(key):
+        value = batch.get(key)
+        return value.to(device) if torch.is_tensor(value) else value
+    return modality_inputs(modality, get("text"), get("audio"), get("vision"), get("audio_lengths"),
+                           get("vision_lengths"))
+
+
+def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, key: str, device: torch.device,
+               optimizer: Optional[torch.optim.Optimizer]) -> float:
+    training = optimizer is not None
+    harvester.train(training)
+    head.train(training)
+    total, count = 0.0, 0
+    with torch.set_grad_enabled(training):
+        for batch in tqdm(loader, desc=f"harvest-{modality}-{'train' if training else 'valid'}", leave=False,
+                          disable=None):
+            _, mask, adapted = harvester(*_batch_inputs(modality, batch, device))
+            y = batch["labels"][key].to(device).view(-1, 1)
+            pred = head(adapted, mask)
+            loss = F.mse_loss(pred, y)
+            if training:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            total += F.l1_loss(pred, y, reduction="sum").item()
+            count += y.shape[0]
+    return total / max(count, 1)
+
+
+def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRConfig,
+                      device: torch.device) -> Dict[str, torch.Tensor]:
+    """Train one modality's harvester copy; return its state to load (text: adapters only)."""
+    harvester = copy.deepcopy(khar.harvesters[modality]).to(device)
+    if modality == "t":
+        harvester.encoder.requires_grad_(False)
+    head = HarvestHead(harvester.encoder.dim).to(device)
+    params = [p for p in list(harvester.parameters()) + list(head.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.pretrain_learning_rate, weight_decay=cfg.pretrain_weight_decay)
+    key = label_key(modality, cfg)
+    best_mae, best_state, best_epoch = float("inf"), None, 0
+    for epoch in range(1, cfg.pretrain_epochs + 1):
+        train_mae = _run_epoch(harvester, head, dataloader["train"], modality, key, device, optimizer)
+        valid_mae = _run_epoch(harvester, head, dataloader["valid"], modality, key, device, None)
+        logger.info(f"HARVEST-({modality}) epoch {epoch}/{cfg.pretrain_epochs} label {key}: "
+                    f"train MAE {train_mae:.4f} valid MAE {valid_mae:.4f}")
+        if valid_mae < best_mae:
+            best_mae, best_epoch = valid_mae, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in harvester.state_dict().items()}
+        elif epoch - best_epoch >= cfg.early_stop:
+            break
+    if modality == "t":  # BERT was frozen: only the adapters are knowledge of ours
+        best_state = {k: v for k, v in best_state.items() if k.startswith("adapters.")}
+    return best_state
+
+
+def default_adapter_path(model_save_path: object) -> Path:
+    path = Path(model_save_path)
+    return path.with_name(f"{path.stem}-adapters.pt")
+
+
+def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Path, device: torch.device,
+                      seed: object = None) -> Path:
+    """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them."""
+    fingerprint = pretrain_fingerprint(cfg, seed)
+    states = None
+    if path.is_file():
+        saved = safe_torch_load(path)
+        if saved.get("fingerprint") == fingerprint:
+            states = saved["states"]
+            logger.info(f"Reusing pretrained adapters from {path}")
+        else:
+            logger.info(f"Pretrained adapters at {path} were made with another config; pretraining again")
+    if states is None:
+        sources = {m: label_key(m, cfg) for m in khar.modalities}
+        logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}"
+                    + ("" if cfg.has_unimodal_labels else
+                       f" -- {cfg.dataset_name} has no unimodal labels, so the multimodal label is used"))
+        states = {m: pretrain_modality(khar, m, dataloader, cfg, device) for m in khar.modalities}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"fingerprint": fingerprint, "states": states, "labels": sources,
+                           "config": dataclasses.asdict(cfg)}, path)
+        logger.info(f"Saved pretrained adapters to {path}")
+    khar.load_harvested(states, freeze=cfg.freeze_pretrained_adapters)
+    return path

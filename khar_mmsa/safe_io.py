@@ -1,0 +1,288 @@
+"""Safe reading and atomic writing of the files khar-mmsa touches.
+
+* :func:`load_pickle` / :func:`load_pickle_stream` read MMSA feature pickles with a restricted
+  unpickler: only the globals a dict of numpy arrays needs can be resolved, so a crafted pickle
+  cannot run code (``os.system``, ``open``, ``eval`` ...).  ``trusted=True`` falls back to plain
+  :mod:`pickle` for a file the user vouches for.
+* :func:`safe_torch_load` reads checkpoints with ``torch.load(weights_only=True)``.
+* :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_torch_save` and the
+  :func:`atomic_open` context manager write to a temporary file in the target's directory, flush
+  and fsync it, then ``os.replace`` it over the target: readers see the old file or the new one,
+  never a truncated one, and the temporary file is removed if anything fails.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Iterator, Optional, Union
+
+logger = logging.getLogger("MMSA")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = [
+    "UnsafePickleError", "PickleReadError", "ALLOWED_GLOBALS", "load_pickle", "load_pickle_stream",
+    "safe_torch_load", "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+]
+
+_TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
+               "(or trusted=True to load_pickle) to load it with plain pickle.")
+
+
+class UnsafePickleError(RuntimeError):
+    """A pickle asks for a global outside the allow-list (it could run code), or a checkpoint is
+    not loadable with ``torch.load(weights_only=True)``."""
+
+
+class PickleReadError(ValueError):
+    """A pickle file is truncated, corrupt or not a pickle at all."""
+
+
+# --------------------------------------------------------------------------------------------
+# allow-list
+# --------------------------------------------------------------------------------------------
+# (module, name) pairs after Python-2 name mapping.  ``numpy.core`` (numpy 1) and ``numpy._core``
+# (numpy 2) both appear in pickles in the wild; each is resolved to whichever the installed numpy
+# provides, so a numpy-1 pickle loads under numpy 2 and vice versa.
+_NUMPY_CORE_GLOBALS = frozenset({
+    ("multiarray", "_reconstruct"),   # ndarray.__reduce__
+    ("multiarray", "scalar"),         # numpy scalar (np.float32(1.0), np.str_('x'))
+    ("numeric", "_frombuffer"),       # ndarray.__reduce_ex__ with pickle protocol 5
+})
+_BUILTIN_GLOBALS = frozenset({
+    # dict, list, tuple, str, int, float, bool, None and bytes have opcodes of their own; these
+    # are the containers/numbers that need a global.  bytes/bytearray appear for empty or
+    # protocol <= 2 byte strings.
+    "set", "frozenset", "complex", "bytes", "bytearray",
+})
+ALLOWED_GLOBALS: frozenset = frozenset(
+    {(f"numpy.core.{m}", n) for m, n in _NUMPY_CORE_GLOBALS}
+    | {(f"numpy._core.{m}", n) for m, n in _NUMPY_CORE_GLOBALS}
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.dtypes", "*DType")}
+    | {("builtins", n) for n in _BUILTIN_GLOBALS}
+    | {("collections", "OrderedDict"),
+       # protocol <= 2 pickles store bytes as _codecs.encode(latin-1 text, 'latin1'); numpy
+       # arrays pickled with protocol 2 need it for their raw buffer.
+       ("_codecs", "encode")}
+)
+
+
+def _resolve_numpy_core(submodule: str, name: str) -> Any:
+    """Fetch ``name`` from ``numpy._core.<submodule>`` or ``numpy.core.<submodule>``, whichever
+    the installed numpy has (importing ``numpy.core`` under numpy 2 would warn)."""
+    for base in ("numpy._core", "numpy.core"):
+        try:
+            return getattr(importlib.import_module(f"{base}.{submodule}"), name)
+        except (ImportError, AttributeError):
+            continue
+    raise AttributeError(f"numpy has no {submodule}.{name}")
+
+
+def _allowed_global(module: str, name: str) -> Optional[Any]:
+    """Return the object for an allowed ``module.name``; None if it is not allowed."""
+    for base in ("numpy.core.", "numpy._core."):
+        if module.startswith(base):
+            sub = module[len(base):]
+            if (sub, name) in _NUMPY_CORE_GLOBALS:
+                return _resolve_numpy_core(sub, name)
+            return None
+    if module == "numpy" and name in ("ndarray", "dtype"):
+        import numpy
+        return getattr(numpy, name)
+    if module == "numpy.dtypes" and name.endswith("DType"):
+        import numpy
+        cls = getattr(importlib.import_module("numpy.dtypes"), name, None)
+        if isinstance(cls, type) and issubclass(cls, numpy.dtype):
+            return cls
+        return None
+    if module == "builtins" and name in _BUILTIN_GLOBALS:
+        return getattr(__import__("builtins"), name)
+    if (module, name) == ("collections", "OrderedDict"):
+        import collections
+        return collections.OrderedDict
+    if (module, name) == ("_codecs", "encode"):
+        import _codecs
+        return _codecs.encode
+    return None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler whose ``find_class`` resolves only :data:`ALLOWED_GLOBALS`."""
+
+    def __init__(self, file: IO[bytes], source: str) -> None:
+        # latin1: numpy's documented choice for Python-2 pickles; no effect on Python-3 text.
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        mod, nm = module, name
+        # Python-2 names (__builtin__.set, ...), as pickle's fix_imports maps them.  The C
+        # unpickler does not expose the protocol; these module names do not exist in Python 3,
+        # so mapping them unconditionally is harmless.
+        if (mod, nm) in _compat_pickle.NAME_MAPPING:
+            mod, nm = _compat_pickle.NAME_MAPPING[(mod, nm)]
+        elif mod in _compat_pickle.IMPORT_MAPPING:
+            mod = _compat_pickle.IMPORT_MAPPING[mod]
+        obj = _allowed_global(mod, nm)
+        if obj is None:
+            raise UnsafePickleError(
+                f"{self._source}: refusing to unpickle global '{module}.{name}': it is not a numpy "
+                f"array, dtype or builtin container, and loading it could run arbitrary code. "
+                f"MMSA feature pickles contain only dicts of numpy arrays, lists and strings. "
+                + _TRUST_HINT)
+        return obj
+
+
+def load_pickle_stream(fileobj: BinaryIO, trusted: bool = False, source: str = "<stream>") -> Any:
+    """Unpickle one object from a binary file object.
+
+    With ``trusted=False`` (the default) only :data:`ALLOWED_GLOBALS` may be referenced; any other
+    global raises :class:`UnsafePickleError` before it is called.  ``trusted=True`` uses plain
+    :func:`pickle.load` and logs a warning.  A truncated or corrupt stream raises
+    :class:`PickleReadError`.  ``source`` names the data in messages.
+    """
+    try:
+        if trusted:
+            logger.warning("%s: loading with plain pickle (trust_pickle=True); this runs any code "
+                           "the file contains -- use it only for files you trust.", source)
+            return pickle.load(fileobj, encoding="latin1")
+        return _RestrictedUnpickler(fileobj, source).load()
+    except UnsafePickleError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
+            AttributeError, KeyError, UnicodeDecodeError) as exc:
+        raise PickleReadError(
+            f"{source}: not a readable pickle ({type(exc).__name__}: {exc}). The file is truncated, "
+            f"corrupt or not a feature pickle; re-download or regenerate it.") from exc
+
+
+def load_pickle(path: PathLike, trusted: bool = False) -> Any:
+    """Read a pickle file safely; see :func:`load_pickle_stream`.
+
+    Raises :class:`FileNotFoundError` (with the path) when the file is missing,
+    :class:`UnsafePickleError` for a disallowed global and :class:`PickleReadError` for a corrupt
+    file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: feature file not found; check featurePath / custom_feature.")
+    with open(p, "rb") as f:
+        return load_pickle_stream(f, trusted=trusted, source=str(p))
+
+
+# --------------------------------------------------------------------------------------------
+# torch
+# --------------------------------------------------------------------------------------------
+def safe_torch_load(path: PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, map_location, weights_only=True)`` with clear errors.
+
+    A checkpoint that needs arbitrary globals raises :class:`UnsafePickleError` naming the file;
+    a missing file raises :class:`FileNotFoundError` with the path.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: checkpoint not found.")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsafePickleError(
+            f"{p}: refused by torch.load(weights_only=True): the checkpoint references objects "
+            f"other than tensors and plain containers ({first}). khar-mmsa checkpoints are "
+            f"plain state_dicts; re-save this one with torch.save(model.state_dict(), path), or "
+            f"load it yourself with weights_only=False only if you trust the file.") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------------------------
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (best effort; not possible on every platform)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
+
+    ``mode`` is ``'wb'`` or ``'w'`` (text, ``encoding`` defaults to UTF-8).  If the body raises,
+    the temporary file is removed and an existing ``path`` is left untouched.  The new file gets
+    the old file's permission bits, or the usual ``0o666 & ~umask`` for a new file.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open: mode must be 'wb' or 'w', not {mode!r}")
+    target = Path(path)
+    directory = target.parent if str(target.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            perms = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            perms = 0o666 & ~_UMASK
+        os.chmod(tmp, perms)
+        if mode == "wb":
+            f: IO = os.fdopen(fd, "wb")
+        else:
+            f = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        fd = -1  # owned by f now
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save(obj, path)`` atomically: a crash or a failing ``torch.save`` leaves any
+    existing checkpoint intact and no partial file behind."""
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)

@@ -1,0 +1,238 @@
+"""KHaR's trainer, honouring MMSA's trainer contract (``do_train``/``do_test``).
+
+AdamW with separate text-encoder and other learning rates, weight decay on weights only, linear
+warmup then linear decay (Appendix B), gradient clipping, early stopping on the validation KeyEval
+with an epoch cap, tqdm progress, every loss term (raw and weighted) in the 'MMSA' log, a clear error
+on a non-finite loss, the best checkpoint written atomically to ``args.model_save_path``, and resume
+from the last completed epoch after an interruption (``<model_save_path>.resume``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import KHaRConfig
+from .criterion import KHaRCriterion
+from .mmsa_patch import metrics_for
+from .model.khar import KHaR
+from .pretrain import default_adapter_path, harvest_knowledge
+from .safe_io import atomic_torch_save, safe_torch_load
+
+logger = logging.getLogger("MMSA")
+
+LOWER_IS_BETTER = ("Loss", "MAE")
+
+
+def unwrap(model: nn.Module) -> KHaR:
+    """The KHaR network inside MMSA's AMIO wrapper (or the network itself)."""
+    inner = getattr(model, "Model", model)
+    if not isinstance(inner, KHaR):
+        raise TypeError(f"KHaRTrainer needs a KHaR model, got {type(inner).__name__}")
+    return inner
+
+
+def parameter_groups(model: nn.Module, khar: KHaR, cfg: KHaRConfig) -> List[dict]:
+    """AdamW groups by rule: text-encoder backbone vs the rest, and no weight decay on biases,
+    norms and positional tables (1-D parameters or learned positions). Frozen parameters are left out."""
+    backbone = set()
+    if "t" in khar.harvesters:
+        backbone = {id(p) for p in khar.harvesters["t"].encoder.parameters()}
+    groups: Dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_bert = id(p) in backbone
+        no_decay = p.ndim < 2 or name.endswith("position")
+        groups.setdefault((is_bert, no_decay), []).append(p)
+    out = []
+    for (is_bert, no_decay), params in sorted(groups.items()):
+        out.append({"params": params, "lr": cfg.learning_rate_bert if is_bert else cfg.learning_rate,
+                    "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                    "name": f"{'bert' if is_bert else 'other'}{'-no_decay' if no_decay else ''}"})
+    return out
+
+
+def warmup_linear_decay(total_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warmup from 1/warmup_steps (never 0) to 1, then linear decay to 0."""
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return factor
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: Mapping) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class KHaRTrainer:
+    def __init__(self, args: Mapping) -> None:
+        self.args = args
+        self.cfg = KHaRConfig.from_mmsa_args(args)
+        self.criterion = KHaRCriterion(self.cfg)
+        self.metrics = metrics_for(self.cfg.dataset_name)
+        self.device = torch.device(args.get("device", "cpu"))
+        self.save_path = Path(args["model_save_path"])
+        self.resume_path = self.save_path.with_name(self.save_path.name + ".resume")
+        self.lower_is_better = self.cfg.key_eval in LOWER_IS_BETTER
+
+    # -- batches ---------------------------------------------------------------------------------
+    def _forward(self, model: nn.Module, batch: Mapping) -> dict:
+        d = self.device
+        return model(batch["text"].to(d), batch["audio"].to(d), batch["vision"].to(d),
+                     audio_lengths=batch["audio_lengths"].to(d) if "audio_lengths" in batch else None,
+                     vision_lengths=batch["vision_lengths"].to(d) if "vision_lengths" in batch else None)
+
+    def _fingerprint(self) -> str:
+        fields = dataclasses.asdict(self.cfg)
+        fields["seed"] = self.args.get("cur_seed")
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    # -- training --------------------------------------------------------------------------------
+    def do_train(self, model: nn.Module, dataloader: Mapping, return_epoch_results: bool = False):
+        cfg = self.cfg
+        khar = unwrap(model)
+        if cfg.pretrain_adapters:
+            path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
+                default_adapter_path(self.save_path)
+            harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.args.get("cur_seed"))
+            model.to(self.device)
+        optimizer = torch.optim.AdamW(parameter_groups(model, khar, cfg))
+        total_steps = cfg.epochs * len(dataloader["train"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, cfg.warmup_ratio))
+        state = {"epoch": 0, "best": None, "best_epoch": 0,
+                 "epoch_results": {"train": [], "valid": [], "test": []}}
+        self._maybe_resume(model, optimizer, scheduler, state)
+
+        while state["epoch"] < cfg.epochs:
+            state["epoch"] += 1
+            epoch = state["epoch"]
+            train_log = self._train_epoch(model, dataloader["train"], optimizer, scheduler, epoch)
+            val_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            current = val_results[cfg.key_eval]
+            best = state["best"]
+            better = best is None or (current < best - 1e-6 if self.lower_is_better else current > best + 1e-6)
+            if better:
+                state["best"], state["best_epoch"] = current, epoch
+                atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, self.save_path)
+            logger.info(f"EPOCH-(khar) [{epoch - state['best_epoch']}/{epoch}/{self.args.get('cur_seed')}] "
+                        f"valid {cfg.key_eval}={current:.4f} best={state['best']:.4f} (epoch {state['best_epoch']})")
+            if return_epoch_results:
+                state["epoch_results"]["train"].append(train_log)
+                state["epoch_results"]["valid"].append(val_results)
+                state["epoch_results"]["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
+            self._save_resume(model, optimizer, scheduler, state)
+            if epoch - state["best_epoch"] >= cfg.early_stop:
+                logger.info(f"Early stop after {epoch} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
+                break
+        self.resume_path.unlink(missing_ok=True)
+        return state["epoch_results"] if return_epoch_results else None
+
+    def _train_epoch(self, model: nn.Module, loader, optimizer, scheduler, epoch: int) -> Dict[str, float]:
+        model.train()
+        sums: Dict[str, float] = {}
+        preds, trues = [], []
+        steps = 0
+        for step, batch in enumerate(tqdm(loader, desc=f"KHaR epoch {epoch}", leave=False, disable=None)):
+            labels = batch["labels"]["M"].to(self.device).view(-1, 1)
+            outputs = self._forward(model, batch)
+            total, raw, weighted = self.criterion(outputs, labels)
+            if not torch.isfinite(total):
+                bad = [k for k, v in raw.items() if not torch.isfinite(v)]
+                raise FloatingPointError(
+                    f"KHaR loss became non-finite at epoch {epoch}, step {step + 1}: term(s) {bad or ['total']} "
+                    f"= {[float(raw[k]) for k in bad]}. Check the features for NaN/inf, or lower learning_rate "
+                    f"({self.cfg.learning_rate}) / learning_rate_bert ({self.cfg.learning_rate_bert}).")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if self.cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+            sums["total"] = sums.get("total", 0.0) + total.item()
+            for k in raw:
+                sums[f"raw/{k}"] = sums.get(f"raw/{k}", 0.0) + raw[k].item()
+                sums[f"weighted/{k}"] = sums.get(f"weighted/{k}", 0.0) + weighted[k].item()
+            preds.append(outputs["M"].detach().cpu())
+            trues.append(labels.cpu())
+        log = {k: v / max(steps, 1) for k, v in sums.items()}
+        results = self.metrics(torch.cat(preds), torch.cat(trues))
+        logger.info(f"TRAIN-(khar) epoch {epoch} >> loss {log['total']:.4f} | "
+                    + " ".join(f"{k}={v:.4f}" for k, v in log.items() if k != "total")
+                    + " | " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        results["Loss"] = round(log["total"], 4)
+        results.update(log)
+        return results
+
+    # -- resume ----------------------------------------------------------------------------------
+    def _save_resume(self, model, optimizer, scheduler, state: Mapping) -> None:
+        atomic_torch_save({"fingerprint": self._fingerprint(), "model": model.state_dict(),
+                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                           "state": dict(state), "rng": _rng_state()}, self.resume_path)
+
+    def _maybe_resume(self, model, optimizer, scheduler, state: dict) -> None:
+        if not self.resume_path.is_file():
+            return
+        saved = safe_torch_load(self.resume_path)
+        if saved.get("fingerprint") != self._fingerprint():
+            logger.warning(f"Ignoring {self.resume_path}: it was written by a run with another config or seed")
+            self.resume_path.unlink(missing_ok=True)
+            return
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state.update(saved["state"])
+        _set_rng_state(saved["rng"])
+        if not self.save_path.is_file():
+            raise FileNotFoundError(f"{self.resume_path} says epoch {state['best_epoch']} was best, but the "
+                                    f"checkpoint {self.save_path} is gone; delete the .resume file to start over")
+        logger.info(f"Resuming KHaR from {self.resume_path} after epoch {state['epoch']} "
+                    f"(best {self.cfg.key_eval}={state['best']} at epoch {state['best_epoch']})")
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def do_test(self, model: nn.Module, dataloader, mode: str = "VAL", return_sample_results: bool = False) -> dict:
+        model.eval()
+        preds, trues, ids = [], [], []
+        features: Dict[str, list] = {"Feature_t": [], "Feature_a": [], "Feature_v": [], "Feature_f": []}
+        with torch.no_grad():
+            for batch in tqdm(dataloader, desc=mode, leave=False, disable=None):
+                outputs = self._forward(model, batch)
+                preds.append(outputs["M"].cpu())
+                trues.append(batch["labels"]["M"].view(-1, 1))
+                if return_sample_results:
+                    ids.extend(batch["id"])
+                    for m, v in outputs["unimodal"].items():
+                        features[f"Feature_{m}"].append(v.cpu().numpy())
+                    features["Feature_f"].append(outputs["fused"].cpu().numpy())
+        pred, true = torch.cat(preds), torch.cat(trues)
+        results = self.metrics(pred, true)
+        results["Loss"] = round(torch.nn.functional.l1_loss(pred, true).item(), 4)
+        logger.info(f"{mode}-(khar) >> " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        if return_sample_results:
+            results["Ids"] = ids
+            results["SResults"] = pred.view(-1).numpy()
+            results["Features"] = {k: np.concatenate(v) for k, v in features.items() if v}
+            results["Labels"] = true.view(-1).tolist()
+        return results

@@ -1,0 +1,395 @@
+"""Validation of MMSA feature pickles before any model sees them.
+
+MMSA 2.2.1's loader indexes the pickle blindly: a missing key is a bare ``KeyError``, a ragged or
+NaN-filled array surfaces epochs later as a shape error deep inside torch or as ``nan`` metrics.
+:func:`validate_features` checks everything the loader and the models rely on, in one vectorised
+pass, and raises one :class:`FeatureValidationError` whose message names the file, the split, the
+key, what is wrong and what to do.
+
+Structure (splits, keys, shapes) is checked for all splits first, then values, so the first error
+reported is the most fundamental one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .config import LABEL_RANGES
+
+logger = logging.getLogger("MMSA")
+
+__all__ = ["FeatureValidationError", "validate_features", "required_keys", "SPLITS",
+           "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]
+
+SPLITS = ("train", "valid", "test")
+LABEL_TOLERANCE = 1e-4
+# MMSA's multi-task models read labels['T'/'A'/'V'] (they are SIMS-only in MMSA).
+UNIMODAL_LABEL_MODELS = frozenset({"mtfn", "mlmf", "mlf_dnn"})
+UNIMODAL_LABEL_DATASETS = frozenset({"sims", "simsv2"})
+
+
+class FeatureValidationError(ValueError):
+    """A feature pickle cannot be used as it is.
+
+    The message reads ``"<file> [<split>/<key>]: <what is wrong>. <what to do>"``; the parts are
+    also available as the attributes ``source``, ``split``, ``key``, ``problem`` and ``remedy``.
+    """
+
+    def __init__(self, source: str, split: Optional[str], key: Optional[str], problem: str,
+                 remedy: str) -> None:
+        self.source, self.split, self.key = source, split, key
+        self.problem, self.remedy = problem.rstrip("."), remedy.rstrip(".")
+        where = "/".join(p for p in (split, key) if p) or "-"
+        super().__init__(f"{source} [{where}]: {self.problem}. {self.remedy}.")
+
+
+# --------------------------------------------------------------------------------------------
+def _flag(args: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = args.get(key, default)
+    return bool(value) if value is not None else default
+
+
+def needs_unimodal_labels(args: Mapping[str, Any]) -> bool:
+    """True when regression_labels_T/A/V must be present: SIMS/SIMSv2, MMSA's multi-task models,
+    or a config asking for them (``need_unimodal_labels=True``)."""
+    return (str(args.get("dataset_name", "")).lower() in UNIMODAL_LABEL_DATASETS
+            or str(args.get("model_name", "")).lower() in UNIMODAL_LABEL_MODELS
+            or _flag(args, "need_unimodal_labels"))
+
+
+def required_keys(args: Mapping[str, Any]) -> List[str]:
+    """The per-split keys MMSA's loader and the model named in ``args`` read."""
+    keys = ["text_bert" if _flag(args, "use_bert") else "text", "audio", "vision",
+            "regression_labels", "id", "raw_text"]
+    if not _flag(args, "need_data_aligned"):
+        keys += ["audio_lengths", "vision_lengths"]
+    if needs_unimodal_labels(args):
+        keys += ["regression_labels_T", "regression_labels_A", "regression_labels_V"]
+    return keys
+
+
+def _why_needed(key: str, args: Mapping[str, Any]) -> str:
+    model = args.get("model_name", "?")
+    ds = args.get("dataset_name", "?")
+    if key == "text_bert":
+        return f"model '{model}' runs with use_bert=True"
+    if key == "text":
+        return f"model '{model}' runs with use_bert=False (GloVe/pre-extracted text features)"
+    if key.endswith("_lengths"):
+        return f"model '{model}' uses unaligned data (need_data_aligned=False)"
+    if key.startswith("regression_labels_"):
+        return (f"dataset '{ds}' / model '{model}' uses unimodal (T/A/V) labels")
+    return "MMSA's data loader reads it"
+
+
+def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
+    """``args['vocab_size']``, else ``vocab_size`` from ``<pretrained>/config.json`` when
+    ``pretrained`` is a local folder; None when unknown."""
+    v = args.get("vocab_size")
+    if v is not None:
+        return int(v)
+    pre = args.get("pretrained")
+    if not pre or not isinstance(pre, (str, Path)):
+        return None
+    cfg = Path(pre) / "config.json"
+    try:
+        if cfg.is_file():
+            v = json.loads(cfg.read_text(encoding="utf-8")).get("vocab_size")
+            return int(v) if v is not None else None
+    except (OSError, ValueError, TypeError):
+        return None
+    return None
+
+
+def _sample_ids(split_data: Mapping[str, Any], idx: np.ndarray, limit: int = 3) -> str:
+    """'samples 3, 17 (ids 'a$_1', 'b$_2')' for an error message."""
+    idx = [int(i) for i in np.asarray(idx).ravel()[:limit]]
+    txt = "sample" + ("s " if len(idx) > 1 else " ") + ", ".join(str(i) for i in idx)
+    ids = split_data.get("id")
+    try:
+        names = [str(ids[i]) for i in idx]
+        txt += " (id " + ", ".join(repr(n) for n in names) + ")"
+    except Exception:  # ids missing or not indexable: the index alone is enough
+        pass
+    return txt
+
+
+class _Checker:
+    """Holds the context of one validation run so that errors can be raised tersely."""
+
+    def __init__(self, data: Mapping[str, Any], args: Mapping[str, Any], source: str) -> None:
+        self.data, self.args, self.source = data, args, str(source)
+        self.ds = str(args.get("dataset_name", "")).lower()
+        self.model = str(args.get("model_name", "")).lower()
+        self.use_bert = _flag(args, "use_bert")
+        self.aligned = _flag(args, "need_data_aligned")
+        self.text_key = "text_bert" if self.use_bert else "text"
+        self.keys = required_keys(args)
+
+    def fail(self, split: Optional[str], key: Optional[str], problem: str, remedy: str) -> None:
+        raise FeatureValidationError(self.source, split, key, problem, remedy)
+
+    # ---- structure --------------------------------------------------------------------------
+    def arrays(self, split: str) -> Dict[str, np.ndarray]:
+        sd = self.data[split]
+        out: Dict[str, np.ndarray] = {}
+        for key in self.keys:
+            if key not in sd:
+                present = ", ".join(sorted(map(str, sd.keys()))) or "none"
+                self.fail(split, key, f"missing key '{key}' ({_why_needed(key, self.args)}; keys "
+                          f"present: {present})",
+                          "Regenerate the features with MMSA-FET or add the key; "
+                          + ("set use_bert to match the text features you have"
+                             if key in ("text", "text_bert") else
+                             "check need_data_aligned / the dataset name"
+                             if key.endswith("_lengths") or key.startswith("regression_labels_")
+                             else "every split needs it"))
+            value = sd[key]
+            if key in ("id", "raw_text"):
+                try:
+                    len(value)
+                except TypeError:
+                    self.fail(split, key, f"is a {type(value).__name__}, not a sequence",
+                              "Store one entry per sample (list or numpy array)")
+                out[key] = value  # type: ignore[assignment]
+                continue
+            arr = value if isinstance(value, np.ndarray) else None
+            if arr is None:
+                try:
+                    arr = np.asarray(value)
+                except Exception as exc:  # ragged lists and the like
+                    self.fail(split, key, f"cannot be read as an array ({exc})",
+                              "Store a numpy array with one row per sample")
+            if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                           or arr.dtype == np.bool_):
+                self.fail(split, key, f"has non-numeric dtype {arr.dtype}",
+                          "Store numbers (float32 features, integer lengths, float labels); "
+                          "a ragged list of sequences must be padded to one array first")
+            out[key] = arr
+        return out
+
+    def shapes(self, split: str, arrs: Mapping[str, Any]) -> int:
+        labels = arrs["regression_labels"]
+        n = int(labels.shape[0]) if labels.ndim else 0
+        if labels.ndim == 0 or labels.size != n or labels.ndim > 2:
+            self.fail(split, "regression_labels", f"has shape {labels.shape}",
+                      "Store one label per sample, shape (N,) or (N, 1)")
+        if n == 0:
+            self.fail(split, "regression_labels", "the split has no samples",
+                      "Every split needs at least one sample")
+        tk = self.text_key
+        for key in (tk, "audio", "vision"):
+            a = arrs[key]
+            if a.ndim != 3:
+                expect = "(N, 3, L): token ids, attention mask, segment ids" if key == "text_bert" \
+                    else "(N, sequence length, feature width)"
+                self.fail(split, key, f"has shape {a.shape}, expected 3-D {expect}",
+                          "Store padded 3-D arrays as MMSA-FET writes them")
+            if a.shape[0] != n:
+                self.fail(split, key, f"has {a.shape[0]} samples but regression_labels has {n}",
+                          "All keys of a split must describe the same samples in the same order")
+            if key == "text_bert" and a.shape[1] != 3:
+                self.fail(split, key, f"has shape {a.shape}, expected (N, 3, L) (ids, mask, "
+                          "segment ids)", "Re-tokenise with MMSA-FET's BERT text extractor, or "
+                          "set use_bert=False for pre-extracted text features")
+            if a.shape[1] == 0 or a.shape[2] == 0:
+                self.fail(split, key, f"has an empty dimension {a.shape}",
+                          "Store non-empty sequences and features")
+        for key in self.keys:
+            if key in (tk, "audio", "vision"):
+                continue
+            a = arrs[key]
+            if key.startswith("regression_labels_") and isinstance(a, np.ndarray):
+                if a.ndim == 0 or a.size != a.shape[0] or a.ndim > 2:
+                    self.fail(split, key, f"has shape {a.shape}",
+                              "Store one label per sample, shape (N,) or (N, 1)")
+            elif key.endswith("_lengths") and isinstance(a, np.ndarray) and a.ndim != 1:
+                self.fail(split, key, f"has shape {a.shape}", "Store one length per sample, shape (N,)")
+            length = len(a)
+            if length != n:
+                self.fail(split, key, f"has {length} entries but regression_labels has {n}",
+                          "All keys of a split must describe the same samples in the same order")
+        if self.aligned:
+            seq = {k: arrs[k].shape[2 if k == "text_bert" else 1] for k in (tk, "audio", "vision")}
+            if len(set(seq.values())) > 1:
+                key = "audio" if seq["audio"] != seq[tk] else "vision"
+                self.fail(split, key, f"sequence lengths differ between modalities {seq} although "
+                          f"need_data_aligned=True", "Use word-aligned features for this model, or "
+                          "the unaligned feature file with need_data_aligned=False")
+        return n
+
+    def widths(self, split: str, arrs: Mapping[str, np.ndarray],
+               ref: Dict[str, Tuple[str, Tuple[int, ...]]]) -> None:
+        for key in (self.text_key, "audio", "vision"):
+            shape = arrs[key].shape
+            width = shape[1] if key == "text_bert" else shape[2]
+            seq = shape[2] if key == "text_bert" else shape[1]
+            if key not in ref:
+                ref[key] = (split, shape)
+                continue
+            rsplit, rshape = ref[key]
+            rwidth = rshape[1] if key == "text_bert" else rshape[2]
+            rseq = rshape[2] if key == "text_bert" else rshape[1]
+            if width != rwidth:
+                self.fail(split, key, f"feature width {width} but {rsplit} has {rwidth} "
+                          f"(shapes {shape} vs {rshape})",
+                          "All splits must come from the same feature extractor; regenerate the "
+                          "features")
+            if seq != rseq:
+                logger.warning("%s [%s/%s]: sequence length %d differs from %s's %d; MMSA sets "
+                               "seq_lens from the last split it loads.", self.source, split, key,
+                               seq, rsplit, rseq)
+
+    # ---- values -----------------------------------------------------------------------------
+    def finite(self, split: str, key: str, a: np.ndarray, allow_neg_inf: bool) -> None:
+        if not np.issubdtype(a.dtype, np.floating):
+            return
+        lo, hi = a.min(), a.max()  # NaN propagates through both; no temporaries
+        if np.isfinite(lo) and np.isfinite(hi):
+            return
+        sd = self.data[split]
+        flat = a.reshape(a.shape[0], -1)
+        if np.isnan(lo) or np.isnan(hi):
+            bad = np.flatnonzero(np.isnan(flat).any(axis=1))
+            what = "NaN"
+        elif hi == np.inf:
+            bad = np.flatnonzero(np.isposinf(flat).any(axis=1))
+            what = "+inf"
+        elif allow_neg_inf:
+            return
+        else:
+            bad = np.flatnonzero(np.isneginf(flat).any(axis=1))
+            what = "-inf"
+        note = (" (MMSA zeroes only -inf in audio, which is accepted; NaN and +inf are not "
+                "replaced)" if key == "audio" else
+                " (MMSA replaces non-finite values only for -inf in audio)")
+        self.fail(split, key, f"contains {what} in {len(bad)} sample(s), first {_sample_ids(sd, bad)}"
+                  + note, "Replace or drop these values (e.g. np.nan_to_num) and regenerate the "
+                  "pickle")
+
+    def lengths(self, split: str, key: str, lens: Any, seq_len: int) -> None:
+        a = np.asarray(lens)
+        sd = self.data[split]
+        if a.dtype == object or not (np.issubdtype(a.dtype, np.integer)
+                                     or np.issubdtype(a.dtype, np.floating)):
+            self.fail(split, key, f"has dtype {a.dtype}", "Store integer lengths")
+        if np.issubdtype(a.dtype, np.floating):
+            bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+            if bad.size:
+                self.fail(split, key, f"has non-integer values, first {_sample_ids(sd, bad)}: "
+                          f"{a[bad[:3]].tolist()}", "Store integer lengths (valid frames per sample)")
+        bad = np.flatnonzero(a <= 0)
+        if bad.size:
+            self.fail(split, key, f"has {bad.size} length(s) <= 0, first {_sample_ids(sd, bad)}",
+                      "Every sample needs at least one valid frame; drop empty samples or "
+                      "regenerate their features")
+        bad = np.flatnonzero(a > seq_len)
+        if bad.size:
+            self.fail(split, key, f"has {bad.size} length(s) greater than the sequence length "
+                      f"{seq_len}, first {_sample_ids(sd, bad)}: {a[bad[:3]].tolist()}",
+                      "Lengths must count valid frames of the padded array; clip them to the "
+                      "padded length or regenerate the features")
+
+    def labels(self, split: str, key: str, lab: np.ndarray) -> None:
+        sd = self.data[split]
+        v = lab.reshape(-1)
+        if np.issubdtype(v.dtype, np.floating):
+            bad = np.flatnonzero(~np.isfinite(v))
+            if bad.size:
+                self.fail(split, key, f"has {bad.size} non-finite label(s), first "
+                          f"{_sample_ids(sd, bad)}", "Drop these samples or fix their labels")
+        rng = LABEL_RANGES.get(self.ds)
+        if rng is None:
+            return
+        lo, hi = rng
+        bad = np.flatnonzero((v < lo - LABEL_TOLERANCE) | (v > hi + LABEL_TOLERANCE))
+        if bad.size:
+            self.fail(split, key, f"has {bad.size} label(s) outside {self.ds}'s range [{lo:g}, "
+                      f"{hi:g}], first {_sample_ids(sd, bad)}: {v[bad[:3]].tolist()}",
+                      "Check dataset_name matches the labels, or rescale the labels to the "
+                      "dataset's range")
+
+    def text_bert(self, split: str, a: np.ndarray, vocab: Optional[int]) -> None:
+        sd = self.data[split]
+        key = "text_bert"
+        is_float = np.issubdtype(a.dtype, np.floating)
+        for row, name in ((0, "token ids"), (1, "attention mask"), (2, "segment ids")):
+            x = a[:, row, :]
+            if is_float:
+                badm = ~np.isfinite(x) | (x != np.round(x))
+                if badm.any():
+                    bad = np.flatnonzero(badm.any(axis=1))
+                    self.fail(split, key, f"{name} (text_bert[:, {row}]) are not integers, first "
+                              f"{_sample_ids(sd, bad)}", "Re-tokenise the text")
+            if row == 0:
+                bad = np.flatnonzero((x < 0).any(axis=1))
+                if bad.size:
+                    self.fail(split, key, f"negative token ids, first {_sample_ids(sd, bad)}",
+                              "Re-tokenise the text with the tokenizer of 'pretrained'")
+                if vocab is not None:
+                    mx = x.max()
+                    if mx >= vocab:
+                        bad = np.flatnonzero((x >= vocab).any(axis=1))
+                        self.fail(split, key, f"token id {int(mx)} >= the tokenizer's vocabulary "
+                                  f"size {vocab}, first {_sample_ids(sd, bad)}",
+                                  f"The features were tokenised with another vocabulary than "
+                                  f"pretrained={self.args.get('pretrained')!r}; use the matching "
+                                  f"model (e.g. bert-base-chinese for SIMS) or re-tokenise")
+            else:
+                bad = np.flatnonzero(((x != 0) & (x != 1)).any(axis=1))
+                if bad.size:
+                    self.fail(split, key, f"{name} (text_bert[:, {row}]) has values other than 0 "
+                              f"and 1, first {_sample_ids(sd, bad)}",
+                              "text_bert must be (ids, attention mask, segment ids) as MMSA-FET "
+                              "writes it; re-tokenise the text")
+
+
+def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: str) -> None:
+    """Check an MMSA feature pickle for the model and dataset in ``args``.
+
+    ``args`` is MMSA's merged config (``model_name``, ``dataset_name``, ``use_bert``,
+    ``need_data_aligned``; optionally ``vocab_size``, ``pretrained``, ``need_unimodal_labels``).
+    ``source`` names the file in messages.  Raises :class:`FeatureValidationError` at the first
+    problem; returns None when the data is usable.  -inf in ``audio`` is accepted (MMSA's loader
+    zeroes it); NaN or +/-inf anywhere else in a feature array is rejected.
+    """
+    chk = _Checker(data, args, source)
+    if not isinstance(data, Mapping):
+        chk.fail(None, None, f"the pickle holds a {type(data).__name__}, not a dict of splits",
+                 "Pass an MMSA feature pickle: {'train': {...}, 'valid': {...}, 'test': {...}}")
+    for split in SPLITS:
+        if split not in data:
+            present = ", ".join(sorted(map(str, data.keys()))) or "none"
+            chk.fail(split, None, f"missing split '{split}' (splits present: {present})",
+                     "MMSA needs 'train', 'valid' and 'test'; add the missing split")
+        if not isinstance(data[split], Mapping):
+            chk.fail(split, None, f"is a {type(data[split]).__name__}, not a dict of arrays",
+                     "Each split must map keys such as 'audio' and 'regression_labels' to arrays")
+
+    all_arrs: Dict[str, Dict[str, Any]] = {}
+    ref: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    for split in SPLITS:
+        arrs = chk.arrays(split)
+        chk.shapes(split, arrs)
+        chk.widths(split, arrs, ref)
+        all_arrs[split] = arrs
+
+    vocab = _vocab_size(args) if chk.use_bert else None
+    for split in SPLITS:
+        arrs = all_arrs[split]
+        if chk.use_bert:
+            chk.text_bert(split, arrs["text_bert"], vocab)
+        else:
+            chk.finite(split, "text", arrs["text"], allow_neg_inf=False)
+        chk.finite(split, "audio", arrs["audio"], allow_neg_inf=True)
+        chk.finite(split, "vision", arrs["vision"], allow_neg_inf=False)
+        if not chk.aligned:
+            chk.lengths(split, "audio_lengths", arrs["audio_lengths"], arrs["audio"].shape[1])
+            chk.lengths(split, "vision_lengths", arrs["vision_lengths"], arrs["vision"].shape[1])
+        for key in chk.keys:
+            if key.startswith("regression_labels"):
+                chk.labels(split, key, np.asarray(arrs[key]))

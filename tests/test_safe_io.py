@@ -1,0 +1,232 @@
+"""Tests for khar_mmsa.safe_io: restricted unpickling, weights-only torch loads, atomic writes."""
+from __future__ import annotations
+
+import collections
+import io
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from khar_mmsa.safe_io import (PickleReadError, UnsafePickleError, atomic_open, atomic_torch_save,
+                               atomic_write_bytes, atomic_write_text, load_pickle,
+                               load_pickle_stream, safe_torch_load)
+
+
+# --- malicious payloads (module level so that pickle can reference them by name) -------------
+class _CreatesFile:
+    """Unpickling calls open(path, 'w'), which creates the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class _RunsCommand:
+    """Unpickling calls os.system(cmd)."""
+
+    def __init__(self, cmd: str) -> None:
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return (os.system, (self.cmd,))
+
+
+class _Custom:
+    """A harmless user class: loadable only with trusted=True."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def _mmsa_like() -> dict:
+    """A small MMSA-style feature dict: float32 features, int lengths, strings, lists."""
+    rng = np.random.default_rng(0)
+    split = lambda n: {  # noqa: E731
+        "text_bert": rng.integers(0, 100, size=(n, 3, 6)).astype(np.float64),
+        "text": rng.standard_normal((n, 6, 8)).astype(np.float32),
+        "audio": rng.standard_normal((n, 5, 4)).astype(np.float32),
+        "vision": rng.standard_normal((n, 7, 3)).astype(np.float32),
+        "audio_lengths": [int(x) for x in rng.integers(1, 6, size=n)],
+        "vision_lengths": np.full(n, 7, dtype=np.int64),
+        "regression_labels": rng.uniform(-3, 3, size=n).astype(np.float32),
+        "id": np.array([f"vid{i}$_$1" for i in range(n)]),
+        "raw_text": [f"sentence {i}" for i in range(n)],
+        "meta": collections.OrderedDict(scale=np.float32(0.5), names=("a", "b"), tags={1, 2},
+                                        frozen=frozenset({3}), c=1 + 2j, raw=b"\x00\x01",
+                                        empty=b"", obj=np.array(["x", 1], dtype=object)),
+    }
+    return {"train": split(4), "valid": split(2), "test": split(3)}
+
+
+def _assert_same(a, b) -> None:
+    if isinstance(a, dict):
+        assert type(a) is type(b) and list(a) == list(b)
+        for k in a:
+            _assert_same(a[k], b[k])
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+        assert (a == b).all()
+    else:
+        assert type(a) is type(b) and a == b
+
+
+# --- restricted unpickling --------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_file_creating_pickle_refused_and_file_not_created(tmp_path: Path, protocol: int) -> None:
+    target = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"train": _CreatesFile(str(target))}, protocol=protocol))
+    with pytest.raises(UnsafePickleError) as ei:
+        load_pickle(evil)
+    msg = str(ei.value)
+    assert str(evil) in msg and "open" in msg and "trust_pickle" in msg and "trusted=True" in msg
+    assert not target.exists()
+
+
+def test_command_running_pickle_refused(tmp_path: Path) -> None:
+    target = tmp_path / "ran.txt"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps([_RunsCommand(f"touch {target}")]))
+    with pytest.raises(UnsafePickleError) as ei:
+        load_pickle(evil)
+    assert "system" in str(ei.value) and str(evil) in str(ei.value)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("payload", [
+    b"cbuiltins\neval\n(S'1+1'\ntR.",            # builtins.eval
+    b"cbuiltins\ngetattr\n(cbuiltins\nobject\nS'x'\ntR.",
+    b"cnumpy\nload\n(S'x.npy'\ntR.",              # numpy, but not an allowed name
+    b"cnumpy.core.multiarray\nfromfile\n(S'x'\ntR.",
+    b"ccopyreg\n_reconstructor\n(tR.",
+])
+def test_other_globals_refused(payload: bytes) -> None:
+    with pytest.raises(UnsafePickleError):
+        load_pickle_stream(io.BytesIO(payload), source="x.pkl")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_mmsa_style_dict_round_trips(tmp_path: Path, protocol: int) -> None:
+    data = _mmsa_like()
+    path = tmp_path / "feat.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    _assert_same(data, load_pickle(path))
+
+
+def test_numpy1_global_names_load() -> None:
+    data = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.float64(2.5)}
+    raw = pickle.dumps(data, protocol=2)
+    if b"numpy._core" in raw:  # written by numpy 2: rewrite as numpy 1 would have
+        raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in raw and b"numpy._core" not in raw
+    out = load_pickle_stream(io.BytesIO(raw))
+    _assert_same(data, out)
+
+
+def test_numpy2_global_names_load() -> None:
+    data = {"a": np.arange(4, dtype=np.int32)}
+    raw = pickle.dumps(data, protocol=2)
+    raw = raw.replace(b"numpy.core.multiarray", b"numpy._core.multiarray")
+    assert b"numpy._core.multiarray" in raw
+    _assert_same(data, load_pickle_stream(io.BytesIO(raw)))
+
+
+def test_python2_builtin_names_load() -> None:
+    raw = b"\x80\x02c__builtin__\nset\n]q\x00(K\x01K\x02e\x85q\x01Rq\x02."
+    assert load_pickle_stream(io.BytesIO(raw)) == {1, 2}
+
+
+def test_trusted_loads_custom_class_and_warns(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "custom.pkl"
+    path.write_bytes(pickle.dumps({"obj": _Custom(7)}))
+    with pytest.raises(UnsafePickleError):
+        load_pickle(path)
+    with caplog.at_level(logging.WARNING, logger="MMSA"):
+        out = load_pickle(path, trusted=True)
+    assert isinstance(out["obj"], _Custom) and out["obj"].x == 7
+    assert any("trust" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_truncated_pickle_is_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(pickle.dumps(_mmsa_like())[:200])
+    with pytest.raises(PickleReadError, match="cut.pkl"):
+        load_pickle(path)
+
+
+def test_missing_file_names_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pkl"):
+        load_pickle(tmp_path / "nope.pkl")
+
+
+# --- torch ------------------------------------------------------------------------------------
+def test_safe_torch_load_refuses_malicious_pt(tmp_path: Path) -> None:
+    target = tmp_path / "pwned.txt"
+    pt = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "x": _CreatesFile(str(target))}, pt)
+    with pytest.raises(UnsafePickleError) as ei:
+        safe_torch_load(pt)
+    assert str(pt) in str(ei.value) and "weights_only" in str(ei.value)
+    assert not target.exists()
+
+
+def test_safe_torch_load_reads_state_dict(tmp_path: Path) -> None:
+    sd = {"Model.w": torch.arange(3.0), "Model.b": torch.ones(1)}
+    pt = tmp_path / "ok.pth"
+    atomic_torch_save(sd, pt)
+    out = safe_torch_load(pt)
+    assert set(out) == set(sd) and torch.equal(out["Model.w"], sd["Model.w"])
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+def _leftovers(directory: Path) -> list:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_bytes_and_text(tmp_path: Path) -> None:
+    p = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(p, b"abc")
+    assert p.read_bytes() == b"abc"
+    atomic_write_bytes(p, b"xy")
+    assert p.read_bytes() == b"xy"
+    t = tmp_path / "r.csv"
+    atomic_write_text(t, "a,b\n1,2\n")
+    assert t.read_text() == "a,b\n1,2\n"
+    assert _leftovers(tmp_path) == [] and _leftovers(tmp_path / "sub") == []
+
+
+def test_atomic_write_keeps_old_content_when_writer_raises(tmp_path: Path) -> None:
+    p = tmp_path / "results.csv"
+    p.write_text("old content\n")
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_open(p, "w") as f:
+            f.write("new partial")
+            f.flush()
+            raise RuntimeError("crash midway")
+    assert p.read_text() == "old content\n"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_torch_save_keeps_old_checkpoint_on_failure(tmp_path: Path) -> None:
+    p = tmp_path / "khar-mosi.pth"
+    atomic_torch_save({"w": torch.ones(2)}, p)
+    before = p.read_bytes()
+    with pytest.raises(Exception):
+        atomic_torch_save({"w": torch.zeros(1000), "bad": lambda: 0}, p)  # unpicklable midway
+    assert p.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_preserves_permissions(tmp_path: Path) -> None:
+    p = tmp_path / "f.txt"
+    p.write_text("x")
+    os.chmod(p, 0o640)
+    atomic_write_text(p, "y")
+    assert p.stat().st_mode & 0o777 == 0o640
