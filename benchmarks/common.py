@@ -236,10 +236,15 @@ def add_common_args(parser: argparse.ArgumentParser, default_seeds: Optional[Seq
                         help="where the Markdown/CSV tables go (default: benchmarks/results; --smoke: <out>)")
     parser.add_argument("--encoder", type=Path, default=None,
                         help="local BERT folder of the text encoder (default: all-MiniLM-L6-v2; --smoke: a tiny random BERT)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is much faster on a busy shared CPU)")
 
 
 def resolve_paths(args: argparse.Namespace, run_name: str) -> None:
-    """Fill ``args.out``, ``args.results_md`` and ``args.tables_dir`` from the mode."""
+    """Fill ``args.out``, ``args.results_md`` and ``args.tables_dir`` from the mode; apply --threads."""
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(int(args.threads))
     if args.out is None:
         args.out = DEFAULT_WORK_DIR / f"{run_name}-{args.mode}"
     args.out = Path(args.out)
@@ -272,6 +277,11 @@ def text_encoder(args: argparse.Namespace) -> Path:
 def encoder_hidden_size(folder: Path) -> int:
     import json
     return int(json.loads((Path(folder) / "config.json").read_text())["hidden_size"])
+
+
+def shown_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A run's overrides for the tables: local paths replaced by their folder/file name."""
+    return {k: (Path(v).name if isinstance(v, (str, Path)) and ("/" in str(v)) else v) for k, v in config.items()}
 
 
 def encoder_name(folder: Path) -> str:
@@ -317,11 +327,11 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
         build_transcript_dataset(label_csv, full, tokenizer, text_len=text_len, progress=False)
     data = load_pickle(full)
     meta = dict(data.get("meta", {}))
-    if train_subset is None or train_subset >= len(data["train"]["regression_labels"]):
+    n = len(data["train"]["regression_labels"])
+    if train_subset is None or train_subset >= n:
         return full, meta
     path = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-train{train_subset}-s{seed}.pkl"
     if not path.is_file():
-        n = len(data["train"]["regression_labels"])
         keep = np.sort(np.random.default_rng(seed).choice(n, size=train_subset, replace=False))
         data["train"] = {k: v[keep] for k, v in data["train"].items()}
         meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
@@ -330,7 +340,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
         with open(tmp, "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
         os.replace(tmp, path)
-    meta["train_subset"] = {"size": int(train_subset), "of": int(len(data["train"]["regression_labels"]))}
+    meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
     return path, meta
 
 
@@ -416,7 +426,7 @@ def results_table(results: Sequence[Tuple[str, Mapping[str, Stat]]], columns: Se
         row += [values[i] for _, values in extra]
         rows.append(row)
     for label, values in paper or []:
-        row = [label] + [fmt_paper(key, values.get(key)) for key, _ in columns] + ["" for _ in extra]
+        row = [f"*{label}*"] + [fmt_paper(key, values.get(key)) for key, _ in columns] + ["" for _ in extra]
         rows.append(row)
     return markdown_table(header, rows)
 

@@ -51,7 +51,7 @@ MOSI_SEQ_LENS = (50, 375, 500)
 SETTINGS = {
     # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens
     "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12)),
-    "quick": dict(batch=16, warmup=1, steps=4, share_pairs=6, seq_lens=MOSI_SEQ_LENS),
+    "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS),
     "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS),
 }
 SMOKE_KHAR = {"modal_dim": 16, "encoder_layers": 1, "encoder_heads": 2, "encoder_ff_dim": 16, "text_adapters": 1,
@@ -301,7 +301,14 @@ def run_isolated(model_name: str, encoder: Path, batch: Mapping[str, Any], mode:
     proc = ctx.Process(target=_child, args=(queue, model_name, str(encoder), dict(batch), mode, dict(settings),
                                             device_name, torch.get_num_threads()))
     proc.start()
-    res = queue.get()
+    import queue as queue_mod
+    while True:
+        try:
+            res = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"speed measurement of {model_name}: child process died (exit code {proc.exitcode})")
     proc.join()
     if "error" in res:
         raise RuntimeError(f"speed measurement of {model_name} failed in its child process:\n{res['error']}")

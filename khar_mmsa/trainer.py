@@ -74,13 +74,28 @@ def warmup_linear_decay(total_steps: int, warmup_ratio: float):
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """RNG states in types ``torch.load(weights_only=True)`` accepts (numpy's key array as a tensor)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _plain(obj):
+    """numpy scalars -> Python numbers, recursively (metrics come from numpy; weights_only refuses them)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 
 def _set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -162,7 +177,7 @@ class KHaRTrainer:
                 bad = [k for k, v in raw.items() if not torch.isfinite(v)]
                 raise FloatingPointError(
                     f"KHaR loss became non-finite at epoch {epoch}, step {step + 1}: term(s) {bad or ['total']} "
-                    f"= {[float(raw[k]) for k in bad]}. Check the features for NaN/inf, or lower learning_rate "
+                    f"= {[raw[k].item() for k in bad]}. Check the features for NaN/inf, or lower learning_rate "
                     f"({self.cfg.learning_rate}) / learning_rate_bert ({self.cfg.learning_rate_bert}).")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -190,7 +205,7 @@ class KHaRTrainer:
     def _save_resume(self, model, optimizer, scheduler, state: Mapping) -> None:
         atomic_torch_save({"fingerprint": self._fingerprint(), "model": model.state_dict(),
                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "state": dict(state), "rng": _rng_state()}, self.resume_path)
+                           "state": _plain(dict(state)), "rng": _rng_state()}, self.resume_path)
 
     def _maybe_resume(self, model, optimizer, scheduler, state: dict) -> None:
         if not self.resume_path.is_file():

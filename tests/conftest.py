@@ -82,11 +82,17 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def unregistered() -> Iterator[None]:
     """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
+    import logging
     from khar_mmsa import mmsa_patch
+    mmsa_logger = logging.getLogger("MMSA")
+    handlers = list(mmsa_logger.handlers)
     was = mmsa_patch.is_registered()
     mmsa_patch.unregister()
     try:
         yield
     finally:
+        for handler in [h for h in mmsa_logger.handlers if h not in handlers]:
+            mmsa_logger.removeHandler(handler)  # unpatched MMSA_run leaves its two behind
+            handler.close()
         if was:
             mmsa_patch.register()

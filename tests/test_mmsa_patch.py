@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import pickle
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import Any, Dict, List
@@ -64,6 +65,8 @@ class DummyTrainer:
             "checkpoint_existed": path.exists(),
             "num_workers": dataloader["train"].num_workers,
             "batches": len(dataloader["train"]),
+            "train_labels": {round(float(x), 4) for b in dataloader["train"]
+                             for x in b["labels"]["M"].flatten()},
         })
         if DummyTrainer.write_checkpoint:
             torch.save(model.state_dict(), path)
@@ -341,6 +344,29 @@ def test_concurrent_processes_append_readable_rows(tmp_path: Path) -> None:
     assert table["MAE"].dtype.kind == "f" and table["MAE_std"].eq(0.5).all()
 
 
+def test_concurrent_threads_run_into_one_csv(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa,
+                                             tmp_path: Path) -> None:
+    errors: List[BaseException] = []
+    handlers = list(logging.getLogger("MMSA").handlers)
+
+    def one_run(i: int) -> None:
+        try:
+            MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar),
+                          **dict(mmsa_run_kwargs, model_save_dir=tmp_path / f"models{i}"))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    table = _read_csv(mmsa_run_kwargs["res_save_dir"])
+    assert len(table) == 2 and table["MAE"].dtype.kind == "f"
+    assert logging.getLogger("MMSA").handlers == handlers
+
+
 # ============================================================================================
 # d. log handlers
 # ============================================================================================
@@ -440,7 +466,9 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
     def load_pickle(path, trusted=False):
         calls["load"].append((str(path), trusted))
         with open(path, "rb") as f:
-            return pickle.load(f)
+            data = pickle.load(f)
+        data["train"]["regression_labels"][:] = 0.25  # marks the object MMSA must use
+        return data
 
     def validate_features(data, args, source):
         calls["validate"].append(source)
@@ -466,6 +494,7 @@ def test_features_loaded_and_validated_once_per_run(dummy_khar: Path, mmsa_run_k
     assert recording_hooks["load"] == [(path, True)]  # 3 splits x 2 seeds, one read
     assert recording_hooks["validate"] == [path]
     assert len(DummyTrainer.events) == 2
+    assert all(e["train_labels"] == {0.25} for e in DummyTrainer.events)  # no second read
 
 
 def test_validation_error_stops_before_training(dummy_khar: Path, mmsa_run_kwargs,

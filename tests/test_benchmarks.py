@@ -1,0 +1,157 @@
+"""The benchmark scripts' quick path on a tiny setting (``--smoke``): tables, CSVs, the PNG and the
+RESULTS.md section are produced and well formed, into ``tmp_path`` only.
+
+Each script runs in-process with one seed, a handful of samples, one epoch and the tiny random
+BERT of ``conftest.tiny_bert``; the repository's ``benchmarks/RESULTS.md``, ``benchmarks/results/``
+and ``benchmarks/figure4_tsne.png`` must not be touched.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import common  # noqa: E402
+
+PROTECTED = [REPO / "benchmarks" / "RESULTS.md", REPO / "benchmarks" / "figure4_tsne.png"]
+TABLES = REPO / "benchmarks" / "results"
+
+
+def _snapshot() -> Dict[str, Optional[str]]:
+    files = list(PROTECTED) + (sorted(TABLES.rglob("*")) if TABLES.is_dir() else [])
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in files}
+
+
+@pytest.fixture
+def repo_untouched() -> Iterator[None]:
+    """Fail if a smoke run writes into the repository's benchmark outputs."""
+    before = _snapshot()
+    yield
+    assert _snapshot() == before, "a --smoke run touched benchmarks/RESULTS.md, results/ or the figure"
+
+
+def _section(results_md: Path, key: str) -> str:
+    text = results_md.read_text()
+    start, end = f"<!-- benchmark:{key}:start -->", f"<!-- benchmark:{key}:end -->"
+    assert text.count(start) == 1 and text.count(end) == 1, f"section {key} missing or duplicated"
+    body = text.split(start)[1].split(end)[0]
+    for field in ("- Command: `python -m benchmarks.", "- Machine: ", "- Date: ", "- Seeds: ", "- Data: ",
+                  "- Wall time: "):
+        assert field in body, f"section {key} lacks {field!r}"
+    return body
+
+
+def _md_table_rows(md: str) -> list:
+    return [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+
+
+# ---- common -------------------------------------------------------------------------------------
+def test_update_results_md_replaces_its_own_section(tmp_path: Path) -> None:
+    md = tmp_path / "RESULTS.md"
+    common.update_results_md(md, "a", "## A\nfirst")
+    common.update_results_md(md, "b", "## B\nother")
+    common.update_results_md(md, "a", "## A\nsecond")
+    text = md.read_text()
+    assert text.count("<!-- benchmark:a:start -->") == 1 and "second" in text and "first" not in text
+    assert "## B\nother" in text and text.index("## A") < text.index("## B")
+
+
+def test_results_csv_reading_and_table_format(tmp_path: Path) -> None:
+    csv = tmp_path / "mosi.csv"
+    pd.DataFrame({"Model": ["khar"], "seeds": ["1 2"], "MAE": [71.5], "MAE_std": [1.25],
+                  "Mult_acc_7": [40.0], "Mult_acc_7_std": [0.5]}).to_csv(csv, index=False)
+    stats = common.read_results_csv(csv, "khar")
+    assert stats["MAE"].n == 2 and common.fmt_stat("MAE", stats["MAE"]) == "0.715 ± 0.013"
+    assert common.fmt_stat("Mult_acc_7", stats["Mult_acc_7"]) == "40.00 ± 0.50"
+    table = common.results_table([("KHaR", stats)], [("MAE", "MAE"), ("Mult_acc_7", "Acc-7")],
+                                 paper=[("paper", {"MAE": 0.698, "Mult_acc_7": 49.13})])
+    assert _md_table_rows(table)[1:] == ["| KHaR | 0.715 ± 0.013 | 40.00 ± 0.50 |", "| paper | 0.698 | 49.13 |"]
+    per_seed = common.stats_from_runs([{"MAE": 0.7}, {"MAE": 0.8}])
+    assert per_seed["MAE"].mean == 75.0 and per_seed["MAE"].std == 5.0
+
+
+# ---- the scripts --------------------------------------------------------------------------------
+def _check_compare(res: dict, n_rows: int, columns: list) -> None:
+    md = res["table_md"].read_text()
+    rows = _md_table_rows(md)
+    assert len(rows) >= 1 + n_rows
+    table = pd.read_csv(res["table_csv"])
+    ours = table[table["source"] == "ours"]
+    assert len(ours) == n_rows
+    for key in columns:
+        assert ours[f"{key}_mean"].map(math.isfinite).all(), key
+    assert "Targets:" in md and ("**MET**" in md or "**MISSED**" in md)
+
+
+def test_compare_planted_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    from benchmarks import compare
+    res = compare.main(["--data", "planted", "--dataset", "mosi", "--smoke", "--out", str(tmp_path / "c"),
+                        "--encoder", str(tiny_bert)])
+    _check_compare(res, 4, ["MAE", "Corr", "Mult_acc_7", "Has0_F1_score", "Non0_acc_2"])
+    assert res["results_md"] == tmp_path / "c" / "RESULTS.md"
+    body = _section(res["results_md"], "compare-planted-mosi-smoke")
+    assert "Noise floor MAE" in body and "paper Table 2" in body and "not comparable" in body
+    assert res["floor_mae"] == pytest.approx(0.3 * math.sqrt(2 / math.pi), rel=1e-6)
+    assert len(res["targets"]) == 3
+
+
+def test_compare_transcripts_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    if not common.MOSI_LABEL_CSV.is_file():
+        pytest.skip(f"{common.MOSI_LABEL_CSV} not available")
+    from benchmarks import compare
+    res = compare.main(["--data", "transcripts", "--smoke", "--out", str(tmp_path / "t"),
+                        "--encoder", str(tiny_bert), "--models", "khar", "tfn"])
+    _check_compare(res, 3, ["MAE", "Corr", "Mult_acc_7"])
+    md = res["table_md"].read_text()
+    assert "Text-only floor" in md and "real CMU-MOSI transcripts" in md
+    assert not list(REPO.rglob("transcripts-*.pkl")), "a pickle landed in the repository"
+
+
+def test_ablations_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    from benchmarks import ablations
+    chosen = ["V+A", "V+A+T (KHaR)", "MLP_m", "w/o CL", "MUL"]
+    res = ablations.main(["--smoke", "--out", str(tmp_path / "a"), "--encoder", str(tiny_bert),
+                          "--variants", *chosen])
+    rows = _md_table_rows(res["table_md"].read_text())
+    assert rows[0].startswith("| Group | Variant | switch | MAE | Corr | Acc-7 |") and "paper MAE" in rows[0]
+    assert [r.split(" | ")[1] for r in rows[1:]] == chosen
+    table = pd.read_csv(res["table_csv"])
+    assert (table["source"] == "ours").sum() == len(chosen)
+    assert table.loc[table["source"] == "ours", "MAE_mean"].map(math.isfinite).all()
+    _section(res["results_md"], "ablations-planted-mosi-smoke")
+
+
+def test_tsne_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    from benchmarks import tsne
+    res = tsne.main(["--smoke", "--out", str(tmp_path / "f"), "--encoder", str(tiny_bert)])
+    png = res["figure"]
+    assert png == tmp_path / "f" / "figure4_tsne.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert [t for t, _ in res["panels"]] == [t for t, _ in tsne.PANELS]
+    for _, panel in res["panels"]:
+        assert panel["xy"].shape == (panel["features"].shape[0], 2)
+        assert panel["features"].shape[0] == len(panel["labels"]) == tsne.SIZES["smoke"][2]
+    assert "figure4_tsne.png" in _section(res["results_md"], "tsne-planted-mosi-smoke")
+
+
+def test_speed_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    from benchmarks import speed
+    res = speed.main(["--smoke", "--out", str(tmp_path / "s"), "--encoder", str(tiny_bert)])
+    assert set(res["results"]) == set(speed.MODELS)
+    for r in res["results"].values():
+        assert r["step_s"] > 0 and r["samples_per_s"] > 0 and r["params"] > 0
+    k = res["results"]["khar"]
+    assert k["share_full_s"] > 0 and k["criterion_fwd_s"] > 0 and math.isfinite(k["own_loss_share"])
+    assert len(res["targets"]) == 2
+    table = pd.read_csv(res["table_csv"])
+    assert table["model"].tolist() == list(speed.MODELS)
+    _section(res["results_md"], "speed-smoke")

@@ -1,0 +1,165 @@
+"""KHaRTrainer: learning, frozen adapters, non-finite losses, resume and determinism (CPU)."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from khar_mmsa.data.planted import planted_data
+from khar_mmsa.model.khar import KHaR
+from khar_mmsa.text_encoders import make_tiny_bert
+from khar_mmsa.trainer import KHaRTrainer
+
+SEQ = (12, 16, 16)
+
+
+class PlantedSplit(Dataset):
+    """MMSA-shaped samples (the keys MMSA's MMDataset yields) from an in-memory planted split."""
+
+    def __init__(self, split):
+        self.s = split
+
+    def __len__(self):
+        return len(self.s["regression_labels"])
+
+    def __getitem__(self, i):
+        s = self.s
+        labels = {"M": torch.tensor([s["regression_labels"][i]], dtype=torch.float32)}
+        for m in "TAV":
+            if f"regression_labels_{m}" in s:
+                labels[m] = torch.tensor([s[f"regression_labels_{m}"][i]], dtype=torch.float32)
+        return {"text": torch.tensor(s["text_bert"][i]), "audio": torch.tensor(s["audio"][i]),
+                "vision": torch.tensor(s["vision"][i]), "audio_lengths": int(s["audio_lengths"][i]),
+                "vision_lengths": int(s["vision_lengths"][i]), "labels": labels, "id": s["id"][i], "index": i}
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return str(make_tiny_bert(tmp_path_factory.mktemp("bert"), hidden_size=32))
+
+
+@pytest.fixture(scope="module")
+def data(bert):
+    d, _ = planted_data("sims", sizes=(24, 8, 8), seed=0, seq_lens=SEQ, tokenizer=bert)
+    return d
+
+
+def seed_all(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_args(bert, tmp_path, **kw):
+    args = dict(model_name="khar", dataset_name="sims", pretrained=bert, feature_dims=[32, 33, 709],
+                seq_lens=list(SEQ), modal_dim=16, encoder_layers=2, encoder_heads=4, encoder_ff_dim=16,
+                adapter_heads=2, expert_hidden_dim=16, fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8,
+                batch_size=8, epochs=3, early_stop=5, learning_rate=3e-3, learning_rate_bert=1e-3,
+                pretrain_epochs=1, device="cpu", cur_seed=1, KeyEval="Loss",
+                model_save_path=str(tmp_path / "khar-sims.pth"))
+    args.update(kw)
+    return args
+
+
+def loaders(data, batch_size=8):
+    return {k: DataLoader(PlantedSplit(data[k]), batch_size=batch_size, shuffle=True) for k in ("train", "valid", "test")}
+
+
+def run(bert, data, tmp_path, seed=7, **kw):
+    seed_all(seed)
+    args = make_args(bert, tmp_path, **kw)
+    model = KHaR(args)
+    dl = loaders(data)
+    trainer = KHaRTrainer(args)
+    history = trainer.do_train(model, dl, return_epoch_results=True)
+    model.load_state_dict(torch.load(args["model_save_path"], weights_only=True))
+    return model, trainer, history, trainer.do_test(model, dl["test"], mode="TEST")
+
+
+def test_short_training_lowers_the_loss(bert, data, tmp_path):
+    _, _, history, _ = run(bert, data, tmp_path, epochs=5, pretrain_adapters=False)
+    losses = [r["total"] for r in history["train"]]
+    assert losses[-1] < losses[0], losses
+
+
+def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_path):
+    seed_all(3)
+    args = make_args(bert, tmp_path, epochs=2)
+    model = KHaR(args)
+    trainer = KHaRTrainer(args)
+    snapshot = {}
+
+    original = trainer._train_epoch
+
+    def spy(model_, *a, **k):  # record parameters once the adapters are loaded, before the first step
+        if not snapshot:
+            snapshot.update({n: p.detach().clone() for n, p in model_.named_parameters()})
+        return original(model_, *a, **k)
+
+    trainer._train_epoch = spy
+    trainer.do_train(model, loaders(data))
+    adapters = {n for n, _ in model.adapter_parameters()}
+    assert adapters
+    for name, p in model.named_parameters():
+        if name in adapters:
+            assert not p.requires_grad
+            torch.testing.assert_close(p, snapshot[name], rtol=0, atol=0, msg=f"frozen {name} moved")
+    moved = [n for n, p in model.named_parameters() if n.startswith("harvesters.a.encoder")
+             and not torch.equal(p, snapshot[n])]
+    assert moved, "the audio encoder should keep training"
+    assert (tmp_path / "khar-sims-adapters.pt").is_file()
+
+
+def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
+    bad = {k: dict(v) for k, v in data.items() if k in ("train", "valid", "test")}
+    bad["train"]["audio"] = bad["train"]["audio"].copy()
+    bad["train"]["audio"][:] = np.nan
+    seed_all(0)
+    args = make_args(bert, tmp_path, pretrain_adapters=False)
+    with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step 1"):
+        KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
+
+
+def test_same_seed_same_metrics_on_cpu(bert, data, tmp_path):
+    *_, a = run(bert, data, tmp_path / "a", epochs=1)
+    *_, b = run(bert, data, tmp_path / "b", epochs=1)
+    assert a == b
+
+
+def test_killed_run_resumes_and_matches_uninterrupted(bert, data, tmp_path):
+    _, _, full_history, full = run(bert, data, tmp_path / "full", epochs=3, pretrain_adapters=False)
+
+    class Killed(Exception):
+        pass
+
+    original = KHaRTrainer._save_resume
+
+    def save_then_die(self, model, optimizer, scheduler, state):
+        original(self, model, optimizer, scheduler, state)
+        if state["epoch"] == 1:
+            raise Killed
+
+    KHaRTrainer._save_resume = save_then_die
+    try:
+        with pytest.raises(Killed):
+            run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False)
+    finally:
+        KHaRTrainer._save_resume = original
+    assert (tmp_path / "killed" / "khar-sims.pth.resume").is_file()
+    trained = []
+    original_epoch = KHaRTrainer._train_epoch
+
+    def counting(self, model, loader, optimizer, scheduler, epoch):
+        trained.append(epoch)
+        return original_epoch(self, model, loader, optimizer, scheduler, epoch)
+
+    KHaRTrainer._train_epoch = counting
+    try:
+        _, _, history, resumed = run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False)
+    finally:
+        KHaRTrainer._train_epoch = original_epoch
+    assert trained == [2, 3], "only the epochs after the last completed one run again"
+    assert history["valid"] == full_history["valid"]
+    assert resumed == full
+    assert not (tmp_path / "killed" / "khar-sims.pth.resume").exists()
