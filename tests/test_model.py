@@ -9,6 +9,7 @@ from khar_mmsa.model.khar import KHaR
 from khar_mmsa.text_encoders import make_tiny_bert
 
 B, NT, NA, NV = 6, 10, 14, 18
+pytestmark = pytest.mark.usefixtures("fast_mmsa")  # one torch thread: tiny models run faster
 
 
 @pytest.fixture(scope="module")

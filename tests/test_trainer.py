@@ -12,6 +12,7 @@ from khar_mmsa.text_encoders import make_tiny_bert
 from khar_mmsa.trainer import KHaRTrainer
 
 SEQ = (12, 16, 16)
+pytestmark = pytest.mark.usefixtures("fast_mmsa")  # one torch thread: tiny models run faster
 
 
 class PlantedSplit(Dataset):

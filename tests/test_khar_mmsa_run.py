@@ -1,0 +1,37 @@
+"""MMSA_run('khar', d, gpu_ids=[0]) on a CPU-only machine for every dataset, real feature widths."""
+import math
+
+import pandas as pd
+import pytest
+
+import khar_mmsa  # noqa: F401  (registers 'khar')
+from MMSA import MMSA_run
+
+TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
+                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
+                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
+                 batch_size=8, pretrain_epochs=1)
+METRIC = {"mosi": "Mult_acc_7", "mosei": "Mult_acc_7", "sims": "Mult_acc_5", "simsv2": "Mult_acc_5"}
+
+
+@pytest.mark.parametrize("dataset", ["mosi", "mosei", "sims", "simsv2"])
+def test_mmsa_run_khar_writes_a_finite_row(dataset, tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa):
+    # adapter pretraining on the datasets with unimodal labels exercises the T/A/V path
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features(dataset)),
+                  pretrain_adapters=dataset in ("sims", "simsv2"))
+    MMSA_run("khar", dataset, config=config, **mmsa_run_kwargs)
+    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / f"{dataset}.csv")
+    assert table["Model"].tolist() == ["khar"]
+    for column in ("MAE", "Corr", METRIC[dataset]):
+        value = table[column].iloc[0]
+        assert table[column].dtype.kind == "f" and math.isfinite(value), (column, value)
+    saved = mmsa_run_kwargs["model_save_dir"]
+    assert (saved / f"khar-{dataset}.pth").is_file()
+    assert not (saved / f"khar-{dataset}.pth.resume").exists()
+    assert (saved / f"khar-{dataset}-adapters.pt").is_file() == config["pretrain_adapters"]
+
+
+def test_unknown_khar_key_is_refused_before_training(tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa):
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")), top_kk=2)
+    with pytest.raises(khar_mmsa.ConfigError, match="did you mean 'top_k'"):
+        MMSA_run("khar", "mosi", config=config, **mmsa_run_kwargs)
