@@ -38,6 +38,7 @@ Fixes for today's stack
        ``<res_save_dir>/normal/<dataset>.csv`` (see *Results CSV* below) under an exclusive
        ``fcntl.flock`` on ``<csv>.lock`` with an atomic replace (breakage 7).  Tuning runs
        (``is_tune=True``) write MMSA's own tune CSV as before; its cells are plain numbers already.
+       A normal run returns its row (a dict) instead of None.
     d. ``MMSA.run._set_logger``: the two handlers each ``MMSA_run`` call adds are removed (and
        closed) when that call returns, so repeated runs do not repeat log lines (breakage 9).
     e. ``MMSA.run._run``: a checkpoint left at ``args['model_save_path']`` by an earlier run is
@@ -46,8 +47,8 @@ Fixes for today's stack
     f. ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning (breakage 11).
        ``MMSA_run`` without an explicit ``num_workers`` uses 0 loader workers when CUDA is absent
        (breakage 8).  When ``update_epochs`` exceeds the training batches per epoch (MulT,
-       Self-MM, MISA, TFR-Net), the optimizer never steps (breakage 3): a warning says so; the
-       value is not changed behind the user's back.
+       Self-MM, MISA, TFR-Net), the optimizer steps less than once per epoch (breakage 3): a
+       warning says so; the value is not changed behind the user's back.
 Safe loading and validation
     ``MMSA.run.MMDataLoader`` reads each feature file once per ``MMSA_run`` call with
     ``khar_mmsa.safe_io.load_pickle(path, trusted=args.get('trust_pickle', False))`` and checks it
@@ -56,10 +57,14 @@ Safe loading and validation
     ``MMSA.data_loader.pickle``.  Both modules are imported lazily; if one is absent the hook
     falls back to plain ``pickle`` / no validation.
 
-Not patched (documented limits): MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN) assert
+Helpers for other modules: :func:`metrics_for` (MMSA's metric function of a dataset key, the
+SIMS one for ``'simsv2'``), :func:`merged_config`, :func:`append_result_row`.
+
+Not patched (documented limits): ``MMSA_test`` still reads its one-sample feature file with
+plain ``pickle``; MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN) assert
 ``dataset_name == 'sims'``; ``MMDataLoader`` still shuffles valid and test (breakage 12); two
 concurrent runs of the same model and dataset share ``<model>-<dataset>.pth`` in
-``model_save_dir`` -- give them different ``model_save_dir``\\ s.
+``model_save_dir`` -- give each its own ``model_save_dir``.
 
 Results CSV
 -----------
@@ -73,7 +78,6 @@ columns.  Rows of an older MMSA-format CSV (``"(np.float64(50.0), np.float64(0.0
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import functools
 import hashlib
 import importlib
@@ -88,7 +92,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 logger = logging.getLogger("MMSA")
 
