@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 # Keys MMSA itself puts into ``args`` (loader, runner, dataset block).  They are accepted and
 # ignored by the KHaR config; anything else unknown is an error with a suggestion.

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping
 
 import numpy as np
 import torch
