@@ -280,13 +280,17 @@ def encoder_hidden_size(folder: Path) -> int:
 
 
 def shown_config(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """A run's overrides for the tables: local paths replaced by their folder/file name."""
-    return {k: (Path(v).name if isinstance(v, (str, Path)) and ("/" in str(v)) else v) for k, v in config.items()}
+    """A run's overrides for the tables: local paths replaced by a short name."""
+    return {k: (encoder_name(v) if isinstance(v, (str, Path)) and ("/" in str(v)) else v) for k, v in config.items()}
 
 
-def encoder_name(folder: Path) -> str:
+def encoder_name(folder: Any) -> str:
+    """'all-MiniLM-L6-v2' for the packaged MiniLM folder, else the folder's (or file's) name."""
     from khar_mmsa.text_encoders import minilm_path
-    return "all-MiniLM-L6-v2" if minilm_path() is not None and Path(folder) == minilm_path() else Path(folder).name
+    minilm = minilm_path()
+    if minilm is not None and Path(folder).resolve() == Path(minilm).resolve():
+        return "all-MiniLM-L6-v2"
+    return Path(folder).name
 
 
 # ---- data --------------------------------------------------------------------------------------
@@ -305,7 +309,7 @@ def planted_description(info: Any) -> str:
             f"train/valid/test {'/'.join(map(str, info.sizes))}, seq_lens (text, audio, vision) "
             f"{tuple(info.seq_lens)}, feature widths {tuple(info.feature_dims)}, label noise sigma "
             f"{info.noise_sigma:.3g} -> noise floor MAE {info.noise_floor_mae:.3f} "
-            f"(clipped labels {100 * info.clipped_fraction:.2f}%); token ids from {Path(info.tokenizer).name}. "
+            f"(clipped labels {100 * info.clipped_fraction:.2f}%); token ids from {encoder_name(info.tokenizer)}. "
             "Synthetic: not comparable with results on real features.")
 
 

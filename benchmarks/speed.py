@@ -36,9 +36,8 @@ import logging
 import multiprocessing
 import resource
 import statistics
-import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import common
 from .common import Timer
@@ -375,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         f"full step {k['share_full_s'] * 1000:.0f} ms vs task-only step {k['share_task_only_s'] * 1000:.0f} ms "
                         f"(medians of {settings['share_pairs']} interleaved pairs): own losses {k['own_loss_s'] * 1000:.0f} ms = "
                         f"{100 * share:.1f}%; KHaRCriterion forward alone {k['criterion_fwd_s'] * 1000:.1f} ms = "
-                        f"{100 * k['criterion_fwd_share']:.1f}%"))
+                        f"{100 * k['criterion_fwd_share']:.2f}%"))
     stem = f"speed-{args.mode}"
     csv_path = args.tables_dir / f"{stem}.csv"
     import csv

@@ -88,7 +88,6 @@ def embed_2d(features: Any, seed: int = 0) -> Any:
 
 def separation(features: Any, labels: Any) -> float:
     """Silhouette score of positive vs negative samples (neutral left out) in the original space."""
-    import numpy as np
     from sklearn.metrics import silhouette_score
     pol = polarity(labels)
     keep = pol != 0
@@ -101,7 +100,6 @@ def plot(panels: Sequence[Tuple[str, Dict[str, Any]]], path: Path, suptitle: str
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     fig, axes = plt.subplots(2, 2, figsize=(10, 9))
     styles = [(1, "positive", "tab:red"), (-1, "negative", "tab:blue"), (0, "neutral", "tab:gray")]
     for ax, (title, r) in zip(axes.ravel(), panels):

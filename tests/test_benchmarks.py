@@ -74,7 +74,7 @@ def test_results_csv_reading_and_table_format(tmp_path: Path) -> None:
     assert common.fmt_stat("Mult_acc_7", stats["Mult_acc_7"]) == "40.00 ± 0.50"
     table = common.results_table([("KHaR", stats)], [("MAE", "MAE"), ("Mult_acc_7", "Acc-7")],
                                  paper=[("paper", {"MAE": 0.698, "Mult_acc_7": 49.13})])
-    assert _md_table_rows(table)[1:] == ["| KHaR | 0.715 ± 0.013 | 40.00 ± 0.50 |", "| paper | 0.698 | 49.13 |"]
+    assert _md_table_rows(table)[1:] == ["| KHaR | 0.715 ± 0.013 | 40.00 ± 0.50 |", "| *paper* | 0.698 | 49.13 |"]
     per_seed = common.stats_from_runs([{"MAE": 0.7}, {"MAE": 0.8}])
     assert per_seed["MAE"].mean == 75.0 and per_seed["MAE"].std == 5.0
 
