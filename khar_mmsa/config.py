@@ -110,6 +110,7 @@ class KHaRConfig:
     weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.")
     warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).")
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
+    save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.")
     key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
 
     def __post_init__(self) -> None:

@@ -122,7 +122,7 @@ def default_adapter_path(model_save_path: object) -> Path:
 
 
 def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Path, device: torch.device,
-                      seed: object = None) -> Path:
+                      seed: object) -> Path:
     """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them."""
     fingerprint = pretrain_fingerprint(cfg, seed)
     states = None

@@ -119,9 +119,15 @@ class KHaRTrainer:
                      audio_lengths=batch["audio_lengths"].to(d) if "audio_lengths" in batch else None,
                      vision_lengths=batch["vision_lengths"].to(d) if "vision_lengths" in batch else None)
 
+    @staticmethod
+    def run_seed() -> int:
+        """The seed MMSA set for this run (``setup_seed`` calls ``torch.manual_seed``). MMSA's
+        ``cur_seed`` is only the seed's position in the list, the same for two calls with other seeds."""
+        return torch.initial_seed()
+
     def _fingerprint(self) -> str:
         fields = dataclasses.asdict(self.cfg)
-        fields["seed"] = self.args.get("cur_seed")
+        fields["seed"] = self.run_seed()
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # -- training --------------------------------------------------------------------------------
@@ -131,7 +137,7 @@ class KHaRTrainer:
         if cfg.pretrain_adapters:
             path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
                 default_adapter_path(self.save_path)
-            harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.args.get("cur_seed"))
+            harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed())
             model.to(self.device)
         optimizer = torch.optim.AdamW(parameter_groups(model, khar, cfg))
         total_steps = cfg.epochs * len(dataloader["train"])
@@ -157,7 +163,8 @@ class KHaRTrainer:
                 state["epoch_results"]["train"].append(train_log)
                 state["epoch_results"]["valid"].append(val_results)
                 state["epoch_results"]["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
-            self._save_resume(model, optimizer, scheduler, state)
+            if cfg.save_resume_state:
+                self._save_resume(model, optimizer, scheduler, state)
             if epoch - state["best_epoch"] >= cfg.early_stop:
                 logger.info(f"Early stop after {epoch} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
                 break

@@ -8,6 +8,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.model.khar import KHaR
+from khar_mmsa.pretrain import pretrain_fingerprint
+from khar_mmsa.safe_io import safe_torch_load
 from khar_mmsa.text_encoders import make_tiny_bert
 from khar_mmsa.trainer import KHaRTrainer
 
@@ -109,7 +111,10 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     moved = [n for n, p in model.named_parameters() if n.startswith("harvesters.a.encoder")
              and not torch.equal(p, snapshot[n])]
     assert moved, "the audio encoder should keep training"
-    assert (tmp_path / "khar-sims-adapters.pt").is_file()
+    saved = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
+    # keyed by the seed MMSA set (torch.manual_seed), not by cur_seed, its position in the list
+    assert saved["fingerprint"] == pretrain_fingerprint(trainer.cfg, 3)
+    assert saved["fingerprint"] != pretrain_fingerprint(trainer.cfg, 4)
 
 
 def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
@@ -120,6 +125,17 @@ def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
     args = make_args(bert, tmp_path, pretrain_adapters=False)
     with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step 1"):
         KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
+
+
+def test_resume_state_can_be_switched_off(bert, data, tmp_path):
+    saved = []
+    original = KHaRTrainer._save_resume
+    KHaRTrainer._save_resume = lambda self, *a: saved.append(1)
+    try:
+        run(bert, data, tmp_path, epochs=1, pretrain_adapters=False, save_resume_state=False)
+    finally:
+        KHaRTrainer._save_resume = original
+    assert saved == [] and (tmp_path / "khar-sims.pth").is_file()
 
 
 def test_same_seed_same_metrics_on_cpu(bert, data, tmp_path):

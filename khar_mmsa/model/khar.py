@@ -37,13 +37,22 @@ def build_harvester(modality: str, cfg: KHaRConfig) -> Harvester:
 
 def modality_inputs(modality: str, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
                     audio_lengths: Optional[torch.Tensor], vision_lengths: Optional[torch.Tensor]) -> tuple:
-    """The inputs one harvester takes: (text,) or (features, mask). Missing lengths = full length."""
+    """The inputs one harvester takes: (text,) or (features, mask). Missing lengths = full length.
+
+    Each batch is cut to its longest real sequence (text: attention mask; audio/vision: lengths).
+    Padding never changes an output, so this is exact; MMSA pads MOSI audio to 375 and vision to
+    500 frames, and attention costs grow with the square of that.
+    """
     if modality == "t":
-        return (text,)
+        real = text[:, 1].bool().any(0).nonzero()  # positions real in at least one sample
+        longest = int(real.max().item()) + 1 if real.numel() else 1
+        return (text[..., :longest],)
     x, lengths = (audio, audio_lengths) if modality == "a" else (vision, vision_lengths)
     if lengths is None:
         lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
-    return x, lengths_to_mask(torch.as_tensor(lengths, device=x.device), x.shape[1])
+    lengths = torch.as_tensor(lengths, device=x.device)
+    longest = min(int(lengths.max().item()), x.shape[1])
+    return x[:, :longest], lengths_to_mask(lengths, longest)
 
 
 class KHaR(nn.Module):
