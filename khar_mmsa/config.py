@@ -235,6 +235,13 @@ def check_types(kwargs: Mapping[str, Any]) -> None:
         raise ConfigError("wrong type for KHaR config key(s): " + "; ".join(bad))
 
 
+def fingerprint(fields: Mapping[str, Any]) -> str:
+    """A short stable hash of settings, to tell whether a saved file was made with them."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def evenly_spaced_layers(num_states: int, num_adapters: int) -> list:
     """Hidden-state indices feeding ``num_adapters`` chained adapters.
 

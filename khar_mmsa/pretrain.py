@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Mapping, Optional
@@ -23,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import KHaRConfig
+from .config import KHaRConfig, fingerprint
 from .model.harvest import masked_mean
 from .model.khar import KHaR, modality_inputs
 from .safe_io import atomic_torch_save, safe_torch_load
@@ -41,7 +39,7 @@ _PRETRAIN_FIELDS = ("dataset_name", "feature_dims", "seq_lens", "pretrained", "m
 def pretrain_fingerprint(cfg: KHaRConfig, seed: object) -> str:
     fields = {k: getattr(cfg, k) for k in _PRETRAIN_FIELDS}
     fields["seed"] = seed
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return fingerprint(fields)
 
 
 def label_key(modality: str, cfg: KHaRConfig) -> str:

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .model.harvest import masked_mean
+
 logger = logging.getLogger("MMSA")
 
 __all__ = ["TextOnlyConfig", "TextOnlyResult", "TextRegressor", "train_text_only"]
@@ -82,8 +84,7 @@ class TextRegressor(nn.Module):
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            pooled = masked_mean(hidden, mask.bool())
         return self.head(pooled)
 
 

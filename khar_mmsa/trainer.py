@@ -9,8 +9,6 @@ from the last completed epoch after an interruption (``<model_save_path>.resume`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import random
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import KHaRConfig
+from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
 from .mmsa_patch import metrics_for
 from .model.khar import KHaR
@@ -128,7 +126,7 @@ class KHaRTrainer:
     def _fingerprint(self) -> str:
         fields = dataclasses.asdict(self.cfg)
         fields["seed"] = self.run_seed()
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return fingerprint(fields)
 
     # -- training --------------------------------------------------------------------------------
     def do_train(self, model: nn.Module, dataloader: Mapping, return_epoch_results: bool = False):
