@@ -4,7 +4,7 @@
 * the three run modes (``--smoke`` for tests, ``--quick`` minutes on 2 CPU cores, ``--full`` the
   paper's settings on a GPU) and the common command line options;
 * building the data: planted-signal pickles (:mod:`khar_mmsa.data.planted`) and real MOSI
-  transcripts (:mod:`khar_mmsa.data.transcripts`, read from ``/work/shared`` at run time), both into
+  transcripts (:mod:`khar_mmsa.data.transcripts`, read from ``../shared`` beside the checkout at run time), both into
   the work folder, never into the repository;
 * :func:`run_mmsa`: one ``MMSA_run`` of a model on a feature pickle over several seeds, into its own
   output folder, and reading back MMSA's results CSV (one row per run, ``<Metric>`` mean x100 and
@@ -47,7 +47,9 @@ REPO_DIR = BENCH_DIR.parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 TABLES_DIR = BENCH_DIR / "results"
 DEFAULT_WORK_DIR = Path(os.environ.get("KHAR_BENCH_WORK", "/tmp/khar-bench"))
-MOSI_LABEL_CSV = Path(os.environ.get("KHAR_MOSI_LABELS", "/work/shared/data/mosi/label.csv"))
+# ../shared beside the checkout, unless KHAR_MOSI_LABELS says otherwise
+MOSI_LABEL_CSV = Path(os.environ.get("KHAR_MOSI_LABELS",
+                                     Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"))
 MODES = ("smoke", "quick", "full")
 
 # ---- metric layouts (MMSA's keys -> the paper's column names) --------------------------------

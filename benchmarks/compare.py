@@ -8,7 +8,7 @@
 (:mod:`khar_mmsa.data.planted`); its label noise is known, so the table also gives the noise floor
 MAE (the best any model can do) and KHaR's MAE / floor.
 
-``--data transcripts``: the real CMU-MOSI transcripts and labels (``/work/shared/data/mosi/label.csv``,
+``--data transcripts``: the real CMU-MOSI transcripts and labels (``../shared/data/mosi/label.csv`` beside the checkout,
 read at run time) as a text-only MMSA pickle (:mod:`khar_mmsa.data.transcripts`): token ids for the
 BERT-based models (KHaR, Self-MM), all-MiniLM-L6-v2 hidden states as ``text`` features for TFN and
 MulT, audio and vision absent (constant zeros).  A fifth row is the text-only floor: the same

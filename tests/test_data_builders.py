@@ -21,7 +21,8 @@ SPLITS = ("train", "valid", "test")
 BASE_KEYS = {"id", "raw_text", "text", "text_bert", "audio", "vision", "audio_lengths",
              "vision_lengths", "regression_labels", "classification_labels", "annotations"}
 UNIMODAL_KEYS = {"regression_labels_T", "regression_labels_A", "regression_labels_V"}
-REAL_MOSI_CSV = Path("/work/shared/data/mosi/label.csv")
+# ../shared beside the checkout (CI lays a copy there too)
+REAL_MOSI_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "label.csv"
 TINY_WORDS = ["good", "great", "bad", "terrible", "not", "the", "movie", "it", "was"]
 
 
