@@ -135,7 +135,7 @@ def build_data(args: argparse.Namespace, encoder: Path) -> Tuple[Path, str, Opti
     """The feature pickle, a description of it, and the noise floor MAE (planted only)."""
     if args.data == "planted":
         from khar_mmsa.data.planted import DATASET_SPECS
-        sizes = PLANTED_SIZES[args.mode] or DATASET_SPECS[args.dataset].real_sizes
+        sizes = args.sizes or PLANTED_SIZES[args.mode] or DATASET_SPECS[args.dataset].real_sizes
         path, info = common.make_planted(args.out, args.dataset, sizes, PLANTED_SEQ_LENS[args.mode], encoder)
         return path, common.planted_description(info), info.noise_floor_mae
     if args.dataset != "mosi":
@@ -229,6 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--dataset", default="mosi", choices=("mosi", "mosei", "sims", "simsv2"),
                         help="MMSA dataset format (transcripts: mosi only)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--sizes", type=int, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"),
+                        help="planted: split sizes instead of the mode's (own RESULTS.md section, '-n<TRAIN>')")
     parser.add_argument("--no-text-floor", action="store_true", help="transcripts: skip the text-only floor row")
     parser.add_argument("--labels", type=Path, default=common.MOSI_LABEL_CSV, help="MOSI label.csv (transcripts)")
     common.add_common_args(parser)
@@ -259,7 +261,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     extra_md = [("wall (all seeds)", wall)]
     paper = paper_rows(args.dataset)
     table = common.results_table(rows, columns, extra_md, paper)
-    stem = f"{run_name}-{args.mode}"
+    stem = f"{run_name}-{args.mode}" + (f"-n{args.sizes[0]}" if args.data == "planted" and args.sizes else "")
     md_path = args.tables_dir / f"{stem}.md"
     csv_path = common.write_csv_table(args.tables_dir / f"{stem}.csv", rows, columns,
                                       {"wall_s": [round(results[m].wall_s, 1) for m in order]}, paper)
@@ -288,6 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     data_title = (f"planted-signal {args.dataset.upper()} data" if args.data == "planted"
                   else "real CMU-MOSI transcripts (text only)")
     title = f"{title_layout}: KHaR vs MMSA baselines on {data_title} ({args.mode})"
+    if args.data == "planted" and args.sizes:
+        title += f", {args.sizes[0]} training samples"
     body = "\n".join([table, "", *[f"{n}" for n in notes], "", "Targets:",
                       *[common.target_line(n, ok, d) for n, ok, d in targets]])
     md_path.write_text(f"# {title}\n\n{body}\n")

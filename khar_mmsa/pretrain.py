@@ -36,9 +36,11 @@ _PRETRAIN_FIELDS = ("dataset_name", "feature_dims", "seq_lens", "pretrained", "m
                     "early_stop", "batch_size")
 
 
-def pretrain_fingerprint(cfg: KHaRConfig, seed: object) -> str:
+def pretrain_fingerprint(cfg: KHaRConfig, seed: object, data: object = None) -> str:
+    """Hash of what pretraining depends on: the fields above, the seed and the data's identity."""
     fields = {k: getattr(cfg, k) for k in _PRETRAIN_FIELDS}
     fields["seed"] = seed
+    fields["data"] = data
     return fingerprint(fields)
 
 
@@ -120,17 +122,19 @@ def default_adapter_path(model_save_path: object) -> Path:
 
 
 def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Path, device: torch.device,
-                      seed: object) -> Path:
-    """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them."""
-    fingerprint = pretrain_fingerprint(cfg, seed)
+                      seed: object, data: object = None) -> Path:
+    """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them.
+
+    A saved file is reused only when config, seed and data identity (``data``) all match."""
+    key = pretrain_fingerprint(cfg, seed, data)
     states = None
     if path.is_file():
         saved = safe_torch_load(path)
-        if saved.get("fingerprint") == fingerprint:
+        if saved.get("fingerprint") == key:
             states = saved["states"]
             logger.info(f"Reusing pretrained adapters from {path}")
         else:
-            logger.info(f"Pretrained adapters at {path} were made with another config; pretraining again")
+            logger.info(f"Pretrained adapters at {path} were made with another config, seed or data; pretraining again")
     if states is None:
         sources = {m: label_key(m, cfg) for m in khar.modalities}
         logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}"
@@ -138,7 +142,7 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
                        f" -- {cfg.dataset_name} has no unimodal labels, so the multimodal label is used"))
         states = {m: pretrain_modality(khar, m, dataloader, cfg, device) for m in khar.modalities}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"fingerprint": fingerprint, "states": states, "labels": sources,
+        atomic_torch_save({"fingerprint": key, "states": states, "labels": sources,
                            "config": dataclasses.asdict(cfg)}, path)
         logger.info(f"Saved pretrained adapters to {path}")
     khar.load_harvested(states, freeze=cfg.freeze_pretrained_adapters)

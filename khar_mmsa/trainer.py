@@ -123,19 +123,34 @@ class KHaRTrainer:
         ``cur_seed`` is only the seed's position in the list, the same for two calls with other seeds."""
         return torch.initial_seed()
 
+    def data_identity(self, dataloader: Mapping) -> dict:
+        """What identifies the training data: the feature files (path, size, mtime) and split sizes.
+        Saved adapters and resume files made from other data are never reused."""
+        files = {}
+        for key in ("custom_feature", "featurePath", "feature_T", "feature_A", "feature_V"):
+            value = self.args.get(key)
+            if value and Path(value).is_file():
+                stat = Path(value).stat()
+                files[key] = [str(Path(value).resolve()), stat.st_size, stat.st_mtime_ns]
+        sizes = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
+        return {"files": files, "sizes": sizes}
+
     def _fingerprint(self) -> str:
         fields = dataclasses.asdict(self.cfg)
         fields["seed"] = self.run_seed()
+        fields["data"] = self._data_identity
         return fingerprint(fields)
 
     # -- training --------------------------------------------------------------------------------
     def do_train(self, model: nn.Module, dataloader: Mapping, return_epoch_results: bool = False):
         cfg = self.cfg
         khar = unwrap(model)
+        self._data_identity = self.data_identity(dataloader)
         if cfg.pretrain_adapters:
             path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
                 default_adapter_path(self.save_path)
-            harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed())
+            harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed(),
+                              data=self._data_identity)
             model.to(self.device)
         optimizer = torch.optim.AdamW(parameter_groups(model, khar, cfg))
         total_steps = cfg.epochs * len(dataloader["train"])

@@ -113,8 +113,18 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     assert moved, "the audio encoder should keep training"
     saved = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
     # keyed by the seed MMSA set (torch.manual_seed), not by cur_seed, its position in the list
-    assert saved["fingerprint"] == pretrain_fingerprint(trainer.cfg, 3)
-    assert saved["fingerprint"] != pretrain_fingerprint(trainer.cfg, 4)
+    data_id = trainer._data_identity
+    assert saved["fingerprint"] == pretrain_fingerprint(trainer.cfg, 3, data_id)
+    assert saved["fingerprint"] != pretrain_fingerprint(trainer.cfg, 4, data_id)
+
+    # other training data, same path, config and seed: the adapters are pretrained again
+    seed_all(3)
+    smaller = {k: {key: v[:16] for key, v in data[k].items()} if k == "train" else data[k] for k in data}
+    other = KHaRTrainer(args)
+    other.do_train(KHaR(args), loaders(smaller))
+    again = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
+    assert other._data_identity["sizes"]["train"] == 16
+    assert again["fingerprint"] == pretrain_fingerprint(other.cfg, 3, other._data_identity) != saved["fingerprint"]
 
 
 def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
