@@ -203,8 +203,7 @@ class KHaRConfig:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 msgs.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError("unknown KHaR config key(s): " + ", ".join(msgs))
-        check_types(kwargs)
-        return cls(**kwargs)
+        return cls(**kwargs)  # __post_init__ checks types and values
 
 
 def check_types(kwargs: Mapping[str, Any]) -> None:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import KHaRConfig, fingerprint
 from .model.harvest import masked_mean
-from .model.khar import KHaR, modality_inputs
+from .model.khar import KHaR, batch_inputs, modality_inputs
 from .safe_io import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("MMSA")
@@ -60,14 +60,6 @@ class HarvestHead(nn.Module):
         return self.net(masked_mean(adapted, mask))
 
 
-def _batch_inputs(modality: str, batch: Mapping, device: torch.device) -> tuple:
-    def get(key):
-        value = batch.get(key)
-        return value.to(device) if torch.is_tensor(value) else value
-    return modality_inputs(modality, get("text"), get("audio"), get("vision"), get("audio_lengths"),
-                           get("vision_lengths"))
-
-
 def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, key: str, device: torch.device,
                optimizer: Optional[torch.optim.Optimizer]) -> float:
     training = optimizer is not None
@@ -77,7 +69,7 @@ def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, k
     with torch.set_grad_enabled(training):
         for batch in tqdm(loader, desc=f"harvest-{modality}-{'train' if training else 'valid'}", leave=False,
                           disable=None):
-            _, mask, adapted = harvester(*_batch_inputs(modality, batch, device))
+            _, mask, adapted = harvester(*modality_inputs(modality, *batch_inputs(batch, device)))
             y = batch["labels"][key].to(device).view(-1, 1)
             pred = head(adapted, mask)
             loss = F.mse_loss(pred, y)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
 from .mmsa_patch import metrics_for
-from .model.khar import KHaR
+from .model.khar import KHaR, batch_inputs
 from .pretrain import default_adapter_path, harvest_knowledge
 from .safe_io import atomic_torch_save, safe_torch_load
 
@@ -112,10 +112,8 @@ class KHaRTrainer:
 
     # -- batches ---------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: Mapping) -> dict:
-        d = self.device
-        return model(batch["text"].to(d), batch["audio"].to(d), batch["vision"].to(d),
-                     audio_lengths=batch["audio_lengths"].to(d) if "audio_lengths" in batch else None,
-                     vision_lengths=batch["vision_lengths"].to(d) if "vision_lengths" in batch else None)
+        text, audio, vision, audio_lengths, vision_lengths = batch_inputs(batch, self.device)
+        return model(text, audio, vision, audio_lengths=audio_lengths, vision_lengths=vision_lengths)
 
     @staticmethod
     def run_seed() -> int:

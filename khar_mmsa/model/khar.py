@@ -55,6 +55,15 @@ def modality_inputs(modality: str, text: torch.Tensor, audio: torch.Tensor, visi
     return x[:, :longest], lengths_to_mask(lengths, longest)
 
 
+def batch_inputs(batch: Mapping, device: torch.device) -> tuple:
+    """An MMSA batch dict -> (text, audio, vision, audio_lengths, vision_lengths) on ``device``
+    (lengths None when the batch has none, i.e. aligned data)."""
+    def get(key):
+        value = batch.get(key)
+        return value.to(device) if torch.is_tensor(value) else value
+    return tuple(get(k) for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths"))
+
+
 class KHaR(nn.Module):
     def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:
         super().__init__()
