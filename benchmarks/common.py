@@ -8,7 +8,7 @@
   the work folder, never into the repository;
 * :func:`run_mmsa`: one ``MMSA_run`` of a model on a feature pickle over several seeds, into its own
   output folder, and reading back MMSA's results CSV (one row per run, ``<Metric>`` mean x100 and
-  ``<Metric>_std``, see :mod:`khar_mmsa.mmsa_patch`);
+  ``<Metric>_std``, see :mod:`khar_mmsa.mmsa.results_csv`);
 * tables in MMSA's metric layouts (MOSI/MOSEI: MAE, Corr, Acc-7, Acc-5, Acc-2 and F1 with and
   without zeros; SIMS/SIMSv2: MAE, Corr, Acc-5, Acc-3, Acc-2, F1) as Markdown and CSV, mean ± std;
 * :func:`update_results_md`: each script owns one section of ``benchmarks/RESULTS.md`` between

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
-from .mmsa_patch import metrics_for
+from .mmsa import metrics_for
 from .model.khar import KHaR, batch_inputs
 from .pretrain import default_adapter_path, harvest_knowledge
 from .safe_io import atomic_torch_save, safe_torch_load

@@ -83,11 +83,11 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def unregistered() -> Iterator[None]:
     """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
     import logging
-    from khar_mmsa import mmsa_patch
+    from khar_mmsa import mmsa as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)
-    was = mmsa_patch.is_registered()
-    mmsa_patch.unregister()
+    was = mmsa_patches.is_registered()
+    mmsa_patches.unregister()
     try:
         yield
     finally:
@@ -95,4 +95,4 @@ def unregistered() -> Iterator[None]:
             mmsa_logger.removeHandler(handler)  # unpatched MMSA_run leaves its two behind
             handler.close()
         if was:
-            mmsa_patch.register()
+            mmsa_patches.register()

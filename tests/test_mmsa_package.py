@@ -1,4 +1,4 @@
-"""Tests of :mod:`khar_mmsa.mmsa_patch`: registration, the 'khar' and 'simsv2' keys, each fix for
+"""Tests of :mod:`khar_mmsa.mmsa`: registration, the 'khar' and 'simsv2' keys, each fix for
 MMSA 2.2.1 on today's stack, and real CPU ``MMSA_run`` calls of TFN, MulT and Self-MM.
 
 Each fix has a test that fails without it: either it runs with :func:`unregister` applied and
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa import mmsa_patch
+from khar_mmsa import mmsa as mmsa_patches
 from conftest import TINY_BERT_HIDDEN, TINY_SEQ_LENS, TINY_SIZES
 
 MMSA = importlib.import_module("MMSA")
@@ -103,31 +103,31 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
 
 
 def _read_csv(res_dir: Path, dataset: str = "mosi") -> pd.DataFrame:
-    return pd.read_csv(mmsa_patch.results_csv_path(res_dir, dataset))
+    return pd.read_csv(mmsa_patches.results_csv_path(res_dir, dataset))
 
 
 # ============================================================================================
 # Registration
 # ============================================================================================
 def test_register_is_idempotent_and_unregister_restores_everything() -> None:
-    assert mmsa_patch.is_registered()
-    targets = mmsa_patch.patched_attributes()
+    assert mmsa_patches.is_registered()
+    targets = mmsa_patches.patched_attributes()
     assert len(targets) == len(set((id(o), a) for o, a in targets))
     patched = {(id(o), a): vars(o)[a] for o, a in targets}
-    mmsa_patch.register()  # idempotent: nothing re-wrapped
-    assert mmsa_patch.patched_attributes() == targets
+    mmsa_patches.register()  # idempotent: nothing re-wrapped
+    assert mmsa_patches.patched_attributes() == targets
     try:
-        mmsa_patch.unregister()
-        assert not mmsa_patch.is_registered() and mmsa_patch.patched_attributes() == []
+        mmsa_patches.unregister()
+        assert not mmsa_patches.is_registered() and mmsa_patches.patched_attributes() == []
         originals = {(id(o), a): vars(o).get(a) for o, a in targets}
         assert all(originals[k] is not patched[k] for k in patched)
-        mmsa_patch.register()
-        mmsa_patch.unregister()
+        mmsa_patches.register()
+        mmsa_patches.unregister()
         assert all(vars(o).get(a) is originals[(id(o), a)] for o, a in targets)
         assert "khar" not in importlib.import_module("MMSA.trains.ATIO").ATIO().TRAIN_MAP
     finally:
-        mmsa_patch.register()
-    assert {(id(o), a) for o, a in mmsa_patch.patched_attributes()} == set(patched)
+        mmsa_patches.register()
+    assert {(id(o), a) for o, a in mmsa_patches.patched_attributes()} == set(patched)
 
 
 def test_patched_names_cover_every_namespace() -> None:
@@ -195,25 +195,25 @@ def test_user_config_file_is_used_as_is(dummy_khar: Path) -> None:
 
 
 def test_dataset_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(mmsa_patch.DATASET_ROOT_ENV, str(tmp_path))
+    monkeypatch.setenv(mmsa_patches.DATASET_ROOT_ENV, str(tmp_path))
     args = CONFIG.get_config_regression("tfn", "simsv2")
     assert Path(args["featurePath"]) == tmp_path / "SIMS_V2/Processed/unaligned.pkl"
-    monkeypatch.delenv(mmsa_patch.DATASET_ROOT_ENV)
+    monkeypatch.delenv(mmsa_patches.DATASET_ROOT_ENV)
     root = _mmsa_json("regression")["datasetCommonParams"]["dataset_root_dir"]
     assert CONFIG.get_config_regression("tfn", "mosi")["featurePath"].startswith(root)
 
 
 def test_missing_overlay_folder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
                                                  tmp_path: Path) -> None:
-    monkeypatch.setattr(mmsa_patch, "CONFIG_DIR", tmp_path / "nowhere")
-    with pytest.raises(mmsa_patch.ConfigOverlayMissingError, match="pip install -e"):
+    monkeypatch.setattr(mmsa_patches.configs, "CONFIG_DIR", tmp_path / "nowhere")
+    with pytest.raises(mmsa_patches.ConfigOverlayMissingError, match="pip install -e"):
         CONFIG.get_config_regression("tfn", "mosi")
 
 
 def test_overlay_json_is_minimal() -> None:
     """Our overlay only adds: no MMSA model entry is restated for MMSA's own datasets."""
-    for kind in mmsa_patch.CONFIG_KINDS:
-        ours = json.loads((mmsa_patch.config_dir() / f"config_{kind}.json").read_text())
+    for kind in mmsa_patches.CONFIG_KINDS:
+        ours = json.loads((mmsa_patches.config_dir() / f"config_{kind}.json").read_text())
         assert "simsv2" in ours["datasetCommonParams"]
         for model, block in ours.items():
             if model in ("datasetCommonParams", "khar"):
@@ -243,8 +243,8 @@ def test_simsv2_unknown_without_patch(unregistered: None) -> None:
         metrics.getMetics("simsv2")
     # metrics_for (used by khar_mmsa.trainer) works either way
     pred, true = torch.tensor([[0.1], [-0.4], [0.3]]), torch.tensor([[0.5], [-0.5], [0.2]])
-    assert "Mult_acc_3" in mmsa_patch.metrics_for("SIMSv2")(pred, true)
-    assert "Has0_acc_2" in mmsa_patch.metrics_for("mosi")(pred, true)
+    assert "Mult_acc_3" in mmsa_patches.metrics_for("SIMSv2")(pred, true)
+    assert "Has0_acc_2" in mmsa_patches.metrics_for("mosi")(pred, true)
 
 
 # ============================================================================================
@@ -298,7 +298,7 @@ def test_results_csv_has_plain_numbers(dummy_khar: Path, mmsa_run_kwargs, fast_m
     kwargs = dict(mmsa_run_kwargs, seeds=[1, 2])
     row = MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **kwargs)
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **kwargs)
-    csv_file = mmsa_patch.results_csv_path(kwargs["res_save_dir"], "mosi")
+    csv_file = mmsa_patches.results_csv_path(kwargs["res_save_dir"], "mosi")
     assert "np.float" not in csv_file.read_text() and "(" not in csv_file.read_text()
     table = pd.read_csv(csv_file)
     assert list(table.columns) == ["Model", "seeds", "Has0_acc_2", "Has0_acc_2_std", "MAE",
@@ -316,7 +316,7 @@ def test_legacy_mmsa_cells_are_converted(tmp_path: Path) -> None:
     legacy = pd.DataFrame({"Model": ["tfn"], "MAE": ["(np.float64(71.5), np.float64(1.25))"],
                            "Corr": ["(60.0, 0.0)"]})
     legacy.to_csv(csv_file, index=False)
-    mmsa_patch.append_result_row(csv_file, {"Model": "mult", "seeds": "1", "MAE": 70.0,
+    mmsa_patches.append_result_row(csv_file, {"Model": "mult", "seeds": "1", "MAE": 70.0,
                                             "MAE_std": 0.0, "Corr": 61.0, "Corr_std": 0.5})
     table = pd.read_csv(csv_file)
     assert table["MAE"].tolist() == [71.5, 70.0] and table["MAE_std"].tolist() == [1.25, 0.0]
@@ -325,7 +325,7 @@ def test_legacy_mmsa_cells_are_converted(tmp_path: Path) -> None:
 
 def _append_many(csv_file: str, tag: str, count: int) -> None:
     for i in range(count):
-        mmsa_patch.append_result_row(csv_file, {"Model": f"{tag}{i}", "seeds": "1",
+        mmsa_patches.append_result_row(csv_file, {"Model": f"{tag}{i}", "seeds": "1",
                                                 "MAE": float(i), "MAE_std": 0.5, "Corr": 0.25,
                                                 "Corr_std": 0.0})
 
@@ -400,9 +400,9 @@ def test_missing_checkpoint_fails_clearly(dummy_khar: Path, mmsa_run_kwargs, fas
     stale = {k: v.clone() for k, v in DummyKHaR({"feature_dims": [768, 5, 20]}).state_dict().items()}
     torch.save({f"Model.{k}": v for k, v in stale.items()}, model_dir / "khar-mosi.pth")
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", False)
-    with pytest.raises(mmsa_patch.MissingCheckpointError, match="khar-mosi.pth"):
+    with pytest.raises(mmsa_patches.MissingCheckpointError, match="khar-mosi.pth"):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
-    assert not mmsa_patch.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi").exists()
+    assert not mmsa_patches.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi").exists()
 
 
 # ============================================================================================

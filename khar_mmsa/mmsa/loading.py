@@ -1,0 +1,140 @@
+"""Feature files are read with the restricted unpickler and validated before any model is built.
+
+``MMSA.run.MMDataLoader`` reads each feature file once per ``MMSA_run`` call with
+``khar_mmsa.safe_io.load_pickle(path, trusted=args.get('trust_pickle', False))`` and checks it
+with ``khar_mmsa.validation.validate_features`` before any model is built; MMSA's ``MMDataset``
+then gets the already-loaded object from a ``pickle`` shim installed as
+``MMSA.data_loader.pickle``.  Both modules are imported lazily; if one is absent the hook falls
+back to plain ``pickle`` / no validation.  After loading, :mod:`khar_mmsa.mmsa.update_epochs`
+warns about an ``update_epochs`` larger than the batches per epoch.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from .registry import mmsa_module, set_attr
+from .run_context import TLS, current_run
+from .update_epochs import warn_update_epochs
+
+logger = logging.getLogger("MMSA")
+
+
+def patch() -> None:
+    """Install the ``pickle`` shim in ``MMSA.data_loader`` and wrap ``MMSA.run.MMDataLoader``."""
+    run, data_loader = mmsa_module("MMSA.run"), mmsa_module("MMSA.data_loader")
+    set_attr(data_loader, "pickle", PickleShim())
+    set_attr(run, "MMDataLoader", _wrap_loader(run.MMDataLoader))
+
+
+def _optional_module(name: str) -> Optional[Any]:
+    """``import name``, or None when that very module does not exist (other errors propagate)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+def _feature_paths(args: Mapping[str, Any]) -> List[str]:
+    """The pickle files MMSA's ``MMDataset`` will open for ``args``, in order, deduplicated."""
+    paths = [args.get("custom_feature") or args.get("featurePath")]
+    paths += [args.get(k) for k in ("feature_T", "feature_A", "feature_V")]
+    out: List[str] = []
+    for p in paths:
+        if p and str(p) not in out:
+            out.append(str(p))
+    return out
+
+
+def _file_key(path: str) -> Tuple[str, int, int]:
+    resolved = Path(path).resolve()
+    try:
+        st = resolved.stat()
+    except OSError:
+        return str(resolved), -1, -1
+    return str(resolved), st.st_mtime_ns, st.st_size
+
+
+def _load_and_validate(path: str, args: Mapping[str, Any]) -> Any:
+    """Read ``path`` with the restricted unpickler and validate it (hooks of other modules)."""
+    safe_io = _optional_module("khar_mmsa.safe_io")
+    if safe_io is not None:
+        data = safe_io.load_pickle(path, trusted=bool(args.get("trust_pickle", False)))
+    else:
+        logger.debug("khar_mmsa.safe_io is absent: plain pickle for %s", path)
+        with open(path, "rb") as f:
+            data = pickle.load(f)
+    validation = _optional_module("khar_mmsa.validation")
+    if validation is not None:
+        validation.validate_features(data, args, source=str(path))
+    return data
+
+
+class preloaded_features:
+    """Within the block, ``MMSA.data_loader.pickle.load`` returns already-loaded objects.
+
+    Files are read and validated once per cache: the running ``MMSA_run`` call's when there is
+    one, else a cache local to the block.  A block nested in another reuses its objects.
+    """
+
+    def __init__(self, args: Mapping[str, Any]) -> None:
+        self.args = args
+        self.previous: Optional[Dict[str, Any]] = None
+
+    def __enter__(self) -> Dict[str, Any]:
+        self.previous = getattr(TLS, "preloaded", None)
+        ctx = current_run()
+        cache = ctx.features if ctx is not None else {}
+        preloaded = dict(self.previous or {})
+        for path in _feature_paths(self.args):
+            key = _file_key(path)
+            if key[0] in preloaded:
+                continue
+            if key not in cache:
+                cache[key] = _load_and_validate(path, self.args)
+            preloaded[key[0]] = cache[key]
+        TLS.preloaded = preloaded
+        return preloaded
+
+    def __exit__(self, *exc: Any) -> None:
+        TLS.preloaded = self.previous
+
+
+class PickleShim:
+    """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves pre-loaded feature files.
+
+    A file that was not pre-loaded is read with the restricted unpickler (plain ``pickle`` if
+    ``khar_mmsa.safe_io`` is absent).  Every other attribute is the real :mod:`pickle`'s.
+    """
+
+    def load(self, file: Any, *args: Any, **kwargs: Any) -> Any:
+        name = getattr(file, "name", None)
+        preloaded = getattr(TLS, "preloaded", None) or {}
+        if isinstance(name, (str, os.PathLike)):
+            key = str(Path(name).resolve())
+            if key in preloaded:
+                return preloaded[key]
+        safe_io = _optional_module("khar_mmsa.safe_io")
+        if safe_io is None:
+            return pickle.load(file, *args, **kwargs)
+        return safe_io.load_pickle_stream(file, trusted=False, source=str(name))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(pickle, name)
+
+
+def _wrap_loader(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def MMDataLoader(args: Any, num_workers: int) -> Dict[str, Any]:
+        with preloaded_features(args):
+            loaders = original(args, num_workers)
+        warn_update_epochs(args, loaders)
+        return loaders
+    return MMDataLoader

@@ -1,0 +1,68 @@
+"""``MMSA_run`` (in ``MMSA.run`` and ``MMSA``): one call, one results row, no leftovers.
+
+The wrapper opens a :class:`~khar_mmsa.mmsa.run_context.RunContext` for the hooks below it, uses
+0 loader workers when CUDA is absent and ``num_workers`` was not given (breakage 8), lets MMSA
+write its CSV into a private temporary folder (``mmsa-results-*``) and merges one row per run
+into the real ``<res_save_dir>/normal/<dataset>.csv`` (:mod:`khar_mmsa.mmsa.results_csv`).
+A normal run returns its row (a dict) instead of None.  The log handlers MMSA added are removed
+when the call returns (:mod:`khar_mmsa.mmsa.log_handlers`).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from .cpu_fallback import cuda_available
+from .log_handlers import remove_handlers
+from .registry import mmsa_module, set_entry_point
+from .results_csv import (MMSA_DEFAULT_SEEDS, append_result_row, results_csv_path,
+                          summarize_results)
+from .run_context import TLS, RunContext, current_run
+
+logger = logging.getLogger("MMSA")
+
+
+def patch() -> None:
+    """Replace ``MMSA_run`` in ``MMSA.run`` and ``MMSA``."""
+    set_entry_point("MMSA_run", _wrap_mmsa_run(mmsa_module("MMSA.run").MMSA_run))
+
+
+def _wrap_mmsa_run(original: Callable) -> Callable:
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def MMSA_run(*args: Any, **kwargs: Any) -> Optional[Dict[str, Any]]:
+        bound = signature.bind(*args, **kwargs)
+        explicit = set(bound.arguments)
+        bound.apply_defaults()
+        call = dict(bound.arguments)
+        cuda = cuda_available()
+        if "num_workers" not in explicit and not cuda:
+            call["num_workers"] = 0
+        ctx = RunContext(wanted_gpu=bool(call["gpu_ids"]) and not cuda)
+        real_res_dir = Path(call["res_save_dir"] or Path.home() / "MMSA" / "results")
+        private = None if call["is_tune"] else tempfile.mkdtemp(prefix="mmsa-results-")
+        if private is not None:
+            call["res_save_dir"] = private
+        previous, TLS.run = current_run(), ctx
+        try:
+            original(**call)
+            if private is None:
+                return None
+            seeds = list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS)
+            row = summarize_results(str(call["model_name"]).lower(), ctx.results, seeds)
+            csv_file = results_csv_path(real_res_dir, call["dataset_name"])
+            append_result_row(csv_file, row)
+            logger.info(f"Results saved to {csv_file}.")
+            return row
+        finally:
+            TLS.run = previous
+            remove_handlers(ctx.handlers)
+            if private is not None:
+                shutil.rmtree(private, ignore_errors=True)
+    return MMSA_run

@@ -1,0 +1,30 @@
+"""Per-call state of one patched ``MMSA_run`` call, kept thread-local.
+
+MMSA passes nothing from ``MMSA_run`` down to ``_run``, ``_set_logger`` or the data loader; the
+hooks of :mod:`khar_mmsa.mmsa` meet through :func:`current_run` instead.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+#: Per-thread: ``.run`` (a :class:`RunContext`), ``.preloaded`` (path -> loaded feature object).
+TLS = threading.local()
+
+
+@dataclass
+class RunContext:
+    """State of one patched ``MMSA_run`` call (thread-local)."""
+
+    wanted_gpu: bool = False
+    warned_cpu: bool = False
+    results: List[Dict[str, Any]] = field(default_factory=list)
+    handlers: List[logging.Handler] = field(default_factory=list)
+    features: Dict[Tuple[str, int, int], Any] = field(default_factory=dict)
+
+
+def current_run() -> Optional[RunContext]:
+    """The :class:`RunContext` of the ``MMSA_run`` call running in this thread, or None."""
+    return getattr(TLS, "run", None)
