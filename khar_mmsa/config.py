@@ -71,7 +71,7 @@ class KHaRConfig:
     # ---- knowledge harvesting: adapter pretraining (eq. 2, 'pretrained parameters') -----------
     pretrain_adapters: bool = _f(True, "Run the per-modality adapter pretraining stage before the main run (eq. 2). False: adapters start untrained and train with the model.")
     pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when it exists and matches this config.")
-    freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their harvesting heads) frozen in the main run (KuDA's knowledge injection).")
+    freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their LayerNorm) frozen in the main run (KuDA's knowledge injection), in eval mode too: no dropout on frozen knowledge.")
     pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE).")
     pretrain_learning_rate: float = _f(1e-4, "AdamW learning rate of adapter pretraining (KuDA: 1e-4).")
     pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).")
@@ -91,13 +91,14 @@ class KHaRConfig:
     fine_grained_dim: int = _f(50, "Table 5's 'fine-grained dimension': width of each unimodal vector x^m = F^m(X^m) (Algorithm 1), used by the fusion and the contrastive loss (E-MIB's d_l = 50).")
     fusion_hidden_dim: int = _f(128, "Width of the fusion network F^f's output x (Algorithm 1).")
     latent_dim: int = _f(50, "Width of the bottleneck z (eq. 23).")
-    mib_beta: float = _f(1e-3, "beta of eq. 8/12 (paper leaves open; E-MIB uses 1e-3).")
+    mib_beta: float = _f(1e-3, "beta of eq. 8/12 (paper leaves open; E-MIB uses 1e-3 on a per-dimension KL).")
+    mib_kl_reduction: str = _f("mean", "Reduction of eq. 12's KL over the latent_dim dimensions: 'mean' (E-MIB, the source of mib_beta: beta weighs the KL per dimension) or 'sum' (eq. 27-28's closed form). The same pressure needs beta_sum = beta_mean / latent_dim.")
     mib_sigma_offset: float = _f(-5.0, "Sigma = softplus(W x + offset): a negative offset starts the posterior narrow (E-MIB: -5).")
     dropout: float = _f(0.1, "Dropout before the fusion and the decoder.")
 
     # ---- intensity contrastive learning (§3.6, eq. 13-21) -------------------------------------
     contrastive_weight: float = _f(1.0, "lambda of eq. 22 (Table 5: SIMS 1, SIMSv2 1, MOSI 0.05, MOSEI 0.45). 0 disables the loss ('w/o CL', Table 3).")
-    contrastive_kappa: float = _f(0.4, "kappa of eq. 14: |y_i - y_j| <= kappa makes a positive pair.")
+    contrastive_kappa: float = _f(0.4, "kappa of eq. 14: |y_i - y_j| <= kappa makes a positive pair, decided on the label grid (gaps rounded to 1e-4 first, so exact-kappa pairs are positive despite float32 labels).")
     contrastive_label_scale: str = _f("raw", "Scale kappa applies to: 'raw' = the dataset's own labels ([-3,3] MOSI/MOSEI, [-1,1] SIMS; the paper's example 1.0~1.3 vs 2.0 is on raw MOSI), 'unit' = labels divided by the dataset's max |y| (CLGSI).")
     contrastive_temperature: float = _f(0.1, "tau of eq. 21 (paper leaves open; CLGSI uses 0.03, which saturates at batch 64).")
 
@@ -132,6 +133,8 @@ class KHaRConfig:
             problems.append(f"refiner={self.refiner!r}: one of moe, mlp, attention, cnn")
         if self.fusion not in ("mib", "sum", "concat", "attention", "mul"):
             problems.append(f"fusion={self.fusion!r}: one of mib, sum, concat, attention, mul")
+        if self.mib_kl_reduction not in ("mean", "sum"):
+            problems.append(f"mib_kl_reduction={self.mib_kl_reduction!r}: 'mean' or 'sum'")
         if self.contrastive_label_scale not in ("raw", "unit"):
             problems.append(f"contrastive_label_scale={self.contrastive_label_scale!r}: 'raw' or 'unit'")
         if self.num_experts < 1:

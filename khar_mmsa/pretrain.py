@@ -103,6 +103,12 @@ def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRC
             best_state = {k: v.detach().cpu().clone() for k, v in harvester.state_dict().items()}
         elif epoch - best_epoch >= cfg.early_stop:
             break
+    if best_state is None:
+        raise FloatingPointError(
+            f"Adapter pretraining of modality '{modality}' (label '{key}') never reached a finite validation MAE "
+            f"in {epoch} epoch(s) (last: {valid_mae}). Check the '{key}' labels and the {modality!r} features of "
+            f"the train/valid splits for NaN/inf, lower pretrain_learning_rate ({cfg.pretrain_learning_rate}), "
+            f"or set pretrain_adapters=False.")
     if modality == "t":  # BERT was frozen: only the adapters are knowledge of ours
         best_state = {k: v for k, v in best_state.items() if k.startswith("adapters.")}
     return best_state

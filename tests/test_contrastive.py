@@ -1,6 +1,7 @@
 """Intensity contrastive loss (eq. 13-21) against a loop that literally enumerates the pair sets."""
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -10,12 +11,20 @@ from khar_mmsa.losses.contrastive import intensity_contrastive_loss, make_positi
 NAMES = "VTA"  # modality order is irrelevant to the loss; names only make the pair sets readable
 
 
+def on_grid(value):
+    """The exact label a float stands for: the nearest fraction with a small denominator (labels are
+    means of a few annotators' marks on a grid: 2.2, 1/3, -0.75 ...)."""
+    return Fraction(value).limit_denominator(1000)
+
+
 def reference_loss(features, labels, kappa, tau):
-    """Eq. 13-21 written out: build P^i and N^i as lists of (anchor, partner) = ((sample, modality), ...)."""
+    """Eq. 13-21 written out: build P^i and N^i as lists of (anchor, partner) = ((sample, modality), ...).
+    Eq. 14 is decided in exact rational arithmetic on the label grid."""
     b, m, _ = features.shape
     mods = NAMES[:m]
     f = {(i, M): features[i, mods.index(M)].tolist() for i in range(b) for M in mods}
-    y = labels.tolist()
+    y = [on_grid(v) for v in labels.tolist()]
+    kappa = on_grid(kappa)
 
     def delta(a, p):
         return math.exp(sum(u * v for u, v in zip(f[a], f[p])) / tau)
@@ -122,3 +131,60 @@ def test_errors():
         intensity_contrastive_loss(normalised(4, 3, 3, 0), torch.zeros(5), 0.4, 0.1)
     with pytest.raises(ValueError):
         intensity_contrastive_loss(normalised(4, 3, 3, 0), torch.zeros(4), 0.4, 0.0)
+
+
+# ---- eq. 14 on the label grid: exact-kappa pairs are positive whatever float rounding did ----------
+def grid(low, high, step):
+    """Every label of a grid, as exact fractions: MOSI [-3, 3] step 0.2, SIMS [-1, 1] step 0.1 / 0.2."""
+    low, high, step = Fraction(low), Fraction(high), Fraction(step)
+    n = int((high - low) / step)
+    return [low + k * step for k in range(n + 1)]
+
+
+def exact_mask(values, kappa):
+    kappa = Fraction(kappa)
+    return torch.tensor([[i != j and abs(a - b) <= kappa for j, b in enumerate(values)]
+                         for i, a in enumerate(values)])
+
+
+@pytest.mark.parametrize("low,high,step,scale", [
+    ("-3", "3", "0.2", 1),    # MOSI / MOSEI raw scale
+    ("-3", "3", "0.2", 3),    # the same labels on CLGSI's unit scale (contrastive_label_scale='unit')
+    ("-1", "1", "0.1", 1),    # SIMS / SIMSv2 (means of five marks in steps of 0.5 -> 0.1 grid)
+    ("-1", "1", "0.2", 1),
+    ("-3", "3", "1/3", 1),    # MOSI clips with three annotators
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_exact_kappa_pair_is_positive_on_float_labels(low, high, step, scale, dtype):
+    exact = [v / scale for v in grid(low, high, step)]
+    kappa = Fraction("0.4")
+    labels = torch.tensor([float(v) for v in exact], dtype=torch.float32).to(dtype)
+    if scale != 1:  # what the criterion does: float32 labels divided by the scale in float32
+        labels = torch.tensor([float(v * scale) for v in exact], dtype=torch.float32).div(scale).to(dtype)
+    want = exact_mask(exact, kappa)
+    assert torch.equal(make_positive_mask(labels, float(kappa)), want)
+    ties = sum(abs(a - b) == kappa for a in exact for b in exact)
+    if (kappa / Fraction(step) * scale).denominator == 1:
+        assert ties > 0  # the grid has exact-kappa pairs, and they are all positive
+
+
+def test_float32_mosi_batch_loss_matches_exact_reference():
+    """The issue's case: a MOSI batch of float32 labels gave 1.72 where a float64 reference gave 1.29."""
+    g = torch.Generator().manual_seed(4)
+    steps = torch.randint(-15, 16, (32,), generator=g)                 # labels k * 0.2 in [-3, 3]
+    labels32 = (steps.double() / 5).float()
+    f64 = normalised(32, 3, 8, seed=4)
+    got = intensity_contrastive_loss(f64.float(), labels32, 0.4, 0.1)
+    ref = reference_loss(f64, steps.double() / 5, 0.4, 0.1)             # exact grid labels (Fractions)
+    assert math.isclose(got.item(), ref, rel_tol=1e-5)
+    gaps = (labels32[:, None] - labels32[None, :]).abs()
+    assert ((steps[:, None] - steps[None, :]).abs() == 2).any()         # exact-kappa pairs present ...
+    assert not torch.equal(gaps <= 0.4, make_positive_mask(labels32, 0.4) | torch.eye(32, dtype=torch.bool))
+    # ... and a plain float32 `<=` gets some of them wrong, which is what the grid rule fixes
+
+
+def test_gap_close_to_but_not_kappa_stays_negative():
+    # MOSI labels with 3, 4 or 5 annotators: the nearest gaps to 0.4 that are not 0.4 are 1/60 away
+    y = torch.tensor([0.0, 0.4 - 1 / 60, 0.4, 0.4 + 1 / 60, 5 / 12], dtype=torch.float32)
+    mask = make_positive_mask(y, 0.4)
+    assert mask[0].tolist() == [False, True, True, False, False]

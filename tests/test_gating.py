@@ -90,10 +90,16 @@ def test_softmax_after_keep_top_k():
 
 
 def test_k_equals_e_load_is_real_token_count():
+    """With k = e every expert stays in the top k whatever the noise: the load is the number of real
+    tokens, a constant that passes no gradient (while the importance, from the same inputs, does)."""
     clean, std, noise, mask = random_inputs(e=3)
+    clean.requires_grad_(True)
+    std.requires_grad_(True)
     out = noisy_top_k_gating(clean, std, 3, mask, noise=noise)
-    assert torch.equal(out.load, torch.full((3,), float(mask.sum()), dtype=torch.float64))
-    assert not out.load.requires_grad
+    assert torch.equal(out.load.detach(), torch.full((3,), float(mask.sum()), dtype=torch.float64))
+    assert out.importance.requires_grad and not out.load.requires_grad
+    shifted = noisy_top_k_gating(clean.detach() * 5 + 1, std.detach() * 3, 3, mask, noise=noise)
+    assert torch.equal(shifted.load, out.load.detach())
 
 
 @pytest.mark.parametrize("noisy", [True, False])

@@ -1,11 +1,11 @@
-"""MIB pieces (eq. 12, 24-28): closed-form KL, reparameterisation, loss."""
-import math
+"""MIB pieces (eq. 12, 24-28): closed-form KL and its reduction, reparameterisation.
 
+The MIB loss itself is weighted and added by KHaRCriterion; tests/test_criterion.py checks it."""
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from khar_mmsa.losses.information_bottleneck import gaussian_kl_to_standard_normal, mib_loss, reparameterize
+from khar_mmsa.losses.information_bottleneck import gaussian_kl_to_standard_normal, reparameterize
 
 
 def mu_sigma(b=6, z=5, seed=0):
@@ -21,6 +21,14 @@ def test_kl_matches_torch_distributions():
     got = gaussian_kl_to_standard_normal(mu, sigma)
     assert got.shape == (6,)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_kl_mean_reduction_is_per_dimension():
+    mu, sigma = mu_sigma(z=7)
+    per_dim = kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(sigma)))
+    torch.testing.assert_close(gaussian_kl_to_standard_normal(mu, sigma, "mean"), per_dim.mean(-1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        gaussian_kl_to_standard_normal(mu, sigma, "batchmean")
 
 
 def test_kl_zero_at_standard_normal():
@@ -44,23 +52,3 @@ def test_reparameterize_training():
     assert not torch.equal(z.detach(), mu.detach())
     z.sum().backward()
     assert torch.equal(mu.grad, torch.ones_like(mu)) and sigma.grad.abs().sum() > 0
-
-
-def test_mib_loss_value_and_parts():
-    pred = torch.tensor([[0.5], [-1.0], [2.0]], dtype=torch.float64)
-    y = torch.tensor([[1.0], [-1.5], [1.0]], dtype=torch.float64)
-    kl = torch.tensor([2.0, 4.0, 6.0], dtype=torch.float64)
-    beta = 1e-3
-    loss, parts = mib_loss(pred, y, kl, beta)
-    l1 = (0.5 + 0.5 + 1.0) / 3
-    assert math.isclose(loss.item(), beta * 4.0 + l1, rel_tol=1e-12)
-    assert math.isclose(parts["mib_mae"].item(), l1, rel_tol=1e-12)
-    assert math.isclose(parts["mib_kl"].item(), 4.0, rel_tol=1e-12)
-    assert math.isclose(parts["mib_weighted_kl"].item(), beta * 4.0, rel_tol=1e-12)
-
-
-def test_mib_loss_rejects_broadcasting_shapes():
-    with pytest.raises(ValueError):
-        mib_loss(torch.zeros(4, 1), torch.zeros(4), torch.zeros(4), 1e-3)
-    with pytest.raises(ValueError):
-        mib_loss(torch.zeros(4, 1), torch.zeros(4, 1), torch.zeros(4, 1), 1e-3)

@@ -112,6 +112,17 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
              and not torch.equal(p, snapshot[n])]
     assert moved, "the audio encoder should keep training"
     saved = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
+    # the pretrained weights arrived in the main model: values equal to the saved file's when training
+    # started (audio/vision: encoder and adapters; text: the adapters only, BERT stays the main model's)
+    fresh = KHaR(args)
+    for m, state in saved["states"].items():
+        assert any(k.startswith("adapters.") for k in state) and (m == "t") == all(k.startswith("adapters.") for k in state)
+        for key, value in state.items():
+            name = f"harvesters.{m}.{key}"
+            if name in snapshot:
+                torch.testing.assert_close(snapshot[name], value, rtol=0, atol=0, msg=f"{name} not loaded")
+        up = "blocks.0.up.weight"
+        assert not torch.equal(state[f"adapters.{up}"], fresh.harvesters[m].adapters.state_dict()[up])  # trained
     # keyed by the seed MMSA set (torch.manual_seed), not by cur_seed, its position in the list
     data_id = trainer._data_identity
     assert saved["fingerprint"] == pretrain_fingerprint(trainer.cfg, 3, data_id)
@@ -134,6 +145,15 @@ def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
     seed_all(0)
     args = make_args(bert, tmp_path, pretrain_adapters=False)
     with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step 1"):
+        KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
+
+
+def test_pretraining_without_a_finite_validation_mae_names_the_modality(bert, data, tmp_path):
+    bad = {k: dict(v) for k, v in data.items() if k in ("train", "valid", "test")}
+    bad["valid"]["regression_labels_A"] = np.full_like(bad["valid"]["regression_labels_A"], np.nan)
+    seed_all(0)
+    args = make_args(bert, tmp_path, pretrain_epochs=2)
+    with pytest.raises(FloatingPointError, match=r"modality 'a' \(label 'A'\) never reached a finite validation MAE"):
         KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
 
 

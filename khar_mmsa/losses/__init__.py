@@ -1,7 +1,10 @@
-"""KHaR losses: MoE balance (eq. 6), MIB (eq. 12, App. C), intensity contrastive (eq. 13-21)."""
+"""KHaR losses: MoE balance (eq. 6), MIB pieces (eq. 12, App. C), intensity contrastive (eq. 13-21).
+
+They are weighted and added in one place, :class:`khar_mmsa.criterion.KHaRCriterion`.
+"""
 from .balance import balance_loss, cv_squared
 from .contrastive import intensity_contrastive_loss, make_positive_mask
-from .information_bottleneck import gaussian_kl_to_standard_normal, mib_loss, reparameterize
+from .information_bottleneck import gaussian_kl_to_standard_normal, reparameterize
 
 __all__ = [
     "balance_loss",
@@ -10,5 +13,4 @@ __all__ = [
     "make_positive_mask",
     "gaussian_kl_to_standard_normal",
     "reparameterize",
-    "mib_loss",
 ]

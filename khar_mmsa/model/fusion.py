@@ -22,7 +22,7 @@ from ..losses.information_bottleneck import gaussian_kl_to_standard_normal, repa
 class FusionOutput:
     pred: torch.Tensor                  # (b, 1) decoder output at the posterior mean
     pred_sampled: torch.Tensor          # (b, 1) decoder output at z ~ p(z|x) (training) / mean (eval)
-    kl: Optional[torch.Tensor]          # (b,) KL(p(z|x) || N(0, I)); None without a bottleneck
+    kl: Optional[torch.Tensor]          # (b,) KL(p(z|x) || N(0, I)) (mib_kl_reduction); None without a bottleneck
     fused: torch.Tensor                 # (b, h) representation used for t-SNE (mu for MIB)
 
 
@@ -37,6 +37,7 @@ class InformationBottleneckFusion(nn.Module):
         self.sigma = nn.Linear(cfg.fusion_hidden_dim, cfg.latent_dim)
         self.sigma_offset = cfg.mib_sigma_offset
         self.decoder = nn.Linear(cfg.latent_dim, 1)
+        self.kl_reduction = cfg.mib_kl_reduction
 
     def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
         """unimodal: m tensors (b, f)."""
@@ -45,7 +46,7 @@ class InformationBottleneckFusion(nn.Module):
         sigma = F.softplus(self.sigma(x) + self.sigma_offset)
         z = reparameterize(mu, sigma, self.training)
         return FusionOutput(pred=self.decoder(mu), pred_sampled=self.decoder(z),
-                            kl=gaussian_kl_to_standard_normal(mu, sigma), fused=mu)
+                            kl=gaussian_kl_to_standard_normal(mu, sigma, self.kl_reduction), fused=mu)
 
 
 class _PlainFusion(nn.Module):

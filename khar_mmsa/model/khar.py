@@ -100,6 +100,18 @@ class KHaR(nn.Module):
         return {"M": fused.pred, "M_sampled": fused.pred_sampled, "kl": fused.kl, "balance": balance,
                 "unimodal": unimodal, "fused": fused.fused}
 
+    def train(self, mode: bool = True) -> "KHaR":
+        """``nn.Module.train``, except that frozen adapters (no parameter requires grad: pretrained
+        knowledge loaded with ``freeze_pretrained_adapters``) and their LayerNorm stay in eval mode,
+        so dropout never perturbs fixed knowledge (KuDA injects frozen adapters)."""
+        super().train(mode)
+        if mode:
+            for m in self.modalities:
+                adapters = self.harvesters[m].adapters
+                if not any(p.requires_grad for p in adapters.parameters()):
+                    adapters.eval()
+        return self
+
     # -- knowledge harvesting: pretrained adapters ----------------------------------------------
     def adapter_parameters(self):
         """(name, parameter) of every adapter block and adapter LayerNorm, selected by module type."""
@@ -108,15 +120,22 @@ class KHaR(nn.Module):
                 yield f"harvesters.{m}.adapters.{name}", p
 
     def load_harvested(self, states: Mapping[str, Mapping[str, torch.Tensor]], freeze: bool) -> list:
-        """Load pretrained harvesters ({modality: state_dict of Harvester}); freeze their adapters.
+        """Load pretrained harvesters ({modality: state_dict of Harvester}); freeze their adapters
+        (``freeze``: no gradient, and eval mode whenever the model trains, see :meth:`train`).
 
         Returns the modalities loaded."""
         loaded = []
         for m, state in states.items():
             if m not in self.harvesters:
                 continue
-            self.harvesters[m].load_state_dict(state, strict=False)
+            result = self.harvesters[m].load_state_dict(state, strict=False)
+            # the text file holds the adapters only (BERT stayed frozen in pretraining); nothing else may be missing
+            missing = [k for k in result.missing_keys if not (m == "t" and k.startswith("encoder."))]
+            if missing or result.unexpected_keys:
+                raise ValueError(f"pretrained harvester '{m}' does not fit this model: missing {missing[:5]}, "
+                                 f"unexpected {list(result.unexpected_keys)[:5]} (made by another version or config?)")
             if freeze:
                 self.harvesters[m].adapters.requires_grad_(False)
             loaded.append(m)
+        self.train(self.training)  # frozen adapters switch to eval mode now, not only at the next train()
         return loaded
