@@ -22,6 +22,17 @@ CPU each model runs in a fresh spawned process and the figure is the growth of t
 RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before the model is built to after
 the last step: weights, gradients, optimizer state and activations, plus allocator slack.
 
+Work: floating-point operations of one training step (forward, losses, backward) counted with
+``torch.utils.flop_counter.FlopCounterMode`` on one extra, untimed step; PyTorch's counter has no
+formula for the CPU flash-attention kernels, so they are counted here as the unfused path counts
+attention (forward 4·b·h·n²·d, backward twice that: the model's arithmetic, not the kernel's
+recomputation). The fp32 matmul rate (2048x2048 ``a @ b``, median of 5) is measured in the same
+process right before and right after the timed steps; "share" = achieved GFLOP/s over their mean.
+
+Scaling (``--scaling``, KHaR only): the KHaR step at audio = vision = 125 / 250 / 500 / 1000 frames
+(real lengths drawn as in the planted data, uniform in [T/2, T]) and batch 16 / 64, each in a fresh
+process: step time, GFLOP, share and peak memory.
+
 KHaR's own losses (contrastive, MoE balance, MIB KL and sampled-decoder L1): full steps and
 "task-only" steps (same forward, only ``L_task`` back-propagated and no other loss term computed)
 are interleaved; own-loss share = (median full - median task-only) / median full.  This covers the
@@ -48,11 +59,17 @@ MODELS = ("khar", "self_mm", "mult", "tfn")
 TITLES = {"khar": "KHaR", "self_mm": "Self-MM", "mult": "MulT", "tfn": "TFN"}
 MOSI_SEQ_LENS = (50, 375, 500)
 SETTINGS = {
-    # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens
-    "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12)),
-    "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS),
-    "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS),
+    # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens;
+    # the KHaR scaling table: audio/vision frames x batch sizes, its warm-up and timed steps
+    "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12),
+                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1),
+    "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS,
+                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=2),
+    "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS,
+                 scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=5),
 }
+MATMUL_N = 2048            # the reference matmul: (N x N) @ (N x N), fp32
+TODAY_KHAR_PEAK_MIB = 5536  # KHaR's peak memory at quick settings before the fused kernels (RESULTS.md, 02:06 UTC)
 SMOKE_KHAR = {"modal_dim": 16, "encoder_layers": 1, "encoder_heads": 2, "encoder_ff_dim": 16, "text_adapters": 1,
               "av_adapters": 1, "adapter_heads": 2, "adapter_inner_layers": 1, "expert_hidden_dim": 16,
               "fine_grained_dim": 8, "fusion_hidden_dim": 16, "latent_dim": 8}
@@ -81,7 +98,8 @@ def make_batch(encoder: Path, batch: int, seq_lens: Sequence[int]) -> Dict[str, 
 
 
 # ---- models and their training steps -----------------------------------------------------------
-def build_args(model: str, encoder: Path, batch: Mapping[str, Any], device: Any, mode: str) -> Any:
+def build_args(model: str, encoder: Path, batch: Mapping[str, Any], device: Any, mode: str,
+               khar_overrides: Optional[Mapping[str, Any]] = None) -> Any:
     import khar_mmsa  # noqa: F401  - registers 'khar' and patches get_config_regression
     from MMSA.config import get_config_regression
     args = get_config_regression(model, "mosi")
@@ -102,21 +120,25 @@ def build_args(model: str, encoder: Path, batch: Mapping[str, Any], device: Any,
         args["update_epochs"] = 1
     if model == "khar" and mode == "smoke":
         args.update(SMOKE_KHAR)
+    if model == "khar" and khar_overrides:
+        args.update(khar_overrides)
     return args
 
 
 class Stepper:
     """``step()`` runs one training step of one model on the fixed batch."""
 
-    def __init__(self, model_name: str, encoder: Path, batch: Mapping[str, Any], device: Any, mode: str) -> None:
+    def __init__(self, model_name: str, encoder: Path, batch: Mapping[str, Any], device: Any, mode: str,
+                 khar_overrides: Optional[Mapping[str, Any]] = None) -> None:
         import torch
         from MMSA.models import AMIO
         self.name = model_name
         self.device = device
-        self.args = build_args(model_name, encoder, batch, device, mode)
+        self.args = build_args(model_name, encoder, batch, device, mode, khar_overrides)
         torch.manual_seed(0)
         self.model = AMIO(self.args).to(device)
         self.model.train()
+        self.cpu_batch = batch
         b = {k: v.to(device) for k, v in batch.items()}
         self.b = b
         self.criterion_seconds: List[float] = []
@@ -138,6 +160,8 @@ class Stepper:
         import torch
         from khar_mmsa.config import KHaRConfig
         from khar_mmsa.criterion import KHaRCriterion
+        from khar_mmsa.model.khar import batch_inputs
+        from khar_mmsa.optim import make_adamw
         from khar_mmsa.trainer import parameter_groups, unwrap
         self.cfg = KHaRConfig.from_mmsa_args(self.args)
         khar = unwrap(self.model)
@@ -145,15 +169,24 @@ class Stepper:
             for m in khar.modalities:  # main stage: pretrained adapters are frozen
                 khar.harvesters[m].adapters.requires_grad_(False)
         self.criterion = KHaRCriterion(self.cfg)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, khar, self.cfg))
+        self.optimizer = make_adamw(parameter_groups(self.model, khar, self.cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # the trainer's batch helper: cut to the longest real clip on the CPU, then moved
+        text, audio, vision, a_len, v_len = batch_inputs(
+            {"text": self.cpu_batch["text_bert"], "audio": self.cpu_batch["audio"], "vision": self.cpu_batch["vision"],
+             "audio_lengths": self.cpu_batch["audio_lengths"], "vision_lengths": self.cpu_batch["vision_lengths"]},
+            self.device)
+        self.khar_inputs = (text, audio, vision, a_len, v_len)
 
     def _khar_step(self, task_only: bool) -> None:
         import torch
         from torch.nn import functional as F
         b = self.b
-        out = self.model(b["text_bert"], b["audio"], b["vision"], audio_lengths=b["audio_lengths"],
-                         vision_lengths=b["vision_lengths"])
+        text, audio, vision, a_len, v_len = self.khar_inputs
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+            out = self.model(text, audio, vision, audio_lengths=a_len, vision_lengths=v_len)
+        if self.cfg.amp:
+            out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
         if task_only:
             total = F.l1_loss(out["M"], b["labels"])
         else:
@@ -242,9 +275,58 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+_FLOP_FORMULAS_ADDED = False
+
+
+def register_cpu_attention_flops() -> None:
+    """FlopCounterMode formulas for the CPU flash-attention kernels (PyTorch has none): forward as
+    ``sdpa_flop_count``; backward 2x forward, the unfused path's count (no recomputation counted)."""
+    global _FLOP_FORMULAS_ADDED
+    import torch
+    from torch.utils import flop_counter as fc
+    if _FLOP_FORMULAS_ADDED or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        return
+    aten = torch.ops.aten
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)
+    def _forward(query, key, value, *args, out_val=None, **kwargs):
+        return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward, get_raw=True)
+    def _backward(grad_out, query, key, value, *args, out_val=None, **kwargs):
+        return 2 * fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+    _FLOP_FORMULAS_ADDED = True
+
+
+def matmul_rate(device: Any, n: int = MATMUL_N, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of (n x n) @ (n x n) on ``device``: median of ``repeats`` after one warm-up."""
+    import torch
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = _now()
+        a @ b
+        sync(device)
+        times.append(_now() - t0)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def step_flops(stepper: "Stepper") -> float:
+    """Floating-point operations of one training step (an extra, untimed step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    register_cpu_attention_flops()
+    with FlopCounterMode(display=False) as counter:
+        stepper.step()
+    return float(counter.get_total_flops())
+
+
 def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, settings: Mapping[str, Any],
-            device_name: str) -> Dict[str, Any]:
-    """Build one model, warm up, time the steps; peak memory; KHaR: the own-loss share."""
+            device_name: str, khar_overrides: Optional[Mapping[str, Any]] = None,
+            own_loss_share: bool = True) -> Dict[str, Any]:
+    """Build one model, warm up, time the steps; its FLOPs, the matmul rate around the timed steps,
+    peak memory; KHaR: the own-loss share."""
     import torch
     device = torch.device(device_name)
     on_gpu = device.type == "cuda"
@@ -252,15 +334,28 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    stepper = Stepper(model_name, Path(encoder), batch, device, mode)
+    stepper = Stepper(model_name, Path(encoder), batch, device, mode, khar_overrides)
     for _ in range(settings["warmup"]):
         stepper.step()
     stepper.criterion_seconds.clear()
+    rate_before = matmul_rate(device)
     times = [stepper.step() for _ in range(settings["steps"])]
+    rate_after = matmul_rate(device)
     res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(), "step_times": times,
                            "step_s": statistics.median(times), "batch": int(batch["labels"].shape[0])}
     res["samples_per_s"] = res["batch"] / res["step_s"]
-    if model_name == "khar":
+    res["matmul_gflops_before"], res["matmul_gflops_after"] = rate_before, rate_after
+    res["matmul_gflops"] = (rate_before + rate_after) / 2
+    if on_gpu:
+        res["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        res["mem_method"] = "torch.cuda.max_memory_allocated"
+    else:
+        res["peak_mem_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
+        res["mem_method"] = "ru_maxrss growth"
+    res["gflop_per_step"] = step_flops(stepper) / 1e9
+    res["achieved_gflops"] = res["gflop_per_step"] / res["step_s"]
+    res["share_of_matmul"] = res["achieved_gflops"] / res["matmul_gflops"]
+    if model_name == "khar" and own_loss_share:
         full, task = [], []
         stepper.criterion_seconds.clear()
         for _ in range(settings["share_pairs"]):  # interleaved so machine load hits both alike
@@ -271,34 +366,31 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         res["own_loss_share"] = res["own_loss_s"] / res["share_full_s"]
         res["criterion_fwd_s"] = statistics.median(stepper.criterion_seconds)
         res["criterion_fwd_share"] = res["criterion_fwd_s"] / res["share_full_s"]
-    if on_gpu:
-        res["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
-        res["mem_method"] = "torch.cuda.max_memory_allocated"
-    else:
-        res["peak_mem_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
-        res["mem_method"] = "ru_maxrss growth"
     return res
 
 
 def _child(queue: Any, model_name: str, encoder: str, batch: Mapping[str, Any], mode: str,
-           settings: Mapping[str, Any], device_name: str, threads: int) -> None:
+           settings: Mapping[str, Any], device_name: str, threads: int, khar_overrides: Mapping[str, Any],
+           own_loss_share: bool) -> None:
     try:
         import torch
         torch.set_num_threads(threads)
         import khar_mmsa  # noqa: F401
-        queue.put(measure(model_name, encoder, batch, mode, settings, device_name))
+        queue.put(measure(model_name, encoder, batch, mode, settings, device_name, khar_overrides, own_loss_share))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
         import traceback
         queue.put({"model": model_name, "error": f"{exc!r}\n{traceback.format_exc()}"})
 
 
 def run_isolated(model_name: str, encoder: Path, batch: Mapping[str, Any], mode: str,
-                 settings: Mapping[str, Any], device_name: str) -> Dict[str, Any]:
+                 settings: Mapping[str, Any], device_name: str, khar_overrides: Optional[Mapping[str, Any]] = None,
+                 own_loss_share: bool = True) -> Dict[str, Any]:
     import torch
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, model_name, str(encoder), dict(batch), mode, dict(settings),
-                                            device_name, torch.get_num_threads()))
+                                            device_name, torch.get_num_threads(), dict(khar_overrides or {}),
+                                            own_loss_share))
     proc.start()
     import queue as queue_mod
     while True:
@@ -314,6 +406,48 @@ def run_isolated(model_name: str, encoder: Path, batch: Mapping[str, Any], mode:
     return res
 
 
+def run_one(model: str, encoder: Path, batch: Mapping[str, Any], mode: str, settings: Mapping[str, Any],
+            device_name: str, in_process: bool, khar_overrides: Mapping[str, Any], own_loss_share: bool = True
+            ) -> Dict[str, Any]:
+    if in_process or device_name != "cpu":
+        return measure(model, str(encoder), batch, mode, settings, device_name, khar_overrides, own_loss_share)
+    return run_isolated(model, encoder, batch, mode, settings, device_name, khar_overrides, own_loss_share)
+
+
+def scaling_table(encoder: Path, mode: str, settings: Mapping[str, Any], device_name: str, in_process: bool,
+                  khar_overrides: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """KHaR's step against audio/vision frames and batch size, one fresh process per point."""
+    rows = []
+    text_len = settings["seq_lens"][0]
+    for batch_size in settings["scaling_batches"]:
+        for frames in settings["scaling_frames"]:
+            batch = make_batch(encoder, batch_size, (text_len, frames, frames))
+            point = dict(settings, warmup=1, steps=settings["scaling_steps"])
+            r = run_one("khar", encoder, batch, mode, point, device_name, in_process, khar_overrides,
+                        own_loss_share=False)
+            r.update(frames=frames, longest_audio=int(batch["audio_lengths"].max()),
+                     longest_vision=int(batch["vision_lengths"].max()))
+            logger.info(f"[speed] scaling: batch {batch_size}, {frames} frames: {r['step_s'] * 1000:.0f} ms/step, "
+                        f"{r['gflop_per_step']:.1f} GFLOP, share {100 * r['share_of_matmul']:.0f}%, "
+                        f"peak memory {r['peak_mem_mib']:.0f} MiB")
+            rows.append(r)
+    return rows
+
+
+def linear_memory_check(rows: Sequence[Mapping[str, Any]]) -> List[tuple]:
+    """Per batch size: memory growth per frame between the two longest lengths vs between the two
+    before them. Quadratic growth doubles it with each doubling of frames; linear keeps it."""
+    checks = []
+    for batch_size in sorted({r["batch"] for r in rows}):
+        pts = sorted((r["frames"], r["peak_mem_mib"]) for r in rows if r["batch"] == batch_size)
+        if len(pts) < 3:
+            continue
+        (f1, m1), (f2, m2), (f3, m3) = pts[-3:]
+        early, late = (m2 - m1) / (f2 - f1), (m3 - m2) / (f3 - f2)
+        checks.append((batch_size, f1, f2, f3, early, late))
+    return checks
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -321,6 +455,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per model")
     parser.add_argument("--in-process", action="store_true",
                         help="no child process per model (CPU peak memory then mixes models; default in --smoke)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="also the KHaR scaling table (frames x batch size, one process per point)")
+    parser.add_argument("--amp", action="store_true", help="KHaR with amp=True (bf16 autocast)")
     common.add_common_args(parser)
     args = parser.parse_args(argv)
     common.setup_cli_logging()
@@ -333,6 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         settings["steps"] = args.steps
     device_name = "cuda:0" if torch.cuda.is_available() else "cpu"
     in_process = args.in_process or args.mode == "smoke"
+    khar_overrides = {"amp": True} if args.amp else {}
     machine = common.machine_description()
     with Timer() as total:
         import khar_mmsa  # noqa: F401
@@ -341,70 +479,112 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results = {}
         for model in args.models:
             logger.info(f"[speed] {model}: batch {settings['batch']}, {settings['warmup']} warm-up + {settings['steps']} timed steps")
-            if in_process or device_name != "cpu":
-                results[model] = measure(model, str(encoder), batch, args.mode, settings, device_name)
-            else:
-                results[model] = run_isolated(model, encoder, batch, args.mode, settings, device_name)
+            results[model] = run_one(model, encoder, batch, args.mode, settings, device_name, in_process, khar_overrides)
             r = results[model]
-            logger.info(f"[speed] {model}: {r['step_s'] * 1000:.0f} ms/step, {r['samples_per_s']:.1f} samples/s, "
-                        f"peak memory {r['peak_mem_mib']:.0f} MiB ({r['mem_method']})")
+            logger.info(f"[speed] {model}: {r['step_s'] * 1000:.0f} ms/step, {r['gflop_per_step']:.1f} GFLOP/step, "
+                        f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['share_of_matmul']:.1f}% of the matmul rate "
+                        f"{r['matmul_gflops']:.1f} GFLOP/s, peak memory {r['peak_mem_mib']:.0f} MiB ({r['mem_method']})")
+        scaling = scaling_table(encoder, args.mode, settings, device_name, in_process, khar_overrides) \
+            if args.scaling else []
 
-    mem_note = ("torch.cuda.max_memory_allocated (MiB)" if device_name != "cpu" else
+    on_cpu = device_name == "cpu"
+    mem_note = ("torch.cuda.max_memory_allocated (MiB)" if not on_cpu else
                 "growth of peak RSS, ru_maxrss (MiB)" + (" — in-process: later models reuse freed memory, figures mix"
                                                          if in_process else ", one fresh process per model"))
-    header = ["Model", "trainable params (M)", "step (ms, median)", "samples/s", f"peak memory: {mem_note}",
-              "step vs Self-MM"]
+    header = ["Model", "trainable params (M)", "step (ms, median)", "samples/s", "GFLOP / step",
+              "achieved GFLOP/s", "matmul rate (GFLOP/s, same process)", "share of matmul rate",
+              f"peak memory: {mem_note}", "step vs Self-MM"]
     ref = results.get("self_mm")
     rows = []
     for m in args.models:
         r = results[m]
         rel = f"{r['step_s'] / ref['step_s']:.2f}x" if ref else "-"
         rows.append([TITLES[m], f"{r['params'] / 1e6:.1f}", f"{r['step_s'] * 1000:.0f}", f"{r['samples_per_s']:.1f}",
-                     f"{r['peak_mem_mib']:.0f}", rel])
+                     f"{r['gflop_per_step']:.1f}", f"{r['achieved_gflops']:.1f}",
+                     f"{r['matmul_gflops']:.1f} ({r['matmul_gflops_before']:.0f} before, {r['matmul_gflops_after']:.0f} after)",
+                     f"{100 * r['share_of_matmul']:.1f}%", f"{r['peak_mem_mib']:.0f}", rel])
     table = common.markdown_table(header, rows)
     targets = []
     k = results.get("khar")
+    if k:
+        targets.append(("KHaR training step at >= 50% of the measured fp32 matmul rate", k["share_of_matmul"] >= 0.5,
+                        f"{k['gflop_per_step']:.1f} GFLOP in {k['step_s'] * 1000:.0f} ms = {k['achieved_gflops']:.1f} GFLOP/s "
+                        f"vs matmul {k['matmul_gflops']:.1f} GFLOP/s = {100 * k['share_of_matmul']:.1f}%"))
+        if on_cpu and not in_process and args.mode == "quick" and settings["batch"] == 16:
+            targets.append(("KHaR peak memory <= 1/3 of before the fused kernels",
+                            k["peak_mem_mib"] <= TODAY_KHAR_PEAK_MIB / 3,
+                            f"{k['peak_mem_mib']:.0f} MiB vs {TODAY_KHAR_PEAK_MIB} MiB before "
+                            f"(= {k['peak_mem_mib'] / TODAY_KHAR_PEAK_MIB:.2f}x; limit {TODAY_KHAR_PEAK_MIB / 3:.0f} MiB)"))
     if k and ref:
         ratio = k["step_s"] / ref["step_s"]
         targets.append(("a KHaR training step takes at most 2x a Self-MM step", ratio <= 2.0,
                         f"KHaR {k['step_s'] * 1000:.0f} ms vs Self-MM {ref['step_s'] * 1000:.0f} ms per step = {ratio:.2f}x"))
-    if k:
+    if k and "own_loss_share" in k:
         share = k["own_loss_share"]
         targets.append(("KHaR's own losses take < 10% of its step", share < 0.10,
                         f"full step {k['share_full_s'] * 1000:.0f} ms vs task-only step {k['share_task_only_s'] * 1000:.0f} ms "
                         f"(medians of {settings['share_pairs']} interleaved pairs): own losses {k['own_loss_s'] * 1000:.0f} ms = "
                         f"{100 * share:.1f}%; KHaRCriterion forward alone {k['criterion_fwd_s'] * 1000:.1f} ms = "
                         f"{100 * k['criterion_fwd_share']:.2f}%"))
-    stem = f"speed-{args.mode}"
+    scaling_md = ""
+    if scaling:
+        s_header = ["batch", "audio = vision frames (longest real)", "step (ms, median)", "samples/s", "GFLOP / step",
+                    "share of matmul rate", "matmul rate (GFLOP/s)", f"peak memory (MiB, {scaling[0]['mem_method']})",
+                    "peak memory per sample-frame (KiB)"]
+        s_rows = [[str(r["batch"]), f"{r['frames']} ({r['longest_audio']}/{r['longest_vision']})",
+                   f"{r['step_s'] * 1000:.0f}", f"{r['samples_per_s']:.1f}", f"{r['gflop_per_step']:.1f}",
+                   f"{100 * r['share_of_matmul']:.1f}%", f"{r['matmul_gflops']:.1f}", f"{r['peak_mem_mib']:.0f}",
+                   f"{1024 * r['peak_mem_mib'] / (r['batch'] * r['frames']):.1f}"] for r in scaling]
+        scaling_md = "\n".join(["", "KHaR scaling (one fresh process per row; 1 warm-up step, median of "
+                                f"{settings['scaling_steps']} timed steps):", "",
+                                common.markdown_table(s_header, s_rows)])
+        for batch_size, f1, f2, f3, early, late in linear_memory_check(scaling):
+            targets.append((f"KHaR peak memory grows no faster than linearly in frames up to {f3} (batch {batch_size})",
+                            late <= 1.25 * early,
+                            f"growth {late:.2f} MiB/frame from {f2} to {f3} frames vs {early:.2f} MiB/frame from "
+                            f"{f1} to {f2} (quadratic growth would double it; limit 1.25x)"))
+    stem = f"speed-{args.mode}" + ("-amp" if args.amp else "")
     csv_path = args.tables_dir / f"{stem}.csv"
     import csv
+    keys = ["model", "params", "batch", "frames", "step_s", "samples_per_s", "gflop_per_step", "achieved_gflops",
+            "matmul_gflops", "matmul_gflops_before", "matmul_gflops_after", "share_of_matmul", "peak_mem_mib",
+            "mem_method", "own_loss_share", "own_loss_s", "share_full_s", "share_task_only_s", "criterion_fwd_s",
+            "criterion_fwd_share"]
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
-        keys = ["model", "params", "batch", "step_s", "samples_per_s", "peak_mem_mib", "mem_method",
-                "own_loss_share", "own_loss_s", "share_full_s", "share_task_only_s", "criterion_fwd_s", "criterion_fwd_share"]
-        w.writerow(keys)
+        w.writerow(["table"] + keys)
         for m in args.models:
-            w.writerow([results[m].get(key, "") for key in keys])
+            w.writerow(["models"] + [results[m].get(key, "") for key in keys])
+        for r in scaling:
+            w.writerow(["scaling"] + [r.get(key, "") for key in keys])
     notes = [
         f"Identical batch for every model: {settings['batch']} samples, MOSI shapes (text {settings['seq_lens'][0]} tokens, "
         f"audio {settings['seq_lens'][1]}x5, vision {settings['seq_lens'][2]}x20), text encoder {common.encoder_name(encoder)} "
-        "(fine-tuned by KHaR and Self-MM; its frozen hidden states are TFN's and MulT's `text` features).",
+        "(fine-tuned by KHaR and Self-MM; its frozen hidden states are TFN's and MulT's `text` features). "
+        "KHaR gets it through its trainer's batch helper (cut to the longest real clip on the CPU); "
+        "the MMSA models get the padded batch, as their trainers do.",
         f"{settings['warmup']} warm-up step(s), then the median of {settings['steps']} timed steps; models built through "
         "MMSA's AMIO from get_config_regression(<model>, 'mosi') (KHaR: the paper's Table 5 config"
-        + (", shrunk for the smoke test" if args.mode == "smoke" else "") + ").",
+        + (", shrunk for the smoke test" if args.mode == "smoke" else "")
+        + (", amp=True (bf16 autocast)" if args.amp else "") + ").",
+        "GFLOP / step: FlopCounterMode over one untimed training step (CPU flash attention counted as the unfused "
+        "path counts attention: backward = 2x forward). Share = achieved GFLOP/s over the fp32 "
+        f"{MATMUL_N}x{MATMUL_N} matmul rate measured in the same process right before and after the timed steps.",
         "On a shared CPU the absolute times move with the machine's load (1-min load average at start: "
-        f"{machine['load_average_1min']}); ratios measured back to back are more stable than absolute figures.",
+        f"{machine['load_average_1min']}); shares and ratios measured back to back are more stable than absolute figures.",
+        "GPU: " + ("this run." if not on_cpu else "not run (no GPU on this machine)."),
     ]
-    body = "\n".join([table, "", *notes, "", "Targets:", *[common.target_line(n, ok, d) for n, ok, d in targets]])
-    title = f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode})"
+    body = "\n".join([table, scaling_md, "", *notes, "", "Targets:",
+                      *[common.target_line(n, ok, d) for n, ok, d in targets]])
+    title = f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode}{', amp' if args.amp else ''})"
     md_path = args.tables_dir / f"{stem}.md"
     md_path.write_text(f"# {title}\n\n{body}\n")
     text = common.section(title, common.command_line("benchmarks.speed", argv), common.machine_line(machine), [],
                           "one planted-signal MOSI-shaped batch (shapes and widths as real MOSI; timing only)",
                           total.seconds, body)
     common.update_results_md(args.results_md, stem, text)
-    logger.info(f"\n{table}\n" + "\n".join(common.target_line(n, ok, d) for n, ok, d in targets))
-    return {"results": results, "targets": targets, "table_md": md_path, "table_csv": csv_path,
+    logger.info(f"\n{table}\n{scaling_md}\n" + "\n".join(common.target_line(n, ok, d) for n, ok, d in targets))
+    return {"results": results, "scaling": scaling, "targets": targets, "table_md": md_path, "table_csv": csv_path,
             "results_md": args.results_md, "wall_s": total.seconds}
 
 

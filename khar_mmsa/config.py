@@ -114,6 +114,11 @@ class KHaRConfig:
     save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.")
     key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
 
+    # ---- speed (no effect on what one clip computes) ------------------------------------------
+    amp: bool = _f(False, "bf16 autocast of the forward pass (torch.autocast; losses and the optimizer stay fp32). Meant for GPUs with bf16 (Ampere or newer); on a CPU it works but is only faster where the CPU has bf16 matrix units (AMX/AVX512-BF16).")
+    length_bucketing: bool = _f(False, "Train on batches of clips of similar length (khar_mmsa/bucketing.py): each batch is cut to its longest clip, so less padding is computed. Exact per clip; changes which clips share a batch (seeded by the run's seed).")
+    length_bucket_pool: int = _f(50, "With length_bucketing: batches per sorting pool; a random pool of this many batches is sorted by length, cut into batches, and all batches are shuffled. Larger = less padding, less randomness in batch composition.")
+
     def __post_init__(self) -> None:
         # Types first: a wrong type (batch_size='64') must be a ConfigError, not a TypeError from
         # one of the comparisons below.
@@ -150,7 +155,7 @@ class KHaRConfig:
         for name in ("modal_dim", "encoder_layers", "encoder_heads", "encoder_ff_dim", "text_adapters",
                      "av_adapters", "adapter_heads", "adapter_inner_layers", "expert_hidden_dim",
                      "fine_grained_dim", "fusion_hidden_dim", "latent_dim", "epochs", "early_stop",
-                     "batch_size"):
+                     "batch_size", "length_bucket_pool"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
         if self.encoder_heads >= 1 and self.modal_dim % self.encoder_heads:

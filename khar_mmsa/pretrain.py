@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .config import KHaRConfig, fingerprint
 from .model.harvest import masked_mean
 from .model.khar import KHaR, batch_inputs, modality_inputs
+from .optim import make_adamw
 from .safe_io import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("MMSA")
@@ -90,7 +91,7 @@ def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRC
         harvester.encoder.requires_grad_(False)
     head = HarvestHead(harvester.encoder.dim).to(device)
     params = [p for p in list(harvester.parameters()) + list(head.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.pretrain_learning_rate, weight_decay=cfg.pretrain_weight_decay)
+    optimizer = make_adamw(params, lr=cfg.pretrain_learning_rate, weight_decay=cfg.pretrain_weight_decay)
     key = label_key(modality, cfg)
     best_mae, best_state, best_epoch = float("inf"), None, 0
     for epoch in range(1, cfg.pretrain_epochs + 1):

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .bucketing import bucketed_loader
 from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
 from .mmsa import metrics_for
 from .model.khar import KHaR, batch_inputs
+from .optim import make_adamw
 from .pretrain import default_adapter_path, harvest_knowledge
 from .safe_io import atomic_torch_save, safe_torch_load
 
@@ -90,6 +92,15 @@ def _plain(obj):
     return obj
 
 
+def _float32(obj):
+    """Floating tensors of a (nested) output dict as fp32: losses are computed outside autocast."""
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    if torch.is_tensor(obj) and obj.is_floating_point():
+        return obj.float()
+    return obj
+
+
 def _set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -113,7 +124,9 @@ class KHaRTrainer:
     # -- batches ---------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: Mapping) -> dict:
         text, audio, vision, audio_lengths, vision_lengths = batch_inputs(batch, self.device)
-        return model(text, audio, vision, audio_lengths=audio_lengths, vision_lengths=vision_lengths)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
+            outputs = model(text, audio, vision, audio_lengths=audio_lengths, vision_lengths=vision_lengths)
+        return _float32(outputs) if self.cfg.amp else outputs
 
     @staticmethod
     def run_seed() -> int:
@@ -150,8 +163,11 @@ class KHaRTrainer:
             harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed(),
                               data=self._data_identity)
             model.to(self.device)
-        optimizer = torch.optim.AdamW(parameter_groups(model, khar, cfg))
-        total_steps = cfg.epochs * len(dataloader["train"])
+        optimizer = make_adamw(parameter_groups(model, khar, cfg))
+        train_loader = dataloader["train"]
+        if cfg.length_bucketing:
+            train_loader = bucketed_loader(train_loader, cfg.batch_size, self.run_seed(), cfg.length_bucket_pool)
+        total_steps = cfg.epochs * len(train_loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, cfg.warmup_ratio))
         state = {"epoch": 0, "best": None, "best_epoch": 0,
                  "epoch_results": {"train": [], "valid": [], "test": []}}
@@ -160,7 +176,9 @@ class KHaRTrainer:
         while state["epoch"] < cfg.epochs:
             state["epoch"] += 1
             epoch = state["epoch"]
-            train_log = self._train_epoch(model, dataloader["train"], optimizer, scheduler, epoch)
+            if hasattr(train_loader.batch_sampler, "set_epoch"):
+                train_loader.batch_sampler.set_epoch(epoch)
+            train_log = self._train_epoch(model, train_loader, optimizer, scheduler, epoch)
             val_results = self.do_test(model, dataloader["valid"], mode="VAL")
             current = val_results[cfg.key_eval]
             best = state["best"]

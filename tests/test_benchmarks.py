@@ -145,13 +145,41 @@ def test_tsne_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) 
 
 def test_speed_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
     from benchmarks import speed
-    res = speed.main(["--smoke", "--out", str(tmp_path / "s"), "--encoder", str(tiny_bert)])
+    res = speed.main(["--smoke", "--scaling", "--out", str(tmp_path / "s"), "--encoder", str(tiny_bert)])
     assert set(res["results"]) == set(speed.MODELS)
     for r in res["results"].values():
         assert r["step_s"] > 0 and r["samples_per_s"] > 0 and r["params"] > 0
+        assert r["gflop_per_step"] > 0 and r["matmul_gflops"] > 0
+        assert r["share_of_matmul"] == pytest.approx(r["gflop_per_step"] / r["step_s"] / r["matmul_gflops"])
     k = res["results"]["khar"]
     assert k["share_full_s"] > 0 and k["criterion_fwd_s"] > 0 and math.isfinite(k["own_loss_share"])
-    assert len(res["targets"]) == 2
+    assert [n for n, _, _ in res["targets"]][:1] == ["KHaR training step at >= 50% of the measured fp32 matmul rate"]
+    s = speed.SETTINGS["smoke"]
+    assert [(r["batch"], r["frames"]) for r in res["scaling"]] == \
+        [(b, f) for b in s["scaling_batches"] for f in s["scaling_frames"]]
     table = pd.read_csv(res["table_csv"])
-    assert table["model"].tolist() == list(speed.MODELS)
-    _section(res["results_md"], "speed-smoke")
+    assert table[table["table"] == "models"]["model"].tolist() == list(speed.MODELS)
+    assert (table["table"] == "scaling").sum() == len(res["scaling"])
+    assert "KHaR scaling" in _section(res["results_md"], "speed-smoke")
+
+
+def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
+    """The formulas added for the CPU flash kernels count what the unfused (math) path counts."""
+    import torch
+    from torch.nn import functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks import speed
+    speed.register_cpu_attention_flops()
+    q, k, v = (torch.randn(2, 3, 7, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+
+    def count(fn):
+        with FlopCounterMode(display=False) as c:
+            fn(q, k, v).sum().backward()
+        return c.get_total_flops()
+
+    def unfused(q, k, v):
+        return torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v
+    fused = count(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert fused == count(unfused) == 3 * 4 * 2 * 3 * 7 * 7 * 4

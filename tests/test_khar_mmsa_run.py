@@ -35,3 +35,14 @@ def test_unknown_khar_key_is_refused_before_training(tiny_features, tiny_bert, m
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")), top_kk=2)
     with pytest.raises(khar_mmsa.ConfigError, match="did you mean 'top_k'"):
         MMSA_run("khar", "mosi", config=config, **mmsa_run_kwargs)
+
+
+def test_mmsa_run_khar_with_the_speed_switches(tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa):
+    """length_bucketing and amp (bf16 autocast; on a CPU here) through MMSA_run's config."""
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")),
+                  pretrain_adapters=False, length_bucketing=True, amp=True)
+    MMSA_run("khar", "mosi", config=config, **mmsa_run_kwargs)
+    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / "mosi.csv")
+    assert math.isfinite(table["MAE"].iloc[0])
+    log = "".join(p.read_text() for p in mmsa_run_kwargs["log_dir"].glob("*.log"))
+    assert "Length bucketing:" in log

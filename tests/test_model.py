@@ -192,3 +192,50 @@ def test_evaluation_is_deterministic_and_uses_posterior_mean(bert4):
     b = model(text, audio, vision, al, vl)
     torch.testing.assert_close(a["M"], b["M"])
     torch.testing.assert_close(a["M_sampled"], a["M"])
+
+
+def test_batch_inputs_cut_on_the_cpu_is_exact(bert4):
+    """The trainer's batch helper cuts each batch to its longest real sequence before moving it;
+    the predictions equal those on the full padded batch."""
+    from khar_mmsa.model.khar import batch_inputs
+    torch.manual_seed(0)
+    model = KHaR(small_cfg(bert4)).eval()
+    text, audio, vision, al, vl, _ = batch()
+    al, vl = al.clamp(max=NA - 3), vl.clamp(max=NV - 5)
+    text[:, 1, NT - 2:] = 0
+    text[:, 0, NT - 2:] = 0
+    cut = batch_inputs({"text": text, "audio": audio, "vision": vision, "audio_lengths": al,
+                        "vision_lengths": vl, "labels": {}}, torch.device("cpu"))
+    assert cut[0].shape[-1] == int(text[:, 1].sum(1).max())
+    assert cut[1].shape[1] == int(al.max()) and cut[2].shape[1] == int(vl.max())
+    torch.testing.assert_close(model(*cut)["M"], model(text, audio, vision, al, vl)["M"], rtol=0, atol=1e-5)
+
+
+def test_forward_never_synchronises_with_the_host(bert4):
+    """No .item()/.nonzero()/bool(tensor) in a training forward + backward: on a GPU each one
+    stalls the step until the device catches up. (The transformers library's BERT checks its
+    attention mask with .all() once per forward; that one is outside this package.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SyncSpy(TorchDispatchMode):
+        SYNCING = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.masked_select")
+
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if any(str(func).startswith(name + ".") or str(func) == name for name in self.SYNCING):
+                import traceback
+                stack = traceback.extract_stack()
+                if not any("/transformers/" in frame.filename for frame in stack):
+                    self.seen.append(f"{func} at " + " < ".join(f"{f.name}:{f.lineno}" for f in stack[-6:-1]))
+            return func(*args, **(kwargs or {}))
+
+    model = KHaR(small_cfg(bert4)).train()
+    criterion = KHaRCriterion(model.cfg)
+    text, audio, vision, al, vl, labels = batch()
+    with SyncSpy() as spy:
+        total, _, _ = criterion(model(text, audio, vision, al, vl), labels)
+        total.backward()
+    assert spy.seen == []

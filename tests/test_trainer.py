@@ -210,3 +210,14 @@ def test_killed_run_resumes_and_matches_uninterrupted(bert, data, tmp_path):
     assert history["valid"] == full_history["valid"]
     assert resumed == full
     assert not (tmp_path / "killed" / "khar-sims.pth.resume").exists()
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_amp_switch_runs_the_forward_in_bf16_and_hands_fp32_to_the_losses(bert, data, tmp_path, amp):
+    args = make_args(bert, tmp_path, amp=amp)
+    model = KHaR(args)
+    dtypes = []
+    model.harvesters["a"].encoder.proj.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    out = KHaRTrainer(args)._forward(model, next(iter(loaders(data)["train"])))
+    assert dtypes == [torch.bfloat16 if amp else torch.float32]
+    assert out["M"].dtype == out["unimodal"]["a"].dtype == torch.float32

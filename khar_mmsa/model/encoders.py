@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..text_encoders import resolve_pretrained
+from .attention import FusedEncoderLayer, key_padding_mask
 
 
 @dataclass
@@ -27,7 +28,8 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class SequenceEncoder(nn.Module):
-    """Audio/vision encoder: Linear projection + learned positions + stacked Transformer layers."""
+    """Audio/vision encoder: Linear projection + learned positions + stacked Transformer layers
+    (fused attention, parameter names of ``nn.TransformerEncoderLayer``; see model/attention.py)."""
 
     def __init__(self, in_dim: int, dim: int, layers: int, heads: int, ff_dim: int, dropout: float,
                  max_len: int) -> None:
@@ -36,9 +38,7 @@ class SequenceEncoder(nn.Module):
         self.position = nn.Parameter(torch.zeros(1, max_len, dim))
         nn.init.normal_(self.position, std=0.02)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, dim_feedforward=ff_dim, dropout=dropout,
-                                       activation="gelu", batch_first=True)
-            for _ in range(layers))
+            FusedEncoderLayer(dim, heads, ff_dim, dropout) for _ in range(layers))
         self.dim = dim
 
     @property
@@ -46,16 +46,17 @@ class SequenceEncoder(nn.Module):
         return len(self.layers)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        """x: (b, n, f) features; mask: (b, n) bool. Stock nn.TransformerEncoder hides its
-        intermediate states, so the layers are iterated here (anchors: KuDA pitfall)."""
+        """x: (b, n, f) features; mask: (b, n) bool. The layers are iterated here to expose the
+        intermediate states (stock nn.TransformerEncoder hides them; anchors: KuDA pitfall)."""
         n = x.shape[1]
         if n > self.position.shape[1]:
             raise ValueError(f"sequence of length {n} is longer than the encoder's max_len "
                              f"{self.position.shape[1]} (seq_lens from the training pickle)")
         h = self.proj(x) + self.position[:, :n]
         states = [h]
+        attn_mask = key_padding_mask(mask)
         for layer in self.layers:
-            h = layer(h, src_key_padding_mask=~mask)
+            h = layer(h, attn_mask)
             states.append(h)
         return EncoderOutput(final=states[-1], hidden=states[:-1], mask=mask)
 

@@ -39,29 +39,42 @@ def modality_inputs(modality: str, text: torch.Tensor, audio: torch.Tensor, visi
                     audio_lengths: Optional[torch.Tensor], vision_lengths: Optional[torch.Tensor]) -> tuple:
     """The inputs one harvester takes: (text,) or (features, mask). Missing lengths = full length.
 
-    Each batch is cut to its longest real sequence (text: attention mask; audio/vision: lengths).
-    Padding never changes an output, so this is exact; MMSA pads MOSI audio to 375 and vision to
-    500 frames, and attention costs grow with the square of that.
+    No host synchronisation here (no ``.item()``/``.nonzero()`` on device tensors): batches are
+    cut to their longest real sequence on the CPU by :func:`batch_inputs` before they move.
     """
     if modality == "t":
-        real = text[:, 1].bool().any(0).nonzero()  # positions real in at least one sample
-        longest = int(real.max().item()) + 1 if real.numel() else 1
-        return (text[..., :longest],)
+        return (text,)
     x, lengths = (audio, audio_lengths) if modality == "a" else (vision, vision_lengths)
     if lengths is None:
-        lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
-    lengths = torch.as_tensor(lengths, device=x.device)
-    longest = min(int(lengths.max().item()), x.shape[1])
-    return x[:, :longest], lengths_to_mask(lengths, longest)
+        return x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return x, lengths_to_mask(torch.as_tensor(lengths, device=x.device), x.shape[1])
+
+
+def trim_to_longest(text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
+                    audio_lengths: Optional[torch.Tensor], vision_lengths: Optional[torch.Tensor]) -> tuple:
+    """Cut a batch to its longest real sequence per modality (text: attention mask; audio/vision:
+    lengths). Padding never changes an output, so this is exact; MMSA pads MOSI audio to 375 and
+    vision to 500 frames, and attention costs grow with the square of that. Call it on CPU tensors:
+    reading the longest length is a host synchronisation on a GPU."""
+    real = text[:, 1].bool().any(0)                  # (n,) positions real in at least one sample
+    longest_t = int(real.nonzero().max()) + 1 if bool(real.any()) else 1
+    text = text[..., :longest_t]
+    if audio_lengths is not None:
+        audio = audio[:, :min(int(audio_lengths.max()), audio.shape[1])]
+    if vision_lengths is not None:
+        vision = vision[:, :min(int(vision_lengths.max()), vision.shape[1])]
+    return text, audio, vision, audio_lengths, vision_lengths
 
 
 def batch_inputs(batch: Mapping, device: torch.device) -> tuple:
     """An MMSA batch dict -> (text, audio, vision, audio_lengths, vision_lengths) on ``device``
-    (lengths None when the batch has none, i.e. aligned data)."""
-    def get(key):
-        value = batch.get(key)
-        return value.to(device) if torch.is_tensor(value) else value
-    return tuple(get(k) for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths"))
+    (lengths None when the batch has none, i.e. aligned data), cut to the batch's longest real
+    sequence while still on the CPU (:func:`trim_to_longest`); one copy per tensor."""
+    values = [batch.get(k) for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")]
+    values = [torch.as_tensor(v) if v is not None and not torch.is_tensor(v) else v for v in values]
+    values = trim_to_longest(*values)
+    non_blocking = torch.device(device).type == "cuda"
+    return tuple(v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for v in values)
 
 
 class KHaR(nn.Module):
