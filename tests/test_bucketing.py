@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from test_trainer import PlantedSplit  # MMSA-shaped samples from a planted split
+from torch.utils.data import DataLoader
 
 from khar_mmsa.bucketing import LengthBucketSampler, bucketed_loader, padding_overhead, sample_lengths
 from khar_mmsa.data.planted import planted_data
@@ -51,21 +52,6 @@ def test_buckets_cut_padding_on_long_tailed_lengths():
     assert bucketed < 0.4 * unbucketed, (bucketed, unbucketed)
 
 
-class Split(Dataset):
-    def __init__(self, split):
-        self.s = split
-
-    def __len__(self):
-        return len(self.s["regression_labels"])
-
-    def __getitem__(self, i):
-        s = self.s
-        return {"text": torch.tensor(s["text_bert"][i]), "audio": torch.tensor(s["audio"][i]),
-                "vision": torch.tensor(s["vision"][i]), "audio_lengths": int(s["audio_lengths"][i]),
-                "vision_lengths": int(s["vision_lengths"][i]), "index": i,
-                "labels": {"M": torch.tensor([s["regression_labels"][i]], dtype=torch.float32)}}
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     bert = str(make_tiny_bert(tmp_path_factory.mktemp("bert"), hidden_size=32))
@@ -76,7 +62,7 @@ def setup(tmp_path_factory):
                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, batch_size=4, device="cpu",
                 KeyEval="Loss", model_save_path=str(tmp_path_factory.mktemp("save") / "k.pth"),
                 length_bucketing=True, length_bucket_pool=5)
-    return args, Split(data["train"]), data["train"]
+    return args, PlantedSplit(data["train"]), data["train"]
 
 
 def test_lengths_read_from_any_dataset(setup):
