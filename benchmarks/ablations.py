@@ -102,19 +102,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         sizes = SIZES[args.mode] or DATASET_SPECS[args.dataset].real_sizes
         feature_path, info = common.make_planted(args.out, args.dataset, sizes, SEQ_LENS[args.mode], encoder)
         data_desc = common.planted_description(info)
-        by_title: Dict[str, RunResult] = {}
+        specs: Dict[str, list] = {}
         for group, title, switch in variants:
             slug = title.split(" ")[0].replace("/", "").replace("+", "").lower()
-            per_seed, wall, cfg = [], 0.0, {}
             mods = switch.get("modalities", "tav")
-            for seed in seeds:  # one MMSA_run per seed: each seed (and modality set) has its own adapter file
-                adapters = args.out / f"shared-adapters-{mods}-seed{seed}.pt"
-                cfg = variant_config(args.mode, encoder, switch, adapters)
-                res = common.run_mmsa("khar", args.dataset, feature_path, [seed], args.out / slug / str(seed), cfg,
-                                      label=f"{title} seed {seed}")
-                per_seed.append({k: s.mean / 100 for k, s in res.stats.items()})
-                wall += res.wall_s
-            by_title[title] = RunResult(title, "khar", common.stats_from_runs(per_seed), wall, list(seeds), cfg)
+            # one MMSA_run per seed: each seed (and modality set) has its own adapter file
+            specs[title] = [common.mmsa_spec("khar", args.dataset, feature_path, seed, args.out / slug / str(seed),
+                                             variant_config(args.mode, encoder, switch,
+                                                            args.out / f"shared-adapters-{mods}-seed{seed}.pt"),
+                                             variant=title, label=f"{title} seed {seed}", threads=args.threads)
+                            for seed in seeds]
+        outcome = common.run_specs([s for runs in specs.values() for s in runs], args, run_name)
+        by_title: Dict[str, RunResult] = {t: common.collect(t, "khar", runs, outcome, runs[-1].config)
+                                          for t, runs in specs.items()}
         results: List[Tuple[str, str, RunResult]] = [(g, t, by_title[t]) for g, t, _ in variants]
 
     columns = layout(args.dataset)

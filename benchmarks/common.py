@@ -6,8 +6,11 @@
 * building the data: planted-signal pickles (:mod:`khar_mmsa.data.planted`) and real MOSI
   transcripts (:mod:`khar_mmsa.data.transcripts`, read from ``../shared`` beside the checkout at run time), both into
   the work folder, never into the repository;
-* :func:`run_mmsa`: one ``MMSA_run`` of a model on a feature pickle over several seeds, into its own
-  output folder, and reading back MMSA's results CSV (one row per run, ``<Metric>`` mean x100 and
+* :func:`mmsa_spec` / :func:`run_specs` / :func:`collect`: each (model, dataset, seed, variant)
+  run is a :class:`khar_mmsa.sweep.RunSpec` (one ``MMSA_run`` into its own output folder); the
+  runs go to the executor of ``--executor local|ray`` (resumable through a manifest in ``--out``)
+  and come back to this process, which alone writes tables and RESULTS.md;
+* :func:`read_results_csv`: one row of MMSA's results CSV (``<Metric>`` mean x100 and
   ``<Metric>_std``, see :mod:`khar_mmsa.mmsa.results_csv`);
 * tables in MMSA's metric layouts (MOSI/MOSEI: MAE, Corr, Acc-7, Acc-5, Acc-2 and F1 with and
   without zeros; SIMS/SIMSv2: MAE, Corr, Acc-5, Acc-3, Acc-2, F1) as Markdown and CSV, mean ± std;
@@ -240,6 +243,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_seeds: Optional[Seq
                         help="local BERT folder of the text encoder (default: all-MiniLM-L6-v2; --smoke: a tiny random BERT)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is much faster on a busy shared CPU)")
+    from khar_mmsa.sweep import add_executor_args
+    add_executor_args(parser)
 
 
 def resolve_paths(args: argparse.Namespace, run_name: str) -> None:
@@ -387,29 +392,34 @@ def read_results_csv(csv_path: Path, model: Optional[str] = None, row: int = -1)
     return stats
 
 
-def run_mmsa(model: str, dataset: str, feature_path: Path, seeds: Sequence[int], out_dir: Path,
-             config: Optional[Mapping[str, Any]] = None, label: Optional[str] = None,
-             verbose_level: int = 0) -> RunResult:
-    """``MMSA_run(model, dataset)`` on ``feature_path`` for ``seeds`` into ``out_dir`` (its own
-    checkpoints, logs and results CSV), CPU-safe (``gpu_ids=[0]``, ``num_workers=0``)."""
-    import khar_mmsa  # noqa: F401  - registers 'khar' before MMSA_run is imported
-    from MMSA import MMSA_run
+def run_specs(specs: Sequence[Any], args: argparse.Namespace, name: str) -> Any:
+    """Run the sweep's specs with the executor chosen on the command line (``--executor``...),
+    resumable through ``<out>/sweep-manifest.jsonl``; returns the :class:`khar_mmsa.sweep.SweepOutcome`.
+    Only this process (the driver) writes tables afterwards."""
+    from khar_mmsa.sweep import executor_options, run_sweep
+    return run_sweep(specs, executor_options(args), manifest_path=Path(args.out) / "sweep-manifest.jsonl", name=name)
 
-    out_dir = Path(out_dir)
-    dirs = {k: out_dir / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    config = dict(config or {})
-    label = label or model
-    logger.info(f"[{label}] MMSA_run({model!r}, {dataset!r}) seeds={list(seeds)} overrides={config}")
-    with Timer() as t:
-        MMSA_run(model, dataset, config=config, seeds=list(seeds), custom_feature=str(feature_path),
-                 gpu_ids=[0], num_workers=0, verbose_level=verbose_level, **{k: str(v) for k, v in dirs.items()})
-    csv_path = dirs["res_save_dir"] / "normal" / f"{dataset}.csv"
-    stats = read_results_csv(csv_path, model)
-    logger.info(f"[{label}] done in {fmt_seconds(t.seconds)}: "
-                + ", ".join(f"{k} {fmt_stat(k, stats[k])}" for k, _ in metric_columns(dataset) if k in stats))
-    return RunResult(label, model, stats, t.seconds, list(seeds), config, csv_path)
+
+def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: Path,
+              config: Optional[Mapping[str, Any]] = None, variant: str = "default", label: str = "",
+              threads: Optional[int] = None, runner: Optional[str] = None) -> Any:
+    """One ``MMSA_run`` of ``model`` on ``feature_path`` with one seed into ``out_dir`` (its own
+    checkpoints, logs and results CSV; CPU-safe ``gpu_ids=[0]``, ``num_workers=0``)."""
+    from khar_mmsa.sweep import DEFAULT_RUNNER, RunSpec
+    return RunSpec(model=model, dataset=dataset, seed=int(seed), feature_path=str(Path(feature_path).resolve()),
+                   out_dir=str(Path(out_dir).resolve()), variant=variant, config=dict(config or {}),
+                   runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
+
+
+def collect(label: str, model: str, specs: Sequence[Any], outcome: Any,
+            config: Optional[Mapping[str, Any]] = None) -> RunResult:
+    """The runs of one table row (one per seed) -> mean ± std over seeds, summed wall time."""
+    done = [outcome.results[s.run_id] for s in specs]
+    stats = stats_from_runs([d["result"]["metrics"] for d in done])
+    wall = sum(float(d["wall_s"]) for d in done)
+    logger.info(f"[{label}] {len(specs)} run(s), {fmt_seconds(wall)}: "
+                + ", ".join(f"{k} {fmt_stat(k, stats[k])}" for k in ("MAE", "Corr") if k in stats))
+    return RunResult(label, model, stats, wall, [s.seed for s in specs], dict(config or {}))
 
 
 # ---- tables ------------------------------------------------------------------------------------

@@ -169,19 +169,26 @@ def _smoke_subset(path: Path, out: Path) -> Path:
 
 
 # ---- runs --------------------------------------------------------------------------------------
-def run_text_floor(feature_path: Path, encoder: Path, dataset: str, seeds: Sequence[int], mode: str,
-                   out: Path) -> RunResult:
+TEXT_FLOOR_RUNNER = "benchmarks.compare:text_floor_run"
+
+
+def text_floor_spec(feature_path: Path, encoder: Path, dataset: str, seed: int, mode: str, out: Path,
+                    threads: Optional[int] = None):
+    """The text-only floor of one seed as a sweep run (``runner`` :func:`text_floor_run`)."""
+    config = dict(TEXT_FLOOR[mode], encoder=str(encoder))
+    return common.mmsa_spec("text_floor", dataset, feature_path, seed, out / "text_floor" / f"seed{seed}", config,
+                            label=f"text_floor seed {seed}", threads=threads, runner=TEXT_FLOOR_RUNNER)
+
+
+def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
+    """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head, MMSA's metrics."""
     from khar_mmsa.textonly import TextOnlyConfig, train_text_only
-    cfg = TextOnlyConfig(**TEXT_FLOOR[mode])
-    per_seed = []
-    with Timer() as t:
-        for seed in seeds:
-            res = train_text_only(feature_path, encoder, dataset, seed=seed, config=cfg)
-            per_seed.append(res.test)
-            logger.info(f"[text_floor] seed {seed}: best epoch {res.best_epoch}/{res.epochs_run}, "
-                        f"test MAE {res.test['MAE']:.4f} Acc-7 {res.test.get('Mult_acc_7', float('nan')):.4f}")
-    stats = common.stats_from_runs(per_seed)
-    return RunResult("text_floor", "text_floor", stats, t.seconds, list(seeds), common.asdict(cfg))
+    config = dict(spec.config)
+    encoder = config.pop("encoder")
+    res = train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config))
+    logger.info(f"[text_floor] seed {spec.seed}: best epoch {res.best_epoch}/{res.epochs_run}, "
+                f"test MAE {res.test['MAE']:.4f} Acc-7 {res.test.get('Mult_acc_7', float('nan')):.4f}")
+    return {"metrics": {k: float(v) for k, v in res.test.items()}}
 
 
 def check_targets(data: str, results: Mapping[str, RunResult], floor_mae: Optional[float],
@@ -246,13 +253,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         encoder = common.text_encoder(args)
         feature_path, data_desc, floor_mae = build_data(args, encoder)
         logger.info(f"data: {data_desc}")
-        results: Dict[str, RunResult] = {}
-        for model in args.models:
-            config = model_config(model, args.mode, encoder, args.dataset)
-            results[model] = common.run_mmsa(model, args.dataset, feature_path, seeds, args.out / model, config,
-                                             label=model)
+        configs = {m: model_config(m, args.mode, encoder, args.dataset) for m in args.models}
+        specs = {m: [common.mmsa_spec(m, args.dataset, feature_path, s, args.out / m / f"seed{s}", configs[m],
+                                      label=f"{m} seed {s}", threads=args.threads) for s in seeds]
+                 for m in args.models}
         if args.data == "transcripts" and not args.no_text_floor:
-            results["text_floor"] = run_text_floor(feature_path, encoder, args.dataset, seeds, args.mode, args.out)
+            specs["text_floor"] = [text_floor_spec(feature_path, encoder, args.dataset, s, args.mode, args.out,
+                                                   args.threads) for s in seeds]
+            configs["text_floor"] = dict(TEXT_FLOOR[args.mode])
+        outcome = common.run_specs([s for runs in specs.values() for s in runs], args, run_name)
+        results: Dict[str, RunResult] = {m: common.collect(m, m, runs, outcome, configs[m]) for m, runs in specs.items()}
 
     columns = common.metric_columns(args.dataset)
     order = [m for m in list(MODELS) + ["text_floor"] if m in results]

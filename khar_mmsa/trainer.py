@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import random
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -120,6 +120,9 @@ class KHaRTrainer:
         self.save_path = Path(args["model_save_path"])
         self.resume_path = self.save_path.with_name(self.save_path.name + ".resume")
         self.lower_is_better = self.cfg.key_eval in LOWER_IS_BETTER
+        #: Called after each epoch's validation as ``on_epoch_end(epoch, val_results)`` (e.g. to
+        #: report the validation KeyEval to a tuner); None: no call.
+        self.on_epoch_end: Optional[Callable[[int, Mapping], None]] = None
 
     # -- batches ---------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: Mapping) -> dict:
@@ -194,6 +197,8 @@ class KHaRTrainer:
                 state["epoch_results"]["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
             if cfg.save_resume_state:
                 self._save_resume(model, optimizer, scheduler, state)
+            if self.on_epoch_end is not None:  # after the epoch is saved, so a stop here loses nothing
+                self.on_epoch_end(epoch, val_results)
             if epoch - state["best_epoch"] >= cfg.early_stop:
                 logger.info(f"Early stop after {epoch} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
                 break

@@ -35,6 +35,10 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
 :mod:`.checkpoints`
     ``MMSA.run._run``: a checkpoint left by an earlier run is deleted before each seed trains;
     training that writes none raises :class:`MissingCheckpointError` (breakage 10).
+:mod:`.tune`
+    ``MMSA_run(..., is_tune=True)`` selects candidates by the validation KeyEval and scores only
+    the selected config on the test split (MMSA scores every candidate on test); the tune CSV
+    and the log say so; the selected config is written as an MMSA config file.
 :mod:`.mmsa_run`
     ``MMSA_run``: 0 loader workers without CUDA unless ``num_workers`` is given (breakage 8);
     one plain-numbers row per call merged into ``<res_save_dir>/normal/<dataset>.csv`` under a

@@ -4,7 +4,9 @@ The wrapper opens a :class:`~khar_mmsa.mmsa.run_context.RunContext` for the hook
 0 loader workers when CUDA is absent and ``num_workers`` was not given (breakage 8), lets MMSA
 write its CSV into a private temporary folder (``mmsa-results-*``) and merges one row per run
 into the real ``<res_save_dir>/normal/<dataset>.csv`` (:mod:`khar_mmsa.mmsa.results_csv`).
-A normal run returns its row (a dict) instead of None.  The log handlers MMSA added are removed
+A normal run returns its row (a dict) instead of None.  A tuning call (``is_tune=True``)
+goes to :func:`khar_mmsa.mmsa.tune.tune_by_validation` instead of MMSA's tune loop, and returns
+what it returns.  The log handlers MMSA added are removed
 when the call returns (:mod:`khar_mmsa.mmsa.log_handlers`).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .registry import mmsa_module, set_entry_point
 from .results_csv import (MMSA_DEFAULT_SEEDS, append_result_row, results_csv_path,
                           summarize_results)
 from .run_context import TLS, RunContext, current_run
+from .tune import tune_by_validation
 
 logger = logging.getLogger("MMSA")
 
@@ -51,9 +54,9 @@ def _wrap_mmsa_run(original: Callable) -> Callable:
             call["res_save_dir"] = private
         previous, TLS.run = current_run(), ctx
         try:
+            if call["is_tune"]:  # selects on validation, not MMSA's test-scored loop
+                return tune_by_validation(**{k: v for k, v in call.items() if k != "is_tune"})
             original(**call)
-            if private is None:
-                return None
             seeds = list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS)
             row = summarize_results(str(call["model_name"]).lower(), ctx.results, seeds)
             csv_file = results_csv_path(real_res_dir, call["dataset_name"])
