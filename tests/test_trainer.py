@@ -81,7 +81,10 @@ def run(bert, data, tmp_path, seed=7, **kw):
 
 
 def test_short_training_lowers_the_loss(bert, data, tmp_path):
-    _, _, history, _ = run(bert, data, tmp_path, epochs=5, pretrain_adapters=False)
+    # dropout off: with 3 batches per epoch its noise alone can outweigh 5 epochs of progress
+    # (seen for 1 of 3 seeds with nn.Dropout and with khar_mmsa's CPU dropout alike)
+    _, _, history, _ = run(bert, data, tmp_path, epochs=5, pretrain_adapters=False, encoder_dropout=0.0,
+                           adapter_dropout=0.0, dropout=0.0)
     losses = [r["total"] for r in history["train"]]
     assert losses[-1] < losses[0], losses
 

@@ -11,11 +11,12 @@ from torch.nn import functional as F
 
 from ..config import KHaRConfig
 from ..losses.balance import cv_squared
+from .dropout import Dropout
 from .gating import noisy_top_k_gating
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, out_dim))
 
 
 class MixtureOfExperts(nn.Module):
