@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 # Keys MMSA itself puts into ``args`` (loader, runner, dataset block).  They are accepted and
-# ignored by the KHaR config; anything else unknown is an error with a suggestion.
+# ignored by the KHaR config; anything else unknown is an error with a suggestion.  MMSA's
+# ``use_finetune`` (the BERT models' "fine-tune the text encoder" switch) is not ignored: it is
+# read as ``finetune_bert`` (see KHaRConfig.from_mmsa_args).
 MMSA_RUNTIME_KEYS = frozenset({
     "model_name", "dataset_name", "featurePath", "feature_dims", "seq_lens", "train_samples",
     "num_classes", "language", "KeyEval", "missing_rate", "missing_seed", "need_data_aligned",
-    "need_model_aligned", "need_normalized", "use_bert", "use_finetune", "device",
+    "need_model_aligned", "need_normalized", "use_bert", "device",
     "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
     "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
 })
@@ -38,6 +41,10 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 class ConfigError(ValueError):
     """A KHaR configuration value is unknown, of the wrong type or impossible."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A KHaR configuration value has the wrong type (``batch_size='64'``)."""
 
 
 @dataclass
@@ -142,35 +149,31 @@ class KHaRConfig:
             problems.append(f"mib_kl_reduction={self.mib_kl_reduction!r}: 'mean' or 'sum'")
         if self.contrastive_label_scale not in ("raw", "unit"):
             problems.append(f"contrastive_label_scale={self.contrastive_label_scale!r}: 'raw' or 'unit'")
-        if self.num_experts < 1:
-            problems.append(f"num_experts={self.num_experts}: at least 1")
         if not 1 <= self.top_k <= self.num_experts:
             problems.append(f"top_k={self.top_k}: must be between 1 and num_experts={self.num_experts}")
-        for name in ("contrastive_kappa", "mib_beta", "moe_balance_weight", "contrastive_weight",
-                     "weight_decay", "pretrain_weight_decay"):
-            if not getattr(self, name) >= 0:  # also rejects NaN
-                problems.append(f"{name}={getattr(self, name)}: must be >= 0")
-        if self.contrastive_temperature <= 0:
-            problems.append(f"contrastive_temperature={self.contrastive_temperature}: must be > 0")
-        for name in ("modal_dim", "encoder_layers", "encoder_heads", "encoder_ff_dim", "text_adapters",
-                     "av_adapters", "adapter_heads", "adapter_inner_layers", "expert_hidden_dim",
-                     "fine_grained_dim", "fusion_hidden_dim", "latent_dim", "epochs", "early_stop",
-                     "batch_size", "length_bucket_pool"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        # Numbers: every float finite (NaN passes no comparison and would silently change
+        # behaviour -- a NaN grad_clip turned clipping off), then each field's range (_RANGES).
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                problems.append(f"{name}={value!r}: {_RANGES.get(name, 'must be a finite number')}")
+        for name, (low, inclusive, high, text) in _NUMERIC_RANGES.items():
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                continue  # reported above
+            if not ((value >= low if inclusive else value > low) and value < high):
+                problems.append(f"{name}={value!r}: {text}")
+        for name in ("feature_dims", "seq_lens"):
+            if any(x < 1 for x in getattr(self, name)):
+                problems.append(f"{name}={getattr(self, name)}: every entry must be an integer >= 1")
         if self.encoder_heads >= 1 and self.modal_dim % self.encoder_heads:
             problems.append(f"modal_dim={self.modal_dim} is not divisible by encoder_heads={self.encoder_heads}")
         if self.adapter_heads >= 1 and (self.modal_dim // 2) % self.adapter_heads:
             problems.append(f"modal_dim/2={self.modal_dim // 2} (adapter width) is not divisible by adapter_heads={self.adapter_heads}")
-        if self.contrastive_weight > 0 and self.batch_size < 2:
-            problems.append(f"batch_size={self.batch_size}: the contrastive loss needs at least 2 samples per batch (or set contrastive_weight=0)")
         for name, n in (("adapter_layers_text", self.text_adapters), ("adapter_layers_av", self.av_adapters)):
             layers = getattr(self, name)
             if layers is not None and (len(layers) != n + 1 or any(int(i) < 0 for i in layers)):
                 problems.append(f"{name}={layers}: needs {n + 1} non-negative hidden-state indices")
-        for name in ("encoder_dropout", "adapter_dropout", "dropout", "warmup_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)}: must be in [0, 1)")
         if problems:
             raise ConfigError("invalid KHaR config: " + "; ".join(problems))
 
@@ -192,13 +195,22 @@ class KHaRConfig:
     def from_mmsa_args(cls, args: Mapping[str, Any], strict: bool = True) -> "KHaRConfig":
         """Convert MMSA's merged EasyDict once.
 
-        MMSA's own runtime keys are ignored; ``KeyEval`` maps to ``key_eval``; any other key that
-        is not a field raises :class:`ConfigError` naming the closest field.
+        MMSA's own runtime keys are ignored; ``KeyEval`` maps to ``key_eval`` and MMSA's
+        ``use_finetune`` to ``finetune_bert`` (both given with different values is an error); any
+        other key that is not a field raises :class:`ConfigError` naming the closest field.
         """
         known = set(cls.field_names())
         kwargs: dict = {}
         unknown = []
-        for key, value in dict(args).items():
+        args = dict(args)
+        if "use_finetune" in args:
+            value = args.pop("use_finetune")
+            if "finetune_bert" in args and args["finetune_bert"] != value:
+                raise ConfigError(
+                    f"use_finetune={value!r} and finetune_bert={args['finetune_bert']!r} disagree: "
+                    f"KHaR reads MMSA's use_finetune as finetune_bert; set only one of them")
+            args["finetune_bert"] = value
+        for key, value in args.items():
             if key in known:
                 kwargs[key] = value
             elif key == "KeyEval":
@@ -214,6 +226,34 @@ class KHaRConfig:
         return cls(**kwargs)  # __post_init__ checks types and values
 
 
+_INF = float("inf")
+_POSITIVE_INTS = ("modal_dim", "encoder_layers", "encoder_heads", "encoder_ff_dim", "text_adapters",
+                  "av_adapters", "adapter_heads", "adapter_inner_layers", "expert_hidden_dim",
+                  "fine_grained_dim", "fusion_hidden_dim", "latent_dim", "epochs", "early_stop",
+                  "pretrain_epochs", "num_experts", "length_bucket_pool")
+# name -> (low, low inclusive?, high (exclusive), the allowed range in words).  Floats must also be
+# finite; ints must be integers (check_types).  Checked by KHaRConfig.__post_init__.
+_NUMERIC_RANGES = {
+    **{n: (0.0, False, _INF, "must be a finite number > 0")
+       for n in ("learning_rate", "learning_rate_bert", "pretrain_learning_rate",
+                 "contrastive_temperature", "cv_eps")},
+    **{n: (0.0, True, _INF, "must be a finite number >= 0")
+       for n in ("contrastive_kappa", "mib_beta", "moe_balance_weight", "contrastive_weight",
+                 "weight_decay", "pretrain_weight_decay", "moe_noise_epsilon")},
+    **{n: (0.0, True, 1.0, "must be a number in [0, 1)")
+       for n in ("encoder_dropout", "adapter_dropout", "dropout", "warmup_ratio")},
+    **{n: (1, True, _INF, "must be an integer >= 1") for n in _POSITIVE_INTS},
+    "pretrain_epochs": (1, True, _INF, "must be an integer >= 1 (to skip adapter pretraining set "
+                                       "pretrain_adapters=False)"),
+    "batch_size": (2, True, _INF, "must be an integer >= 2 (the contrastive loss pairs the samples "
+                                  "of a batch, eq. 13-21)"),
+}
+_RANGES = {n: r[3] for n, r in _NUMERIC_RANGES.items()}
+_RANGES.update(grad_clip="must be a finite number (<= 0 disables clipping)",
+               mib_sigma_offset="must be a finite number")
+_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "float")
+
+
 def check_types(kwargs: Mapping[str, Any]) -> None:
     """Reject values whose type cannot be the field's (``'3e-5'`` for a float, say)."""
     types = {f.name: f.type for f in dataclasses.fields(KHaRConfig)}
@@ -223,23 +263,29 @@ def check_types(kwargs: Mapping[str, Any]) -> None:
         if t == "bool":
             ok = isinstance(value, bool)
         elif t == "int":  # numbers.Integral: numpy integers from a tuning grid are fine too
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            ok = _is_int(value)
         elif t == "float":
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         elif t == "str":
             ok = isinstance(value, str)
         elif t == "list":
-            ok = isinstance(value, (list, tuple))
+            ok = isinstance(value, (list, tuple)) and all(map(_is_int, value))
         elif t.startswith("Optional[list"):
-            ok = value is None or isinstance(value, (list, tuple))
+            ok = value is None or (isinstance(value, (list, tuple)) and all(map(_is_int, value)))
         elif t.startswith("Optional[str"):
             ok = value is None or isinstance(value, str)
         else:
             ok = True
         if not ok:
-            bad.append(f"{key}={value!r} ({type(value).__name__}, expected {t})")
+            expected = f"expected {t}" + (" of integers" if "list" in t else "")
+            allowed = f"; {_RANGES[key]}" if key in _RANGES else ""
+            bad.append(f"{key}={value!r}: {expected}, got {type(value).__name__}{allowed}")
     if bad:
-        raise ConfigError("wrong type for KHaR config key(s): " + "; ".join(bad))
+        raise ConfigTypeError("wrong type for KHaR config key(s): " + "; ".join(bad))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def fingerprint(fields: Mapping[str, Any]) -> str:

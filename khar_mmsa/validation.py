@@ -26,6 +26,10 @@ __all__ = ["FeatureValidationError", "validate_features", "required_keys", "SPLI
            "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]
 
 SPLITS = ("train", "valid", "test")
+ROLES = ("T", "A", "V")  # MMSA_run's feature_T / feature_A / feature_V files
+# float32 is what MMSA's loader converts every feature and label array to (``.astype(np.float32)``).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 LABEL_TOLERANCE = 1e-4
 # MMSA's multi-task models read labels['T'/'A'/'V'] (they are SIMS-only in MMSA).
 UNIMODAL_LABEL_MODELS = frozenset({"mtfn", "mlmf", "mlf_dnn"})
@@ -61,15 +65,38 @@ def needs_unimodal_labels(args: Mapping[str, Any]) -> bool:
             or _flag(args, "need_unimodal_labels"))
 
 
-def required_keys(args: Mapping[str, Any]) -> List[str]:
-    """The per-split keys MMSA's loader and the model named in ``args`` read."""
-    keys = ["text_bert" if _flag(args, "use_bert") else "text", "audio", "vision",
-            "regression_labels", "id", "raw_text"]
-    if not _flag(args, "need_data_aligned"):
+def required_keys(args: Mapping[str, Any], role: Optional[str] = None) -> List[str]:
+    """The per-split keys MMSA's loader and the model named in ``args`` read.
+
+    ``role`` None: the main feature file (``featurePath`` / ``custom_feature``).  ``role`` 'T',
+    'A' or 'V' (or several letters): a per-modality file passed as ``feature_T`` / ``feature_A``
+    / ``feature_V``, from which MMSA 2.2.1's ``MMDataset`` reads only that modality's array (and
+    its ``*_lengths`` for unaligned data); labels, ids and raw text always come from the main file.
+    """
+    unaligned = not _flag(args, "need_data_aligned")
+    text = "text_bert" if _flag(args, "use_bert") else "text"
+    if role is not None:
+        keys = []
+        if "T" in role:
+            keys.append(text)
+        for letter, name in (("A", "audio"), ("V", "vision")):
+            if letter in role:
+                keys += [name] + ([f"{name}_lengths"] if unaligned else [])
+        return keys
+    keys = [text, "audio", "vision", "regression_labels", "id", "raw_text"]
+    if unaligned:
         keys += ["audio_lengths", "vision_lengths"]
     if needs_unimodal_labels(args):
         keys += ["regression_labels_T", "regression_labels_A", "regression_labels_V"]
     return keys
+
+
+def _check_role(role: Optional[str]) -> Optional[str]:
+    if role is None:
+        return None
+    if not isinstance(role, str) or not role or set(role) - set(ROLES):
+        raise ValueError(f"role={role!r}: None (main feature file) or any of 'T', 'A', 'V'")
+    return role
 
 
 def _why_needed(key: str, args: Mapping[str, Any]) -> str:
@@ -121,14 +148,16 @@ def _sample_ids(split_data: Mapping[str, Any], idx: np.ndarray, limit: int = 3) 
 class _Checker:
     """Holds the context of one validation run so that errors can be raised tersely."""
 
-    def __init__(self, data: Mapping[str, Any], args: Mapping[str, Any], source: str) -> None:
-        self.data, self.args, self.source = data, args, str(source)
+    def __init__(self, data: Mapping[str, Any], args: Mapping[str, Any], source: str,
+                 role: Optional[str] = None) -> None:
+        self.data, self.args, self.source, self.role = data, args, str(source), role
         self.ds = str(args.get("dataset_name", "")).lower()
         self.model = str(args.get("model_name", "")).lower()
         self.use_bert = _flag(args, "use_bert")
         self.aligned = _flag(args, "need_data_aligned")
         self.text_key = "text_bert" if self.use_bert else "text"
-        self.keys = required_keys(args)
+        self.keys = required_keys(args, role)
+        self.modal_keys = [k for k in (self.text_key, "audio", "vision") if k in self.keys]
 
     def fail(self, split: Optional[str], key: Optional[str], problem: str, remedy: str) -> None:
         raise FeatureValidationError(self.source, split, key, problem, remedy)
@@ -172,25 +201,36 @@ class _Checker:
             out[key] = arr
         return out
 
-    def shapes(self, split: str, arrs: Mapping[str, Any]) -> int:
-        labels = arrs["regression_labels"]
-        n = int(labels.shape[0]) if labels.ndim else 0
-        if labels.ndim == 0 or labels.size != n or labels.ndim > 2:
-            self.fail(split, "regression_labels", f"has shape {labels.shape}",
-                      "Store one label per sample, shape (N,) or (N, 1)")
-        if n == 0:
-            self.fail(split, "regression_labels", "the split has no samples",
-                      "Every split needs at least one sample")
+    def shapes(self, split: str, arrs: Mapping[str, Any],
+               samples: Optional[Mapping[str, int]] = None) -> int:
         tk = self.text_key
-        for key in (tk, "audio", "vision"):
+        for key in self.modal_keys:
             a = arrs[key]
             if a.ndim != 3:
                 expect = "(N, 3, L): token ids, attention mask, segment ids" if key == "text_bert" \
                     else "(N, sequence length, feature width)"
                 self.fail(split, key, f"has shape {a.shape}, expected 3-D {expect}",
                           "Store padded 3-D arrays as MMSA-FET writes them")
+        if "regression_labels" in arrs:
+            labels = arrs["regression_labels"]
+            n, ref_key = (int(labels.shape[0]) if labels.ndim else 0), "regression_labels"
+            if labels.ndim == 0 or labels.size != n or labels.ndim > 2:
+                self.fail(split, "regression_labels", f"has shape {labels.shape}",
+                          "Store one label per sample, shape (N,) or (N, 1)")
+        else:  # a per-modality file: its first array sets the count
+            ref_key = self.modal_keys[0]
+            n = int(arrs[ref_key].shape[0])
+        if n == 0:
+            self.fail(split, ref_key, "the split has no samples",
+                      "Every split needs at least one sample")
+        if samples is not None and split in samples and n != samples[split]:
+            self.fail(split, ref_key, f"has {n} samples but the main feature file's {split} split "
+                      f"has {samples[split]}", "A feature_T/feature_A/feature_V file must hold the "
+                      "same samples in the same order as the main feature file")
+        for key in self.modal_keys:
+            a = arrs[key]
             if a.shape[0] != n:
-                self.fail(split, key, f"has {a.shape[0]} samples but regression_labels has {n}",
+                self.fail(split, key, f"has {a.shape[0]} samples but {ref_key} has {n}",
                           "All keys of a split must describe the same samples in the same order")
             if key == "text_bert" and a.shape[1] != 3:
                 self.fail(split, key, f"has shape {a.shape}, expected (N, 3, L) (ids, mask, "
@@ -200,7 +240,7 @@ class _Checker:
                 self.fail(split, key, f"has an empty dimension {a.shape}",
                           "Store non-empty sequences and features")
         for key in self.keys:
-            if key in (tk, "audio", "vision"):
+            if key in self.modal_keys:
                 continue
             a = arrs[key]
             if key.startswith("regression_labels_") and isinstance(a, np.ndarray):
@@ -211,9 +251,9 @@ class _Checker:
                 self.fail(split, key, f"has shape {a.shape}", "Store one length per sample, shape (N,)")
             length = len(a)
             if length != n:
-                self.fail(split, key, f"has {length} entries but regression_labels has {n}",
+                self.fail(split, key, f"has {length} entries but {ref_key} has {n}",
                           "All keys of a split must describe the same samples in the same order")
-        if self.aligned:
+        if self.aligned and len(self.modal_keys) == 3:
             seq = {k: arrs[k].shape[2 if k == "text_bert" else 1] for k in (tk, "audio", "vision")}
             if len(set(seq.values())) > 1:
                 key = "audio" if seq["audio"] != seq[tk] else "vision"
@@ -224,7 +264,7 @@ class _Checker:
 
     def widths(self, split: str, arrs: Mapping[str, np.ndarray],
                ref: Dict[str, Tuple[str, Tuple[int, ...]]]) -> None:
-        for key in (self.text_key, "audio", "vision"):
+        for key in self.modal_keys:
             shape = arrs[key].shape
             width = shape[1] if key == "text_bert" else shape[2]
             seq = shape[2] if key == "text_bert" else shape[1]
@@ -246,30 +286,91 @@ class _Checker:
 
     # ---- values -----------------------------------------------------------------------------
     def finite(self, split: str, key: str, a: np.ndarray, allow_neg_inf: bool) -> None:
-        if not np.issubdtype(a.dtype, np.floating):
+        if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
             return
         lo, hi = a.min(), a.max()  # NaN propagates through both; no temporaries
-        if np.isfinite(lo) and np.isfinite(hi):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            sd = self.data[split]
+            flat = a.reshape(a.shape[0], -1)
+            what = None
+            if np.isnan(lo) or np.isnan(hi):
+                bad = np.flatnonzero(np.isnan(flat).any(axis=1))
+                what = "NaN"
+            elif hi == np.inf:
+                bad = np.flatnonzero(np.isposinf(flat).any(axis=1))
+                what = "+inf"
+            elif not allow_neg_inf:
+                bad = np.flatnonzero(np.isneginf(flat).any(axis=1))
+                what = "-inf"
+            if what is not None:
+                note = (" (MMSA zeroes only -inf in audio, which is accepted; NaN and +inf are not "
+                        "replaced)" if key == "audio" else
+                        " (MMSA replaces non-finite values only for -inf in audio)")
+                self.fail(split, key, f"contains {what} in {len(bad)} sample(s), first "
+                          f"{_sample_ids(sd, bad)}" + note, "Replace or drop these values (e.g. "
+                          "np.nan_to_num) and regenerate the pickle")
+        self.float32_range(split, key, a, lo, hi)
+
+    def float32_range(self, split: str, key: str, a: np.ndarray, lo: Any, hi: Any) -> None:
+        """Finite values a float32 cannot hold: MMSA's ``astype(np.float32)`` turns them into
+        +/-inf (and -inf in audio into 0) without a word."""
+        if a.dtype.itemsize <= 4 or not (hi > FLOAT32_MAX or lo < -FLOAT32_MAX):
             return
-        sd = self.data[split]
         flat = a.reshape(a.shape[0], -1)
-        if np.isnan(lo) or np.isnan(hi):
-            bad = np.flatnonzero(np.isnan(flat).any(axis=1))
-            what = "NaN"
-        elif hi == np.inf:
-            bad = np.flatnonzero(np.isposinf(flat).any(axis=1))
-            what = "+inf"
-        elif allow_neg_inf:
+        over = np.isfinite(flat) & (np.abs(flat) > FLOAT32_MAX)
+        bad = np.flatnonzero(over.any(axis=1))
+        if not bad.size:  # only -inf (accepted in audio) beyond the range
             return
-        else:
-            bad = np.flatnonzero(np.isneginf(flat).any(axis=1))
-            what = "-inf"
-        note = (" (MMSA zeroes only -inf in audio, which is accepted; NaN and +inf are not "
-                "replaced)" if key == "audio" else
-                " (MMSA replaces non-finite values only for -inf in audio)")
-        self.fail(split, key, f"contains {what} in {len(bad)} sample(s), first {_sample_ids(sd, bad)}"
-                  + note, "Replace or drop these values (e.g. np.nan_to_num) and regenerate the "
-                  "pickle")
+        worst = float(np.abs(flat[over]).max())
+        self.fail(split, key, f"has {int(over.sum())} {a.dtype} value(s) beyond float32's range "
+                  f"(|x| up to {worst:.3g} > {FLOAT32_MAX:.4g}) in {bad.size} sample(s), first "
+                  f"{_sample_ids(self.data[split], bad)}; MMSA converts features and labels to "
+                  f"float32, where they become inf",
+                  "Rescale or clip these values (they are almost certainly corrupt) and "
+                  "regenerate the pickle")
+
+    # ---- across samples and splits ----------------------------------------------------------
+    def clip_ids(self, all_arrs: Mapping[str, Mapping[str, Any]]) -> None:
+        """The same clip in two splits leaks test data into training: an error.  The same id
+        twice inside one split: a warning (MMSA trains on both copies)."""
+        seen: Dict[str, Tuple[str, set]] = {}
+        for split in SPLITS:
+            ids = [str(i) for i in all_arrs[split]["id"]]
+            unique = set(ids)
+            if len(unique) < len(ids):
+                counts: Dict[str, int] = {}
+                for i in ids:
+                    counts[i] = counts.get(i, 0) + 1
+                dups = [i for i, c in counts.items() if c > 1]
+                logger.warning("%s [%s/id]: %d clip id(s) occur more than once in this split "
+                               "(%d extra rows), first %s; MMSA trains and scores every copy.",
+                               self.source, split, len(dups), sum(counts[i] - 1 for i in dups),
+                               ", ".join(repr(i) for i in dups[:3]))
+            for other, (_, other_ids) in seen.items():
+                shared = unique & other_ids
+                if shared:
+                    first = [i for i in ids if i in shared][:3]
+                    self.fail(split, "id", f"{len(shared)} clip id(s) also occur in the {other} "
+                              f"split, first {', '.join(repr(i) for i in first)}: a clip in two "
+                              f"splits leaks its label from training into evaluation",
+                              f"Keep each clip in exactly one split (remove it from {split} or "
+                              f"from {other})")
+            seen[split] = (split, unique)
+
+    def scorable(self, split: str, labels: np.ndarray) -> None:
+        """MMSA scores every split (train after each epoch, valid for model selection, test for
+        the results row).  Pearson's Corr needs two samples and labels that are not all equal;
+        that also gives MOSI/MOSEI's Non0_acc_2 / Non0_F1_score the non-zero label they need
+        (MMSA fails with an IndexError when every label is 0)."""
+        v = np.asarray(labels).reshape(-1).astype(np.float32)  # what MMSA scores
+        n = v.size
+        fix = f"Give the {split} split more samples (at least 2, with different labels) or re-split the data"
+        if n < 2:
+            self.fail(split, "regression_labels", f"has {n} sample(s); MMSA's metrics need at "
+                      f"least 2 (Corr, Pearson's r, is undefined for one sample)", fix)
+        if np.all(v == v[0]):
+            self.fail(split, "regression_labels", f"all {n} labels are {float(v[0]):g}; Pearson's "
+                      f"Corr is undefined for constant labels (MMSA would write NaN)", fix)
 
     def lengths(self, split: str, key: str, lens: Any, seq_len: int) -> None:
         a = np.asarray(lens)
@@ -302,6 +403,8 @@ class _Checker:
             if bad.size:
                 self.fail(split, key, f"has {bad.size} non-finite label(s), first "
                           f"{_sample_ids(sd, bad)}", "Drop these samples or fix their labels")
+            if v.size:
+                self.float32_range(split, key, v.reshape(-1, 1), v.min(), v.max())
         rng = LABEL_RANGES.get(self.ds)
         if rng is None:
             return
@@ -348,16 +451,29 @@ class _Checker:
                               "writes it; re-tokenise the text")
 
 
-def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: str) -> None:
+def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: str,
+                      role: Optional[str] = None, *, samples: Optional[Mapping[str, int]] = None,
+                      scored: bool = True) -> None:
     """Check an MMSA feature pickle for the model and dataset in ``args``.
 
     ``args`` is MMSA's merged config (``model_name``, ``dataset_name``, ``use_bert``,
     ``need_data_aligned``; optionally ``vocab_size``, ``pretrained``, ``need_unimodal_labels``).
     ``source`` names the file in messages.  Raises :class:`FeatureValidationError` at the first
-    problem; returns None when the data is usable.  -inf in ``audio`` is accepted (MMSA's loader
-    zeroes it); NaN or +/-inf anywhere else in a feature array is rejected.
+    problem; returns None when the data is usable.
+
+    ``role`` None checks a main feature file (``featurePath`` / ``custom_feature``): every key
+    :func:`required_keys` lists, the clip ids (one clip in two splits is an error, a duplicate
+    inside one split a warning) and, with ``scored`` (MMSA_run scores every split), that each
+    split can be scored (:meth:`_Checker.scorable`).  ``role`` 'T', 'A' or 'V' checks a
+    per-modality file (``feature_T`` / ``feature_A`` / ``feature_V``) for that modality's keys
+    only; ``samples`` ({split: count} of the main file), when given, must match its counts.
+
+    Values: -inf in ``audio`` is accepted (MMSA's loader zeroes it); NaN or +/-inf anywhere else
+    in a feature array is rejected, and so is a float64 value beyond float32's range (MMSA
+    converts to float32).
     """
-    chk = _Checker(data, args, source)
+    role = _check_role(role)
+    chk = _Checker(data, args, source, role)
     if not isinstance(data, Mapping):
         chk.fail(None, None, f"the pickle holds a {type(data).__name__}, not a dict of splits",
                  "Pass an MMSA feature pickle: {'train': {...}, 'valid': {...}, 'test': {...}}")
@@ -374,22 +490,30 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
     ref: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
     for split in SPLITS:
         arrs = chk.arrays(split)
-        chk.shapes(split, arrs)
+        chk.shapes(split, arrs, samples)
         chk.widths(split, arrs, ref)
         all_arrs[split] = arrs
+    if "id" in chk.keys:
+        chk.clip_ids(all_arrs)
 
     vocab = _vocab_size(args) if chk.use_bert else None
     for split in SPLITS:
         arrs = all_arrs[split]
-        if chk.use_bert:
-            chk.text_bert(split, arrs["text_bert"], vocab)
-        else:
+        if "text_bert" in chk.keys:
+            tb = arrs["text_bert"]
+            if np.issubdtype(tb.dtype, np.floating) and tb.size and np.isfinite(tb).all():
+                chk.float32_range(split, "text_bert", tb, tb.min(), tb.max())
+            chk.text_bert(split, tb, vocab)
+        elif "text" in chk.keys:
             chk.finite(split, "text", arrs["text"], allow_neg_inf=False)
-        chk.finite(split, "audio", arrs["audio"], allow_neg_inf=True)
-        chk.finite(split, "vision", arrs["vision"], allow_neg_inf=False)
-        if not chk.aligned:
-            chk.lengths(split, "audio_lengths", arrs["audio_lengths"], arrs["audio"].shape[1])
-            chk.lengths(split, "vision_lengths", arrs["vision_lengths"], arrs["vision"].shape[1])
+        for name in ("audio", "vision"):
+            if name not in chk.keys:
+                continue
+            chk.finite(split, name, arrs[name], allow_neg_inf=name == "audio")
+            if not chk.aligned:
+                chk.lengths(split, f"{name}_lengths", arrs[f"{name}_lengths"], arrs[name].shape[1])
         for key in chk.keys:
             if key.startswith("regression_labels"):
                 chk.labels(split, key, np.asarray(arrs[key]))
+        if scored and "regression_labels" in chk.keys:
+            chk.scorable(split, arrs["regression_labels"])

@@ -88,19 +88,20 @@ def test_top_k_equal_experts_ok() -> None:
 
 
 def test_negative_kappa() -> None:
-    _bad(r"contrastive_kappa=-0.1: must be >= 0", contrastive_kappa=-0.1)
+    _bad(r"contrastive_kappa=-0.1: must be a finite number >= 0", contrastive_kappa=-0.1)
 
 
 def test_negative_beta() -> None:
-    _bad(r"mib_beta=-0.001: must be >= 0", mib_beta=-1e-3)
+    _bad(r"mib_beta=-0.001: must be a finite number >= 0", mib_beta=-1e-3)
 
 
-def test_batch_size_one_with_contrastive() -> None:
-    _bad(r"batch_size=1: the contrastive loss needs at least 2", batch_size=1)
+def test_batch_size_one_is_refused_even_without_contrastive() -> None:
+    _bad(r"batch_size=1: must be an integer >= 2", batch_size=1)
+    _bad(r"batch_size=1: must be an integer >= 2", batch_size=1, contrastive_weight=0.0)
 
 
-def test_batch_size_one_without_contrastive_ok() -> None:
-    assert KHaRConfig(batch_size=1, contrastive_weight=0.0).batch_size == 1
+def test_batch_size_two_ok() -> None:
+    assert KHaRConfig(batch_size=2).batch_size == 2
 
 
 def test_modal_dim_not_divisible_by_heads() -> None:
@@ -121,7 +122,7 @@ def test_adapter_width_not_divisible_by_heads() -> None:
     ({"num_experts": 0, "top_k": 0}, "num_experts=0"),
     ({"contrastive_temperature": 0.0}, "contrastive_temperature=0.0"),
     ({"epochs": 0}, "epochs=0"),
-    ({"dropout": 1.0}, r"dropout=1.0: must be in \[0, 1\)"),
+    ({"dropout": 1.0}, r"dropout=1.0: must be a number in \[0, 1\)"),
     ({"feature_dims": [768, 5]}, "three entries"),
     ({"adapter_layers_text": [0, 3, 6]}, "adapter_layers_text"),
 ])
@@ -145,10 +146,87 @@ def test_direct_construction_with_wrong_type_is_config_error() -> None:
 @pytest.mark.parametrize("key", ["encoder_heads", "adapter_heads"])
 def test_zero_heads_is_config_error(key: str) -> None:
     """Not a ZeroDivisionError from the divisibility check."""
-    _bad(f"{key}=0: must be >= 1", **{key: 0})
+    _bad(f"{key}=0: must be an integer >= 1", **{key: 0})
 
 
 def test_numpy_numbers_accepted() -> None:
     np = pytest.importorskip("numpy")
     cfg = KHaRConfig.from_mmsa_args(mmsa_args(batch_size=np.int64(32), mib_beta=np.float32(1e-3)))
     assert cfg.batch_size == 32
+
+
+# --- numeric settings: every one named with its value and allowed range (issue 7, item 3) --------
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("learning_rate", -1e-3, "must be a finite number > 0"),
+    ("learning_rate", 0.0, "must be a finite number > 0"),
+    ("learning_rate", NAN, "must be a finite number > 0"),
+    ("learning_rate_bert", -3e-5, "must be a finite number > 0"),
+    ("learning_rate_bert", INF, "must be a finite number > 0"),
+    ("pretrain_learning_rate", -1e-4, "must be a finite number > 0"),
+    ("batch_size", 0, "must be an integer >= 2"),
+    ("epochs", 0, "must be an integer >= 1"),
+    ("early_stop", 0, "must be an integer >= 1"),
+    ("pretrain_epochs", 0, "must be an integer >= 1 (to skip adapter pretraining set pretrain_adapters=False)"),
+    ("grad_clip", NAN, "must be a finite number (<= 0 disables clipping)"),
+    ("grad_clip", INF, "must be a finite number"),
+    ("weight_decay", NAN, "must be a finite number >= 0"),
+    ("mib_sigma_offset", -INF, "must be a finite number"),
+    ("warmup_ratio", NAN, r"must be a number in [0, 1)"),
+    ("moe_noise_epsilon", -1.0, "must be a finite number >= 0"),
+    ("cv_eps", 0.0, "must be a finite number > 0"),
+])
+def test_numeric_setting_names_key_value_and_range(key: str, value: Any, allowed: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        KHaRConfig.from_mmsa_args(mmsa_args(**{key: value}))
+    assert f"{key}={value!r}: {allowed}" in str(ei.value), str(ei.value)
+
+
+def test_every_float_field_must_be_finite() -> None:
+    import dataclasses
+    floats = [f.name for f in dataclasses.fields(KHaRConfig) if f.type == "float"]
+    assert "grad_clip" in floats and len(floats) > 15
+    for name in floats:
+        for value in (NAN, INF, -INF):
+            with pytest.raises(ConfigError, match=f"{name}={value!r}: "):
+                KHaRConfig(**{name: value})
+
+
+def test_string_batch_size_is_a_type_error_naming_key_and_range() -> None:
+    from khar_mmsa.config import ConfigTypeError
+    with pytest.raises(TypeError) as ei:
+        KHaRConfig.from_mmsa_args(mmsa_args(batch_size="64"))
+    assert isinstance(ei.value, ConfigTypeError) and isinstance(ei.value, ConfigError)
+    assert "batch_size='64': expected int, got str; must be an integer >= 2" in str(ei.value)
+
+
+def test_non_integer_feature_dims_entry_is_a_type_error() -> None:
+    with pytest.raises(ConfigError, match=r"feature_dims=\[768, '5', 20\]: expected list of integers, got list"):
+        KHaRConfig(feature_dims=[768, "5", 20])
+
+
+def test_grad_clip_zero_or_negative_still_disables_clipping() -> None:
+    assert KHaRConfig(grad_clip=0.0).grad_clip == 0.0 and KHaRConfig(grad_clip=-1.0).grad_clip == -1.0
+
+
+# --- MMSA's use_finetune ---------------------------------------------------------------------
+@pytest.mark.parametrize("value", [True, False])
+def test_use_finetune_maps_to_finetune_bert(value: bool) -> None:
+    assert KHaRConfig.from_mmsa_args(mmsa_args(use_finetune=value)).finetune_bert is value
+
+
+def test_use_finetune_agreeing_with_finetune_bert_ok() -> None:
+    cfg = KHaRConfig.from_mmsa_args(mmsa_args(use_finetune=False, finetune_bert=False))
+    assert cfg.finetune_bert is False
+
+
+def test_use_finetune_contradicting_finetune_bert_is_refused() -> None:
+    with pytest.raises(ConfigError, match="use_finetune=False and finetune_bert=True disagree"):
+        KHaRConfig.from_mmsa_args(mmsa_args(use_finetune=False, finetune_bert=True))
+
+
+def test_use_finetune_of_wrong_type_is_named() -> None:
+    with pytest.raises(ConfigError, match="finetune_bert='no'"):
+        KHaRConfig.from_mmsa_args(mmsa_args(use_finetune="no"))

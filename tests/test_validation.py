@@ -279,7 +279,7 @@ def test_value_scan_is_vectorised() -> None:
         "audio": big,
         "vision": np.zeros((n, 7, 3), dtype=np.float32),
         "audio_lengths": np.full(n, 500), "vision_lengths": np.full(n, 7),
-        "regression_labels": np.zeros(n, dtype=np.float32),
+        "regression_labels": np.linspace(-3, 3, n, dtype=np.float32),
         "id": [str(i) for i in range(n)], "raw_text": [""] * n,
     }
     for s in ("valid", "test"):
@@ -288,3 +288,164 @@ def test_value_scan_is_vectorised() -> None:
     t0 = time.perf_counter()
     validate_features(data, make_args(), SRC)
     assert time.perf_counter() - t0 < 1.5
+
+
+# --- clip ids across and inside splits (issue 7, item 7) -------------------------------------
+def test_clip_id_in_two_splits_is_leakage() -> None:
+    data = make_data()
+    data["test"]["id"] = list(data["test"]["id"])  # a list: the numpy array's width would truncate
+    data["test"]["id"][2] = data["train"]["id"][4]
+    check_error(data, make_args(), "test", "id", "1 clip id(s) also occur in the train split",
+                repr(str(data["train"]["id"][4])), "leaks")
+
+
+def test_clip_id_in_valid_and_test_is_leakage() -> None:
+    data = make_data()
+    data["test"]["id"] = list(data["test"]["id"])
+    data["test"]["id"][0] = data["valid"]["id"][1]
+    check_error(data, make_args(), "test", "id", "also occur in the valid split")
+
+
+def test_duplicate_id_inside_one_split_warns(caplog: pytest.LogCaptureFixture) -> None:
+    data = make_data()
+    data["train"]["id"][3] = data["train"]["id"][1]
+    with caplog.at_level("WARNING", logger="MMSA"):
+        validate_features(data, make_args(), SRC)
+    assert f"{SRC} [train/id]: 1 clip id(s) occur more than once in this split" in caplog.text
+    assert repr(str(data["train"]["id"][1])) in caplog.text
+
+
+def test_unique_ids_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="MMSA"):
+        validate_features(make_data(), make_args(), SRC)
+    assert "more than once" not in caplog.text
+
+
+# --- splits too small or too uniform to score ------------------------------------------------
+def _shrink(data: Dict[str, Dict[str, Any]], split: str, n: int) -> None:
+    for key, value in list(data[split].items()):
+        data[split][key] = value[:n]
+
+
+@pytest.mark.parametrize("split", ["valid", "test", "train"])
+def test_split_of_one_sample_cannot_be_scored(split: str) -> None:
+    data = make_data()
+    _shrink(data, split, 1)
+    check_error(data, make_args(), split, "regression_labels", "has 1 sample(s)",
+                "need at least 2", "Corr")
+
+
+def test_constant_labels_cannot_be_scored() -> None:
+    data = make_data()
+    data["valid"]["regression_labels"][:] = 1.5
+    check_error(data, make_args(), "valid", "regression_labels", "all 3 labels are 1.5",
+                "Corr is undefined")
+
+
+def test_all_zero_labels_cannot_be_scored() -> None:
+    data = make_data("mosei")
+    data["test"]["regression_labels"][:] = 0.0
+    check_error(data, make_args("mosei"), "test", "regression_labels", "all 4 labels are 0")
+
+
+def test_two_different_labels_are_enough() -> None:
+    data = make_data()
+    _shrink(data, "test", 2)
+    data["test"]["regression_labels"][:] = [0.0, 0.5]
+    validate_features(data, make_args(), SRC)
+
+
+def test_unscored_file_may_have_one_sample() -> None:
+    data = make_data()
+    _shrink(data, "test", 1)
+    validate_features(data, make_args(), SRC, scored=False)
+
+
+# --- float64 beyond float32 ------------------------------------------------------------------
+@pytest.mark.parametrize("key,value", [("vision", 1e39), ("audio", -1e39), ("audio", 5e38)])
+def test_float64_feature_beyond_float32(key: str, value: float) -> None:
+    data = make_data()
+    data["valid"][key] = data["valid"][key].astype(np.float64)
+    data["valid"][key][1, 0, 0] = value
+    check_error(data, make_args(), "valid", key, "float64 value(s) beyond float32's range",
+                "sample 1", "valid_1$_$0")
+
+
+def test_float64_within_float32_range_ok() -> None:
+    data = make_data()
+    data["valid"]["vision"] = data["valid"]["vision"].astype(np.float64)
+    data["valid"]["vision"][1, 0, 0] = 3e38
+    data["train"]["audio"] = data["train"]["audio"].astype(np.float64)
+    data["train"]["audio"][0, 0, 0] = -np.inf  # -inf is zeroed by MMSA, still accepted
+    validate_features(data, make_args(), SRC)
+
+
+def test_float64_label_beyond_float32() -> None:
+    data = make_data()
+    data["test"]["regression_labels"] = data["test"]["regression_labels"].astype(np.float64)
+    data["test"]["regression_labels"][0] = -1e300
+    check_error(data, make_args(), "test", "regression_labels", "beyond float32's range")
+
+
+def test_float64_token_id_beyond_float32() -> None:
+    data = make_data()
+    data["train"]["text_bert"][0, 0, 0] = 1e39  # integer-valued, so only the range catches it
+    check_error(data, make_args(), "train", "text_bert", "beyond float32's range")
+
+
+def test_float64_glove_text_beyond_float32() -> None:
+    data = make_data(use_bert=False)
+    data["train"]["text"] = data["train"]["text"].astype(np.float64)
+    data["train"]["text"][4, 1, 1] = 1e308
+    check_error(data, make_args(use_bert=False), "train", "text", "beyond float32's range")
+
+
+# --- per-modality files: feature_T / feature_A / feature_V (issue 7, item 5) -----------------
+def _only(data: Dict[str, Dict[str, Any]], *keys: str) -> Dict[str, Dict[str, Any]]:
+    return {split: {k: d[k] for k in keys} for split, d in data.items()}
+
+
+@pytest.mark.parametrize("role,keys", [
+    ("A", ("audio", "audio_lengths")),
+    ("V", ("vision", "vision_lengths")),
+    ("T", ("text_bert",)),
+])
+def test_per_modality_file_passes_with_its_role(role: str, keys: tuple) -> None:
+    data = _only(make_data(), *keys)
+    validate_features(data, make_args(), SRC, role=role)
+    with pytest.raises(FeatureValidationError, match="missing key"):
+        validate_features(data, make_args(), SRC)  # as a main file it lacks everything else
+
+
+def test_required_keys_per_role() -> None:
+    assert required_keys(make_args(), "A") == ["audio", "audio_lengths"]
+    assert required_keys(make_args(need_data_aligned=True), "V") == ["vision"]
+    assert required_keys(make_args(use_bert=False), "T") == ["text"]
+    assert required_keys(make_args(), "AV") == ["audio", "audio_lengths", "vision", "vision_lengths"]
+
+
+def test_per_modality_file_checks_its_lengths() -> None:
+    data = _only(make_data(), "audio")
+    check_error_role = pytest.raises(FeatureValidationError, match=r"\[train/audio_lengths\]: missing key")
+    with check_error_role:
+        validate_features(data, make_args(), SRC, role="A")
+
+
+def test_per_modality_file_checks_values() -> None:
+    data = _only(make_data(), "vision", "vision_lengths")
+    data["test"]["vision"][0, 0, 0] = np.nan
+    with pytest.raises(FeatureValidationError, match=r"\[test/vision\]: contains NaN"):
+        validate_features(data, make_args(), SRC, role="V")
+
+
+def test_per_modality_file_sample_count_must_match_main_file() -> None:
+    data = _only(make_data(), "audio", "audio_lengths")
+    with pytest.raises(FeatureValidationError,
+                       match=r"\[valid/audio\]: has 3 samples but the main feature file's valid split has 4"):
+        validate_features(data, make_args(), SRC, role="A", samples={**SIZES, "valid": 4})
+    validate_features(data, make_args(), SRC, role="A", samples=SIZES)
+
+
+def test_bad_role_is_refused() -> None:
+    with pytest.raises(ValueError, match="role='X'"):
+        validate_features(make_data(), make_args(), SRC, role="X")
