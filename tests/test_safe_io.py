@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from khar_mmsa.safe_io import (PickleReadError, UnsafePickleError, atomic_open, atomic_torch_save,
+from khar_mmsa.safe_io import (PickleReadError, PickleSizeError, UnsafePickleError, atomic_open,
+                               atomic_torch_save, file_digest,
                                atomic_write_bytes, atomic_write_text, load_pickle,
                                load_pickle_stream, safe_torch_load)
 
@@ -230,3 +231,124 @@ def test_atomic_write_preserves_permissions(tmp_path: Path) -> None:
     os.chmod(p, 0o640)
     atomic_write_text(p, "y")
     assert p.stat().st_mode & 0o777 == 0o640
+
+
+# --- declared sizes the file cannot hold (issue 7, item 7) -------------------------------------
+from numpy._core.multiarray import _reconstruct  # noqa: E402  (numpy 2; pickled by name)
+from numpy._core.numeric import _frombuffer  # noqa: E402
+
+TERA = 10 ** 12
+
+
+class _Reduces:
+    """Pickles as whatever ``__reduce__`` tuple it is given (a crafted payload)."""
+
+    def __init__(self, *reduce_value) -> None:
+        self.reduce_value = reduce_value
+
+    def __reduce__(self):
+        return self.reduce_value
+
+
+@pytest.mark.parametrize("payload,declared", [
+    # numpy's _reconstruct(ndarray, shape, dtype) allocates `shape` at once
+    (_Reduces(_reconstruct, (np.ndarray, (TERA,), b"b")), "shape (1000000000000,) and dtype int8"),
+    # ndarray.__setstate__ of an object array allocates `shape` before it reads the list
+    (_Reduces(_reconstruct, (np.ndarray, (0,), b"b"), (1, (TERA,), np.dtype("O"), False, [1])),
+     "shape (1000000000000,) and dtype object"),
+    (_Reduces(_reconstruct, (np.ndarray, (0,), b"b"), (1, (TERA, 8), np.dtype("f8"), False, b"\0" * 8)),
+     "shape (1000000000000, 8) and dtype float64 (58.2 TiB)"),
+    (_Reduces(_frombuffer, (b"\0" * 8, np.dtype("f8"), (TERA,), "C")), "dtype float64 (7.3 TiB)"),
+])
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_array_larger_than_file_is_refused_before_allocation(tmp_path: Path, payload, declared: str,
+                                                             protocol: int) -> None:
+    path = tmp_path / "tiny.pkl"
+    path.write_bytes(pickle.dumps({"train": {"audio": payload}}, protocol=protocol))
+    assert path.stat().st_size < 1000
+    with pytest.raises(PickleSizeError) as ei:
+        load_pickle(path)
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}: ") and declared in msg and "refusing to allocate" in msg, msg
+    assert f"the file holds only {path.stat().st_size} bytes" in msg, msg
+
+
+@pytest.mark.parametrize("name", ["bytes", "bytearray"])
+def test_huge_byte_string_is_refused(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "tiny.pkl"
+    import builtins
+    path.write_bytes(pickle.dumps([_Reduces(getattr(builtins, name), (TERA,))], protocol=2))
+    with pytest.raises(PickleSizeError, match=rf"{name}\(1000000000000\) \(931.3 GiB\)"):
+        load_pickle(path)
+
+
+def test_size_error_is_a_pickle_read_error_and_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pkl"
+    path.write_bytes(pickle.dumps(_Reduces(_reconstruct, (np.ndarray, (TERA,), b"b"))))
+    with pytest.raises(PickleReadError, match=str(path)):
+        load_pickle(path)
+
+
+def test_object_array_of_many_small_elements_still_loads(tmp_path: Path) -> None:
+    """One byte of pickle per element is enough: an object array is not held to 8 bytes each."""
+    path = tmp_path / "nones.pkl"
+    arr = np.array([None] * 20000, dtype=object)
+    path.write_bytes(pickle.dumps(arr, protocol=4))
+    assert path.stat().st_size < arr.size * 8  # the pointers numpy allocates exceed the file
+    out = load_pickle(path)
+    assert out.shape == (20000,) and out.dtype == object and out[-1] is None
+
+
+def test_declared_size_equal_to_file_data_loads(tmp_path: Path) -> None:
+    path = tmp_path / "exact.pkl"
+    arr = np.arange(1000, dtype=np.float64)
+    path.write_bytes(pickle.dumps(arr, protocol=5))
+    assert np.array_equal(load_pickle(path), arr)
+
+
+def test_stream_size_counted_from_current_position(tmp_path: Path) -> None:
+    """Two pickles in one file: the second is checked against what is left after the first."""
+    path = tmp_path / "two.pkl"
+    big = np.zeros(5000)
+    with open(path, "wb") as f:
+        pickle.dump(big, f, protocol=4)
+        pickle.dump(_Reduces(_reconstruct, (np.ndarray, (1000,), b"d")), f, protocol=4)  # 8000 bytes
+    with open(path, "rb") as f:
+        assert load_pickle_stream(f).shape == (5000,)
+        with pytest.raises(PickleSizeError):
+            load_pickle_stream(f, source=str(path))
+
+
+def test_unsized_stream_is_not_size_checked() -> None:
+    class NoSize(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.buf = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:
+            chunk = self.buf.read(len(b))
+            b[:len(chunk)] = chunk
+            return len(chunk)
+
+        def tell(self) -> int:
+            raise OSError("not seekable")
+
+    data = pickle.dumps(np.arange(10))
+    assert load_pickle_stream(io.BufferedReader(NoSize(data))).tolist() == list(range(10))
+
+
+# --- content digests --------------------------------------------------------------------------
+def test_file_digest_is_content_based(tmp_path: Path) -> None:
+    import hashlib
+    a, b = tmp_path / "a.pkl", tmp_path / "sub" / "b.pkl"
+    b.parent.mkdir()
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    assert file_digest(a) == file_digest(b) == hashlib.sha256(b"same bytes").hexdigest()
+    os.utime(b, ns=(1, 1))  # another mtime, same content
+    assert file_digest(b) == file_digest(a)
+    b.write_bytes(b"other bytes")
+    os.utime(b, ns=(2, 2))
+    assert file_digest(b) == hashlib.sha256(b"other bytes").hexdigest()
