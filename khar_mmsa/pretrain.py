@@ -21,7 +21,8 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import KHaRConfig, fingerprint
+from .config import MODALITIES, KHaRConfig, fingerprint
+from .identity import config_identity
 from .model.harvest import masked_mean
 from .model.khar import KHaR, batch_inputs, modality_inputs
 from .optim import make_adamw
@@ -30,16 +31,22 @@ from .safe_io import atomic_torch_save, safe_torch_load
 logger = logging.getLogger("MMSA")
 
 # Config fields that change what pretraining produces; a saved file is reused only when they match.
-_PRETRAIN_FIELDS = ("dataset_name", "feature_dims", "seq_lens", "pretrained", "modal_dim", "encoder_layers",
-                    "encoder_heads", "encoder_ff_dim", "encoder_dropout", "text_adapters", "av_adapters",
-                    "adapter_layers_text", "adapter_layers_av", "adapter_heads", "adapter_inner_layers",
-                    "adapter_dropout", "pretrain_epochs", "pretrain_learning_rate", "pretrain_weight_decay",
-                    "early_stop", "batch_size")
+# ``modalities``: which harvesters exist (and so the random initialisation and the order of the
+# unimodal runs); ``dataset_name``: which labels they learn; ``pretrained``: the text encoder, by
+# content (khar_mmsa.identity); ``early_stop`` / ``batch_size``: pretraining's stopping and batches.
+# Not here: what only the main run reads (fusion, MoE, losses, learning_rate, epochs ...).
+PRETRAIN_FIELDS = ("dataset_name", "modalities", "feature_dims", "seq_lens", "pretrained", "modal_dim",
+                   "encoder_layers", "encoder_heads", "encoder_ff_dim", "encoder_dropout", "text_adapters",
+                   "av_adapters", "adapter_layers_text", "adapter_layers_av", "adapter_heads",
+                   "adapter_inner_layers", "adapter_dropout", "pretrain_epochs", "pretrain_learning_rate",
+                   "pretrain_weight_decay", "early_stop", "batch_size")
 
 
 def pretrain_fingerprint(cfg: KHaRConfig, seed: object, data: object = None) -> str:
-    """Hash of what pretraining depends on: the fields above, the seed and the data's identity."""
-    fields = {k: getattr(cfg, k) for k in _PRETRAIN_FIELDS}
+    """Hash of what pretraining depends on: the fields above (paths by content), the seed and the
+    data's identity (``KHaRTrainer.data_identity``: feature files by content, split sizes)."""
+    fields = config_identity(cfg, PRETRAIN_FIELDS)
+    fields["modalities"] = "".join(m for m in MODALITIES if m in cfg.modalities)  # 'at' == 'ta'
     fields["seed"] = seed
     fields["data"] = data
     return fingerprint(fields)
@@ -124,16 +131,22 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
                       seed: object, data: object = None) -> Path:
     """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them.
 
-    A saved file is reused only when config, seed and data identity (``data``) all match."""
+    A saved file is reused only when config, modalities, seed and data identity (``data``) all
+    match and it holds the adapters of every modality in use."""
     key = pretrain_fingerprint(cfg, seed, data)
     states = None
     if path.is_file():
         saved = safe_torch_load(path)
-        if saved.get("fingerprint") == key:
+        missing = khar.missing_adapters(saved.get("states") or {})
+        if saved.get("fingerprint") != key:
+            logger.info(f"Pretrained adapters at {path} were made with another config, modalities, seed "
+                        f"or data; pretraining again")
+        elif missing:
+            logger.warning(f"Pretrained adapters at {path} lack the adapters of modalit"
+                           f"{'y' if len(missing) == 1 else 'ies'} {sorted(missing)}; pretraining again")
+        else:
             states = saved["states"]
             logger.info(f"Reusing pretrained adapters from {path}")
-        else:
-            logger.info(f"Pretrained adapters at {path} were made with another config, seed or data; pretraining again")
     if states is None:
         sources = {m: label_key(m, cfg) for m in khar.modalities}
         logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}"

@@ -8,7 +8,6 @@ from the last completed epoch after an interruption (``<model_save_path>.resume`
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from .bucketing import bucketed_loader
 from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
+from .identity import config_identity, feature_identity
 from .mmsa import metrics_for
 from .model.khar import KHaR, batch_inputs
 from .optim import make_adamw
@@ -138,19 +138,16 @@ class KHaRTrainer:
         return torch.initial_seed()
 
     def data_identity(self, dataloader: Mapping) -> dict:
-        """What identifies the training data: the feature files (path, size, mtime) and split sizes.
-        Saved adapters and resume files made from other data are never reused."""
-        files = {}
-        for key in ("custom_feature", "featurePath", "feature_T", "feature_A", "feature_V"):
-            value = self.args.get(key)
-            if value and Path(value).is_file():
-                stat = Path(value).stat()
-                files[key] = [str(Path(value).resolve()), stat.st_size, stat.st_mtime_ns]
-        sizes = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
-        return {"files": files, "sizes": sizes}
+        """What identifies the training data, by content: SHA-256 of each feature file MMSA reads
+        (main, feature_T/A/V), the loader settings that change what it makes of them, and the
+        split sizes -- no paths or mtimes (khar_mmsa.identity).  Saved adapters and resume files
+        made from other data are never reused; the same bytes anywhere are the same data."""
+        identity = feature_identity(self.args)
+        identity["sizes"] = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
+        return identity
 
     def _fingerprint(self) -> str:
-        fields = dataclasses.asdict(self.cfg)
+        fields = config_identity(self.cfg)
         fields["seed"] = self.run_seed()
         fields["data"] = self._data_identity
         return fingerprint(fields)

@@ -46,3 +46,102 @@ def test_mmsa_run_khar_with_the_speed_switches(tiny_features, tiny_bert, mmsa_ru
     assert math.isfinite(table["MAE"].iloc[0])
     log = "".join(p.read_text() for p in mmsa_run_kwargs["log_dir"].glob("*.log"))
     assert "Length bucketing:" in log
+
+# ============================================================================================
+# Adapter reuse, keyed by content (issue 7, item 6)
+# ============================================================================================
+import logging  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from khar_mmsa.safe_io import safe_torch_load  # noqa: E402
+
+REUSED = "Reusing pretrained adapters"
+PRETRAINING = "Pretraining adapters"
+
+
+def _run_logged(caplog, config, kwargs, dataset="mosi"):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="MMSA"):
+        MMSA_run("khar", dataset, config=config, **kwargs)
+    return caplog.text
+
+
+def _adapters_arrived(saved_dir, dataset="mosi"):
+    """Every adapter weight of the tested checkpoint equals the pretrained file's (they stay frozen)."""
+    states = safe_torch_load(saved_dir / f"khar-{dataset}-adapters.pt")["states"]
+    checkpoint = safe_torch_load(saved_dir / f"khar-{dataset}.pth")
+    compared = 0
+    for m, state in states.items():
+        for key, value in state.items():
+            if key.startswith("adapters."):
+                assert torch.equal(checkpoint[f"Model.harvesters.{m}.{key}"], value), (m, key)
+                compared += 1
+    return sorted(states), compared
+
+
+def test_identical_rerun_reuses_adapters_even_from_a_rewritten_copy(tiny_features, tiny_bert, mmsa_run_kwargs,
+                                                                    fast_mmsa, caplog, tmp_path):
+    first = tmp_path / "a" / "mosi.pkl"
+    first.parent.mkdir()
+    shutil.copyfile(tiny_features("mosi"), first)
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(first))
+    log = _run_logged(caplog, config, mmsa_run_kwargs)
+    assert PRETRAINING in log and REUSED not in log
+    adapters = mmsa_run_kwargs["model_save_dir"] / "khar-mosi-adapters.pt"
+    made = adapters.stat().st_mtime_ns
+    assert _adapters_arrived(mmsa_run_kwargs["model_save_dir"])[0] == ["a", "t", "v"]
+
+    # the demo's case: the same bytes written again elsewhere, with a new mtime
+    second = tmp_path / "b" / "planted.pkl"
+    second.parent.mkdir()
+    second.write_bytes(first.read_bytes())
+    os.utime(second, ns=(made + 10**9, made + 10**9))
+    log = _run_logged(caplog, dict(config, featurePath=str(second)), mmsa_run_kwargs)
+    assert REUSED in log and PRETRAINING not in log
+    assert adapters.stat().st_mtime_ns == made
+    modalities, compared = _adapters_arrived(mmsa_run_kwargs["model_save_dir"])
+    assert modalities == ["a", "t", "v"] and compared > 0
+
+
+def test_changed_feature_bytes_pretrain_again(tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa, caplog,
+                                              tmp_path):
+    path = tmp_path / "mosi.pkl"
+    shutil.copyfile(tiny_features("mosi"), path)
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(path))
+    _run_logged(caplog, config, mmsa_run_kwargs)
+    with open(path, "rb") as f:
+        data = pickle.load(f)
+    data["train"]["audio"][0, 0, 0] += np.float32(0.5)  # one value, same shapes and sizes
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    log = _run_logged(caplog, config, mmsa_run_kwargs)
+    assert "another config, modalities, seed or data; pretraining again" in log and REUSED not in log
+
+
+def test_modalities_change_pretrains_and_vision_adapters_arrive(tiny_features, tiny_bert, mmsa_run_kwargs,
+                                                                fast_mmsa, caplog):
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    _run_logged(caplog, dict(config, modalities="ta"), mmsa_run_kwargs)
+    saved = mmsa_run_kwargs["model_save_dir"]
+    assert sorted(safe_torch_load(saved / "khar-mosi-adapters.pt")["states"]) == ["a", "t"]
+    log = _run_logged(caplog, config, mmsa_run_kwargs)  # the full model, same folder
+    assert "another config, modalities, seed or data; pretraining again" in log and REUSED not in log
+    modalities, compared = _adapters_arrived(saved)
+    assert modalities == ["a", "t", "v"] and compared > 0
+
+
+def test_matching_file_without_a_modality_pretrains_again(tiny_features, tiny_bert, mmsa_run_kwargs,
+                                                         fast_mmsa, caplog):
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    _run_logged(caplog, config, mmsa_run_kwargs)
+    adapters = mmsa_run_kwargs["model_save_dir"] / "khar-mosi-adapters.pt"
+    saved = safe_torch_load(adapters)
+    del saved["states"]["v"]  # same key, vision missing (a file written by hand or by an old version)
+    torch.save(saved, adapters)
+    log = _run_logged(caplog, config, mmsa_run_kwargs)
+    assert "lack the adapters of modality ['v']; pretraining again" in log and REUSED not in log
+    assert _adapters_arrived(mmsa_run_kwargs["model_save_dir"])[0] == ["a", "t", "v"]

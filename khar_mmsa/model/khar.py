@@ -132,11 +132,29 @@ class KHaR(nn.Module):
             for name, p in self.harvesters[m].adapters.named_parameters():
                 yield f"harvesters.{m}.adapters.{name}", p
 
+    def missing_adapters(self, states: Mapping[str, Mapping[str, torch.Tensor]]) -> Dict[str, list]:
+        """{modality: adapter weight names absent from ``states``} for each modality in use that
+        would not get all of its pretrained adapters; empty when every one would."""
+        missing = {}
+        for m in self.modalities:
+            have = states.get(m) or {}
+            absent = [f"adapters.{k}" for k in self.harvesters[m].adapters.state_dict()
+                      if f"adapters.{k}" not in have]
+            if absent:
+                missing[m] = absent
+        return missing
+
     def load_harvested(self, states: Mapping[str, Mapping[str, torch.Tensor]], freeze: bool) -> list:
         """Load pretrained harvesters ({modality: state_dict of Harvester}); freeze their adapters
         (``freeze``: no gradient, and eval mode whenever the model trains, see :meth:`train`).
 
-        Returns the modalities loaded."""
+        Every modality in use must be in ``states`` with all of its adapter weights (the encoder's
+        may be absent: text states hold the adapters only); otherwise :class:`KeyError` names what
+        is missing, before anything is loaded.  Returns the modalities loaded."""
+        missing = self.missing_adapters(states)
+        if missing:
+            raise KeyError("pretrained harvester states lack adapter weights: "
+                           + "; ".join(f"{m!r}: {len(v)}, first {v[:2]}" for m, v in missing.items()))
         loaded = []
         for m, state in states.items():
             if m not in self.harvesters:

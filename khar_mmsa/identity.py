@@ -1,0 +1,72 @@
+"""What identifies a run's inputs, by content: the keys of saved adapters and resume files.
+
+A saved file is reused only when everything that changes it is the same -- and nothing else
+takes part: no path, mtime or temporary name, so a feature pickle rewritten with the same bytes,
+moved, or copied to a temporary folder still matches, while one changed byte does not.
+
+* :func:`feature_identity` -- SHA-256 of each feature file MMSA reads (the main file and any
+  ``feature_T`` / ``feature_A`` / ``feature_V``) and the MMSA settings that change what its loader
+  makes of them.
+* :func:`encoder_identity` -- a local text-encoder folder by the digest of its config and weight
+  files; a hub name by its name.
+* :func:`config_identity` -- the config's fields with paths replaced by the identities above.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .safe_io import file_digest
+
+# MMSA_run's feature files, by role (the main file is custom_feature, else featurePath).
+FEATURE_ROLES = ("feature_T", "feature_A", "feature_V")
+# MMSA settings that change what MMDataset makes of the same files.
+_LOADER_KEYS = ("use_bert", "need_data_aligned", "need_normalized", "data_missing")
+_MISSING_KEYS = ("missing_rate", "missing_seed")  # only read when data_missing is on
+# What AutoModel.from_pretrained reads from a folder (tokenizer files do not change the encoder:
+# token ids come from the feature pickle).
+_ENCODER_FILES = ("config.json", "*.safetensors", "*.bin", "*.index.json")
+# Config fields that name files rather than say how to train.
+PATH_FIELDS = ("pretrained_adapters_path",)
+
+
+def feature_identity(args: Mapping[str, Any]) -> Dict[str, Any]:
+    """Content identity of the feature files MMSA's loader reads for ``args`` (MMSA's EasyDict)."""
+    files: Dict[str, Optional[str]] = {}
+    main = args.get("custom_feature") or args.get("featurePath")
+    files["main"] = _digest_or_none(main)
+    for role in FEATURE_ROLES:
+        if args.get(role):
+            files[role] = _digest_or_none(args[role])
+    loading = {k: args.get(k) for k in _LOADER_KEYS}
+    if args.get("data_missing"):
+        loading.update({k: args.get(k) for k in _MISSING_KEYS})
+    return {"files": files, "loading": loading}
+
+
+def _digest_or_none(path: Any) -> Optional[str]:
+    if not path or not Path(path).is_file():
+        return None
+    return file_digest(path)
+
+
+def encoder_identity(pretrained: str) -> Any:
+    """A local folder: {file name: SHA-256} of its config and weights; a hub name: the name."""
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        return pretrained
+    files = sorted({p for pattern in _ENCODER_FILES for p in folder.glob(pattern) if p.is_file()})
+    return {p.name: file_digest(p) for p in files}
+
+
+def config_identity(cfg: Any, fields: Optional[tuple] = None) -> Dict[str, Any]:
+    """``cfg``'s fields (all, or ``fields``) with ``pretrained`` by content and path fields out."""
+    values = dataclasses.asdict(cfg)
+    if fields is not None:
+        values = {k: values[k] for k in fields}
+    for name in PATH_FIELDS:
+        values.pop(name, None)
+    if "pretrained" in values:
+        values["pretrained"] = encoder_identity(cfg.pretrained) if "t" in cfg.modalities else None
+    return values
