@@ -470,8 +470,8 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
         data["train"]["regression_labels"][:] = 0.25  # marks the object MMSA must use
         return data
 
-    def validate_features(data, args, source):
-        calls["validate"].append(source)
+    def validate_features(data, args, source, role=None, samples=None):
+        calls["validate"].append(source if role is None else (source, role, samples))
         if args.get("reject_for_test"):
             raise ValueError(f"{source}: rejected by the test validator")
 

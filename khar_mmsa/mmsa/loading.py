@@ -1,11 +1,15 @@
 """Feature files are read with the restricted unpickler and validated before any model is built.
 
-``MMSA.run.MMDataLoader`` reads each feature file once per ``MMSA_run`` call with
+``MMSA.run.MMDataLoader`` first checks an extra model's settings (:func:`.models.check_config`:
+``'khar'``'s KHaRConfig, every key named with its value and allowed range), so a bad setting fails
+before any file is read.  It then reads each feature file once per ``MMSA_run`` call with
 ``khar_mmsa.safe_io.load_pickle(path, trusted=args.get('trust_pickle', False))`` and checks it
 with ``khar_mmsa.validation.validate_features`` before any model is built; MMSA's ``MMDataset``
 then gets the already-loaded object from a ``pickle`` shim installed as
 ``MMSA.data_loader.pickle``.  Both modules are imported lazily; if one is absent the hook falls
-back to plain ``pickle`` / no validation.  After loading, :mod:`khar_mmsa.mmsa.update_epochs`
+back to plain ``pickle`` / no validation.  ``feature_T`` / ``feature_A`` / ``feature_V`` files
+are validated for their modality only (``role``), and must hold as many samples per split as the
+main file.  After loading, :mod:`khar_mmsa.mmsa.update_epochs`
 warns about an ``update_epochs`` larger than the batches per epoch.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .models import check_config
 from .registry import mmsa_module, set_attr
 from .run_context import TLS, current_run
 from .update_epochs import warn_update_epochs
@@ -42,15 +47,36 @@ def _optional_module(name: str) -> Optional[Any]:
         raise
 
 
-def _feature_paths(args: Mapping[str, Any]) -> List[str]:
-    """The pickle files MMSA's ``MMDataset`` will open for ``args``, in order, deduplicated."""
-    paths = [args.get("custom_feature") or args.get("featurePath")]
-    paths += [args.get(k) for k in ("feature_T", "feature_A", "feature_V")]
-    out: List[str] = []
-    for p in paths:
-        if p and str(p) not in out:
-            out.append(str(p))
-    return out
+_MODALITY_FILES = (("feature_T", "T"), ("feature_A", "A"), ("feature_V", "V"))
+
+
+def _feature_files(args: Mapping[str, Any]) -> List[Tuple[str, Optional[str]]]:
+    """The pickle files MMSA's ``MMDataset`` will open for ``args``, in order, deduplicated, each
+    with its role for validation: None for the main file (``custom_feature`` or ``featurePath``:
+    every key), ``'T'``/``'A'``/``'V'`` for ``feature_T``/``feature_A``/``feature_V``, from which
+    MMSA 2.2.1 reads only that modality's array (and its ``*_lengths``).  One file in several
+    per-modality roles gets them all (``'AV'``); the main file's full check covers any role."""
+    roles: Dict[str, Optional[str]] = {}
+    main = args.get("custom_feature") or args.get("featurePath")
+    if main:
+        roles[str(main)] = None
+    for key, letter in _MODALITY_FILES:
+        path = args.get(key)
+        if not path:
+            continue
+        path = str(path)
+        if path in roles and roles[path] is None:
+            continue
+        roles[path] = (roles.get(path) or "") + letter
+    return list(roles.items())
+
+
+def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
+    """{split: samples} of a main feature file (what per-modality files must match), or None."""
+    try:
+        return {split: len(data[split]["regression_labels"]) for split in ("train", "valid", "test")}
+    except (KeyError, TypeError, IndexError):
+        return None
 
 
 def _file_key(path: str) -> Tuple[str, int, int]:
@@ -62,8 +88,10 @@ def _file_key(path: str) -> Tuple[str, int, int]:
     return str(resolved), st.st_mtime_ns, st.st_size
 
 
-def _load_and_validate(path: str, args: Mapping[str, Any]) -> Any:
-    """Read ``path`` with the restricted unpickler and validate it (hooks of other modules)."""
+def _load_and_validate(path: str, args: Mapping[str, Any], role: Optional[str] = None,
+                       samples: Optional[Dict[str, int]] = None) -> Any:
+    """Read ``path`` with the restricted unpickler and validate it for its ``role`` (hooks of
+    other modules); ``samples`` are the main file's split sizes."""
     safe_io = _optional_module("khar_mmsa.safe_io")
     if safe_io is not None:
         data = safe_io.load_pickle(path, trusted=bool(args.get("trust_pickle", False)))
@@ -73,7 +101,7 @@ def _load_and_validate(path: str, args: Mapping[str, Any]) -> Any:
             data = pickle.load(f)
     validation = _optional_module("khar_mmsa.validation")
     if validation is not None:
-        validation.validate_features(data, args, source=str(path))
+        validation.validate_features(data, args, source=str(path), role=role, samples=samples)
     return data
 
 
@@ -93,13 +121,15 @@ class preloaded_features:
         ctx = current_run()
         cache = ctx.features if ctx is not None else {}
         preloaded = dict(self.previous or {})
-        for path in _feature_paths(self.args):
+        samples = None
+        for path, role in _feature_files(self.args):
             key = _file_key(path)
-            if key[0] in preloaded:
-                continue
-            if key not in cache:
-                cache[key] = _load_and_validate(path, self.args)
-            preloaded[key[0]] = cache[key]
+            if key[0] not in preloaded:
+                if key not in cache:
+                    cache[key] = _load_and_validate(path, self.args, role, samples)
+                preloaded[key[0]] = cache[key]
+            if role is None:
+                samples = _split_sizes(preloaded[key[0]])
         TLS.preloaded = preloaded
         return preloaded
 
@@ -133,6 +163,7 @@ class PickleShim:
 def _wrap_loader(original: Callable) -> Callable:
     @functools.wraps(original)
     def MMDataLoader(args: Any, num_workers: int) -> Dict[str, Any]:
+        check_config(args)  # settings first: nothing is read or built with a bad one
         with preloaded_features(args):
             loaders = original(args, num_workers)
         warn_update_epochs(args, loaders)

@@ -4,6 +4,8 @@
 lazily to ``khar_mmsa.model.khar.KHaR`` / ``khar_mmsa.trainer.KHaRTrainer``
 (:data:`EXTRA_MODELS`, :data:`EXTRA_TRAINERS`).  ``SUPPORTED_MODELS`` / ``SUPPORTED_DATASETS``
 (informational lists in ``MMSA.run`` and ``MMSA``) gain ``'KHaR'`` / ``'SIMSV2'``.
+:func:`check_config` runs an extra model's own settings check (a ``check_config(args)`` on its
+class) before MMSA reads any data or builds any model (called by :mod:`.loading`).
 """
 from __future__ import annotations
 
@@ -74,6 +76,19 @@ def _init_extra_amio(amio: Any, args: Mapping[str, Any], factory: Callable) -> N
         if "seq_lens" in args.keys():
             args["seq_lens"] = amio.alignNet.get_seq_len()
     amio.Model = factory(args)
+
+
+def check_config(args: Mapping[str, Any]) -> None:
+    """Check the settings of an extra model (``'khar'``) before anything is read or built.
+
+    The model class's ``check_config(args)``, when it has one, raises on a bad setting; MMSA's own
+    models and classes without it are not checked here."""
+    factory = EXTRA_MODELS.get(str(args.get("model_name", "")).lower())
+    if factory is None:
+        return
+    check = getattr(factory.resolve(), "check_config", None)
+    if check is not None:
+        check(args)
 
 
 def _wrap_atio_init(original: Callable) -> Callable:

@@ -78,6 +78,13 @@ def batch_inputs(batch: Mapping, device: torch.device) -> tuple:
 
 
 class KHaR(nn.Module):
+    @staticmethod
+    def check_config(args: Mapping) -> KHaRConfig:
+        """MMSA's args -> the checked config; raises :class:`~khar_mmsa.config.ConfigError` (or
+        ``ConfigTypeError``) naming each bad key, its value and the allowed range.  Called by the
+        MMSA hooks before any data is read (khar_mmsa.mmsa.models.check_config)."""
+        return KHaRConfig.from_mmsa_args(args)
+
     def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:
         super().__init__()
         cfg = args if isinstance(args, KHaRConfig) else KHaRConfig.from_mmsa_args(args)
