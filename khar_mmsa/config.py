@@ -57,7 +57,7 @@ class KHaRConfig:
 
     # ---- text encoder (§3.3, eq. 1) -----------------------------------------------------------
     pretrained: str = _f("bert-base-uncased", "BERT hub name or local folder (bert-base-chinese for SIMS/SIMSv2; Appendix B).")
-    finetune_bert: bool = _f(True, "Fine-tune the text encoder (the paper fine-tunes BERT; Appendix B).")
+    finetune_bert: bool = _f(True, "Fine-tune the text encoder (the paper fine-tunes BERT; Appendix B). MMSA's use_finetune sets it too.")
 
     # ---- audio / vision encoders (§3.3, eq. 1) -------------------------------------------------
     modal_dim: int = _f(128, "d_m: width of the audio/vision Transformer encoders and of each refined modality (Table 5: 128, 256 on MOSEI).")
@@ -77,9 +77,9 @@ class KHaRConfig:
 
     # ---- knowledge harvesting: adapter pretraining (eq. 2, 'pretrained parameters') -----------
     pretrain_adapters: bool = _f(True, "Run the per-modality adapter pretraining stage before the main run (eq. 2). False: adapters start untrained and train with the model.")
-    pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when it exists and matches this config.")
+    pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when its key matches: the pretraining fields of this config, modalities, seed and the data, feature files and a local text encoder by content (SHA-256), never paths or mtimes.")
     freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their LayerNorm) frozen in the main run (KuDA's knowledge injection), in eval mode too: no dropout on frozen knowledge.")
-    pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE).")
+    pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE); >= 1 (to skip pretraining set pretrain_adapters=False).")
     pretrain_learning_rate: float = _f(1e-4, "AdamW learning rate of adapter pretraining (KuDA: 1e-4).")
     pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).")
 
@@ -112,7 +112,7 @@ class KHaRConfig:
     # ---- optimisation (Appendix B, Table 5) ---------------------------------------------------
     epochs: int = _f(70, "Epoch cap (Table 5: 70).")
     early_stop: int = _f(8, "Stop after this many epochs without a better validation KeyEval (MMSA's convention).")
-    batch_size: int = _f(64, "Batch size (Table 5: 64, 36 on MOSEI).")
+    batch_size: int = _f(64, "Batch size, an integer >= 2 (Table 5: 64, 36 on MOSEI).")
     learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).")
     learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).")
     weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.")

@@ -183,3 +183,17 @@ def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
         return torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v
     fused = count(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
     assert fused == count(unfused) == 3 * 4 * 2 * 3 * 7 * 7 * 4
+
+    assert table["model"].tolist() == list(speed.MODELS)
+    _section(res["results_md"], "speed-smoke")
+
+
+def test_loading_smoke(tmp_path: Path, repo_untouched) -> None:
+    from benchmarks import loading
+    res = loading.main(["--smoke", "--out", str(tmp_path / "l")])
+    assert set(res["results"]) == {"pickle.load (MMSA, no checks)", "safe_io.load_pickle (restricted, size-checked)",
+                                   "validate_features", "file_digest (SHA-256)"}
+    assert all(s > 0 for s in res["results"].values())
+    body = _section(tmp_path / "l" / "RESULTS.md", "loading-smoke")
+    assert "file_digest (SHA-256)" in body and "MB/s" in body
+    assert not (tmp_path / "l" / "features.pkl").exists()

@@ -46,9 +46,10 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
 :mod:`.mmsa_test`
     ``MMSA_test(gpu_id>=0)`` without CUDA runs on the CPU with a warning (breakage 11).
 :mod:`.loading`
-    ``MMSA.run.MMDataLoader`` reads each feature file once with the restricted unpickler
-    (``khar_mmsa.safe_io``) and validates it (``khar_mmsa.validation``) before any model is
-    built; MMSA's ``MMDataset`` gets the loaded object through a ``pickle`` shim installed as
+    ``MMSA.run.MMDataLoader`` first checks an extra model's settings (:func:`.models.check_config`),
+    then reads each feature file once with the restricted unpickler (``khar_mmsa.safe_io``) and
+    validates it (``khar_mmsa.validation``; ``feature_T/A/V`` files for their modality only)
+    before any model is built; MMSA's ``MMDataset`` gets the loaded object through a ``pickle`` shim installed as
     ``MMSA.data_loader.pickle``.  :mod:`.update_epochs` warns when ``update_epochs`` exceeds the
     batches per epoch (breakage 3).
 

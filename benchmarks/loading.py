@@ -1,0 +1,127 @@
+"""What checking a feature pickle costs: restricted unpickling, validation and the content hash.
+
+    python -m benchmarks.loading --quick    # ~1.1 GB pickle (MOSEI's sample counts, MOSI's widths)
+    python -m benchmarks.loading --full     # MOSEI's real shapes (~6 GB on disk; needs ~20 GB RAM)
+
+An MMSA-style pickle (``text_bert``, float32 ``audio``/``vision``, lengths, labels, ids, raw text
+for train/valid/test) is written to the work folder, then each step is timed ``--repeats`` times
+(the best is reported; the file is in the page cache after the first read, so these are CPU
+costs, not disk costs):
+
+* ``pickle.load`` -- what MMSA itself does (C unpickler, no checks);
+* ``khar_mmsa.safe_io.load_pickle`` -- the restricted unpickler with the declared-size check
+  (Python's pure-Python unpickler, needed to check ``ndarray.__setstate__`` before it allocates);
+* ``khar_mmsa.validation.validate_features`` on the loaded dict;
+* ``khar_mmsa.safe_io.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
+  files), its per-process cache cleared before each timing; once per run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from . import common
+from .common import Timer
+
+logger = logging.getLogger("MMSA")
+
+# samples (train, valid, test) and shapes (text tokens, audio frames x width, vision frames x width)
+SETTINGS = {
+    "smoke": dict(sizes=(40, 10, 10), text=8, audio=(10, 5), vision=(12, 20), repeats=1),
+    "quick": dict(sizes=(16326, 1871, 4659), text=50, audio=(375, 5), vision=(500, 20), repeats=2),
+    "full": dict(sizes=(16326, 1871, 4659), text=50, audio=(500, 74), vision=(500, 35), repeats=2),
+}
+
+
+def make_pickle(path: Path, sizes: Sequence[int], text: int, audio: Sequence[int],
+                vision: Sequence[int], seed: int = 0) -> int:
+    rng = np.random.default_rng(seed)
+    data: Dict[str, Any] = {}
+    for split, n in zip(("train", "valid", "test"), sizes):
+        tb = np.zeros((n, 3, text))
+        tb[:, 0] = rng.integers(100, 30000, size=(n, text))
+        tb[:, 1] = 1
+        data[split] = {
+            "text_bert": tb,
+            "audio": rng.standard_normal((n, *audio), dtype=np.float32),
+            "vision": rng.standard_normal((n, *vision), dtype=np.float32),
+            "audio_lengths": [int(x) for x in rng.integers(1, audio[0] + 1, size=n)],
+            "vision_lengths": rng.integers(1, vision[0] + 1, size=n),
+            "regression_labels": rng.uniform(-3, 3, size=n).astype(np.float32),
+            "id": np.array([f"{split}_{i}$_${i % 9}" for i in range(n)]),
+            "raw_text": [f"sentence number {i} of {split}" for i in range(n)],
+        }
+    with open(path, "wb") as f:
+        pickle.dump(data, f, protocol=4)
+    return path.stat().st_size
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        with Timer() as t:
+            fn()
+        times.append(t.seconds)
+    return min(times)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=None)
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    common.setup_cli_logging()
+    common.resolve_paths(args, "loading")
+    from khar_mmsa import safe_io
+    from khar_mmsa.validation import validate_features
+
+    settings = dict(SETTINGS[args.mode])
+    repeats = args.repeats or settings["repeats"]
+    machine = common.machine_description()
+    with Timer() as total:
+        path = args.out / "features.pkl"
+        size = make_pickle(path, settings["sizes"], settings["text"], settings["audio"], settings["vision"])
+        mb = size / 1e6
+        logger.info(f"[loading] {path}: {mb:.0f} MB")
+        results = {"pickle.load (MMSA, no checks)": best_of(repeats, lambda: pickle.load(open(path, "rb")))}
+        results["safe_io.load_pickle (restricted, size-checked)"] = best_of(repeats, lambda: safe_io.load_pickle(path))
+        data = safe_io.load_pickle(path)
+        mmsa_args = {"model_name": "khar", "dataset_name": "mosei", "use_bert": True, "need_data_aligned": False}
+        results["validate_features"] = best_of(repeats, lambda: validate_features(data, mmsa_args, str(path)))
+        del data
+
+        def digest() -> None:
+            safe_io._DIGESTS.clear()
+            safe_io.file_digest(path)
+        results["file_digest (SHA-256)"] = best_of(repeats, digest)
+    plain = results["pickle.load (MMSA, no checks)"]
+    rows = [[name, f"{s:.2f}", f"{mb / s:.0f}" if s > 0 else "-", f"{s / plain:.2f}x"]
+            for name, s in results.items()]
+    table = common.markdown_table(["step", "seconds (best of %d)" % repeats, "MB/s", "vs pickle.load"], rows)
+    data_line = (f"synthetic MMSA-style pickle, {mb:.0f} MB (protocol 4): train/valid/test "
+                 f"{'/'.join(map(str, settings['sizes']))} samples, text_bert (N,3,{settings['text']}) float64, "
+                 f"audio (N,{settings['audio'][0]},{settings['audio'][1]}) and vision "
+                 f"(N,{settings['vision'][0]},{settings['vision'][1]}) float32, ids and raw text")
+    body = section_body(table)
+    text = common.section("Loading: restricted unpickling, validation, content hash",
+                          common.command_line("benchmarks.loading", argv), common.machine_line(machine),
+                          [0], data_line, total.seconds, body)
+    common.update_results_md(args.results_md, f"loading-{args.mode}", text)
+    (args.tables_dir / "loading.md").write_text(table + "\n")
+    print(table)
+    path.unlink(missing_ok=True)
+    return {"results": results, "size_mb": mb}
+
+
+def section_body(table: str) -> str:
+    return (table + "\n\nThe file was in the page cache (read once before timing): CPU cost, not disk. "
+            "`file_digest` runs once per file version per process (cached by inode, size and mtime).")
+
+
+if __name__ == "__main__":
+    main()
