@@ -89,7 +89,7 @@ def test_identical_rerun_reuses_adapters_even_from_a_rewritten_copy(tiny_feature
     first = tmp_path / "a" / "mosi.pkl"
     first.parent.mkdir()
     shutil.copyfile(tiny_features("mosi"), first)
-    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(first))
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(first), epochs=1)
     log = _run_logged(caplog, config, mmsa_run_kwargs)
     assert PRETRAINING in log and REUSED not in log
     adapters = mmsa_run_kwargs["model_save_dir"] / "khar-mosi-adapters.pt"
@@ -112,7 +112,7 @@ def test_changed_feature_bytes_pretrain_again(tiny_features, tiny_bert, mmsa_run
                                               tmp_path):
     path = tmp_path / "mosi.pkl"
     shutil.copyfile(tiny_features("mosi"), path)
-    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(path))
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(path), epochs=1)
     _run_logged(caplog, config, mmsa_run_kwargs)
     with open(path, "rb") as f:
         data = pickle.load(f)
@@ -124,7 +124,7 @@ def test_changed_feature_bytes_pretrain_again(tiny_features, tiny_bert, mmsa_run
 
 def test_modalities_change_pretrains_and_vision_adapters_arrive(tiny_features, tiny_bert, mmsa_run_kwargs,
                                                                 fast_mmsa, caplog):
-    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")), epochs=1)
     _run_logged(caplog, dict(config, modalities="ta"), mmsa_run_kwargs)
     saved = mmsa_run_kwargs["model_save_dir"]
     assert sorted(safe_torch_load(saved / "khar-mosi-adapters.pt")["states"]) == ["a", "t"]
@@ -136,7 +136,7 @@ def test_modalities_change_pretrains_and_vision_adapters_arrive(tiny_features, t
 
 def test_matching_file_without_a_modality_pretrains_again(tiny_features, tiny_bert, mmsa_run_kwargs,
                                                          fast_mmsa, caplog):
-    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")), epochs=1)
     _run_logged(caplog, config, mmsa_run_kwargs)
     adapters = mmsa_run_kwargs["model_save_dir"] / "khar-mosi-adapters.pt"
     saved = safe_torch_load(adapters)
