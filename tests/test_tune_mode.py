@@ -124,3 +124,25 @@ def test_khar_tune_grid_covers_table5_and_both_learning_rates(dataset) -> None:
         assert key in grid["d_paras"] and set(values) <= set(grid[key]), key
     assert "learning_rate_bert" in grid["d_paras"] and {1e-5, 3e-5} <= set(grid["learning_rate_bert"])
     assert grid["num_experts"] == 3 and grid["fine_grained_dim"] == 50  # Table 5, same on every dataset
+
+
+@pytest.mark.parametrize("model", ["khar", "tfn"])
+def test_train_candidate_reports_validation_after_every_epoch(model, tiny_features, tiny_bert, tmp_path,
+                                                              fast_mmsa) -> None:
+    """The per-epoch hook the Ray Tune trials report through: KHaRTrainer.on_epoch_end for khar,
+    the wrapped per-epoch do_test(mode='VAL') for MMSA's trainers; never the test split."""
+    from khar_mmsa.mmsa.tune import base_tune_args, seed_everything, train_candidate
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=3, early_stop=3) if model == "khar" else \
+        {"early_stop": 2, "batch_size": 8}
+    base = base_tune_args(model, "mosi", "", model_save_path=tmp_path / f"{model}.pth",
+                          custom_feature=str(tiny_features("mosi")))
+    point = {item: base[item][0] for item in base["d_paras"] if isinstance(base[item], list)}
+    args = candidate_args(base, point, config)
+    args["cur_seed"] = 1
+    seen = []
+    seed_everything(1)
+    cand = train_candidate(args, num_workers=0, on_epoch_end=lambda epoch, valid: seen.append((epoch, valid["Loss"])))
+    epochs = [e for e, _ in seen]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 3  # 3 epochs, or early_stop=2 after the best
+    # the candidate's score is its best epoch's validation loss (its early-stopping checkpoint)
+    assert cand.valid["Loss"] == pytest.approx(min(loss for _, loss in seen), abs=1e-4)
