@@ -72,7 +72,7 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     from ray import tune
 
     import khar_mmsa  # noqa: F401  - registers 'khar' and the MMSA fixes in this worker
-    from .mmsa.tune import candidate_args, seed_everything, train_candidate
+    from .mmsa.tune import candidate_args, seed_everything, train_candidate, use_device
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     _log_to(trial_dir / "mmsa.log")
@@ -81,6 +81,7 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     args = candidate_args(base, params, overrides)
     args["model_save_path"] = trial_dir / f"{args['model_name']}-{args['dataset_name']}.pth"
     args["cur_seed"] = 1
+    use_device(args)  # this trial's GPU (Ray sets CUDA_VISIBLE_DEVICES), or the CPU
     if args["model_name"] == "khar":
         args["save_resume_state"] = False  # a trial never resumes; the file is 3x the model
     seed_everything(seed)
@@ -122,7 +123,7 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     out_dir.mkdir(parents=True, exist_ok=True)
     feature = str(Path(custom_feature).resolve()) if custom_feature else None
     base = dict(base_tune_args(model, dataset, config_file, gpu_ids=[0], custom_feature=feature))
-    base["device"] = str(base["device"])  # each trial's own device: Ray sets CUDA_VISIBLE_DEVICES per trial
+    base["device"] = "cpu"  # replaced in each trial by that trial's own device
     overrides = dict(config or {})
     key_eval = str(overrides.get("KeyEval", base["KeyEval"]))
     metric, mode = f"valid_{key_eval}", "min" if key_eval in LOWER_IS_BETTER else "max"

@@ -81,7 +81,7 @@ def base_tune_args(model_name: str, dataset_name: str, config_file: Any = None, 
     args = run.get_config_tune(model_name, dataset_name, str(config_file), random_choice=False)
     args["model_save_path"] = Path(model_save_path or Path.home() / "MMSA" / "saved_models"
                                    / f"{args['model_name']}-{args['dataset_name']}.pth")
-    args["device"] = run.assign_gpu(list(gpu_ids))
+    use_device(args, gpu_ids)
     args["train_mode"] = "regression"  # as MMSA_run
     args["custom_feature"] = custom_feature
     args["feature_T"], args["feature_A"], args["feature_V"] = feature_T, feature_A, feature_V
@@ -142,6 +142,15 @@ def candidate_args(base: Mapping[str, Any], point: Mapping[str, Any],
             and not (config and "learning_rate_bert" in config):
         args["learning_rate_bert"] = args["learning_rate"]
     return args
+
+
+def use_device(args: Any, gpu_ids: Sequence[int] = (0,)) -> Any:
+    """Set ``args['device']`` as ``MMSA_run`` does, for the process this runs in (a Ray trial sees
+    only the GPUs Ray gave it, as device 0; none: the CPU), and make it current."""
+    run = mmsa_module("MMSA.run")
+    args["device"] = run.assign_gpu(list(gpu_ids))
+    run.torch.cuda.set_device(args["device"])  # the patched proxy: a CPU device is skipped
+    return args["device"]
 
 
 def seed_everything(seed: int) -> None:
@@ -239,7 +248,6 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
     base = base_tune_args(model_name, dataset_name, config_file, gpu_ids,
                           model_save_dir / f"{model_name}-{dataset_name}.pth",
                           custom_feature, feature_T, feature_A, feature_V)
-    run.torch.cuda.set_device(base["device"])
     key_eval = str(base["KeyEval"])
     axes = grid_axes(base)
     csv_file = res_dir / f"{dataset_name}-{model_name}.csv"
