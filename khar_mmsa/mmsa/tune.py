@@ -248,7 +248,7 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
     base = base_tune_args(model_name, dataset_name, config_file, gpu_ids,
                           model_save_dir / f"{model_name}-{dataset_name}.pth",
                           custom_feature, feature_T, feature_A, feature_V)
-    key_eval = str(base["KeyEval"])
+    key_eval = str((config or {}).get("KeyEval", base["KeyEval"]))  # what the trainers early-stop on
     axes = grid_axes(base)
     csv_file = res_dir / f"{dataset_name}-{model_name}.csv"
     table = _read_tune_csv(csv_file)
