@@ -23,10 +23,10 @@ from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
 from .identity import config_identity, feature_identity
 from .mmsa import metrics_for
+from .mmsa.checkpoints import SeedCheckpoint
 from .model.khar import KHaR, batch_inputs
 from .optim import make_adamw
 from .pretrain import default_adapter_path, harvest_knowledge
-from .safe_io import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("MMSA")
 
@@ -101,6 +101,13 @@ def _float32(obj):
     return obj
 
 
+def _reseed(seed: int) -> None:
+    """Seed torch, numpy and random as MMSA's ``setup_seed`` does (numpy takes 32 bits)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def _set_rng_state(state: Mapping) -> None:
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
@@ -111,6 +118,10 @@ def _set_rng_state(state: Mapping) -> None:
 
 
 class KHaRTrainer:
+    #: ``MMSA_run`` leaves checkpoint, resume state and finished seeds to this trainer's
+    #: :class:`SeedCheckpoint` and :meth:`run_key` (see :mod:`khar_mmsa.mmsa.checkpoints`).
+    owns_checkpoint_life_cycle = True
+
     def __init__(self, args: Mapping) -> None:
         self.args = args
         self.cfg = KHaRConfig.from_mmsa_args(args)
@@ -118,7 +129,8 @@ class KHaRTrainer:
         self.metrics = metrics_for(self.cfg.dataset_name)
         self.device = torch.device(args.get("device", "cpu"))
         self.save_path = Path(args["model_save_path"])
-        self.resume_path = self.save_path.with_name(self.save_path.name + ".resume")
+        self.checkpoint = SeedCheckpoint(self.save_path)  # owns checkpoint, resume state, config
+        self.resume_path = self.checkpoint.resume_path
         self.lower_is_better = self.cfg.key_eval in LOWER_IS_BETTER
         #: Called after each epoch's validation as ``on_epoch_end(epoch, val_results)`` (e.g. to
         #: report the validation KeyEval to a tuner); None: no call.
@@ -146,6 +158,19 @@ class KHaRTrainer:
         identity["sizes"] = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
         return identity
 
+    @classmethod
+    def run_key(cls, args: Mapping, dataloader: Mapping, seeds: list) -> str:
+        """What identifies a whole ``MMSA_run`` call: config, data identity and seed list (a rerun
+        with the same key skips the seeds it already finished)."""
+        trainer = cls(args)
+        return fingerprint({"model": "khar", "config": dataclasses.asdict(trainer.cfg),
+                            "data": trainer.data_identity(dataloader), "seeds": list(seeds)})
+
+    def checkpoint_config(self) -> dict:
+        """The config saved beside the checkpoint (``MMSA_test`` rebuilds the model from it)."""
+        return {"model_name": "khar", "dataset_name": self.cfg.dataset_name,
+                "config": dataclasses.asdict(self.cfg)}
+
     def _fingerprint(self) -> str:
         fields = config_identity(self.cfg)
         fields["seed"] = self.run_seed()
@@ -163,6 +188,9 @@ class KHaRTrainer:
             harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed(),
                               data=self._data_identity)
             model.to(self.device)
+            # The main stage starts from the same RNG state whether the adapters were pretrained
+            # now or read from an earlier run's file, so a rerun after a kill matches a full run.
+            _reseed(self.run_seed())
         optimizer = make_adamw(parameter_groups(model, khar, cfg))
         train_loader = dataloader["train"]
         if cfg.length_bucketing:
@@ -172,8 +200,9 @@ class KHaRTrainer:
         state = {"epoch": 0, "best": None, "best_epoch": 0,
                  "epoch_results": {"train": [], "valid": [], "test": []}}
         self._maybe_resume(model, optimizer, scheduler, state)
+        self.checkpoint.save_config(self.checkpoint_config())
 
-        while state["epoch"] < cfg.epochs:
+        while state["epoch"] < cfg.epochs and not self._stopped_early(state):
             state["epoch"] += 1
             epoch = state["epoch"]
             if hasattr(train_loader.batch_sampler, "set_epoch"):
@@ -185,7 +214,7 @@ class KHaRTrainer:
             better = best is None or (current < best - 1e-6 if self.lower_is_better else current > best + 1e-6)
             if better:
                 state["best"], state["best_epoch"] = current, epoch
-                atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, self.save_path)
+                self.checkpoint.save_best({k: v.detach().cpu() for k, v in model.state_dict().items()})
             logger.info(f"EPOCH-(khar) [{epoch - state['best_epoch']}/{epoch}/{self.args.get('cur_seed')}] "
                         f"valid {cfg.key_eval}={current:.4f} best={state['best']:.4f} (epoch {state['best_epoch']})")
             if return_epoch_results:
@@ -196,11 +225,14 @@ class KHaRTrainer:
                 self._save_resume(model, optimizer, scheduler, state)
             if self.on_epoch_end is not None:  # after the epoch is saved, so a stop here loses nothing
                 self.on_epoch_end(epoch, val_results)
-            if epoch - state["best_epoch"] >= cfg.early_stop:
-                logger.info(f"Early stop after {epoch} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
-                break
-        self.resume_path.unlink(missing_ok=True)
+        if self._stopped_early(state):
+            logger.info(f"Early stop after {state['epoch']} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
+        self.checkpoint.finish_training()
         return state["epoch_results"] if return_epoch_results else None
+
+    def _stopped_early(self, state: Mapping) -> bool:
+        """No better validation KeyEval for ``early_stop`` epochs (checked again after a resume)."""
+        return state["epoch"] > 0 and state["epoch"] - state["best_epoch"] >= self.cfg.early_stop
 
     def _train_epoch(self, model: nn.Module, loader, optimizer, scheduler, epoch: int) -> Dict[str, float]:
         model.train()
@@ -241,26 +273,21 @@ class KHaRTrainer:
 
     # -- resume ----------------------------------------------------------------------------------
     def _save_resume(self, model, optimizer, scheduler, state: Mapping) -> None:
-        atomic_torch_save({"fingerprint": self._fingerprint(), "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                           "state": _plain(dict(state)), "rng": _rng_state()}, self.resume_path)
+        self.checkpoint.save_resume({"fingerprint": self._fingerprint(), "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                     "state": _plain(dict(state)), "rng": _rng_state()})
 
     def _maybe_resume(self, model, optimizer, scheduler, state: dict) -> None:
-        if not self.resume_path.is_file():
-            return
-        saved = safe_torch_load(self.resume_path)
-        if saved.get("fingerprint") != self._fingerprint():
-            logger.warning(f"Ignoring {self.resume_path}: it was written by a run with another config or seed")
-            self.resume_path.unlink(missing_ok=True)
+        """Continue from the resume state when :class:`SeedCheckpoint` keeps it (same config, seed
+        and data, best checkpoint present); otherwise it has removed what an earlier run left."""
+        saved = self.checkpoint.resume(self._fingerprint())
+        if saved is None:
             return
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state.update(saved["state"])
         _set_rng_state(saved["rng"])
-        if not self.save_path.is_file():
-            raise FileNotFoundError(f"{self.resume_path} says epoch {state['best_epoch']} was best, but the "
-                                    f"checkpoint {self.save_path} is gone; delete the .resume file to start over")
         logger.info(f"Resuming KHaR from {self.resume_path} after epoch {state['epoch']} "
                     f"(best {self.cfg.key_eval}={state['best']} at epoch {state['best_epoch']})")
 

@@ -8,8 +8,9 @@ Any other path is a user's own file and is read as it is.  Environment variable
 ``MMSA_DATASET_ROOT``: when set, it replaces ``dataset_root_dir`` of the merged default config
 (``featurePath`` is joined to it).  A user's own JSON keeps its own root.
 
-The merged JSON is written to a private temporary folder (``khar-mmsa-*``) removed by
-:func:`remove_tmpdir` at :func:`~khar_mmsa.mmsa.unregister` and at interpreter exit.
+The merged JSON is written to a private temporary folder (``khar-mmsa-<pid>-*``) removed by
+:func:`remove_tmpdir` at :func:`~khar_mmsa.mmsa.unregister` and at interpreter exit, or by
+:func:`khar_mmsa.mmsa.temp_files.sweep` after a kill.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 from .registry import REGISTRY_LOCK, mmsa_module, set_attr
+from .temp_files import make_private_dir
 
 DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
 #: Folder holding our config overlays (editable install: beside the ``khar_mmsa`` package).
@@ -126,7 +128,7 @@ def _merged_config_file(kind: str) -> Path:
 def _tmpdir() -> Path:
     with REGISTRY_LOCK:
         if _TMP["dir"] is None or not Path(_TMP["dir"]).is_dir():
-            _TMP["dir"] = tempfile.mkdtemp(prefix="khar-mmsa-")
+            _TMP["dir"] = str(make_private_dir("khar-mmsa"))
         return Path(_TMP["dir"])
 
 

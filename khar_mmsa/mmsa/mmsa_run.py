@@ -1,12 +1,14 @@
 """``MMSA_run`` (in ``MMSA.run`` and ``MMSA``): one call, one results row, no leftovers.
 
 The wrapper opens a :class:`~khar_mmsa.mmsa.run_context.RunContext` for the hooks below it, uses
-0 loader workers when CUDA is absent and ``num_workers`` was not given (breakage 8), lets MMSA
-write its CSV into a private temporary folder (``mmsa-results-*``) and merges one row per run
-into the real ``<res_save_dir>/normal/<dataset>.csv`` (:mod:`khar_mmsa.mmsa.results_csv`).
-A normal run returns its row (a dict) instead of None.  A tuning call (``is_tune=True``)
-goes to :func:`khar_mmsa.mmsa.tune.tune_by_validation` instead of MMSA's tune loop, and returns
-what it returns.  The log handlers MMSA added are removed
+0 loader workers when CUDA is absent and ``num_workers`` was not given (breakage 8), checks the
+output folders before anything trains (:mod:`khar_mmsa.mmsa.output_folders`), lets MMSA write its
+CSV into a private temporary folder (``mmsa-results-<pid>-*``, :mod:`khar_mmsa.mmsa.temp_files`)
+and merges one row per run into the real ``<res_save_dir>/normal/<dataset>.csv``
+(:mod:`khar_mmsa.mmsa.results_csv`); then the run's finished-seed record is removed
+(:mod:`khar_mmsa.mmsa.checkpoints`).  A normal run returns its row (a dict) instead of None.
+A tuning call (``is_tune=True``) goes to :func:`khar_mmsa.mmsa.tune.tune_by_validation` instead
+of MMSA's tune loop, and returns what it returns.  The log handlers MMSA added are removed
 when the call returns (:mod:`khar_mmsa.mmsa.log_handlers`).
 """
 from __future__ import annotations
@@ -15,16 +17,17 @@ import functools
 import inspect
 import logging
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from .checkpoints import finish_run
 from .cpu_fallback import cuda_available
 from .log_handlers import remove_handlers
 from .registry import mmsa_module, set_entry_point
 from .results_csv import (MMSA_DEFAULT_SEEDS, append_result_row, results_csv_path,
                           summarize_results)
+from .output_folders import check_output_folders, output_folder
 from .run_context import TLS, RunContext, current_run
+from .temp_files import make_private_dir, sweep
 from .tune import tune_by_validation
 
 logger = logging.getLogger("MMSA")
@@ -47,21 +50,24 @@ def _wrap_mmsa_run(original: Callable) -> Callable:
         cuda = cuda_available()
         if "num_workers" not in explicit and not cuda:
             call["num_workers"] = 0
-        ctx = RunContext(wanted_gpu=bool(call["gpu_ids"]) and not cuda)
-        real_res_dir = Path(call["res_save_dir"] or Path.home() / "MMSA" / "results")
-        private = None if call["is_tune"] else tempfile.mkdtemp(prefix="mmsa-results-")
+        sweep()  # private folders of runs killed earlier
+        check_output_folders(call)
+        ctx = RunContext(wanted_gpu=bool(call["gpu_ids"]) and not cuda,
+                         seeds=list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS))
+        real_res_dir = output_folder(call, "res_save_dir")
+        private = None if call["is_tune"] else make_private_dir("mmsa-results")
         if private is not None:
-            call["res_save_dir"] = private
+            call["res_save_dir"] = str(private)
         previous, TLS.run = current_run(), ctx
         try:
             if call["is_tune"]:  # selects on validation, not MMSA's test-scored loop
                 return tune_by_validation(**{k: v for k, v in call.items() if k != "is_tune"})
             original(**call)
-            seeds = list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS)
-            row = summarize_results(str(call["model_name"]).lower(), ctx.results, seeds)
+            row = summarize_results(str(call["model_name"]).lower(), ctx.results, ctx.seeds)
             csv_file = results_csv_path(real_res_dir, call["dataset_name"])
             append_result_row(csv_file, row)
             logger.info(f"Results saved to {csv_file}.")
+            finish_run(ctx)
             return row
         finally:
             TLS.run = previous

@@ -48,7 +48,7 @@ def _restore_all() -> None:
 def register() -> None:
     """Apply every patch (idempotent).  On a failure halfway, what was applied is undone."""
     from . import (checkpoints, configs, cpu_fallback, datasets, loading, log_handlers,
-                   lr_scheduler, mmsa_run, mmsa_test, models)
+                   lr_scheduler, mmsa_run, mmsa_test, models, temp_files)
     with REGISTRY_LOCK:
         if _RECORDS:
             return
@@ -67,6 +67,7 @@ def register() -> None:
             _restore_all()
             raise
         logger.debug(f"khar_mmsa: {len(_RECORDS)} MMSA attributes patched")
+        temp_files.sweep()  # private folders of processes killed earlier
 
 
 def unregister() -> None:

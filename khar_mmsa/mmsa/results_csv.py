@@ -15,6 +15,7 @@ converted to this format when a new row is merged in.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -46,7 +47,7 @@ def summarize_results(model_name: str, results: Sequence[Mapping[str, Any]],
         raise ValueError(f"{model_name}: no per-seed results to summarise")
     row: Dict[str, Any] = {"Model": model_name, "seeds": " ".join(str(s) for s in seeds)}
     for key, first in results[0].items():
-        if not _is_number(first):
+        if not is_number(first):
             logger.debug(f"results: skipping non-numeric metric {key!r}")
             continue
         values = np.array([float(r[key]) for r in results], dtype=np.float64)
@@ -55,7 +56,8 @@ def summarize_results(model_name: str, results: Sequence[Mapping[str, Any]],
     return row
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A value the CSV can hold as a number (not a bool or a string)."""
     try:
         float(value)
     except (TypeError, ValueError):
@@ -72,12 +74,14 @@ def append_result_row(csv_file: os.PathLike, row: Mapping[str, Any]) -> None:
 
     Holds an exclusive ``fcntl.flock`` on ``<csv_file>.lock`` while it reads the CSV, adds the
     row (columns are unioned; MMSA-format tuple cells are converted) and writes a temporary file
-    in the same folder that atomically replaces the CSV.
+    in the same folder that atomically replaces the CSV.  Temporary files of a writer that was
+    killed are removed under the lock; the lock file is removed on release.
     """
     import pandas as pd
     path = Path(csv_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _CSV_THREAD_LOCK, _file_lock(path.with_name(path.name + ".lock")):
+        _remove_temporary_csvs(path)
         frames = []
         if path.is_file() and path.stat().st_size > 0:
             frames.append(_split_legacy_cells(pd.read_csv(path)))
@@ -88,26 +92,47 @@ def append_result_row(csv_file: os.PathLike, row: Mapping[str, Any]) -> None:
 
 
 class _file_lock:
-    """Context manager: exclusive ``flock`` on a sidecar file (POSIX; a no-op elsewhere)."""
+    """Context manager: exclusive ``flock`` on a sidecar file, removed again on release (POSIX).
+
+    The lock file is unlinked while still locked.  A process that opened the old file before the
+    unlink and then gets the lock sees that the path no longer names the file it holds, and
+    opens the path again, so two processes never hold "the" lock at once.
+    """
 
     def __init__(self, lock_path: Path) -> None:
         self.lock_path = lock_path
         self._fd: Optional[int] = None
 
     def __enter__(self) -> "_file_lock":
-        self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             logger.warning("fcntl is unavailable: results CSV written without a file lock")
             return self
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                self._fd = fd
+                return self
+            os.close(fd)  # the file we locked was removed by the previous holder: retry
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
+            self.lock_path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None
+
+
+def _remove_temporary_csvs(path: Path) -> None:
+    """``.<csv>.*.tmp`` left by a writer that was killed (called with the lock held)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _atomic_write_csv(table: Any, path: Path) -> None:

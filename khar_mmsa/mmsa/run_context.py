@@ -23,6 +23,8 @@ class RunContext:
     results: List[Dict[str, Any]] = field(default_factory=list)
     handlers: List[logging.Handler] = field(default_factory=list)
     features: Dict[Tuple[str, int, int], Any] = field(default_factory=dict)
+    seeds: List[int] = field(default_factory=list)
+    run_state: Any = None  # khar_mmsa.mmsa.checkpoints.RunState, opened at the first seed
 
 
 def current_run() -> Optional[RunContext]:

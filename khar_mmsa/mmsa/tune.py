@@ -52,7 +52,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from ..safe_io import atomic_open, atomic_write_text, safe_torch_load
 from .registry import mmsa_module
-from .results_csv import _is_number
+from .checkpoints import SeedCheckpoint
+from .results_csv import is_number
 
 logger = logging.getLogger("MMSA")
 
@@ -199,7 +200,7 @@ def train_candidate(args: Any, num_workers: int = 0, on_epoch_end: Optional[Epoc
     """
     run = mmsa_module("MMSA.run")
     checkpoint = Path(args["model_save_path"])
-    checkpoint.unlink(missing_ok=True)  # only this candidate's training may produce it
+    SeedCheckpoint(checkpoint).remove_stale("only this candidate's training may produce it")
     dataloader = run.MMDataLoader(args, num_workers)
     model = run.AMIO(args).to(args["device"])
     trainer = run.ATIO().getTrain(args)
@@ -281,9 +282,9 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
                 best_valid = value
                 _atomic_copy(Path(args["model_save_path"]), best_ckpt)
                 atomic_write_text(best_ckpt.with_suffix(".json"), json.dumps({"candidate": candidate_key(point)}))
-            row.update({f"Valid_{k}": v for k, v in cand.valid.items() if _is_number(v)})
+            row.update({f"Valid_{k}": v for k, v in cand.valid.items() if is_number(v)})
             del cand
-        Path(args["model_save_path"]).unlink(missing_ok=True)
+        SeedCheckpoint(args["model_save_path"]).remove_stale("a tuning candidate's own files")
         table = _append_row(table, row)
         _write_tune_csv(table, csv_file, key_eval)
     if table is None or f"Valid_{key_eval}" not in table.columns or table[f"Valid_{key_eval}"].isna().all():
@@ -320,7 +321,7 @@ def _select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[st
         trainer = run.ATIO().getTrain(args)
         test = _plain(trainer.do_test(model, dataloader["test"], mode="TEST"))
         logger.info(f"Test results of the selected config only (the other {len(table) - 1} candidates were never "
-                    f"scored on test): " + ", ".join(f"{k}: {v:.4f}" for k, v in test.items() if _is_number(v)))
+                    f"scored on test): " + ", ".join(f"{k}: {v:.4f}" for k, v in test.items() if is_number(v)))
         del model
     else:
         logger.warning(f"The checkpoint of the selected candidate ({best_ckpt}) is missing; its test score is not "
@@ -328,7 +329,7 @@ def _select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[st
     table["selected_by"] = f"valid {key_eval}"
     table["selected"] = table.index == pos
     for key, value in test.items():
-        if _is_number(value):
+        if is_number(value):
             if f"Test_{key}" not in table.columns:
                 table[f"Test_{key}"] = float("nan")
             table[f"Test_{key}"] = table[f"Test_{key}"].astype(float)
@@ -436,7 +437,7 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 def _plain(results: Mapping[str, Any]) -> Dict[str, Any]:
     """Metric dicts with Python floats (MMSA's metrics are numpy scalars)."""
-    return {k: float(v) if _is_number(v) else v for k, v in results.items()}
+    return {k: float(v) if is_number(v) else v for k, v in results.items()}
 
 
 def _json_default(value: Any) -> Any:

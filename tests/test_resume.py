@@ -1,0 +1,120 @@
+"""A killed ``MMSA_run('khar', ...)`` rerun identically finishes with the row of an uninterrupted run.
+
+Each run is a subprocess (tests/scripts/mmsa_run_killable.py) that SIGKILLs itself at a chosen
+point: mid-epoch, during adapter pretraining, in the test pass, or in the second seed after the
+first finished.  HOME, the working directory and TMPDIR are private folders, so the tests also
+see what a killed run leaves behind and what the rerun cleans up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import pytest
+
+import khar_mmsa
+
+SCRIPT = Path(__file__).parent / "scripts" / "mmsa_run_killable.py"
+REPO = Path(khar_mmsa.__file__).resolve().parent.parent
+SEEDS = [1, 2]
+TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
+                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
+                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
+                 batch_size=8, pretrain_epochs=1, pretrain_adapters=True)
+
+
+def run_script(root: Path, config: Dict[str, Any], kill: Optional[dict] = None,
+               expect_kill: bool = False) -> Optional[Dict[str, Any]]:
+    """Run the script with HOME, cwd and TMPDIR under ``root``; the row it returned, or None."""
+    for name in ("home", "cwd", "tmp"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    spec = {"dataset": "mosi", "config": config, "kill": kill, "events": str(root / "events.jsonl"),
+            "kwargs": dict(seeds=SEEDS, gpu_ids=[0], num_workers=0, verbose_level=0,
+                           **{k: str(root / "out" / k) for k in ("model_save_dir", "res_save_dir",
+                                                                  "log_dir")})}
+    env = dict(os.environ, HOME=str(root / "home"), TMPDIR=str(root / "tmp"), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", PYTHONPATH=os.pathsep.join(
+                   [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], cwd=root / "cwd", env=env,
+                          capture_output=True, text=True, timeout=600)
+    if expect_kill:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+        return None
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")][-1]
+    return json.loads(line[4:])
+
+
+def events(root: Path) -> List[Dict[str, Any]]:
+    return [json.loads(ln) for ln in (root / "events.jsonl").read_text().splitlines()]
+
+
+def csv_rows(root: Path) -> List[Dict[str, Any]]:
+    return pd.read_csv(root / "out" / "res_save_dir" / "normal" / "mosi.csv").to_dict("records")
+
+
+def leftovers(root: Path) -> List[str]:
+    """Anything a finished run should not leave: temp files and folders, lock, resume state."""
+    found = [p.name for p in (root / "tmp").iterdir()]  # mmsa-results-*, khar-mmsa-* folders
+    found += [f"cwd/{p.name}" for p in (root / "cwd").iterdir()]
+    found += [f"home/{p.name}" for p in (root / "home").iterdir()]
+    out = root / "out"
+    found += [str(p.relative_to(out)) for p in out.rglob("*")
+              if p.name.endswith((".tmp", ".lock", ".resume", ".seeds.json"))]
+    return found
+
+
+@pytest.fixture(scope="module")
+def khar_config(tiny_features, tiny_bert) -> Dict[str, Any]:
+    return dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, khar_config) -> Dict[str, Any]:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    row = run_script(root, khar_config)
+    assert csv_rows(root) == [row]
+    assert leftovers(root) == []
+    return row
+
+
+#: Kill points in the order a run reaches them; each rerun is killed a little further on.
+CHAIN = [
+    ("pretraining", {"seed": 1, "at": "pretrain", "modality": "a"}),
+    ("mid-epoch", {"seed": 1, "at": "epoch", "epoch": 2, "step": 2}),
+    ("second seed", {"seed": 2, "at": "epoch", "epoch": 1, "step": 2}),
+    ("test pass", {"seed": 2, "at": "test"}),
+]
+
+
+def test_run_killed_at_every_stage_finishes_with_the_uninterrupted_row(tmp_path, khar_config,
+                                                                        uninterrupted):
+    trained_per_run = []
+    for where, kill in CHAIN + [("end", None)]:
+        before = len(events(tmp_path)) if (tmp_path / "events.jsonl").exists() else 0
+        row = run_script(tmp_path, khar_config, kill=kill, expect_kill=kill is not None)
+        new = events(tmp_path)[before:]
+        if kill is not None:
+            assert [(e["seed"], e["at"]) for e in new if e["event"] == "killed"] == \
+                [(kill["seed"], kill["at"])], f"the run did not get as far as the {where} kill"
+            assert list((tmp_path / "out" / "res_save_dir" / "normal").glob("*.csv")) == []
+        trained_per_run.append({(e["seed"], e["event"], e.get("epoch")) for e in new
+                                if e["event"] in ("train_epoch", "pretrain_epoch")})
+
+    assert row == uninterrupted
+    assert csv_rows(tmp_path) == [uninterrupted]
+    assert leftovers(tmp_path) == []  # temp folders of the killed processes are swept too
+    after_pretrain_kill, after_mid_epoch_kill, after_seed2_kill, after_test_kill = trained_per_run[1:]
+    assert (1, "train_epoch", 1) in after_pretrain_kill  # killed before a resume state existed
+    assert {e for e in after_mid_epoch_kill if e[0] == 1} == {(1, "train_epoch", 2)}, \
+        "resumes seed 1 after its last finished epoch, adapters reused"
+    for run in (after_seed2_kill, after_test_kill):
+        assert all(seed == 2 for seed, _, _ in run), f"seed 1 finished but trained again: {run}"
+    log = (tmp_path / "out" / "log_dir" / "khar-mosi.log").read_text()
+    assert "Seed 1 finished in an earlier run of this config" in log
