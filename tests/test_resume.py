@@ -8,6 +8,7 @@ see what a killed run leaves behind and what the rerun cleans up.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -118,3 +119,77 @@ def test_run_killed_at_every_stage_finishes_with_the_uninterrupted_row(tmp_path,
         assert all(seed == 2 for seed, _, _ in run), f"seed 1 finished but trained again: {run}"
     log = (tmp_path / "out" / "log_dir" / "khar-mosi.log").read_text()
     assert "Seed 1 finished in an earlier run of this config" in log
+
+
+# ============================================================================================
+# In-process: resume state of another config, output folders
+# ============================================================================================
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_config,
+                                                                 mmsa_run_kwargs, fast_mmsa,
+                                                                 monkeypatch, caplog):
+    import torch
+    from MMSA import MMSA_run
+    from khar_mmsa.trainer import KHaRTrainer
+    trained, interrupt = [], [True]
+    train_epoch = KHaRTrainer._train_epoch
+
+    def interrupted_in_seed_2(self, model, loader, optimizer, scheduler, epoch):
+        trained.append((torch.initial_seed(), epoch))
+        if interrupt[0] and (torch.initial_seed(), epoch) == (2, 2):
+            raise Interrupted
+        return train_epoch(self, model, loader, optimizer, scheduler, epoch)
+
+    monkeypatch.setattr(KHaRTrainer, "_train_epoch", interrupted_in_seed_2)
+    config = dict(khar_config, pretrain_adapters=False)
+    kwargs = dict(mmsa_run_kwargs, seeds=SEEDS)
+    with pytest.raises(Interrupted):
+        MMSA_run("khar", "mosi", config=config, **kwargs)
+    saved = Path(kwargs["model_save_dir"])
+    assert (saved / "khar-mosi.pth.seeds.json").is_file() and (saved / "khar-mosi.pth.resume").is_file()
+
+    trained.clear()
+    interrupt[0] = False
+    caplog.set_level(logging.INFO, logger="MMSA")
+    row = MMSA_run("khar", "mosi", config=dict(config, learning_rate=1e-4), **kwargs)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("khar-mosi.pth.seeds.json: it belongs to a run with another config" in m
+               for m in messages) == 1
+    assert sum("resume state khar-mosi.pth.resume ignored because it was written by a run with "
+               "another config" in m for m in messages) == 1
+    assert {seed for seed, _ in trained} == {1, 2}, "every seed of the new config trains"
+    assert row["seeds"] == "1 2"
+    assert sorted(p.name for p in saved.iterdir()) == ["khar-mosi.pth", "khar-mosi.pth.json"]
+
+
+@pytest.mark.parametrize("key", ["model_save_dir", "res_save_dir", "log_dir"])
+def test_unusable_output_folder_fails_before_training(key, tmp_path, khar_config, mmsa_run_kwargs,
+                                                      monkeypatch):
+    from MMSA import MMSA_run
+    from khar_mmsa.mmsa.output_folders import OutputFolderError
+    from khar_mmsa.trainer import KHaRTrainer
+    monkeypatch.setattr(KHaRTrainer, "do_train", lambda *a, **k: pytest.fail("trained"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    kwargs = dict(mmsa_run_kwargs, **{key: blocker / "out"})
+    with pytest.raises(OutputFolderError, match=rf"MMSA_run {key}='.*a-file/out': the folder "
+                                                rf"cannot be created or written to"):
+        MMSA_run("khar", "mosi", config=khar_config, **kwargs)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_fails_before_training(tmp_path, khar_config, mmsa_run_kwargs):
+    from MMSA import MMSA_run
+    from khar_mmsa.mmsa.output_folders import OutputFolderError
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputFolderError, match="res_save_dir"):
+            MMSA_run("khar", "mosi", config=khar_config,
+                     **dict(mmsa_run_kwargs, res_save_dir=folder))
+    finally:
+        folder.chmod(0o700)

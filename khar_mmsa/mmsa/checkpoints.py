@@ -80,8 +80,8 @@ class SeedCheckpoint:
         """
         from ..safe_io import safe_torch_load
         if not self.resume_path.is_file():
-            self.remove_stale("left by an earlier run, so that only this run's training can "
-                              "produce the model that is tested")
+            self.remove_stale("left by an earlier run or seed, so that only this seed's "
+                              "training can produce the model that is tested")
             return None
         try:
             saved = safe_torch_load(self.resume_path)
@@ -187,8 +187,8 @@ def _wrap_run(original: Callable) -> Callable:
         checkpoint = SeedCheckpoint(args["model_save_path"])
         trainer = _own_trainer(args["model_name"])
         if trainer is None:  # no resume state: start clean
-            checkpoint.remove_stale("left by an earlier run, so that only this run's training "
-                                    "can produce the model that is tested")
+            checkpoint.remove_stale("left by an earlier run or seed, so that only this seed's "
+                                    "training can produce the model that is tested")
         ctx = current_run()
         state = None
         if ctx is not None and trainer is not None and not is_tune and not from_sena:

@@ -137,6 +137,22 @@ class preloaded_features:
         TLS.preloaded = self.previous
 
 
+class preloaded_objects:
+    """Within the block, the ``pickle`` shims return ``objects`` ({path: loaded object})."""
+
+    def __init__(self, objects: Mapping[Any, Any]) -> None:
+        self.objects = {str(Path(p).resolve()): obj for p, obj in objects.items()}
+        self.previous: Optional[Dict[str, Any]] = None
+
+    def __enter__(self) -> Dict[str, Any]:
+        self.previous = getattr(TLS, "preloaded", None)
+        TLS.preloaded = dict(self.previous or {}, **self.objects)
+        return TLS.preloaded
+
+    def __exit__(self, *exc: Any) -> None:
+        TLS.preloaded = self.previous
+
+
 class PickleShim:
     """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves pre-loaded feature files.
 

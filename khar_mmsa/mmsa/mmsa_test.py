@@ -1,24 +1,75 @@
-"""``MMSA_test`` (in ``MMSA.run`` and ``MMSA``).
+"""``MMSA_test`` (in ``MMSA.run`` and ``MMSA``) through the same gate as ``MMSA_run``.
 
-``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning (breakage 11).
-Not patched yet: ``MMSA_test`` still reads its one-sample feature file with plain ``pickle``.
+* ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning (breakage 11).
+* The feature file is read with the restricted unpickler (``khar_mmsa.safe_io``; a pickle that
+  would run code is refused; ``config={'trust_pickle': True}`` for a file you trust) and checked
+  before any model sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
+  the ``pickle`` shim installed as ``MMSA.run.pickle`` (:class:`~khar_mmsa.mmsa.loading.PickleShim`).
+* ``config`` may name a model key (``MMSA_test('khar', weights, features)``) instead of a JSON
+  file.  For ``'khar'`` the prediction is :func:`khar_mmsa.predict.predict_file`: the model is
+  rebuilt from the checkpoint's config, not from the sample's shapes (which MMSA uses), and a
+  whole MMSA feature pickle is predicted split by split.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping
+
+import numpy as np
 
 from .cpu_fallback import cuda_available
-from .registry import mmsa_module, set_entry_point
+from .loading import PickleShim, preloaded_objects
+from .models import EXTRA_MODELS
+from .registry import mmsa_module, set_attr, set_entry_point
 
 logger = logging.getLogger("MMSA")
 
 
 def patch() -> None:
-    """Replace ``MMSA_test`` in ``MMSA.run`` and ``MMSA``."""
-    set_entry_point("MMSA_test", _wrap_mmsa_test(mmsa_module("MMSA.run").MMSA_test))
+    """Replace ``MMSA_test`` in ``MMSA.run`` and ``MMSA``; restricted ``pickle`` in ``MMSA.run``."""
+    run = mmsa_module("MMSA.run")
+    set_attr(run, "pickle", PickleShim())
+    set_entry_point("MMSA_test", _wrap_mmsa_test(run.MMSA_test))
+
+
+def _test_args(config: Any) -> Dict[str, Any]:
+    """MMSA_test's ``config`` as a dict: a dict, a JSON file, or a model key such as 'khar'."""
+    if isinstance(config, Mapping):
+        return dict(config)
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        if str(config).lower() in EXTRA_MODELS:
+            return {"model_name": str(config).lower()}
+        raise FileNotFoundError(f"MMSA_test config={str(config)!r}: neither a config file nor a "
+                                f"model key of khar-mmsa ({', '.join(EXTRA_MODELS)})")
+    raise ValueError(f"MMSA_test: 'config' should be a dict, a JSON file or a model key, not "
+                     f"{type(config).__name__}")
+
+
+def check_sample(sample: Any, source: str) -> None:
+    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays."""
+    from ..validation import FeatureValidationError
+    if not isinstance(sample, Mapping):
+        raise FeatureValidationError(source, None, None, f"the pickle holds a "
+                                     f"{type(sample).__name__}, not a dict",
+                                     "Pass one sample {'text', 'audio', 'vision', ...}")
+    for key in ("text", "text_bert", "audio", "vision"):
+        a = sample.get(key)
+        if a is None:
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf" or a.ndim != 2:
+            raise FeatureValidationError(source, None, key, f"is not a 2-D numeric array "
+                                         f"({type(a).__name__} {getattr(a, 'shape', '')})",
+                                         "Pass one sample as MMSA-FET writes it")
+        if not np.isfinite(a).all():
+            raise FeatureValidationError(source, None, key, "holds NaN or infinite values",
+                                         "Replace them before testing")
 
 
 def _wrap_mmsa_test(original: Callable) -> Callable:
@@ -28,9 +79,22 @@ def _wrap_mmsa_test(original: Callable) -> Callable:
     def MMSA_test(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        if bound.arguments["gpu_id"] >= 0 and not cuda_available():
+        call = dict(bound.arguments)
+        if call["gpu_id"] >= 0 and not cuda_available():
             logger.warning(f"CUDA is not available: MMSA_test runs on the CPU "
-                           f"(gpu_id={bound.arguments['gpu_id']}).")
-            bound.arguments["gpu_id"] = -1
-        return original(*bound.args, **bound.kwargs)
+                           f"(gpu_id={call['gpu_id']}).")
+            call["gpu_id"] = -1
+        test_args = _test_args(call["config"])
+        trusted = bool(test_args.get("trust_pickle", False))
+        device = "cpu" if call["gpu_id"] < 0 else f"cuda:{call['gpu_id']}"
+        if str(test_args.get("model_name", "")).lower() in EXTRA_MODELS:
+            from ..predict import predict_file
+            return predict_file(call["weights_path"], call["feature_path"], test_args,
+                                device=device, trusted=trusted)
+        from ..safe_io import load_pickle
+        sample = load_pickle(call["feature_path"], trusted=trusted)
+        check_sample(sample, str(call["feature_path"]))
+        call["config"] = test_args
+        with preloaded_objects({call["feature_path"]: sample}):
+            return original(**call)
     return MMSA_test
