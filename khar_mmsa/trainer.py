@@ -4,7 +4,9 @@ AdamW with separate text-encoder and other learning rates, weight decay on weigh
 warmup then linear decay (Appendix B), gradient clipping, early stopping on the validation KeyEval
 with an epoch cap, tqdm progress, every loss term (raw and weighted) in the 'MMSA' log, a clear error
 on a non-finite loss, the best checkpoint written atomically to ``args.model_save_path``, and resume
-from the last completed epoch after an interruption (``<model_save_path>.resume``).
+from the last completed epoch after an interruption (``<model_save_path>.resume``).  Which of those
+files are kept or removed is decided by :class:`khar_mmsa.mmsa.checkpoints.SeedCheckpoint`, the one
+owner of their life cycle; :meth:`KHaRTrainer.run_key` keys a whole ``MMSA_run`` call's finished seeds.
 """
 from __future__ import annotations
 

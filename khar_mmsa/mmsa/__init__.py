@@ -33,18 +33,27 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
     ``MMSA.run._set_logger``: the two handlers each ``MMSA_run`` call adds are removed when that
     call returns (breakage 9).
 :mod:`.checkpoints`
-    ``MMSA.run._run``: a checkpoint left by an earlier run is deleted before each seed trains;
-    training that writes none raises :class:`MissingCheckpointError` (breakage 10).
+    ``MMSA.run._run``: one place owns a seed's checkpoint, resume state and saved config
+    (:class:`~.checkpoints.SeedCheckpoint`): what an earlier run or seed left is removed before
+    the seed trains, unless it is this very seed's resume state, which the trainer continues
+    from; finished seeds' results are kept per run (:class:`~.checkpoints.RunState`) so a killed
+    ``MMSA_run`` rerun identically does not train them again (breakage 10 and resume).  Training
+    that writes no checkpoint raises :class:`MissingCheckpointError`.
 :mod:`.tune`
     ``MMSA_run(..., is_tune=True)`` selects candidates by the validation KeyEval and scores only
     the selected config on the test split (MMSA scores every candidate on test); the tune CSV
     and the log say so; the selected config is written as an MMSA config file.
 :mod:`.mmsa_run`
     ``MMSA_run``: 0 loader workers without CUDA unless ``num_workers`` is given (breakage 8);
-    one plain-numbers row per call merged into ``<res_save_dir>/normal/<dataset>.csv`` under a
-    file lock with an atomic replace (:mod:`.results_csv`, breakage 7); returns the row.
+    output folders made and checked writable before training (:mod:`.output_folders`); one
+    plain-numbers row per call merged into ``<res_save_dir>/normal/<dataset>.csv`` under a file
+    lock with an atomic replace (:mod:`.results_csv`, breakage 7); returns the row.  Private
+    temporary folders of killed runs are swept (:mod:`.temp_files`).
 :mod:`.mmsa_test`
-    ``MMSA_test(gpu_id>=0)`` without CUDA runs on the CPU with a warning (breakage 11).
+    ``MMSA_test``: the CPU when CUDA is absent (breakage 11); the feature file read with the
+    restricted unpickler and checked, for every model (``MMSA.run.pickle`` is the shim of
+    :mod:`.loading`); ``MMSA_test('khar', weights, file)`` rebuilds KHaR from the checkpoint's
+    saved config (:mod:`khar_mmsa.predict`), for one sample or a whole feature pickle.
 :mod:`.loading`
     ``MMSA.run.MMDataLoader`` first checks an extra model's settings (:func:`.models.check_config`),
     then reads each feature file once with the restricted unpickler (``khar_mmsa.safe_io``) and
@@ -55,17 +64,17 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
 
 Per-call state shared by these hooks lives in :mod:`.run_context`.
 
-Not patched (documented limits): ``MMSA_test`` still reads its one-sample feature file with
-plain ``pickle``; MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN) assert
+Not patched (documented limits): MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN) assert
 ``dataset_name == 'sims'``; ``MMDataLoader`` still shuffles valid and test (breakage 12); two
 concurrent runs of the same model and dataset share ``<model>-<dataset>.pth`` in
 ``model_save_dir`` -- give each its own ``model_save_dir``.
 """
-from .checkpoints import MissingCheckpointError
+from .checkpoints import MissingCheckpointError, RunState, SeedCheckpoint
 from .configs import (CONFIG_KINDS, DATASET_ROOT_ENV, ConfigOverlayMissingError, config_dir,
                       merged_config)
 from .datasets import EXTRA_DATASETS, metrics_for
 from .models import EXTRA_MODELS, EXTRA_TRAINERS, LazyClass
+from .output_folders import MMSA_DEFAULT_FOLDERS, OutputFolderError
 from .registry import is_registered, patched_attributes, register, unregister
 from .results_csv import append_result_row, results_csv_path, summarize_results
 
@@ -74,4 +83,5 @@ __all__ = [
     "EXTRA_MODELS", "EXTRA_TRAINERS", "EXTRA_DATASETS", "DATASET_ROOT_ENV", "CONFIG_KINDS",
     "LazyClass", "MissingCheckpointError", "ConfigOverlayMissingError", "config_dir",
     "merged_config", "summarize_results", "append_result_row", "results_csv_path", "metrics_for",
+    "SeedCheckpoint", "RunState", "OutputFolderError", "MMSA_DEFAULT_FOLDERS",
 ]
