@@ -36,10 +36,10 @@ def patch() -> None:
     set_entry_point("MMSA_test", _wrap_mmsa_test(run.MMSA_test))
 
 
-def _test_args(config: Any) -> Dict[str, Any]:
-    """MMSA_test's ``config`` as a dict: a dict, a JSON file, or a model key such as 'khar'."""
+def _test_args(config: Any) -> Mapping[str, Any]:
+    """MMSA_test's ``config`` as a mapping: a dict, a JSON file, or a model key such as 'khar'."""
     if isinstance(config, Mapping):
-        return dict(config)
+        return config
     if isinstance(config, (str, Path)):
         path = Path(config)
         if path.is_file():
@@ -94,7 +94,6 @@ def _wrap_mmsa_test(original: Callable) -> Callable:
         from ..safe_io import load_pickle
         sample = load_pickle(call["feature_path"], trusted=trusted)
         check_sample(sample, str(call["feature_path"]))
-        call["config"] = test_args
         with preloaded_objects({call["feature_path"]: sample}):
             return original(**call)
     return MMSA_test
