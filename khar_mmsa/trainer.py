@@ -10,6 +10,7 @@ owner of their life cycle; :meth:`KHaRTrainer.run_key` keys a whole ``MMSA_run``
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -165,13 +166,13 @@ class KHaRTrainer:
         """What identifies a whole ``MMSA_run`` call: config, data identity and seed list (a rerun
         with the same key skips the seeds it already finished)."""
         trainer = cls(args)
-        return fingerprint({"model": "khar", "config": dataclasses.asdict(trainer.cfg),
+        return fingerprint({"model": "khar", "config": config_identity(trainer.cfg),
                             "data": trainer.data_identity(dataloader), "seeds": list(seeds)})
 
     def checkpoint_config(self) -> dict:
         """The config saved beside the checkpoint (``MMSA_test`` rebuilds the model from it)."""
         return {"model_name": "khar", "dataset_name": self.cfg.dataset_name,
-                "config": dataclasses.asdict(self.cfg)}
+                "config": dataclasses.asdict(self.cfg)}  # real paths: MMSA_test rebuilds from it
 
     def _fingerprint(self) -> str:
         fields = config_identity(self.cfg)
