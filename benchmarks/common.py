@@ -65,7 +65,7 @@ SIMS_COLUMNS: List[Tuple[str, str]] = [
     ("MAE", "MAE"), ("Corr", "Corr"), ("Mult_acc_5", "Acc-5"), ("Mult_acc_3", "Acc-3"),
     ("Mult_acc_2", "Acc-2"), ("F1_score", "F1"),
 ]
-UNIT_SCALE_KEYS = ("MAE", "Corr", "Loss")  # shown on their own scale (MMSA stores x100), 3 decimals
+UNIT_SCALE_KEYS = ("MAE", "Corr", "Loss", "valid_MAE")  # shown on their own scale (MMSA stores x100), 3 decimals
 
 
 def is_sims_like(dataset: str) -> bool:
@@ -411,11 +411,57 @@ def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: 
                    runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
 
 
+_KHAR_EPOCH = re.compile(r"EPOCH-\(khar\) \[\d+/(\d+)/[^\]]*\] valid (\w+)=([-\d.naif]+) best=([-\d.naif]+)")
+
+
+def khar_best_validation(log_path: Path) -> List[float]:
+    """KHaR's best validation KeyEval (MOSI/SIMS: 'Loss' = the prediction's L1, i.e. MAE) of each seed,
+    read from the trainer's per-epoch lines in MMSA's log (a seed's run starts again at epoch 1)."""
+    best: List[float] = []
+    if not Path(log_path).is_file():
+        return best
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        m = _KHAR_EPOCH.search(line)
+        if m is None:
+            continue
+        if int(m.group(1)) == 1:
+            best.append(float(m.group(4)))
+        elif best:
+            best[-1] = float(m.group(4))
+    return best
+
+
+def read_previous_csv(path: Path) -> Dict[str, Dict[str, Stat]]:
+    """Our rows of an earlier table CSV (``write_csv_table``'s format) as ``{row: {metric: Stat}}``."""
+    out: Dict[str, Dict[str, Stat]] = {}
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            if rec.get("source") != "ours":
+                continue
+            n = int(rec.get("seeds") or 1)
+            stats: Dict[str, Stat] = {}
+            for col, value in rec.items():
+                if not col.endswith("_mean") or value in ("", None):
+                    continue
+                key = col[:-len("_mean")]
+                scale = 100.0 if key in UNIT_SCALE_KEYS else 1.0  # Stat keeps MMSA's x100 for MAE/Corr
+                stats[key] = Stat(float(value) * scale, float(rec.get(f"{key}_std") or 0.0) * scale, n)
+            out[rec["row"]] = stats
+    return out
+
+
 def collect(label: str, model: str, specs: Sequence[Any], outcome: Any,
             config: Optional[Mapping[str, Any]] = None) -> RunResult:
     """The runs of one table row (one per seed) -> mean ± std over seeds, summed wall time."""
     done = [outcome.results[s.run_id] for s in specs]
-    stats = stats_from_runs([d["result"]["metrics"] for d in done])
+    per_seed = [dict(d["result"]["metrics"]) for d in done]
+    for spec, metrics in zip(specs, per_seed):  # KHaR: the best validation MAE, model selection's number
+        if spec.model == "khar" and "valid_MAE" not in metrics:
+            best = khar_best_validation(Path(spec.out_dir) / "log" / f"khar-{spec.dataset}.log")
+            if best:
+                metrics["valid_MAE"] = best[-1]
+    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()  # a metric one seed lacks is left out
+    stats = stats_from_runs([{k: v for k, v in m.items() if k in keys} for m in per_seed])
     wall = sum(float(d["wall_s"]) for d in done)
     logger.info(f"[{label}] {len(specs)} run(s), {fmt_seconds(wall)}: "
                 + ", ".join(f"{k} {fmt_stat(k, stats[k])}" for k in ("MAE", "Corr") if k in stats))
