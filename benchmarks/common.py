@@ -302,19 +302,24 @@ def encoder_name(folder: Any) -> str:
 
 # ---- data --------------------------------------------------------------------------------------
 def make_planted(out: Path, dataset: str, sizes: Sequence[int], seq_lens: Optional[Sequence[int]],
-                 tokenizer: Path, seed: int = 0):
+                 tokenizer: Path, seed: int = 0, lengths: str = "uniform"):
     """A planted-signal pickle in ``out`` (rebuilt each time: byte-identical for the same args)."""
     from khar_mmsa.data.planted import make_planted_dataset
-    path = Path(out) / f"planted-{dataset}-{'x'.join(map(str, sizes))}.pkl"
+    suffix = "" if lengths == "uniform" else f"-{lengths}"
+    path = Path(out) / f"planted-{dataset}-{'x'.join(map(str, sizes))}{suffix}.pkl"
     info = make_planted_dataset(path, dataset, sizes=tuple(sizes), seed=seed,
-                                seq_lens=None if seq_lens is None else tuple(seq_lens), tokenizer=str(tokenizer))
+                                seq_lens=None if seq_lens is None else tuple(seq_lens), tokenizer=str(tokenizer),
+                                lengths=lengths)
     return path, info
 
 
 def planted_description(info: Any) -> str:
     return (f"planted-signal {info.dataset.upper()}-format pickle (khar_mmsa.data.planted, seed {info.seed}): "
             f"train/valid/test {'/'.join(map(str, info.sizes))}, seq_lens (text, audio, vision) "
-            f"{tuple(info.seq_lens)}, feature widths {tuple(info.feature_dims)}, label noise sigma "
+            f"{tuple(info.seq_lens)}"
+            + (", long-tailed audio/vision lengths (one lognormal clip duration per sample, fitted to the real "
+               "CMU-MOSI transcripts' word counts)" if info.lengths == "long_tailed" else "")
+            + f", feature widths {tuple(info.feature_dims)}, label noise sigma "
             f"{info.noise_sigma:.3g} -> noise floor MAE {info.noise_floor_mae:.3f} "
             f"(clipped labels {100 * info.clipped_fraction:.2f}%); token ids from {encoder_name(info.tokenizer)}. "
             "Synthetic: not comparable with results on real features.")

@@ -21,6 +21,7 @@ and written to RESULTS.md as MET or MISSED with the measured figures.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -138,7 +139,8 @@ def build_data(args: argparse.Namespace, encoder: Path) -> Tuple[Path, str, Opti
     if args.data == "planted":
         from khar_mmsa.data.planted import DATASET_SPECS
         sizes = args.sizes or PLANTED_SIZES[args.mode] or DATASET_SPECS[args.dataset].real_sizes
-        path, info = common.make_planted(args.out, args.dataset, sizes, PLANTED_SEQ_LENS[args.mode], encoder)
+        seq_lens = args.seq_lens or PLANTED_SEQ_LENS[args.mode]
+        path, info = common.make_planted(args.out, args.dataset, sizes, seq_lens, encoder, lengths=args.lengths)
         return path, common.planted_description(info), info.noise_floor_mae
     if args.dataset != "mosi":
         raise SystemExit("--data transcripts: only CMU-MOSI transcripts are available (--dataset mosi)")
@@ -241,6 +243,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--sizes", type=int, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"),
                         help="planted: split sizes instead of the mode's (own RESULTS.md section, '-n<TRAIN>')")
+    parser.add_argument("--seq-lens", type=int, nargs=3, default=None, metavar=("L_T", "T_A", "T_V"),
+                        help="planted: padded sequence lengths instead of the mode's (MOSI's own: 50 375 500)")
+    parser.add_argument("--lengths", choices=("uniform", "long_tailed"), default="uniform",
+                        help="planted: audio/vision length distribution (long_tailed: like real CMU-MOSI clips)")
+    parser.add_argument("--khar-config", type=json.loads, default=None, metavar="JSON",
+                        help="KHaR overrides on top of the mode's, e.g. '{\"modal_dim\": 128, \"encoder_layers\": 4}'")
+    parser.add_argument("--tag", default=None, help="suffix of this run's RESULTS.md section and table files")
     parser.add_argument("--no-text-floor", action="store_true", help="transcripts: skip the text-only floor row")
     parser.add_argument("--labels", type=Path, default=common.MOSI_LABEL_CSV, help="MOSI label.csv (transcripts)")
     parser.add_argument("--previous", type=Path, default=None,
@@ -261,6 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         feature_path, data_desc, floor_mae = build_data(args, encoder)
         logger.info(f"data: {data_desc}")
         configs = {m: model_config(m, args.mode, encoder, args.dataset) for m in args.models}
+        if args.khar_config and "khar" in configs:
+            configs["khar"].update(args.khar_config)
         specs = {m: [common.mmsa_spec(m, args.dataset, feature_path, s, args.out / m / f"seed{s}", configs[m],
                                       label=f"{m} seed {s}", threads=args.threads) for s in seeds]
                  for m in args.models}
@@ -289,7 +300,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     extra_md = [("valid MAE (selection)", valid), ("wall (all seeds)", wall)]
     paper = paper_rows(args.dataset)
     table = common.results_table(rows, columns, extra_md, paper)
-    stem = f"{run_name}-{args.mode}" + (f"-n{args.sizes[0]}" if args.data == "planted" and args.sizes else "")
+    stem = f"{run_name}-{args.mode}" + (f"-n{args.sizes[0]}" if args.data == "planted" and args.sizes else "") \
+        + (f"-{args.tag}" if args.tag else "")
     md_path = args.tables_dir / f"{stem}.md"
     csv_path = common.write_csv_table(args.tables_dir / f"{stem}.csv", csv_rows, columns + [("valid_MAE", "valid MAE")],
                                       {"wall_s": [round(results[m].wall_s, 1) for m in order]}, paper)
@@ -325,6 +337,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     title = f"{title_layout}: KHaR vs MMSA baselines on {data_title} ({args.mode})"
     if args.data == "planted" and args.sizes:
         title += f", {args.sizes[0]} training samples"
+    if args.tag:
+        title += f" [{args.tag}]"
     body = "\n".join([table, "", *[f"{n}" for n in notes], "", "Targets:",
                       *[common.target_line(n, ok, d) for n, ok, d in targets]])
     md_path.write_text(f"# {title}\n\n{body}\n")

@@ -104,6 +104,19 @@ def test_compare_planted_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_
     assert len(res["targets"]) == 3
 
 
+def test_compare_planted_khar_at_other_lengths_and_size(tmp_path: Path, tiny_bert: Path, fast_mmsa,
+                                                       repo_untouched) -> None:
+    """The options of the Table-5-size run: sequence lengths, long-tailed lengths, KHaR overrides, a tag."""
+    from benchmarks import compare
+    res = compare.main(["--data", "planted", "--dataset", "mosi", "--smoke", "--models", "khar", "--out",
+                        str(tmp_path / "c"), "--encoder", str(tiny_bert), "--seq-lens", "8", "30", "40",
+                        "--lengths", "long_tailed", "--khar-config", '{"length_bucketing": true, "modal_dim": 8}',
+                        "--tag", "sized"])
+    body = _section(res["results_md"], "compare-planted-mosi-smoke-sized")
+    assert "(8, 30, 40), long-tailed audio/vision lengths" in body and "[sized]" in body
+    assert res["results"]["khar"].config["modal_dim"] == 8 and res["results"]["khar"].config["length_bucketing"]
+
+
 def test_compare_transcripts_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
     if not common.MOSI_LABEL_CSV.is_file():
         pytest.skip(f"{common.MOSI_LABEL_CSV} not available")

@@ -377,3 +377,21 @@ def test_absent_modalities_run_through_mmsa_models(tmp_path, tiny_bert):
         with torch.no_grad():
             out = model(batch["text"], a, v)
         assert out["M"].shape == (2, 1) and torch.isfinite(out["M"]).all(), name
+
+
+def test_planted_long_tailed_lengths_are_one_clip_duration_for_audio_and_vision():
+    import numpy as np
+
+    from khar_mmsa.data.planted import LONG_TAIL_MEDIAN_FRACTION, planted_data
+    uniform, _ = planted_data("mosi", sizes=(300, 2, 2), seed=1, seq_lens=(10, 375, 500))
+    data, info = planted_data("mosi", sizes=(300, 2, 2), seed=1, seq_lens=(10, 375, 500), lengths="long_tailed")
+    tr = data["train"]
+    a, v = tr["audio_lengths"], tr["vision_lengths"]
+    assert info.lengths == "long_tailed" and a.min() >= 1 and a.max() <= 375 and v.max() <= 500
+    assert np.all(np.abs(v / 500 - a / 375) <= 1 / 375 + 1 / 500)          # the same clip duration
+    assert abs(np.median(a) / 375 - LONG_TAIL_MEDIAN_FRACTION) < 0.02
+    assert np.percentile(a, 99) > 3 * np.median(a)                          # a long tail
+    assert not tr["audio"][np.arange(375)[None, :] >= a[:, None]].any()     # exact zeros after the length
+    # everything but the lengths (and the frames they cut) is the uniform set's
+    np.testing.assert_array_equal(tr["regression_labels"], uniform["train"]["regression_labels"])
+    np.testing.assert_array_equal(tr["text_bert"], uniform["train"]["text_bert"])

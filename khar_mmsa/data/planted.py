@@ -60,7 +60,8 @@ All quantities are in units of ``R``, the label range's half width (3 for MOSI/M
     the sequence divides this by the (random) length and buries it in the frame noise; a model
     has to look at individual frames (attention, max pooling, recurrence) to recover it.
 
-  Lengths are uniform in ``[ceil(MIN_LENGTH_FRACTION * T), T]``; padding frames are exact zeros.
+  Lengths are uniform in ``[ceil(MIN_LENGTH_FRACTION * T), T]`` (or, with ``lengths='long_tailed'``,
+  one lognormal clip duration per sample shared by audio and vision); padding frames are exact zeros.
 * **Shares.** With the defaults ``y_t`` has std ~0.2R and each of ``y_a``, ``y_v`` std ~0.17R;
   the total signal std is ~0.31R.  All parts are bounded, so with the default noise
   (``sigma = DEFAULT_NOISE_FRACTION * R = 0.1R``) clipping at +-R is rare (about 0.1-0.3% of the
@@ -139,6 +140,12 @@ BURST_GAIN = 4.0                    # burst amplitude in units of the frame nois
 SUSTAINED_GAIN = 1.0                # sustained / step amplitude in units of the frame noise std
 FRAME_NOISE = 1.0                   # std of the Gaussian frame noise on valid frames
 MIN_LENGTH_FRACTION = 0.5           # lengths uniform in [ceil(0.5 T), T] (at least 1)
+# lengths='long_tailed': one clip duration per sample, shared by audio and vision, as a fraction of
+# the padded length: lognormal, fitted to the word counts of the 2195 real CMU-MOSI transcripts
+# (label.csv; clip duration taken proportional to words): median 10 of 114 words, sigma of log 0.62
+LONG_TAIL_MEDIAN_FRACTION = 0.0877
+LONG_TAIL_LOG_SIGMA = 0.624
+LENGTH_DISTRIBUTIONS = ("uniform", "long_tailed")
 
 # ---- text constants ----------------------------------------------------------------------------
 EMBED_SEED = 20240917               # fixed: the embedding table does not depend on ``seed``
@@ -198,6 +205,7 @@ class PlantedInfo:
     signal_std: float               # empirical std of y_t + y_a + y_v over all splits
     tokenizer: str                  # 'builtin' or the tokenizer's name / folder
     words: Dict[str, List[str]] = field(default_factory=dict)
+    lengths: str = "uniform"        # audio/vision length distribution (LENGTH_DISTRIBUTIONS)
 
     def as_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -322,15 +330,23 @@ def _lengths(n: int, t_max: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(low, t_max + 1, size=n).astype(np.int64)
 
 
-def _frames(n: int, t_max: int, dirs: np.ndarray, r: float, rng: np.random.Generator
-            ) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    """Frames (n, T, d), lengths (n,), and the latent parts (sustained, step, burst) in label units."""
+def _long_tailed_fractions(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n,) clip durations as fractions of the padded length, in (0, 1]."""
+    return np.minimum(rng.lognormal(math.log(LONG_TAIL_MEDIAN_FRACTION), LONG_TAIL_LOG_SIGMA, size=n), 1.0)
+
+
+def _frames(n: int, t_max: int, dirs: np.ndarray, r: float, rng: np.random.Generator,
+            fractions: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+    """Frames (n, T, d), lengths (n,), and the latent parts (sustained, step, burst) in label units.
+    ``fractions``: clip durations (fractions of T) instead of uniform lengths."""
     w = COMPONENT_HALF_WIDTH * r
     sustained = rng.uniform(-w, w, size=n)
     levels = rng.integers(-STEP_HALF, STEP_HALF + 1, size=n)
     step = levels * STEP_UNIT * r
     burst = rng.uniform(-w, w, size=n)
-    lengths = _lengths(n, t_max, rng)
+    lengths = _lengths(n, t_max, rng)  # drawn either way: the rest of the stream stays the same
+    if fractions is not None:
+        lengths = np.clip(np.ceil(fractions * t_max), 1, t_max).astype(np.int64)
     dim = dirs.shape[1]
     feats = rng.standard_normal((n, t_max, dim), dtype=np.float32) * np.float32(FRAME_NOISE)
     level = (SUSTAINED_GAIN * (sustained / w)[:, None] * dirs[0][None]
@@ -374,15 +390,17 @@ def _resolve(dataset: str, seq_lens: Optional[Sequence[int]], noise_sigma: Optio
 
 
 def _split(split_idx: int, n: int, spec: DatasetSpec, lens: Tuple[int, int, int], sigma: float,
-           text_dim: int, vocab: _Vocab, dirs: Dict[str, np.ndarray], seed: int
+           text_dim: int, vocab: _Vocab, dirs: Dict[str, np.ndarray], seed: int, lengths: str = "uniform"
            ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     r = spec.label_max
     rng_text, rng_a, rng_v, rng_y = (np.random.default_rng([seed, split_idx, stream])
                                      for stream in range(4))
     texts, ids, mask, polarity = _sentences(vocab, n, lens[0], rng_text)
     text = _text_features(ids, mask, text_dim, rng_text)
-    audio, a_len, a_lat = _frames(n, lens[1], dirs["audio"], r, rng_a)
-    vision, v_len, v_lat = _frames(n, lens[2], dirs["vision"], r, rng_v)
+    fractions = (_long_tailed_fractions(n, np.random.default_rng([seed, split_idx, 4]))
+                 if lengths == "long_tailed" else None)  # one clip duration for audio and vision
+    audio, a_len, a_lat = _frames(n, lens[1], dirs["audio"], r, rng_a, fractions)
+    vision, v_len, v_lat = _frames(n, lens[2], dirs["vision"], r, rng_v, fractions)
     y_t = TEXT_UNIT * r * polarity
     y_a = a_lat["sustained"] + a_lat["step"] + a_lat["burst"]
     y_v = v_lat["sustained"] + v_lat["step"] + v_lat["burst"]
@@ -419,7 +437,7 @@ def _split(split_idx: int, n: int, spec: DatasetSpec, lens: Tuple[int, int, int]
 
 def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 0,
                  noise_sigma: Optional[float] = None, seq_lens: Optional[Sequence[int]] = None,
-                 tokenizer: TokenizerLike = None, text_feature_dim: int = 768
+                 tokenizer: TokenizerLike = None, text_feature_dim: int = 768, lengths: str = "uniform"
                  ) -> Tuple[Dict[str, Any], PlantedInfo]:
     """Build the planted dataset in memory: ``(data, info)`` with ``info.path = None``.
 
@@ -430,6 +448,8 @@ def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, se
         raise ValueError(f"sizes={sizes}: three positive split sizes (train, valid, test)")
     if text_feature_dim < 1:
         raise ValueError(f"text_feature_dim={text_feature_dim}: must be >= 1")
+    if lengths not in LENGTH_DISTRIBUTIONS:
+        raise ValueError(f"lengths={lengths!r}: one of {LENGTH_DISTRIBUTIONS}")
     vocab = _Vocab(tokenizer)
     dir_rng = np.random.default_rng([seed, len(SPLITS)])  # shared by all splits
     dirs = {"audio": _directions(spec.audio_shape[1], dir_rng),
@@ -437,7 +457,7 @@ def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, se
     data: Dict[str, Any] = {"latents": {}}
     for k, name in enumerate(SPLITS):
         data[name], data["latents"][name] = _split(k, int(sizes[k]), spec, lens, sigma,
-                                                   int(text_feature_dim), vocab, dirs, seed)
+                                                   int(text_feature_dim), vocab, dirs, seed, lengths)
     clipped = np.concatenate([data["latents"][s]["clipped"] for s in SPLITS])
     signal = np.concatenate([data["latents"][s]["signal"] for s in SPLITS])
     info = PlantedInfo(
@@ -448,7 +468,8 @@ def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, se
         clipped_fraction=float(clipped.mean()), signal_std=float(signal.std()),
         tokenizer=vocab.name,
         words={"positive": list(vocab.positive), "negative": list(vocab.negative),
-               "filler": list(vocab.filler), "negation": [NEGATION_WORD]})
+               "filler": list(vocab.filler), "negation": [NEGATION_WORD]},
+        lengths=lengths)
     data["meta"] = info.as_dict()
     return data, info
 
@@ -458,7 +479,7 @@ def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
                          noise_sigma: Optional[float] = None,
                          seq_lens: Optional[Sequence[int]] = None,
                          tokenizer: TokenizerLike = None,
-                         text_feature_dim: int = 768) -> PlantedInfo:
+                         text_feature_dim: int = 768, lengths: str = "uniform") -> PlantedInfo:
     """Write a planted MMSA unaligned feature pickle to ``path`` and describe it.
 
     Args:
@@ -472,12 +493,15 @@ def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
         tokenizer: ``None`` (built-in words with bert-base-uncased ids), a local tokenizer folder,
             or a tokenizer object (``get_vocab``, ``tokenize``, ``convert_tokens_to_ids``).
         text_feature_dim: width of ``text`` (768 like BERT-base features).
+        lengths: ``'uniform'`` (audio/vision lengths uniform in [T/2, T], drawn per modality) or
+            ``'long_tailed'`` (one clip duration per sample for both, lognormal like the real
+            CMU-MOSI transcripts' word counts: median 9 % of T, 1 % of clips above 40 %).
 
     Returns:
         :class:`PlantedInfo`, including ``noise_floor_mae`` (the best achievable test MAE).
     """
     data, info = planted_data(dataset, sizes, seed, noise_sigma, seq_lens, tokenizer,
-                              text_feature_dim)
+                              text_feature_dim, lengths)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     info.path = str(path)
@@ -501,10 +525,12 @@ def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
     parser.add_argument("--seq-lens", type=int, nargs=3, default=None, metavar=("L_T", "T_A", "T_V"))
     parser.add_argument("--tokenizer", default=None, help="local BERT tokenizer folder")
     parser.add_argument("--text-feature-dim", type=int, default=768)
+    parser.add_argument("--lengths", choices=LENGTH_DISTRIBUTIONS, default="uniform",
+                        help="audio/vision length distribution (long_tailed: like real CMU-MOSI clips)")
     args = parser.parse_args(argv)
     _cli_logging()
     info = make_planted_dataset(args.out, args.dataset, args.sizes, args.seed, args.noise_sigma,
-                                args.seq_lens, args.tokenizer, args.text_feature_dim)
+                                args.seq_lens, args.tokenizer, args.text_feature_dim, args.lengths)
     logger.info(f"wrote {info.path}")
     for key, value in info.as_dict().items():
         logger.info(f"  {key}: {value}")
