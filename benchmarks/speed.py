@@ -23,13 +23,13 @@ RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) from just before the model i
 the last step: weights, gradients, optimizer state and activations, plus allocator slack.
 
 Work: floating-point operations of one training step (forward, losses, backward) counted with
-``torch.utils.flop_counter.FlopCounterMode`` on one extra, untimed step; PyTorch's counter has no
+``torch.utils.flop_counter.FlopCounterMode`` on the first (untimed) warm-up step; PyTorch's counter has no
 formula for the CPU flash-attention kernels, so they are counted here as the unfused path counts
 attention (forward 4·b·h·n²·d, backward twice that: the model's arithmetic, not the kernel's
 recomputation). The fp32 matmul rate (2048x2048 ``a @ b``, median of 5) is measured in the same
 process right before and right after the timed steps; "share" = achieved GFLOP/s over their mean.
 
-Scaling (``--scaling``, KHaR only): the KHaR step at audio = vision = 125 / 250 / 500 / 1000 frames
+Scaling (``--scaling``, or ``--scaling-only`` for its own RESULTS.md section; KHaR only): the KHaR step at audio = vision = 125 / 250 / 500 / 1000 frames
 (real lengths drawn as in the planted data, uniform in [T/2, T]) and batch 16 / 64, each in a fresh
 process: step time, GFLOP, share and peak memory.
 
@@ -64,7 +64,7 @@ SETTINGS = {
     "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12),
                   scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1),
     "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS,
-                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=2),
+                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=1),
     "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS,
                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=5),
 }
@@ -314,7 +314,7 @@ def matmul_rate(device: Any, n: int = MATMUL_N, repeats: int = 5) -> float:
 
 
 def step_flops(stepper: "Stepper") -> float:
-    """Floating-point operations of one training step (an extra, untimed step)."""
+    """Floating-point operations of one training step (runs the step)."""
     from torch.utils.flop_counter import FlopCounterMode
     register_cpu_attention_flops()
     with FlopCounterMode(display=False) as counter:
@@ -335,7 +335,8 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stepper = Stepper(model_name, Path(encoder), batch, device, mode, khar_overrides)
-    for _ in range(settings["warmup"]):
+    flops = step_flops(stepper)  # the first warm-up step, counted (counting slows it; it is not timed)
+    for _ in range(settings["warmup"] - 1):
         stepper.step()
     stepper.criterion_seconds.clear()
     rate_before = matmul_rate(device)
@@ -352,7 +353,7 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
     else:
         res["peak_mem_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
         res["mem_method"] = "ru_maxrss growth"
-    res["gflop_per_step"] = step_flops(stepper) / 1e9
+    res["gflop_per_step"] = flops / 1e9
     res["achieved_gflops"] = res["gflop_per_step"] / res["step_s"]
     res["share_of_matmul"] = res["achieved_gflops"] / res["matmul_gflops"]
     if model_name == "khar" and own_loss_share:
@@ -422,7 +423,7 @@ def scaling_table(encoder: Path, mode: str, settings: Mapping[str, Any], device_
     for batch_size in settings["scaling_batches"]:
         for frames in settings["scaling_frames"]:
             batch = make_batch(encoder, batch_size, (text_len, frames, frames))
-            point = dict(settings, warmup=1, steps=settings["scaling_steps"])
+            point = dict(settings, warmup=1, steps=settings["scaling_steps"])  # the warm-up step is the counted one
             r = run_one("khar", encoder, batch, mode, point, device_name, in_process, khar_overrides,
                         own_loss_share=False)
             r.update(frames=frames, longest_audio=int(batch["audio_lengths"].max()),
@@ -457,9 +458,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help="no child process per model (CPU peak memory then mixes models; default in --smoke)")
     parser.add_argument("--scaling", action="store_true",
                         help="also the KHaR scaling table (frames x batch size, one process per point)")
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="only the KHaR scaling table, in its own RESULTS.md section (speed-scaling-<mode>)")
     parser.add_argument("--amp", action="store_true", help="KHaR with amp=True (bf16 autocast)")
     common.add_common_args(parser)
     args = parser.parse_args(argv)
+    if args.scaling_only:
+        args.scaling, args.models = True, []
     common.setup_cli_logging()
     common.resolve_paths(args, "speed")
     import torch
@@ -475,7 +480,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     with Timer() as total:
         import khar_mmsa  # noqa: F401
         encoder = common.text_encoder(args)
-        batch = make_batch(encoder, settings["batch"], settings["seq_lens"])
+        batch = make_batch(encoder, settings["batch"], settings["seq_lens"]) if args.models else None
         results = {}
         for model in args.models:
             logger.info(f"[speed] {model}: batch {settings['batch']}, {settings['warmup']} warm-up + {settings['steps']} timed steps")
@@ -503,7 +508,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                      f"{r['gflop_per_step']:.1f}", f"{r['achieved_gflops']:.1f}",
                      f"{r['matmul_gflops']:.1f} ({r['matmul_gflops_before']:.0f} before, {r['matmul_gflops_after']:.0f} after)",
                      f"{100 * r['share_of_matmul']:.1f}%", f"{r['peak_mem_mib']:.0f}", rel])
-    table = common.markdown_table(header, rows)
+    table = common.markdown_table(header, rows) if rows else ""
     targets = []
     k = results.get("khar")
     if k:
@@ -535,15 +540,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    f"{r['step_s'] * 1000:.0f}", f"{r['samples_per_s']:.1f}", f"{r['gflop_per_step']:.1f}",
                    f"{100 * r['share_of_matmul']:.1f}%", f"{r['matmul_gflops']:.1f}", f"{r['peak_mem_mib']:.0f}",
                    f"{1024 * r['peak_mem_mib'] / (r['batch'] * r['frames']):.1f}"] for r in scaling]
-        scaling_md = "\n".join(["", "KHaR scaling (one fresh process per row; 1 warm-up step, median of "
-                                f"{settings['scaling_steps']} timed steps):", "",
+        scaling_md = "\n".join(["", "KHaR scaling (one fresh process per row; batches built like the models table's, "
+                                "audio and vision padded to the frames shown; 1 warm-up step (FLOPs counted), median of "
+                                f"{settings['scaling_steps']} timed step(s)):", "",
                                 common.markdown_table(s_header, s_rows)])
         for batch_size, f1, f2, f3, early, late in linear_memory_check(scaling):
             targets.append((f"KHaR peak memory grows no faster than linearly in frames up to {f3} (batch {batch_size})",
                             late <= 1.25 * early,
                             f"growth {late:.2f} MiB/frame from {f2} to {f3} frames vs {early:.2f} MiB/frame from "
                             f"{f1} to {f2} (quadratic growth would double it; limit 1.25x)"))
-    stem = f"speed-{args.mode}" + ("-amp" if args.amp else "")
+    stem = f"speed-{'scaling-' if args.scaling_only else ''}{args.mode}" + ("-amp" if args.amp else "")
     csv_path = args.tables_dir / f"{stem}.csv"
     import csv
     keys = ["model", "params", "batch", "frames", "step_s", "samples_per_s", "gflop_per_step", "achieved_gflops",
@@ -557,17 +563,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             w.writerow(["models"] + [results[m].get(key, "") for key in keys])
         for r in scaling:
             w.writerow(["scaling"] + [r.get(key, "") for key in keys])
-    notes = [
+    notes = [] if not args.models else [
         f"Identical batch for every model: {settings['batch']} samples, MOSI shapes (text {settings['seq_lens'][0]} tokens, "
         f"audio {settings['seq_lens'][1]}x5, vision {settings['seq_lens'][2]}x20), text encoder {common.encoder_name(encoder)} "
         "(fine-tuned by KHaR and Self-MM; its frozen hidden states are TFN's and MulT's `text` features). "
         "KHaR gets it through its trainer's batch helper (cut to the longest real clip on the CPU); "
         "the MMSA models get the padded batch, as their trainers do.",
-        f"{settings['warmup']} warm-up step(s), then the median of {settings['steps']} timed steps; models built through "
-        "MMSA's AMIO from get_config_regression(<model>, 'mosi') (KHaR: the paper's Table 5 config"
+        f"{settings['warmup']} warm-up step(s), then the median of {settings['steps']} timed steps."]
+    notes += [
+        "Models built through MMSA's AMIO from get_config_regression(<model>, 'mosi') (KHaR: the paper's Table 5 config"
         + (", shrunk for the smoke test" if args.mode == "smoke" else "")
         + (", amp=True (bf16 autocast)" if args.amp else "") + ").",
-        "GFLOP / step: FlopCounterMode over one untimed training step (CPU flash attention counted as the unfused "
+        "GFLOP / step: FlopCounterMode over the first (untimed) warm-up step (CPU flash attention counted as the unfused "
         "path counts attention: backward = 2x forward). Share = achieved GFLOP/s over the fp32 "
         f"{MATMUL_N}x{MATMUL_N} matmul rate measured in the same process right before and after the timed steps.",
         "On a shared CPU the absolute times move with the machine's load (1-min load average at start: "
@@ -576,7 +583,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ]
     body = "\n".join([table, scaling_md, "", *notes, "", "Targets:",
                       *[common.target_line(n, ok, d) for n, ok, d in targets]])
-    title = f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode}{', amp' if args.amp else ''})"
+    title = (f"KHaR scaling: step time and peak memory against frames and batch size ({args.mode}{', amp' if args.amp else ''})"
+             if args.scaling_only else
+             f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode}{', amp' if args.amp else ''})")
     md_path = args.tables_dir / f"{stem}.md"
     md_path.write_text(f"# {title}\n\n{body}\n")
     text = common.section(title, common.command_line("benchmarks.speed", argv), common.machine_line(machine), [],

@@ -174,6 +174,9 @@ def test_speed_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched)
     assert table[table["table"] == "models"]["model"].tolist() == list(speed.MODELS)
     assert (table["table"] == "scaling").sum() == len(res["scaling"])
     assert "KHaR scaling" in _section(res["results_md"], "speed-smoke")
+    only = speed.main(["--smoke", "--scaling-only", "--out", str(tmp_path / "s"), "--encoder", str(tiny_bert)])
+    assert only["results"] == {} and len(only["scaling"]) == len(res["scaling"])
+    assert "KHaR scaling" in _section(only["results_md"], "speed-scaling-smoke")
 
 
 def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
