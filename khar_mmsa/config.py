@@ -119,6 +119,7 @@ class KHaRConfig:
     warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).")
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
     save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.")
+    save_curves: bool = _f(True, "Write '<log_dir>/khar-<dataset>-curves.png' when training ends: loss terms per epoch, validation KeyEval with the best epoch marked, expert load per modality (needs matplotlib; off: False).")
     key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
 
     # ---- speed (no effect on what one clip computes) ------------------------------------------

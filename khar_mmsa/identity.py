@@ -52,9 +52,11 @@ def _digest_or_none(path: Any) -> Optional[str]:
 
 
 def encoder_identity(pretrained: str) -> Any:
-    """A local folder: {file name: SHA-256} of its config and weights; a hub name: the name."""
-    folder = Path(pretrained)
-    if not folder.is_dir():
+    """A local folder (or 'all-MiniLM-L6-v2', the installed one): {file name: SHA-256} of its
+    config and weights; a hub name: the name."""
+    from .text_encoders import local_folder
+    folder = local_folder(str(pretrained))
+    if folder is None:
         return pretrained
     files = sorted({p for pattern in _ENCODER_FILES for p in folder.glob(pattern) if p.is_file()})
     return {p.name: file_digest(p) for p in files}

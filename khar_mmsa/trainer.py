@@ -2,9 +2,10 @@
 
 AdamW with separate text-encoder and other learning rates, weight decay on weights only, linear
 warmup then linear decay (Appendix B), gradient clipping, early stopping on the validation KeyEval
-with an epoch cap, tqdm progress, every loss term (raw and weighted) in the 'MMSA' log, a clear error
-on a non-finite loss, the best checkpoint written atomically to ``args.model_save_path``, and resume
-from the last completed epoch after an interruption (``<model_save_path>.resume``).  Which of those
+with an epoch cap, tqdm progress (:mod:`khar_mmsa.progress`), every loss term (raw and weighted) in the
+'MMSA' log, a clear error on a non-finite loss, the best checkpoint written atomically to
+``args.model_save_path``, resume from the last completed epoch after an interruption
+(``<model_save_path>.resume``) and a picture of the run (:mod:`khar_mmsa.curves`).  Which of those
 files are kept or removed is decided by :class:`khar_mmsa.mmsa.checkpoints.SeedCheckpoint`, the one
 owner of their life cycle; :meth:`KHaRTrainer.run_key` keys a whole ``MMSA_run`` call's finished seeds.
 """
@@ -19,17 +20,18 @@ from typing import Callable, Dict, List, Mapping, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .bucketing import bucketed_loader
 from .config import KHaRConfig, fingerprint
 from .criterion import KHaRCriterion
 from .identity import config_identity, feature_identity
-from .mmsa import metrics_for
+from .log_format import log_fields, plain_value
+from .mmsa import current_run_options, metrics_for
 from .mmsa.checkpoints import SeedCheckpoint
 from .model.khar import KHaR, batch_inputs
 from .optim import make_adamw
 from .pretrain import default_adapter_path, harvest_knowledge
+from .progress import progress, progress_enabled
 
 logger = logging.getLogger("MMSA")
 
@@ -84,17 +86,6 @@ def _rng_state() -> dict:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def _plain(obj):
-    """numpy scalars -> Python numbers, recursively (metrics come from numpy; weights_only refuses them)."""
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
 def _float32(obj):
     """Floating tensors of a (nested) output dict as fp32: losses are computed outside autocast."""
     if isinstance(obj, dict):
@@ -138,6 +129,7 @@ class KHaRTrainer:
         #: Called after each epoch's validation as ``on_epoch_end(epoch, val_results)`` (e.g. to
         #: report the validation KeyEval to a tuner); None: no call.
         self.on_epoch_end: Optional[Callable[[int, Mapping], None]] = None
+        self._show_progress = False
 
     # -- batches ---------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: Mapping) -> dict:
@@ -180,16 +172,29 @@ class KHaRTrainer:
         fields["data"] = self._data_identity
         return fingerprint(fields)
 
+    # -- run options ---------------------------------------------------------------------------
+    def _run_options(self) -> dict:
+        """``verbose_level`` and ``log_dir`` of the ``MMSA_run`` call running this trainer (MMSA keeps
+        them out of ``args``); outside ``MMSA_run``: no level, the checkpoint's folder."""
+        options = current_run_options() or {}
+        return {"verbose_level": options.get("verbose_level"),
+                "log_dir": Path(options.get("log_dir") or self.save_path.parent)}
+
+    def curves_path(self) -> Path:
+        """``<log_dir>/khar-<dataset>-curves.png``, beside MMSA's ``khar-<dataset>.log``."""
+        return self._run_options()["log_dir"] / f"khar-{self.cfg.dataset_name}-curves.png"
+
     # -- training --------------------------------------------------------------------------------
     def do_train(self, model: nn.Module, dataloader: Mapping, return_epoch_results: bool = False):
         cfg = self.cfg
         khar = unwrap(model)
+        show = self._show_progress = progress_enabled(self._run_options()["verbose_level"])
         self._data_identity = self.data_identity(dataloader)
         if cfg.pretrain_adapters:
             path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
                 default_adapter_path(self.save_path)
             harvest_knowledge(khar, dataloader, cfg, path, self.device, seed=self.run_seed(),
-                              data=self._data_identity)
+                              data=self._data_identity, show_progress=show)
             model.to(self.device)
             # The main stage starts from the same RNG state whether the adapters were pretrained
             # now or read from an earlier run's file, so a rerun after a kill matches a full run.
@@ -200,10 +205,13 @@ class KHaRTrainer:
             train_loader = bucketed_loader(train_loader, cfg.batch_size, self.run_seed(), cfg.length_bucket_pool)
         total_steps = cfg.epochs * len(train_loader)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, cfg.warmup_ratio))
-        state = {"epoch": 0, "best": None, "best_epoch": 0,
+        state = {"epoch": 0, "best": None, "best_epoch": 0, "history": [],
                  "epoch_results": {"train": [], "valid": [], "test": []}}
         self._maybe_resume(model, optimizer, scheduler, state)
         self.checkpoint.save_config(self.checkpoint_config())
+        seed = self.args.get("cur_seed")
+        logger.info(f"KHaR trains up to {cfg.epochs} epochs and stops after {cfg.early_stop} without a better "
+                    f"valid {cfg.key_eval} ({'lower' if self.lower_is_better else 'higher'} is better)")
 
         while state["epoch"] < cfg.epochs and not self._stopped_early(state):
             state["epoch"] += 1
@@ -218,8 +226,13 @@ class KHaRTrainer:
             if better:
                 state["best"], state["best_epoch"] = current, epoch
                 self.checkpoint.save_best({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            logger.info(f"EPOCH-(khar) [{epoch - state['best_epoch']}/{epoch}/{self.args.get('cur_seed')}] "
-                        f"valid {cfg.key_eval}={current:.4f} best={state['best']:.4f} (epoch {state['best_epoch']})")
+            state["history"].append({"epoch": epoch, "valid": float(current),
+                                     "raw": {k[4:]: v for k, v in train_log.items() if k.startswith("raw/")},
+                                     "expert_load": train_log.pop("expert_load", {})})
+            waited = epoch - state["best_epoch"]
+            logger.info(f"EPOCH-(khar) seed {seed} epoch {epoch}/{cfg.epochs}: valid {cfg.key_eval} {current:.4f} | "
+                        f"best {state['best']:.4f} at epoch {state['best_epoch']}"
+                        + (f" | {waited}/{cfg.early_stop} epochs without improvement" if waited else ""))
             if return_epoch_results:
                 state["epoch_results"]["train"].append(train_log)
                 state["epoch_results"]["valid"].append(val_results)
@@ -231,7 +244,18 @@ class KHaRTrainer:
         if self._stopped_early(state):
             logger.info(f"Early stop after {state['epoch']} epochs: no better {cfg.key_eval} for {cfg.early_stop}")
         self.checkpoint.finish_training()
+        self._save_curves(state)
         return state["epoch_results"] if return_epoch_results else None
+
+    def _save_curves(self, state: Mapping) -> None:
+        if not self.cfg.save_curves:
+            return
+        from .curves import save_training_curves
+        path = self.curves_path()
+        title = f"KHaR on {self.cfg.dataset_name}, seed {self.run_seed()}"
+        if save_training_curves(state.get("history") or [], path, key_eval=self.cfg.key_eval,
+                                best_epoch=state["best_epoch"], title=title):
+            logger.info(f"Training curves saved to {path}")
 
     def _stopped_early(self, state: Mapping) -> bool:
         """No better validation KeyEval for ``early_stop`` epochs (checked again after a resume)."""
@@ -240,9 +264,11 @@ class KHaRTrainer:
     def _train_epoch(self, model: nn.Module, loader, optimizer, scheduler, epoch: int) -> Dict[str, float]:
         model.train()
         sums: Dict[str, float] = {}
+        expert_load: Dict[str, torch.Tensor] = {}
         preds, trues = [], []
         steps = 0
-        for step, batch in enumerate(tqdm(loader, desc=f"KHaR epoch {epoch}", leave=False, disable=None)):
+        bar = progress(loader, f"KHaR epoch {epoch}/{self.cfg.epochs}", self._show_progress)
+        for step, batch in enumerate(bar):
             labels = batch["labels"]["M"].to(self.device).view(-1, 1)
             outputs = self._forward(model, batch)
             total, raw, weighted = self.criterion(outputs, labels)
@@ -263,22 +289,30 @@ class KHaRTrainer:
             for k in raw:
                 sums[f"raw/{k}"] = sums.get(f"raw/{k}", 0.0) + raw[k].item()
                 sums[f"weighted/{k}"] = sums.get(f"weighted/{k}", 0.0) + weighted[k].item()
+            for m, counts in (outputs.get("expert_load") or {}).items():
+                expert_load[m] = expert_load.get(m, 0) + counts  # stays on the device until the end
             preds.append(outputs["M"].detach().cpu())
             trues.append(labels.cpu())
         log = {k: v / max(steps, 1) for k, v in sums.items()}
         results = self.metrics(torch.cat(preds), torch.cat(trues))
-        logger.info(f"TRAIN-(khar) epoch {epoch} >> loss {log['total']:.4f} | "
-                    + " ".join(f"{k}={v:.4f}" for k, v in log.items() if k != "total")
-                    + " | " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        head = f"TRAIN-(khar) epoch {epoch} >>"
+        logger.info(f"{head} loss {log['total']:.4f} (the sum of the weighted terms)")
+        log_fields(logger, f"{head} weighted", {k[9:]: v for k, v in log.items() if k.startswith("weighted/")},
+                   sep="=")
+        log_fields(logger, f"{head} raw", {k[4:]: v for k, v in log.items() if k.startswith("raw/")}, sep="=")
+        log_fields(logger, head, results, sep=": ")
+        results = {k: float(v) for k, v in results.items()}
         results["Loss"] = round(log["total"], 4)
         results.update(log)
+        # share of the routing decisions each expert got, per modality (sums to 1)
+        results["expert_load"] = {m: (c / c.sum().clamp_min(1)).cpu().tolist() for m, c in expert_load.items()}
         return results
 
     # -- resume ----------------------------------------------------------------------------------
     def _save_resume(self, model, optimizer, scheduler, state: Mapping) -> None:
         self.checkpoint.save_resume({"fingerprint": self._fingerprint(), "model": model.state_dict(),
                                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "state": _plain(dict(state)), "rng": _rng_state()})
+                                     "state": plain_value(dict(state)), "rng": _rng_state()})
 
     def _maybe_resume(self, model, optimizer, scheduler, state: dict) -> None:
         """Continue from the resume state when :class:`SeedCheckpoint` keeps it (same config, seed
@@ -299,8 +333,9 @@ class KHaRTrainer:
         model.eval()
         preds, trues, ids = [], [], []
         features: Dict[str, list] = {"Feature_t": [], "Feature_a": [], "Feature_v": [], "Feature_f": []}
+        show = progress_enabled(self._run_options()["verbose_level"])
         with torch.no_grad():
-            for batch in tqdm(dataloader, desc=mode, leave=False, disable=None):
+            for batch in progress(dataloader, f"KHaR {mode}", show):
                 outputs = self._forward(model, batch)
                 preds.append(outputs["M"].cpu())
                 trues.append(batch["labels"]["M"].view(-1, 1))
@@ -310,9 +345,9 @@ class KHaRTrainer:
                         features[f"Feature_{m}"].append(v.cpu().numpy())
                     features["Feature_f"].append(outputs["fused"].cpu().numpy())
         pred, true = torch.cat(preds), torch.cat(trues)
-        results = self.metrics(pred, true)
+        results = {k: float(v) for k, v in self.metrics(pred, true).items()}  # plain numbers, not np.float64
         results["Loss"] = round(torch.nn.functional.l1_loss(pred, true).item(), 4)
-        logger.info(f"{mode}-(khar) >> " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        log_fields(logger, f"{mode}-(khar) >>", results, sep=": ")
         if return_sample_results:
             results["Ids"] = ids
             results["SResults"] = pred.view(-1).numpy()

@@ -115,14 +115,18 @@ def _why_needed(key: str, args: Mapping[str, Any]) -> str:
 
 def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
     """``args['vocab_size']``, else ``vocab_size`` from ``<pretrained>/config.json`` when
-    ``pretrained`` is a local folder; None when unknown."""
+    ``pretrained`` is a local folder (or an alias of one, e.g. 'all-MiniLM-L6-v2'); None when unknown."""
     v = args.get("vocab_size")
     if v is not None:
         return int(v)
     pre = args.get("pretrained")
     if not pre or not isinstance(pre, (str, Path)):
         return None
-    cfg = Path(pre) / "config.json"
+    from .text_encoders import local_folder
+    folder = local_folder(str(pre))
+    if folder is None:
+        return None
+    cfg = folder / "config.json"
     try:
         if cfg.is_file():
             v = json.loads(cfg.read_text(encoding="utf-8")).get("vocab_size")

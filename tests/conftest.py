@@ -18,6 +18,8 @@ import pytest
 # No network on CI or here: transformers must fail fast instead of retrying a hub download.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# No progress bars in test output (KHaR's and tqdm's own switch; a test that wants bars unsets it).
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 # ---- tiny data -------------------------------------------------------------------------------
 TINY_SIZES = (24, 8, 8)          # train / valid / test samples

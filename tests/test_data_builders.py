@@ -238,6 +238,17 @@ def test_planted_cli(tmp_path):
     assert _load(out)["train"]["vision"].shape == (4, 6, 709)
 
 
+@pytest.mark.parametrize("module", ["khar_mmsa.data.planted", "khar_mmsa.data.transcripts"])
+def test_builder_command_lines_run_without_runpy_warning(module):
+    """``python -m khar_mmsa.data.<builder>`` as README documents it: no 'found in sys.modules'."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeWarning" not in done.stderr and f"python -m {module}" in done.stdout
+
+
 def test_planted_pickle_loads_with_mmsa_loader(tmp_path):
     from easydict import EasyDict
     from MMSA.data_loader import MMDataLoader

@@ -16,3 +16,22 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest" in readme and "python -m pytest" in ci
+
+
+def _demo_block_table(readme: str) -> dict:
+    """{model: {column: cell}} from the demo output README quotes (between its markers)."""
+    block = readme.split("<!-- demo-output:start -->", 1)[1].split("<!-- demo-output:end -->", 1)[0]
+    lines = [line.split() for line in block.splitlines()]
+    header = next(cells for cells in lines if "Model" in cells)
+    return {cells[header.index("Model")]: dict(zip(header, cells)) for cells in lines
+            if len(cells) == len(header) and cells[0].startswith("run-")}
+
+
+def test_readme_quotes_the_demo_numbers_the_demo_checks_against():
+    """README's demo table shows the values the demo itself expects (DEMO_EXPECTED), in the units
+    the demo prints (MMSA's x100)."""
+    from khar_mmsa.demo import DEMO_EXPECTED
+    table = _demo_block_table((ROOT / "README.md").read_text())
+    for model, metrics in DEMO_EXPECTED.items():
+        for metric, (want, _) in metrics.items():
+            assert float(table[model][metric]) == want, (model, metric, table[model][metric], want)

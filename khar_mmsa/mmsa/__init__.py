@@ -62,7 +62,14 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
     ``MMSA.data_loader.pickle``.  :mod:`.update_epochs` warns when ``update_epochs`` exceeds the
     batches per epoch (breakage 3).
 
-Per-call state shared by these hooks lives in :mod:`.run_context`.
+:mod:`.run_log`
+    The logger ``_set_logger`` returns to ``MMSA_run`` (through :mod:`.log_handlers`): the args
+    are logged as the run uses them (feature file read, ``seq_lens`` from the data, the folder
+    ``pretrained`` resolves to) once the data is read, ``Result for seed`` in plain wrapped
+    numbers, and only the real results CSV path.
+
+Per-call state shared by these hooks lives in :mod:`.run_context`
+(:func:`current_run_options` gives the trainer ``verbose_level`` and ``log_dir``).
 
 Not patched (documented limits): MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN) assert
 ``dataset_name == 'sims'``; ``MMDataLoader`` still shuffles valid and test (breakage 12); two
@@ -77,6 +84,7 @@ from .models import EXTRA_MODELS, EXTRA_TRAINERS, LazyClass
 from .output_folders import MMSA_DEFAULT_FOLDERS, OutputFolderError
 from .registry import is_registered, patched_attributes, register, unregister
 from .results_csv import append_result_row, results_csv_path, summarize_results
+from .run_context import current_run_options
 
 __all__ = [
     "register", "unregister", "is_registered", "patched_attributes",
@@ -84,4 +92,5 @@ __all__ = [
     "LazyClass", "MissingCheckpointError", "ConfigOverlayMissingError", "config_dir",
     "merged_config", "summarize_results", "append_result_row", "results_csv_path", "metrics_for",
     "SeedCheckpoint", "RunState", "OutputFolderError", "MMSA_DEFAULT_FOLDERS",
+    "current_run_options",
 ]

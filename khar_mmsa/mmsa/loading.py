@@ -22,9 +22,11 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from .configs import DATASET_ROOT_ENV, merged_config
 from .models import check_config
 from .registry import mmsa_module, set_attr
 from .run_context import TLS, current_run
+from .run_log import log_run_args
 from .update_epochs import warn_update_epochs
 
 logger = logging.getLogger("MMSA")
@@ -88,10 +90,41 @@ def _file_key(path: str) -> Tuple[str, int, int]:
     return str(resolved), st.st_mtime_ns, st.st_size
 
 
+class FeatureFileNotFoundError(FileNotFoundError):
+    """A feature file ``MMSA_run`` is about to read does not exist."""
+
+
+def missing_feature_message(path: str, args: Mapping[str, Any]) -> str:
+    """Which argument named ``path`` and the three ways to point MMSA at the data."""
+    keys = [k for k in ("custom_feature", "feature_T", "feature_A", "feature_V", "featurePath")
+            if args.get(k) and str(args[k]) == str(path)]
+    source = keys[0] if keys else "featurePath"
+    dataset = args.get("dataset_name", "<dataset>")
+    root = os.environ.get(DATASET_ROOT_ENV)
+    how_root = (f"{DATASET_ROOT_ENV} is {root!r}" if root else f"{DATASET_ROOT_ENV} is not set, so MMSA's "
+                f"config names its authors' folder")
+    default = _default_feature_path(args)
+    return (f"{path}: feature file not found (from {source}). Point MMSA_run at the data in one of "
+            f"three ways: set the environment variable {DATASET_ROOT_ENV} to your MMSA-Standard folder "
+            f"(MMSA reads <root>/{default or '<featurePath>'} for {dataset!r}; {how_root}); pass "
+            f"config={{'featurePath': '/path/to/file.pkl'}}; or pass custom_feature='/path/to/file.pkl'.")
+
+
+def _default_feature_path(args: Mapping[str, Any]) -> Optional[str]:
+    """The ``featurePath`` below the dataset root in the merged default config, or None."""
+    try:
+        block = merged_config("regression")["datasetCommonParams"][str(args.get("dataset_name"))]
+        return block["aligned" if args.get("need_data_aligned") else "unaligned"]["featurePath"]
+    except Exception:  # a user's own config file: no default to show
+        return None
+
+
 def _load_and_validate(path: str, args: Mapping[str, Any], role: Optional[str] = None,
                        samples: Optional[Dict[str, int]] = None) -> Any:
     """Read ``path`` with the restricted unpickler and validate it for its ``role`` (hooks of
     other modules); ``samples`` are the main file's split sizes."""
+    if not Path(path).is_file():
+        raise FeatureFileNotFoundError(missing_feature_message(path, args))
     safe_io = _optional_module("khar_mmsa.safe_io")
     if safe_io is not None:
         data = safe_io.load_pickle(path, trusted=bool(args.get("trust_pickle", False)))
@@ -182,6 +215,9 @@ def _wrap_loader(original: Callable) -> Callable:
         check_config(args)  # settings first: nothing is read or built with a bad one
         with preloaded_features(args):
             loaders = original(args, num_workers)
+        ctx = current_run()
+        if ctx is not None and not ctx.is_tune:
+            log_run_args(args)  # now seq_lens / feature_dims are the data's
         warn_update_epochs(args, loaders)
         return loaders
     return MMDataLoader

@@ -3,7 +3,8 @@
 Each ``MMSA_run`` call adds a file and a console handler to the ``'MMSA'`` logger and never
 removes them, so repeated runs repeat every log line.  The handlers one call adds are removed
 (and closed) when that call returns; ``_set_logger`` called outside ``MMSA_run`` keeps only its
-newest pair.
+newest pair.  The logger it returns, which ``MMSA_run`` logs through, is a
+:class:`~khar_mmsa.mmsa.run_log.RunLogger` (the arguments as used, plain numbers, one results path).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable, List
 
 from .registry import mmsa_module, set_attr
 from .run_context import current_run
+from .run_log import RunLogger
 
 _ORPHAN_HANDLERS: List[logging.Handler] = []
 
@@ -25,7 +27,7 @@ def patch() -> None:
 
 def _wrap_set_logger(original: Callable) -> Callable:
     @functools.wraps(original)
-    def _set_logger(*args: Any, **kwargs: Any) -> logging.Logger:
+    def _set_logger(*args: Any, **kwargs: Any) -> RunLogger:
         mmsa_logger = logging.getLogger("MMSA")
         before = list(mmsa_logger.handlers)
         result = original(*args, **kwargs)
@@ -36,7 +38,7 @@ def _wrap_set_logger(original: Callable) -> Callable:
         else:  # called outside a patched MMSA_run: keep only the newest pair
             remove_handlers(_ORPHAN_HANDLERS)
             _ORPHAN_HANDLERS[:] = added
-        return result
+        return RunLogger(result)
     return _set_logger
 
 

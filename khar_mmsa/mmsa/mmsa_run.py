@@ -6,7 +6,8 @@ output folders before anything trains (:mod:`khar_mmsa.mmsa.output_folders`), le
 CSV into a private temporary folder (``mmsa-results-<pid>-*``, :mod:`khar_mmsa.mmsa.temp_files`)
 and merges one row per run into the real ``<res_save_dir>/normal/<dataset>.csv``
 (:mod:`khar_mmsa.mmsa.results_csv`); then the run's finished-seed record is removed
-(:mod:`khar_mmsa.mmsa.checkpoints`).  A normal run returns its row (a dict) instead of None.
+(:mod:`khar_mmsa.mmsa.checkpoints`).  The call's ``verbose_level`` and ``log_dir`` are kept for
+the trainer (:func:`current_run_options`).  A normal run returns its row (a dict) instead of None.
 A tuning call (``is_tune=True``) goes to :func:`khar_mmsa.mmsa.tune.tune_by_validation` instead
 of MMSA's tune loop, and returns what it returns.  The log handlers MMSA added are removed
 when the call returns (:mod:`khar_mmsa.mmsa.log_handlers`).
@@ -52,10 +53,13 @@ def _wrap_mmsa_run(original: Callable) -> Callable:
             call["num_workers"] = 0
         sweep()  # private folders of runs killed earlier
         check_output_folders(call)
-        ctx = RunContext(wanted_gpu=bool(call["gpu_ids"]) and not cuda,
-                         seeds=list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS))
         real_res_dir = output_folder(call, "res_save_dir")
         private = None if call["is_tune"] else make_private_dir("mmsa-results")
+        ctx = RunContext(wanted_gpu=bool(call["gpu_ids"]) and not cuda,
+                         seeds=list(call["seeds"]) or list(MMSA_DEFAULT_SEEDS),
+                         is_tune=bool(call["is_tune"]), verbose_level=call["verbose_level"],
+                         log_dir=output_folder(call, "log_dir"),
+                         private_results_dir=None if private is None else str(private))
         if private is not None:
             call["res_save_dir"] = str(private)
         previous, TLS.run = current_run(), ctx

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Per-thread: ``.run`` (a :class:`RunContext`), ``.preloaded`` (path -> loaded feature object).
@@ -25,8 +26,22 @@ class RunContext:
     features: Dict[Tuple[str, int, int], Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
     run_state: Any = None  # khar_mmsa.mmsa.checkpoints.RunState, opened at the first seed
+    is_tune: bool = False
+    verbose_level: Optional[int] = None      # MMSA_run's console level: 0 errors, 1 info, 2 debug
+    log_dir: Optional[Path] = None           # where MMSA writes <model>-<dataset>.log
+    private_results_dir: Optional[str] = None  # MMSA's own CSV goes here (see .mmsa_run)
+    args_logged: bool = False
 
 
 def current_run() -> Optional[RunContext]:
     """The :class:`RunContext` of the ``MMSA_run`` call running in this thread, or None."""
     return getattr(TLS, "run", None)
+
+
+def current_run_options() -> Optional[Dict[str, Any]]:
+    """``verbose_level`` and ``log_dir`` of the ``MMSA_run`` call running in this thread (MMSA
+    keeps both out of the ``args`` a trainer gets), or None outside ``MMSA_run``."""
+    ctx = current_run()
+    if ctx is None:
+        return None
+    return {"verbose_level": ctx.verbose_level, "log_dir": ctx.log_dir}

@@ -108,17 +108,20 @@ class KHaR(nn.Module):
         *_lengths: (b,) real lengths (padding after them is ignored exactly).
 
         Returns {'M': (b, 1), 'M_sampled': (b, 1), 'kl': (b,) or None, 'balance': {m: scalar},
-        'unimodal': {m: (b, f)}, 'fused': (b, h)}.
+        'unimodal': {m: (b, f)}, 'fused': (b, h), 'expert_load': {m: (e,) real tokens routed to each
+        expert, MoE refiners only}}.
         """
-        unimodal, balance = {}, {}
+        unimodal, balance, expert_load = {}, {}, {}
         for m in self.modalities:
             harvested, mask, _ = self.harvesters[m](*modality_inputs(m, text, audio, vision, audio_lengths,
                                                                      vision_lengths))
-            refined, balance[m], _ = self.refiners[m](harvested, mask)
+            refined, balance[m], gates = self.refiners[m](harvested, mask)
+            if gates is not None:  # (b, n, e), 0 for dropped experts and padding
+                expert_load[m] = (gates > 0).sum(dim=(0, 1)).detach()
             unimodal[m] = self.projections[m](masked_mean(refined, mask))
         fused = self.fusion([unimodal[m] for m in self.modalities])
         return {"M": fused.pred, "M_sampled": fused.pred_sampled, "kl": fused.kl, "balance": balance,
-                "unimodal": unimodal, "fused": fused.fused}
+                "unimodal": unimodal, "fused": fused.fused, "expert_load": expert_load}
 
     def train(self, mode: bool = True) -> "KHaR":
         """``nn.Module.train``, except that frozen adapters (no parameter requires grad: pretrained
