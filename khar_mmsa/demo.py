@@ -49,10 +49,13 @@ SUMMARY_COLUMNS = ("run", "Model", "seeds", "MAE", "Corr", "Mult_acc_7", "Mult_a
 #: the setup named in README.md ("The two commands"); README quotes these values.  On a CPU the same
 #: seed and thread count repeat exactly; another thread count, BLAS or machine changes the last bits
 #: of the sums, which after a few epochs acts like another seed.  Tolerance = about 3 seed-to-seed
-#: std: the quick planted-MOSI benchmark (benchmarks/RESULTS.md, 3 seeds, 128 test clips) has std MAE
-#: 0.9 / Corr 1.3 (KHaR) and MAE 1.7 / Corr 3.5 (TFN); the demo tests 64 clips (std about x1.4).
+#: std.  Evidence: the quick planted-MOSI benchmark (benchmarks/RESULTS.md, 3 seeds, 128 test clips)
+#: has std MAE 0.9 / Corr 1.3 (KHaR) and MAE 1.7 / Corr 3.5 (TFN), and the demo tests 64 clips; but
+#: re-seeding KHaR's main stage after adapter pretraining alone (a new random stream, same code
+#: otherwise) moved the demo's KHaR MAE from 58.32 to 64.01 and Corr from 65.27 to 62.86, so KHaR's
+#: MAE spread here is about 4 (x100), not 1.3.
 DEMO_EXPECTED: Dict[str, Dict[str, Tuple[float, float]]] = {
-    "khar": {"MAE": (58.32, 4.0), "Corr": (65.27, 6.0)},
+    "khar": {"MAE": (64.01, 12.0), "Corr": (62.86, 8.0)},
     "tfn": {"MAE": (66.44, 7.0), "Corr": (55.42, 15.0)},
 }
 

@@ -60,11 +60,11 @@ def killable_train_epoch(self, model, loader, optimizer, scheduler, epoch):
 run_epoch = pretrain._run_epoch
 
 
-def killable_run_epoch(harvester, head, loader, modality, key, device, optimizer):
+def killable_run_epoch(harvester, head, loader, modality, key, device, optimizer, *rest):
     event(event="pretrain_epoch", modality=modality, train=optimizer is not None)
     if optimizer is None:  # in the validation pass of that modality's first epoch
         die_if("pretrain", modality=modality)
-    return run_epoch(harvester, head, loader, modality, key, device, optimizer)
+    return run_epoch(harvester, head, loader, modality, key, device, optimizer, *rest)
 
 
 do_test = KHaRTrainer.do_test
