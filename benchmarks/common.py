@@ -416,7 +416,8 @@ def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: 
                    runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
 
 
-_KHAR_EPOCH = re.compile(r"EPOCH-\(khar\) \[\d+/(\d+)/[^\]]*\] valid (\w+)=([-\d.naif]+) best=([-\d.naif]+)")
+# the trainer's 'EPOCH-(khar) seed S epoch N/E: valid <KeyEval> <value> | best <value> at epoch B' line
+_KHAR_EPOCH = re.compile(r"EPOCH-\(khar\) seed \S+ epoch (\d+)/\d+: valid (\w+) ([-\d.naif]+) \| best ([-\d.naif]+)")
 
 
 def khar_best_validation(log_path: Path) -> List[float]:
