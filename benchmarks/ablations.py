@@ -114,6 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                              variant=title, label=f"{title} seed {seed}", threads=args.threads)
                             for seed in seeds]
         outcome = common.run_specs([s for runs in specs.values() for s in runs], args, run_name)
+        reused = (len(outcome.skipped), sum(len(runs) for runs in specs.values()))
         by_title: Dict[str, RunResult] = {t: common.collect(t, "khar", runs, outcome, runs[-1].config)
                                           for t, runs in specs.items()}
         results: List[Tuple[str, str, RunResult]] = [(g, t, by_title[t]) for g, t, _ in variants]
@@ -172,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     title = f"Table 3 layout: KHaR ablations on planted-signal {args.dataset.upper()} data ({args.mode})"
     md_path.write_text(f"# {title}\n\n{body}\n")
     text = common.section(title, common.command_line("benchmarks.ablations", argv), common.machine_line(machine),
-                          seeds, data_desc, total.seconds, body)
+                          seeds, data_desc, total.seconds, body, reused=reused)
     common.update_results_md(args.results_md, stem, text)
     logger.info(f"\n{table}")
     logger.info(f"tables: {md_path}, {csv_path}; section '{stem}' of {args.results_md}; wall {common.fmt_seconds(total.seconds)}")

@@ -565,7 +565,14 @@ def update_results_md(path: Path, key: str, body: str) -> Path:
 
 
 def section(title: str, command: str, machine: str, seeds: Sequence[int], data: str, wall_s: float,
-            body: str, date: Optional[str] = None) -> str:
+            body: str, date: Optional[str] = None, reused: Optional[Tuple[int, int]] = None) -> str:
+    """One RESULTS.md section.  ``reused``: (runs reused from the sweep manifest, runs in all); when
+    some were, the wall time says it is this command's alone."""
+    wall = fmt_seconds(wall_s)
+    if reused and reused[0]:
+        wall += (f" for this command; {reused[0]} of its {reused[1]} runs {'was' if reused[0] == 1 else 'were'} "
+                 f"finished by earlier commands with the same --out and reused from its sweep manifest (each run's "
+                 f"own time is in the table)")
     return "\n".join([
         f"## {title}", "",
         f"- Command: `{command}`",
@@ -573,7 +580,7 @@ def section(title: str, command: str, machine: str, seeds: Sequence[int], data: 
         f"- Date: {date or now_utc()}",
         f"- Seeds: {', '.join(map(str, seeds)) if seeds else '-'}",
         f"- Data: {data}",
-        f"- Wall time: {fmt_seconds(wall_s)}",
+        f"- Wall time: {wall}",
         "", body.strip(), "",
     ])
 

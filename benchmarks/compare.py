@@ -189,7 +189,10 @@ def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
     from khar_mmsa.textonly import TextOnlyConfig, train_text_only
     config = dict(spec.config)
     encoder = config.pop("encoder")
-    res = train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config))
+    import torch  # the GPU when there is one, as MMSA_run(gpu_ids=[0]) gives KHaR and the baselines
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    res = train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config),
+                          device=device)
     logger.info(f"[text_floor] seed {spec.seed}: best epoch {res.best_epoch}/{res.epochs_run}, "
                 f"test MAE {res.test['MAE']:.4f} Acc-7 {res.test.get('Mult_acc_7', float('nan')):.4f}")
     return {"metrics": dict({k: float(v) for k, v in res.test.items()}, valid_MAE=float(res.valid["MAE"]))}
@@ -281,6 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                                                    args.threads) for s in seeds]
             configs["text_floor"] = dict(TEXT_FLOOR[args.mode])
         outcome = common.run_specs([s for runs in specs.values() for s in runs], args, run_name)
+        reused = (len(outcome.skipped), sum(len(runs) for runs in specs.values()))
         results: Dict[str, RunResult] = {m: common.collect(m, m, runs, outcome, configs[m]) for m, runs in specs.items()}
 
     columns = common.metric_columns(args.dataset)
@@ -344,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                       *[common.target_line(n, ok, d) for n, ok, d in targets]])
     md_path.write_text(f"# {title}\n\n{body}\n")
     text = common.section(title, common.command_line("benchmarks.compare", argv), common.machine_line(machine),
-                          seeds, data_desc, total.seconds, body)
+                          seeds, data_desc, total.seconds, body, reused=reused)
     common.update_results_md(args.results_md, stem, text)
     logger.info(f"\n{table}\n" + "\n".join(common.target_line(n, ok, d) for n, ok, d in targets))
     logger.info(f"tables: {md_path}, {csv_path}; section '{stem}' of {args.results_md}; wall {common.fmt_seconds(total.seconds)}")

@@ -108,13 +108,21 @@ def test_compare_planted_khar_at_other_lengths_and_size(tmp_path: Path, tiny_ber
                                                        repo_untouched) -> None:
     """The options of the Table-5-size run: sequence lengths, long-tailed lengths, KHaR overrides, a tag."""
     from benchmarks import compare
-    res = compare.main(["--data", "planted", "--dataset", "mosi", "--smoke", "--models", "khar", "--out",
-                        str(tmp_path / "c"), "--encoder", str(tiny_bert), "--seq-lens", "8", "30", "40",
-                        "--lengths", "long_tailed", "--khar-config", '{"length_bucketing": true, "modal_dim": 8}',
-                        "--tag", "sized"])
+    argv = ["--data", "planted", "--dataset", "mosi", "--smoke", "--models", "khar", "--out",
+            str(tmp_path / "c"), "--encoder", str(tiny_bert), "--seq-lens", "8", "30", "40",
+            "--lengths", "long_tailed", "--khar-config", '{"length_bucketing": true, "modal_dim": 8}',
+            "--tag", "sized"]
+    res = compare.main(argv)
     body = _section(res["results_md"], "compare-planted-mosi-smoke-sized")
     assert "(8, 30, 40), long-tailed audio/vision lengths" in body and "[sized]" in body
     assert res["results"]["khar"].config["modal_dim"] == 8 and res["results"]["khar"].config["length_bucketing"]
+    assert "reused from its sweep manifest" not in body
+    # the same command again reuses the finished runs, and its section says the wall time is its own alone
+    n = len(res["results"]["khar"].seeds)
+    again = compare.main(argv)
+    body = _section(again["results_md"], "compare-planted-mosi-smoke-sized")
+    assert f"{n} of its {n} runs {'was' if n == 1 else 'were'} finished by earlier commands" in body
+    assert again["results"]["khar"].stats["MAE"].mean == res["results"]["khar"].stats["MAE"].mean
 
 
 def test_compare_transcripts_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:

@@ -406,3 +406,23 @@ def test_planted_long_tailed_lengths_are_one_clip_duration_for_audio_and_vision(
     # everything but the lengths (and the frames they cut) is the uniform set's
     np.testing.assert_array_equal(tr["regression_labels"], uniform["train"]["regression_labels"])
     np.testing.assert_array_equal(tr["text_bert"], uniform["train"]["text_bert"])
+
+
+def test_transcript_dataset_never_leaves_half_a_pickle(tmp_path, tiny_bert, monkeypatch):
+    """A write that breaks off (disk full, kill) leaves no file at the pickle's name: another process
+    (a benchmark sharing the folder) either finds the whole file or builds it."""
+    from khar_mmsa.data import transcripts
+    csv = _write_csv(tmp_path / "label.csv", False)
+    out = tmp_path / "text.pkl"
+
+    def broken_dump(obj, f, protocol=None):
+        f.write(b"\x80\x05 half a pickle")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(transcripts.pickle, "dump", broken_dump)
+    with pytest.raises(OSError, match="No space left"):
+        build_transcript_dataset(csv, out, tiny_bert, text_len=12, progress=False)
+    assert not out.exists()
+    monkeypatch.undo()
+    build_transcript_dataset(csv, out, tiny_bert, text_len=12, progress=False)
+    assert _load(out)["train"]["text_bert"].shape[1:] == (3, 12)

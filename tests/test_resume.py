@@ -39,10 +39,11 @@ def run_script(root: Path, config: Dict[str, Any], kill: Optional[dict] = None,
             "kwargs": dict(seeds=SEEDS, gpu_ids=[0], num_workers=0, verbose_level=0,
                            **{k: str(root / "out" / k) for k in ("model_save_dir", "res_save_dir",
                                                                   "log_dir")})}
-    # matplotlib (the run's curves PNG) keeps its font cache in $HOME/.cache unless told otherwise
+    # matplotlib (the run's curves PNG) keeps its font cache in $HOME/.cache and, on a GPU, the CUDA
+    # driver its kernel cache in $HOME/.nv, unless told otherwise: neither is the run's leftover
     (root / "mplconfig").mkdir(exist_ok=True)
     env = dict(os.environ, HOME=str(root / "home"), TMPDIR=str(root / "tmp"), HF_HUB_OFFLINE="1",
-               MPLCONFIGDIR=str(root / "mplconfig"),
+               MPLCONFIGDIR=str(root / "mplconfig"), CUDA_CACHE_PATH=str(root / "cuda-cache"),
                TRANSFORMERS_OFFLINE="1", PYTHONPATH=os.pathsep.join(
                    [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], cwd=root / "cwd", env=env,

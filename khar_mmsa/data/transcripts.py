@@ -276,8 +276,10 @@ def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_
                         "breaks sequence packing); they carry no information"),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "wb") as f:
+    partial = out_path.with_name(out_path.name + ".partial")  # readers never see a half-written pickle
+    with open(partial, "wb") as f:
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial, out_path)
     if truncated:
         logger.warning(f"{truncated} transcript(s) longer than text_len={text_len} tokens were cut")
     logger.debug(f"transcript dataset written to {out_path}: {info}")
