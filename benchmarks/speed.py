@@ -62,7 +62,8 @@ SETTINGS = {
     # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens;
     # the KHaR scaling table: audio/vision frames x batch sizes, its warm-up and timed steps
     "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12),
-                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1),
+                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1,
+                  matmul_n=256),  # the smoke test checks the arithmetic of the share, not the rate
     "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS,
                   scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=1),
     "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS,
@@ -339,9 +340,10 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
     for _ in range(settings["warmup"] - 1):
         stepper.step()
     stepper.criterion_seconds.clear()
-    rate_before = matmul_rate(device)
+    matmul_n = settings.get("matmul_n", MATMUL_N)
+    rate_before = matmul_rate(device, matmul_n)
     times = [stepper.step() for _ in range(settings["steps"])]
-    rate_after = matmul_rate(device)
+    rate_after = matmul_rate(device, matmul_n)
     res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(), "step_times": times,
                            "step_s": statistics.median(times), "batch": int(batch["labels"].shape[0])}
     res["samples_per_s"] = res["batch"] / res["step_s"]
@@ -576,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         + (", amp=True (bf16 autocast)" if args.amp else "") + ").",
         "GFLOP / step: FlopCounterMode over the first (untimed) warm-up step (CPU flash attention counted as the unfused "
         "path counts attention: backward = 2x forward). Share = achieved GFLOP/s over the fp32 "
-        f"{MATMUL_N}x{MATMUL_N} matmul rate measured in the same process right before and after the timed steps.",
+        f"{settings.get('matmul_n', MATMUL_N)}x{settings.get('matmul_n', MATMUL_N)} matmul rate measured in the same process right before and after the timed steps.",
         "On a shared CPU the absolute times move with the machine's load (1-min load average at start: "
         f"{machine['load_average_1min']}); shares and ratios measured back to back are more stable than absolute figures.",
         "GPU: " + ("this run." if not on_cpu else "not run (no GPU on this machine)."),
