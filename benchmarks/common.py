@@ -336,7 +336,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
     import numpy as np
 
     from khar_mmsa.data.transcripts import build_transcript_dataset
-    from khar_mmsa.safe_io import load_pickle
+    from khar_mmsa.safe_io import atomic_open, load_pickle
 
     full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}.pkl"
     if not full.is_file():
@@ -352,10 +352,8 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
         data["train"] = {k: v[keep] for k, v in data["train"].items()}
         meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
         data["meta"] = meta
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path) as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
     meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
     return path, meta
 
@@ -558,9 +556,8 @@ def update_results_md(path: Path, key: str, body: str) -> Path:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text if text.endswith("\n") else text + "\n")
-    os.replace(tmp, path)
+    from khar_mmsa.safe_io import atomic_write_text
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
 
 

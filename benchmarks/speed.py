@@ -58,18 +58,18 @@ logger = logging.getLogger("MMSA")
 MODELS = ("khar", "self_mm", "mult", "tfn")
 TITLES = {"khar": "KHaR", "self_mm": "Self-MM", "mult": "MulT", "tfn": "TFN"}
 MOSI_SEQ_LENS = (50, 375, 500)
+MATMUL_N = 2048            # the reference matmul: (N x N) @ (N x N), fp32
 SETTINGS = {
     # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens;
-    # the KHaR scaling table: audio/vision frames x batch sizes, its warm-up and timed steps
+    # the KHaR scaling table: audio/vision frames x batch sizes, its warm-up and timed steps;
+    # matmul_n: the reference matmul's size (smoke: small, its test checks the share's arithmetic, not the rate)
     "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12),
-                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1,
-                  matmul_n=256),  # the smoke test checks the arithmetic of the share, not the rate
+                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1, matmul_n=256),
     "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS,
-                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=1),
+                  scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=1, matmul_n=MATMUL_N),
     "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS,
-                 scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=5),
+                 scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=5, matmul_n=MATMUL_N),
 }
-MATMUL_N = 2048            # the reference matmul: (N x N) @ (N x N), fp32
 TODAY_KHAR_PEAK_MIB = 5536  # KHaR's peak memory at quick settings before the fused kernels (RESULTS.md, 02:06 UTC)
 SMOKE_KHAR = {"modal_dim": 16, "encoder_layers": 1, "encoder_heads": 2, "encoder_ff_dim": 16, "text_adapters": 1,
               "av_adapters": 1, "adapter_heads": 2, "adapter_inner_layers": 1, "expert_hidden_dim": 16,
@@ -340,10 +340,9 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
     for _ in range(settings["warmup"] - 1):
         stepper.step()
     stepper.criterion_seconds.clear()
-    matmul_n = settings.get("matmul_n", MATMUL_N)
-    rate_before = matmul_rate(device, matmul_n)
+    rate_before = matmul_rate(device, settings["matmul_n"])
     times = [stepper.step() for _ in range(settings["steps"])]
-    rate_after = matmul_rate(device, matmul_n)
+    rate_after = matmul_rate(device, settings["matmul_n"])
     res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(), "step_times": times,
                            "step_s": statistics.median(times), "batch": int(batch["labels"].shape[0])}
     res["samples_per_s"] = res["batch"] / res["step_s"]
@@ -578,7 +577,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         + (", amp=True (bf16 autocast)" if args.amp else "") + ").",
         "GFLOP / step: FlopCounterMode over the first (untimed) warm-up step (CPU flash attention counted as the unfused "
         "path counts attention: backward = 2x forward). Share = achieved GFLOP/s over the fp32 "
-        f"{settings.get('matmul_n', MATMUL_N)}x{settings.get('matmul_n', MATMUL_N)} matmul rate measured in the same process right before and after the timed steps.",
+        f"{settings['matmul_n']}x{settings['matmul_n']} matmul rate measured in the same process right before and after the timed steps.",
         "On a shared CPU the absolute times move with the machine's load (1-min load average at start: "
         f"{machine['load_average_1min']}); shares and ratios measured back to back are more stable than absolute figures.",
         "GPU: " + ("this run." if not on_cpu else "not run (no GPU on this machine)."),

@@ -422,7 +422,7 @@ def test_transcript_dataset_never_leaves_half_a_pickle(tmp_path, tiny_bert, monk
     monkeypatch.setattr(transcripts.pickle, "dump", broken_dump)
     with pytest.raises(OSError, match="No space left"):
         build_transcript_dataset(csv, out, tiny_bert, text_len=12, progress=False)
-    assert not out.exists()
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "text.pkl" in p.name], "a partial file stayed"
     monkeypatch.undo()
     build_transcript_dataset(csv, out, tiny_bert, text_len=12, progress=False)
     assert _load(out)["train"]["text_bert"].shape[1:] == (3, 12)

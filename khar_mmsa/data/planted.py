@@ -100,6 +100,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..safe_io import atomic_open
+
 logger = logging.getLogger("MMSA")
 
 __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset", "planted_data",
@@ -510,7 +512,7 @@ def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
     path.parent.mkdir(parents=True, exist_ok=True)
     info.path = str(path)
     data["meta"] = info.as_dict()
-    with open(path, "wb") as f:
+    with atomic_open(path) as f:  # readers never see a half-written pickle
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
     logger.debug(f"planted {info.dataset} dataset written to {path}: {info}")
     return info

@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..safe_io import atomic_open
 from .planted import DATASET_SPECS, _cli_logging
 
 logger = logging.getLogger("MMSA")
@@ -275,11 +276,8 @@ def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_
         "description": ("audio and vision are absent: all-zero frames with lengths 1 (length 0 "
                         "breaks sequence packing); they carry no information"),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + ".partial")  # readers never see a half-written pickle
-    with open(partial, "wb") as f:
+    with atomic_open(out_path) as f:  # readers never see a half-written pickle
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(partial, out_path)
     if truncated:
         logger.warning(f"{truncated} transcript(s) longer than text_len={text_len} tokens were cut")
     logger.debug(f"transcript dataset written to {out_path}: {info}")
