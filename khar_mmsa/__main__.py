@@ -1,6 +1,6 @@
 """``python -m khar_mmsa``: see :mod:`khar_mmsa.cli`."""
 import sys
 
-from .cli import main
+from khar_mmsa.cli import main
 
 sys.exit(main())

@@ -28,13 +28,13 @@ SUBCOMMANDS = ("tune", "sweep")
 
 def known_models() -> List[str]:
     """Every model key of MMSA's config files, plus ours (``khar``)."""
-    from .mmsa import merged_config
+    from khar_mmsa.integration import merged_config
     return sorted(k for k in merged_config("regression") if k != "datasetCommonParams")
 
 
 def known_datasets() -> List[str]:
     """Every dataset key of MMSA's config files, plus ours (``simsv2``)."""
-    from .mmsa import merged_config
+    from khar_mmsa.integration import merged_config
     return sorted(k for k in merged_config("regression")["datasetCommonParams"] if k != "dataset_root_dir")
 
 
@@ -150,7 +150,7 @@ def tune_parser() -> argparse.ArgumentParser:
 
 def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
-    from . import ray_tune
+    from khar_mmsa.experiments import ray_tune
     outcome = ray_tune.search(
         args.model, args.dataset, config_file=_none_if_empty(args.config), config=_overrides(args.overrides),
         custom_feature=_none_if_empty(args.custom_feature), seed=args.seed, num_samples=args.samples,
@@ -170,7 +170,7 @@ def tune_main(argv: Sequence[str]) -> int:
 # python -m khar_mmsa sweep
 # ============================================================================================
 def sweep_parser() -> argparse.ArgumentParser:
-    from .sweep import add_executor_args
+    from khar_mmsa.experiments.sweep import add_executor_args
     parser = argparse.ArgumentParser(
         prog="python -m khar_mmsa sweep",
         description="MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
@@ -189,7 +189,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 def sweep_main(argv: Sequence[str]) -> int:
     args = sweep_parser().parse_args(argv)
-    from .sweep import RunSpec, executor_options, run_sweep, spec_table
+    from khar_mmsa.experiments.sweep import RunSpec, executor_options, run_sweep, spec_table
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
     for pair in args.overrides or []:
         target, sep, rest = pair.partition(":")

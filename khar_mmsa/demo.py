@@ -25,8 +25,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from .data.planted import make_planted_dataset
-from .text_encoders import make_tiny_bert, minilm_path
+from khar_mmsa.data.planted import make_planted_dataset
+from khar_mmsa.model.text_encoders import make_tiny_bert, minilm_path
 
 # MMSA_run removes its console handlers when it returns, so the demo's own summary goes through a
 # child logger with a handler of its own.

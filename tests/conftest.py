@@ -30,7 +30,7 @@ TINY_BERT_HIDDEN = 32
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local 4-layer, 32-wide random BERT folder (model + WordPiece vocab)."""
-    from khar_mmsa.text_encoders import make_tiny_bert
+    from khar_mmsa.model.text_encoders import make_tiny_bert
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), hidden_size=TINY_BERT_HIDDEN)
 
 
@@ -85,7 +85,7 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def unregistered() -> Iterator[None]:
     """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
     import logging
-    from khar_mmsa import mmsa as mmsa_patches
+    from khar_mmsa import integration as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)
     was = mmsa_patches.is_registered()

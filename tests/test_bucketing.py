@@ -5,11 +5,11 @@ import torch
 from test_trainer import PlantedSplit  # MMSA-shaped samples from a planted split
 from torch.utils.data import DataLoader
 
-from khar_mmsa.bucketing import LengthBucketSampler, bucketed_loader, padding_overhead, sample_lengths
+from khar_mmsa.data.bucketing import LengthBucketSampler, bucketed_loader, padding_overhead, sample_lengths
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.text_encoders import make_tiny_bert
-from khar_mmsa.trainer import KHaRTrainer
+from khar_mmsa.model.text_encoders import make_tiny_bert
+from khar_mmsa.training.trainer import KHaRTrainer
 
 pytestmark = pytest.mark.usefixtures("fast_mmsa")
 SEQ = (12, 40, 48)

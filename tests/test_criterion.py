@@ -9,10 +9,10 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from torch.nn import functional as F
 
-from khar_mmsa.criterion import KHaRCriterion
+from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.model.fusion import FusionOutput
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.text_encoders import make_tiny_bert
+from khar_mmsa.model.text_encoders import make_tiny_bert
 from test_contrastive import reference_loss
 from test_model import B, batch, small_cfg
 

@@ -13,7 +13,7 @@ from khar_mmsa.data import planted as planted_mod
 from khar_mmsa.data.planted import DATASET_SPECS, make_planted_dataset, noise_floor_mae, planted_data
 from khar_mmsa.data.transcripts import (ABSENT_FRAMES, absent_modalities, build_transcript_dataset,
                                         read_label_csv)
-from khar_mmsa.text_encoders import make_tiny_bert, minilm_path
+from khar_mmsa.model.text_encoders import make_tiny_bert, minilm_path
 
 SMALL_SIZES = (24, 8, 8)
 SMALL_LENS = (12, 20, 16)

@@ -1,4 +1,4 @@
-"""khar_mmsa.identity: saved files are keyed by content, never by paths or mtimes."""
+"""khar_mmsa.io.identity: saved files are keyed by content, never by paths or mtimes."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 from khar_mmsa.config import KHaRConfig
-from khar_mmsa.identity import config_identity, encoder_identity, feature_identity
-from khar_mmsa.pretrain import pretrain_fingerprint
+from khar_mmsa.io.identity import config_identity, encoder_identity, feature_identity
+from khar_mmsa.training.pretrain import pretrain_fingerprint
 
 
 def test_encoder_folder_identified_by_content(tiny_bert: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of :mod:`khar_mmsa.mmsa`: registration, the 'khar' and 'simsv2' keys, each fix for
+"""Tests of :mod:`khar_mmsa.integration`: registration, the 'khar' and 'simsv2' keys, each fix for
 MMSA 2.2.1 on today's stack, and real CPU ``MMSA_run`` calls of TFN, MulT and Self-MM.
 
 Each fix has a test that fails without it: either it runs with :func:`unregister` applied and
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa import mmsa as mmsa_patches
+from khar_mmsa import integration as mmsa_patches
 from conftest import TINY_BERT_HIDDEN, TINY_SEQ_LENS, TINY_SIZES
 
 MMSA = importlib.import_module("MMSA")
@@ -51,7 +51,7 @@ class DummyKHaR(nn.Module):
 
 
 class DummyTrainer:
-    """Stands in for khar_mmsa.trainer.KHaRTrainer; records what it saw."""
+    """Stands in for khar_mmsa.training.trainer.KHaRTrainer; records what it saw."""
 
     write_checkpoint = True
     events: List[Dict[str, Any]] = []
@@ -82,10 +82,10 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
     """Route the 'khar' key to the dummies; return a user config JSON for khar on tiny mosi."""
     model_mod = types.ModuleType("khar_mmsa.model.khar")
     model_mod.KHaR = DummyKHaR
-    trainer_mod = types.ModuleType("khar_mmsa.trainer")
+    trainer_mod = types.ModuleType("khar_mmsa.training.trainer")
     trainer_mod.KHaRTrainer = DummyTrainer
     monkeypatch.setitem(sys.modules, "khar_mmsa.model.khar", model_mod)
-    monkeypatch.setitem(sys.modules, "khar_mmsa.trainer", trainer_mod)
+    monkeypatch.setitem(sys.modules, "khar_mmsa.training.trainer", trainer_mod)
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", True)
     monkeypatch.setattr(DummyTrainer, "events", [])
     config = {
@@ -241,7 +241,7 @@ def test_simsv2_unknown_without_patch(unregistered: None) -> None:
     metrics = importlib.import_module("MMSA.utils.metricsTop").MetricsTop("regression")
     with pytest.raises(KeyError):
         metrics.getMetics("simsv2")
-    # metrics_for (used by khar_mmsa.trainer) works either way
+    # metrics_for (used by khar_mmsa.training.trainer) works either way
     pred, true = torch.tensor([[0.1], [-0.4], [0.3]]), torch.tensor([[0.5], [-0.5], [0.2]])
     assert "Mult_acc_3" in mmsa_patches.metrics_for("SIMSv2")(pred, true)
     assert "Has0_acc_2" in mmsa_patches.metrics_for("mosi")(pred, true)
@@ -460,7 +460,7 @@ def test_mmsa_test_gpu_id_fails_without_patch(tmp_path: Path, unregistered: None
 # ============================================================================================
 @pytest.fixture
 def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
-    """Replace khar_mmsa.safe_io / khar_mmsa.validation by recorders (plain pickle inside)."""
+    """Replace khar_mmsa.io.safe_io / khar_mmsa.data.validation by recorders (plain pickle inside)."""
     calls: Dict[str, list] = {"load": [], "validate": []}
 
     def load_pickle(path, trusted=False):
@@ -475,12 +475,12 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
         if args.get("reject_for_test"):
             raise ValueError(f"{source}: rejected by the test validator")
 
-    safe_io = types.ModuleType("khar_mmsa.safe_io")
+    safe_io = types.ModuleType("khar_mmsa.io.safe_io")
     safe_io.load_pickle = load_pickle
-    validation = types.ModuleType("khar_mmsa.validation")
+    validation = types.ModuleType("khar_mmsa.data.validation")
     validation.validate_features = validate_features
-    monkeypatch.setitem(sys.modules, "khar_mmsa.safe_io", safe_io)
-    monkeypatch.setitem(sys.modules, "khar_mmsa.validation", validation)
+    monkeypatch.setitem(sys.modules, "khar_mmsa.io.safe_io", safe_io)
+    monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", validation)
     return calls
 
 
@@ -507,7 +507,7 @@ def test_validation_error_stops_before_training(dummy_khar: Path, mmsa_run_kwarg
 
 def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs,
                                             tmp_path: Path) -> None:
-    safe_io = pytest.importorskip("khar_mmsa.safe_io")
+    safe_io = pytest.importorskip("khar_mmsa.io.safe_io")
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"train": types.SimpleNamespace()}))  # a non-allowed global
     with pytest.raises(safe_io.UnsafePickleError):
@@ -519,8 +519,8 @@ def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs,
 def test_hooks_absent_fall_back_to_plain_pickle(dummy_khar: Path, mmsa_run_kwargs,
                                                 fast_mmsa,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "khar_mmsa.safe_io", None)  # import -> ModuleNotFoundError
-    monkeypatch.setitem(sys.modules, "khar_mmsa.validation", None)
+    monkeypatch.setitem(sys.modules, "khar_mmsa.io.safe_io", None)  # import -> ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", None)
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
     assert len(DummyTrainer.events) == 1
 

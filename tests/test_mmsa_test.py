@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
-from khar_mmsa.safe_io import UnsafePickleError, load_pickle
-from khar_mmsa.validation import FeatureValidationError
+from khar_mmsa.io.safe_io import UnsafePickleError, load_pickle
+from khar_mmsa.data.validation import FeatureValidationError
 from MMSA import MMSA_run, MMSA_test
 
 TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,

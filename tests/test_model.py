@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from khar_mmsa.config import KHaRConfig
-from khar_mmsa.criterion import KHaRCriterion
+from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.model.adapter import AdapterBlock
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.text_encoders import make_tiny_bert
+from khar_mmsa.model.text_encoders import make_tiny_bert
 
 B, NT, NA, NV = 6, 10, 14, 18
 pytestmark = pytest.mark.usefixtures("fast_mmsa")  # one torch thread: tiny models run faster

@@ -54,7 +54,7 @@ def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_clus
 
 def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_features, tiny_bert, ray_cluster,
                                                                mmsa_run_kwargs, fast_mmsa) -> None:
-    from khar_mmsa import ray_tune
+    from khar_mmsa.experiments import ray_tune
     from MMSA import MMSA_run
     grid = {"learning_rate": [1e-3, 1e-4], "contrastive_weight": [0.0, 0.1]}
     config_file = tune_config_file(tmp_path, "khar", grid)

@@ -9,9 +9,9 @@ import types
 import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
-from khar_mmsa.log_format import LINE_WIDTH
-from khar_mmsa.mmsa.loading import FeatureFileNotFoundError
-from khar_mmsa.text_encoders import minilm_path
+from khar_mmsa.reporting.log_format import LINE_WIDTH
+from khar_mmsa.integration.loading import FeatureFileNotFoundError
+from khar_mmsa.model.text_encoders import minilm_path
 from MMSA import MMSA_run
 
 TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
@@ -137,7 +137,7 @@ def test_missing_feature_file_names_every_way_to_the_data(tiny_bert, mmsa_run_kw
 def test_without_matplotlib_the_run_warns_instead_of_drawing(tmp_path, monkeypatch, caplog):
     import sys
 
-    from khar_mmsa.curves import save_training_curves
+    from khar_mmsa.reporting.curves import save_training_curves
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     history = [{"epoch": 1, "valid": 0.9, "raw": {"task": 0.8}, "expert_load": {}}]
     with caplog.at_level("WARNING", logger="MMSA"):

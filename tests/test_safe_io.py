@@ -1,4 +1,4 @@
-"""Tests for khar_mmsa.safe_io: restricted unpickling, weights-only torch loads, atomic writes."""
+"""Tests for khar_mmsa.io.safe_io: restricted unpickling, weights-only torch loads, atomic writes."""
 from __future__ import annotations
 
 import collections
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from khar_mmsa.safe_io import (PickleReadError, PickleSizeError, UnsafePickleError, atomic_open,
+from khar_mmsa.io.safe_io import (PickleReadError, PickleSizeError, UnsafePickleError, atomic_open,
                                atomic_torch_save, file_digest,
                                atomic_write_bytes, atomic_write_text, load_pickle,
                                load_pickle_stream, safe_torch_load)

@@ -1,4 +1,4 @@
-"""Resumable sweeps (:mod:`khar_mmsa.sweep`) with the local executor, and the command line.
+"""Resumable sweeps (:mod:`khar_mmsa.experiments.sweep`) with the local executor, and the command line.
 
 Ray's executor and Ray Tune are in ``test_ray.py`` (skipped without Ray).
 """
@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from khar_mmsa import cli
-from khar_mmsa.sweep import Manifest, RunSpec, SweepFailed, SweepProgress, run_sweep
+from khar_mmsa.experiments.sweep import Manifest, RunSpec, SweepFailed, SweepProgress, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TFN_TINY = ["--set", "tfn:early_stop=1", "--set", "tfn:batch_size=8"]
@@ -119,7 +119,7 @@ def test_cli_help_lists_mmsa_models_and_ours(capsys) -> None:
 
 
 def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features, tiny_bert) -> None:
-    from khar_mmsa.mmsa import merged_config
+    from khar_mmsa.integration import merged_config
     from test_tune_mode import TINY_KHAR
     config = merged_config("regression")
     config["khar"]["datasetParams"]["mosi"].update(TINY_KHAR, pretrained=str(tiny_bert))

@@ -8,10 +8,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.pretrain import pretrain_fingerprint
-from khar_mmsa.safe_io import safe_torch_load
-from khar_mmsa.text_encoders import make_tiny_bert
-from khar_mmsa.trainer import KHaRTrainer
+from khar_mmsa.training.pretrain import pretrain_fingerprint
+from khar_mmsa.io.safe_io import safe_torch_load
+from khar_mmsa.model.text_encoders import make_tiny_bert
+from khar_mmsa.training.trainer import KHaRTrainer
 
 SEQ = (12, 16, 16)
 pytestmark = pytest.mark.usefixtures("fast_mmsa")  # one torch thread: tiny models run faster

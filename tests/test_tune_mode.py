@@ -1,4 +1,4 @@
-"""``MMSA_run(..., is_tune=True)`` selects on the validation split (:mod:`khar_mmsa.mmsa.tune`).
+"""``MMSA_run(..., is_tune=True)`` selects on the validation split (:mod:`khar_mmsa.integration.tune`).
 
 MMSA 2.2.1 scores every candidate on the test split.  Here each candidate's validation and test
 scores are planted (the trainer's ``do_test`` is replaced), with the best *test* score on a
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa.mmsa import merged_config
-from khar_mmsa.mmsa.tune import candidate_args
+from khar_mmsa.integration import merged_config
+from khar_mmsa.integration.tune import candidate_args
 from MMSA import MMSA_run
 
 TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
@@ -29,7 +29,7 @@ TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim
 # training with 4e-3 fails (as a non-finite loss would).
 PLANTED = {1e-3: (0.50, 0.90), 2e-3: (0.60, 0.80), 3e-3: (0.70, 0.10)}
 FAILING_LR = 4e-3
-TRAINERS = {"khar": ("khar_mmsa.trainer", "KHaRTrainer"), "tfn": ("MMSA.trains.singleTask.TFN", "TFN")}
+TRAINERS = {"khar": ("khar_mmsa.training.trainer", "KHaRTrainer"), "tfn": ("MMSA.trains.singleTask.TFN", "TFN")}
 
 
 def tune_config_file(tmp_path: Path, model: str, grid: Dict[str, list]) -> Path:
@@ -131,7 +131,7 @@ def test_train_candidate_reports_validation_after_every_epoch(model, tiny_featur
                                                               fast_mmsa) -> None:
     """The per-epoch hook the Ray Tune trials report through: KHaRTrainer.on_epoch_end for khar,
     the wrapped per-epoch do_test(mode='VAL') for MMSA's trainers; never the test split."""
-    from khar_mmsa.mmsa.tune import base_tune_args, seed_everything, train_candidate
+    from khar_mmsa.integration.tune import base_tune_args, seed_everything, train_candidate
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=3, early_stop=3) if model == "khar" else \
         {"early_stop": 2, "batch_size": 8}
     base = base_tune_args(model, "mosi", "", model_save_path=tmp_path / f"{model}.pth",

@@ -1,4 +1,4 @@
-"""Tests for khar_mmsa.validation.validate_features: one test per failure mode."""
+"""Tests for khar_mmsa.data.validation.validate_features: one test per failure mode."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from khar_mmsa.validation import FeatureValidationError, required_keys, validate_features
+from khar_mmsa.data.validation import FeatureValidationError, required_keys, validate_features
 
 SRC = "/data/MOSI/Processed/unaligned_50.pkl"
 SIZES = {"train": 5, "valid": 3, "test": 4}

@@ -100,7 +100,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..safe_io import atomic_open
+from khar_mmsa.io.safe_io import atomic_open
 
 logger = logging.getLogger("MMSA")
 
@@ -255,7 +255,7 @@ def _load_tokenizer(folder: Union[str, os.PathLike]) -> Any:
     """A BERT tokenizer from a local folder, or 'all-MiniLM-L6-v2' / 'minilm' (never the hub)."""
     from transformers import AutoTokenizer
 
-    from ..text_encoders import local_folder
+    from khar_mmsa.model.text_encoders import local_folder
     resolved = local_folder(str(folder))
     if resolved is None:
         raise FileNotFoundError(f"tokenizer folder {str(folder)!r} does not exist (local folders only, or "

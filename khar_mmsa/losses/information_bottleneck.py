@@ -3,7 +3,7 @@
 ``p(z|x) = N(mu, diag(sigma^2))`` (eq. 23), ``q(z) = N(0, I)`` (eq. 26), ``-log q(y|z) =
 ||y - D(z)||_1 + C`` (eq. 25), so the minimised loss (eq. 12, the negative of eq. 28) is
 ``mean_i [ beta * KL(N(mu_i, sigma_i^2) || N(0, I)) + ||y_i - y_hat_i||_1 ]``.  This module holds its
-pieces; :class:`khar_mmsa.criterion.KHaRCriterion` is the one place that weights and adds them.
+pieces; :class:`khar_mmsa.losses.criterion.KHaRCriterion` is the one place that weights and adds them.
 
 The KL's reduction over the latent dimensions (``KHaRConfig.mib_kl_reduction``): 'sum' is eq. 27-28's
 closed form; 'mean' divides it by the latent width, as E-MIB (whose beta = 1e-3 we use) does.  The

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import FusedEncoder
+from khar_mmsa.model.attention import FusedEncoder
 
 
 class AdapterBlock(nn.Module):

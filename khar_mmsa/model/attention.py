@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .dropout import Dropout
+from khar_mmsa.model.dropout import Dropout
 
 
 def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:

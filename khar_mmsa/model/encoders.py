@@ -11,8 +11,8 @@ from typing import List
 import torch
 from torch import nn
 
-from ..text_encoders import resolve_pretrained
-from .attention import FusedEncoderLayer, key_padding_mask
+from khar_mmsa.model.text_encoders import resolve_pretrained
+from khar_mmsa.model.attention import FusedEncoderLayer, key_padding_mask
 
 
 @dataclass

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import KHaRConfig
-from ..losses.information_bottleneck import gaussian_kl_to_standard_normal, reparameterize
+from khar_mmsa.config import KHaRConfig
+from khar_mmsa.losses.information_bottleneck import gaussian_kl_to_standard_normal, reparameterize
 
 
 @dataclass

@@ -13,9 +13,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..config import evenly_spaced_layers
-from .adapter import AdapterBlock
-from .encoders import EncoderOutput
+from khar_mmsa.config import evenly_spaced_layers
+from khar_mmsa.model.adapter import AdapterBlock
+from khar_mmsa.model.encoders import EncoderOutput
 
 
 class AdapterStack(nn.Module):

@@ -2,7 +2,7 @@
 
 ``KHaR(args)`` accepts MMSA's EasyDict (converted once to :class:`KHaRConfig`) or a KHaRConfig.
 ``forward`` returns named outputs: the prediction ``'M'`` (MMSA's key) plus what the criterion and
-the benchmarks need; no loss is weighted here (see :mod:`khar_mmsa.criterion`).
+the benchmarks need; no loss is weighted here (see :mod:`khar_mmsa.losses.criterion`).
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from ..config import MODALITIES, KHaRConfig
-from .encoders import SequenceEncoder, TextEncoder, lengths_to_mask
-from .fusion import build_fusion
-from .harvest import AdapterStack, Harvester, masked_mean
-from .refine import build_refiner
+from khar_mmsa.config import MODALITIES, KHaRConfig
+from khar_mmsa.model.encoders import SequenceEncoder, TextEncoder, lengths_to_mask
+from khar_mmsa.model.fusion import build_fusion
+from khar_mmsa.model.harvest import AdapterStack, Harvester, masked_mean
+from khar_mmsa.model.refine import build_refiner
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}  # MMSA orders everything T, A, V
 
@@ -82,7 +82,7 @@ class KHaR(nn.Module):
     def check_config(args: Mapping) -> KHaRConfig:
         """MMSA's args -> the checked config; raises :class:`~khar_mmsa.config.ConfigError` (or
         ``ConfigTypeError``) naming each bad key, its value and the allowed range.  Called by the
-        MMSA hooks before any data is read (khar_mmsa.mmsa.models.check_config)."""
+        MMSA hooks before any data is read (khar_mmsa.integration.models.check_config)."""
         return KHaRConfig.from_mmsa_args(args)
 
     def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:

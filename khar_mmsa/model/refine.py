@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import KHaRConfig
-from ..losses.balance import cv_squared
-from .dropout import Dropout
-from .gating import noisy_top_k_gating
+from khar_mmsa.config import KHaRConfig
+from khar_mmsa.losses.balance import cv_squared
+from khar_mmsa.model.dropout import Dropout
+from khar_mmsa.model.gating import noisy_top_k_gating
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:

@@ -23,8 +23,8 @@ torch.set_num_threads(1)  # same arithmetic in every process of a test
 
 import khar_mmsa  # noqa: E402,F401  (registers 'khar')
 import MMSA.run  # noqa: E402
-from khar_mmsa import pretrain  # noqa: E402
-from khar_mmsa.trainer import KHaRTrainer  # noqa: E402
+from khar_mmsa.training import pretrain  # noqa: E402
+from khar_mmsa.training.trainer import KHaRTrainer  # noqa: E402
 from MMSA import MMSA_run  # noqa: E402
 
 spec = json.loads(sys.argv[1])

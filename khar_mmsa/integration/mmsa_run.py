@@ -1,16 +1,16 @@
 """``MMSA_run`` (in ``MMSA.run`` and ``MMSA``): one call, one results row, no leftovers.
 
-The wrapper opens a :class:`~khar_mmsa.mmsa.run_context.RunContext` for the hooks below it, uses
+The wrapper opens a :class:`~khar_mmsa.integration.run_context.RunContext` for the hooks below it, uses
 0 loader workers when CUDA is absent and ``num_workers`` was not given (breakage 8), checks the
-output folders before anything trains (:mod:`khar_mmsa.mmsa.output_folders`), lets MMSA write its
-CSV into a private temporary folder (``mmsa-results-<pid>-*``, :mod:`khar_mmsa.mmsa.temp_files`)
+output folders before anything trains (:mod:`khar_mmsa.integration.output_folders`), lets MMSA write its
+CSV into a private temporary folder (``mmsa-results-<pid>-*``, :mod:`khar_mmsa.integration.temp_files`)
 and merges one row per run into the real ``<res_save_dir>/normal/<dataset>.csv``
-(:mod:`khar_mmsa.mmsa.results_csv`); then the run's finished-seed record is removed
-(:mod:`khar_mmsa.mmsa.checkpoints`).  The call's ``verbose_level`` and ``log_dir`` are kept for
+(:mod:`khar_mmsa.integration.results_csv`); then the run's finished-seed record is removed
+(:mod:`khar_mmsa.integration.checkpoints`).  The call's ``verbose_level`` and ``log_dir`` are kept for
 the trainer (:func:`current_run_options`).  A normal run returns its row (a dict) instead of None.
-A tuning call (``is_tune=True``) goes to :func:`khar_mmsa.mmsa.tune.tune_by_validation` instead
+A tuning call (``is_tune=True``) goes to :func:`khar_mmsa.integration.tune.tune_by_validation` instead
 of MMSA's tune loop, and returns what it returns.  The log handlers MMSA added are removed
-when the call returns (:mod:`khar_mmsa.mmsa.log_handlers`).
+when the call returns (:mod:`khar_mmsa.integration.log_handlers`).
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ import logging
 import shutil
 from typing import Any, Callable, Dict, Optional
 
-from .checkpoints import finish_run
-from .cpu_fallback import cuda_available
-from .log_handlers import remove_handlers
-from .registry import mmsa_module, set_entry_point
-from .results_csv import (MMSA_DEFAULT_SEEDS, append_result_row, results_csv_path,
+from khar_mmsa.integration.checkpoints import finish_run
+from khar_mmsa.integration.cpu_fallback import cuda_available
+from khar_mmsa.integration.log_handlers import remove_handlers
+from khar_mmsa.integration.registry import mmsa_module, set_entry_point
+from khar_mmsa.integration.results_csv import (MMSA_DEFAULT_SEEDS, append_result_row, results_csv_path,
                           summarize_results)
-from .output_folders import check_output_folders, output_folder
-from .run_context import TLS, RunContext, current_run
-from .temp_files import make_private_dir, sweep
-from .tune import tune_by_validation
+from khar_mmsa.integration.output_folders import check_output_folders, output_folder
+from khar_mmsa.integration.run_context import TLS, RunContext, current_run
+from khar_mmsa.integration.temp_files import make_private_dir, sweep
+from khar_mmsa.integration.tune import tune_by_validation
 
 logger = logging.getLogger("MMSA")
 

@@ -33,9 +33,9 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from .registry import mmsa_module, set_attr
-from .results_csv import is_number
-from .run_context import current_run
+from khar_mmsa.integration.registry import mmsa_module, set_attr
+from khar_mmsa.integration.results_csv import is_number
+from khar_mmsa.integration.run_context import current_run
 
 logger = logging.getLogger("MMSA")
 
@@ -78,7 +78,7 @@ class SeedCheckpoint:
         ``fingerprint`` is the trainer's hash of config, seed and data.  The state is kept when
         the fingerprints match and, if it names a best epoch, the best checkpoint is there.
         """
-        from ..safe_io import safe_torch_load
+        from khar_mmsa.io.safe_io import safe_torch_load
         if not self.resume_path.is_file():
             self.remove_stale("left by an earlier run or seed, so that only this seed's "
                               "training can produce the model that is tested")
@@ -101,16 +101,16 @@ class SeedCheckpoint:
         return None
 
     def save_best(self, state_dict: Mapping[str, Any]) -> None:
-        from ..safe_io import atomic_torch_save
+        from khar_mmsa.io.safe_io import atomic_torch_save
         atomic_torch_save(dict(state_dict), self.path)
 
     def save_resume(self, payload: Mapping[str, Any]) -> None:
-        from ..safe_io import atomic_torch_save
+        from khar_mmsa.io.safe_io import atomic_torch_save
         atomic_torch_save(dict(payload), self.resume_path)
 
     def save_config(self, config: Mapping[str, Any]) -> None:
         """The config the checkpoint is trained with, as JSON (``MMSA_test`` rebuilds from it)."""
-        from ..safe_io import atomic_write_text
+        from khar_mmsa.io.safe_io import atomic_write_text
         atomic_write_text(self.config_path, json.dumps(dict(config), indent=1, sort_keys=True,
                                                        default=str))
 
@@ -154,7 +154,7 @@ class RunState:
         return self.results.get(str(seed))
 
     def record(self, seed: int, result: Mapping[str, Any]) -> None:
-        from ..safe_io import atomic_write_text
+        from khar_mmsa.io.safe_io import atomic_write_text
         self.results[str(seed)] = {k: float(v) for k, v in result.items() if is_number(v)}
         atomic_write_text(self.path, json.dumps({"key": self.key, "results": self.results},
                                                 indent=1))
@@ -172,7 +172,7 @@ def patch() -> None:
 def _own_trainer(model_name: str) -> Optional[type]:
     """The trainer class of ``model_name`` when it drives its own :class:`SeedCheckpoint`
     (declares ``owns_checkpoint_life_cycle`` and has ``run_key``), else None."""
-    from .models import EXTRA_TRAINERS
+    from khar_mmsa.integration.models import EXTRA_TRAINERS
     lazy = EXTRA_TRAINERS.get(str(model_name))
     trainer = None if lazy is None else lazy.resolve()
     if getattr(trainer, "owns_checkpoint_life_cycle", False):

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from .safe_io import file_digest
+from khar_mmsa.io.safe_io import file_digest
 
 # MMSA_run's feature files, by role (the main file is custom_feature, else featurePath).
 FEATURE_ROLES = ("feature_T", "feature_A", "feature_V")
@@ -54,7 +54,7 @@ def _digest_or_none(path: Any) -> Optional[str]:
 def encoder_identity(pretrained: str) -> Any:
     """A local folder (or 'all-MiniLM-L6-v2', the installed one): {file name: SHA-256} of its
     config and weights; a hub name: the name."""
-    from .text_encoders import local_folder
+    from khar_mmsa.model.text_encoders import local_folder
     folder = local_folder(str(pretrained))
     if folder is None:
         return pretrained

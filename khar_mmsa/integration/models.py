@@ -1,7 +1,7 @@
 """Model key ``'khar'``: MMSA's ``AMIO`` / ``ATIO`` learn our model and trainer.
 
 ``AMIO.__init__`` / ``ATIO.__init__`` add ``'khar'`` to ``MODEL_MAP`` / ``TRAIN_MAP``, resolved
-lazily to ``khar_mmsa.model.khar.KHaR`` / ``khar_mmsa.trainer.KHaRTrainer``
+lazily to ``khar_mmsa.model.khar.KHaR`` / ``khar_mmsa.training.trainer.KHaRTrainer``
 (:data:`EXTRA_MODELS`, :data:`EXTRA_TRAINERS`).  ``SUPPORTED_MODELS`` / ``SUPPORTED_DATASETS``
 (informational lists in ``MMSA.run`` and ``MMSA``) gain ``'KHaR'`` / ``'SIMSV2'``.
 :func:`check_config` runs an extra model's own settings check (a ``check_config(args)`` on its
@@ -14,8 +14,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping
 
-from .datasets import EXTRA_DATASETS
-from .registry import mmsa_module, set_attr
+from khar_mmsa.integration.datasets import EXTRA_DATASETS
+from khar_mmsa.integration.registry import mmsa_module, set_attr
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class LazyClass:
 #: Extra model keys for ``AMIO``'s ``MODEL_MAP``.
 EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.model.khar", "KHaR")}
 #: Extra model keys for ``ATIO``'s ``TRAIN_MAP``.
-EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.trainer", "KHaRTrainer")}
+EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.training.trainer", "KHaRTrainer")}
 
 
 def patch() -> None:

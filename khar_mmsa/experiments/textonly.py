@@ -4,13 +4,13 @@ A baseline for the real-transcripts benchmark: the same encoder KHaR uses (e.g. 
 fine-tuned end to end with one ``Linear(hidden, 1)`` on its pooled output, L1 loss on the
 sentiment label, on the same splits of the same MMSA feature pickle (``text_bert`` ids), model
 selection and early stopping on the validation L1 (MMSA's ``KeyEval='Loss'`` for MOSI), and the
-test set scored by MMSA's metric function (:func:`khar_mmsa.mmsa.metrics_for`), so its
+test set scored by MMSA's metric function (:func:`khar_mmsa.integration.metrics_for`), so its
 numbers read exactly like an ``MMSA_run`` row.
 
 Pooling: ``'mean'`` (masked mean of the last hidden states, the pooling all-MiniLM-L6-v2 was
 trained with) or ``'cls'`` (the ``[CLS]`` state).
 
-    from khar_mmsa.textonly import TextOnlyConfig, train_text_only
+    from khar_mmsa.experiments.textonly import TextOnlyConfig, train_text_only
     result = train_text_only('mosi_text.pkl', minilm_folder, 'mosi', seed=1111)
     result.test   # {'MAE': ..., 'Corr': ..., 'Mult_acc_7': ..., 'Loss': ...}
 """
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .model.harvest import masked_mean
+from khar_mmsa.model.harvest import masked_mean
 
 logger = logging.getLogger("MMSA")
 
@@ -116,8 +116,8 @@ def train_text_only(feature_path: Union[str, Path], encoder_folder: Union[str, P
 
     The best epoch by validation L1 is restored and scored on the test split with MMSA's metrics
     for ``dataset`` (plus ``'Loss'`` = test L1, as KHaR's trainer reports it)."""
-    from .mmsa import metrics_for
-    from .safe_io import load_pickle
+    from khar_mmsa.integration import metrics_for
+    from khar_mmsa.io.safe_io import load_pickle
 
     cfg = config or TextOnlyConfig()
     device = torch.device(device)

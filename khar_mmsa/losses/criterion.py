@@ -23,8 +23,8 @@ from typing import Dict, Mapping
 import torch
 from torch.nn import functional as F
 
-from .config import KHaRConfig
-from .losses.contrastive import intensity_contrastive_loss
+from khar_mmsa.config import KHaRConfig
+from khar_mmsa.losses.contrastive import intensity_contrastive_loss
 
 TASK_L1_WEIGHT = 1.0   # eq. 22: L_task enters unweighted
 NLL_L1_WEIGHT = 1.0    # eq. 12: -log q(y|z) = |y - D(z)| + C (eq. 25) enters L_MIB unweighted

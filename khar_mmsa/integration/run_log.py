@@ -9,7 +9,7 @@ the config's ``seq_lens`` instead of the data's -- then ``Result for seed ...`` 
 of that function returns a :class:`RunLogger` (the trainers keep the real logger) which, inside a
 patched ``MMSA_run`` call only, holds back the args dump (the
 loader hook logs :func:`log_run_args` once the data is read), rewrites ``Result for seed`` from
-the per-seed results as plain numbers wrapped at :data:`khar_mmsa.log_format.LINE_WIDTH`, and drops
+the per-seed results as plain numbers wrapped at :data:`khar_mmsa.reporting.log_format.LINE_WIDTH`, and drops
 the temporary results path.  Everything else goes to the real logger unchanged.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any, Mapping
 
-from .run_context import current_run
+from khar_mmsa.integration.run_context import current_run
 
 logger = logging.getLogger("MMSA")
 
@@ -54,7 +54,7 @@ class RunLogger:
 
 def log_seed_result(seed: str, result: Mapping[str, Any]) -> None:
     """``Result for seed S: Metric: value ...`` with plain numbers, wrapped."""
-    from ..log_format import log_fields, plain_value
+    from khar_mmsa.reporting.log_format import log_fields, plain_value
     numbers = {k: v for k, v in plain_value(dict(result)).items() if isinstance(v, (int, float))}
     log_fields(logger, f"Result for seed {seed}:", numbers, sep=": ")
 
@@ -64,7 +64,7 @@ def log_run_args(args: Mapping[str, Any]) -> None:
     the feature file actually read, ``seq_lens``/``feature_dims`` as MMSA's loader found them in
     the data, in MMSA's (text, audio, vision) order, the folder ``pretrained`` resolves to, then
     every other key, wrapped."""
-    from ..log_format import LINE_WIDTH, format_value, wrap_fields
+    from khar_mmsa.reporting.log_format import LINE_WIDTH, format_value, wrap_fields
     ctx = current_run()
     if ctx is not None:
         if ctx.args_logged:
@@ -90,7 +90,7 @@ def log_run_args(args: Mapping[str, Any]) -> None:
 
 
 def _pretrained_text(name: str) -> str:
-    from ..text_encoders import local_folder
+    from khar_mmsa.model.text_encoders import local_folder
     folder = local_folder(name)
     if folder is None:
         return f"{name} (hub name)"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import mmsa_module, set_attr
+from khar_mmsa.integration.registry import mmsa_module, set_attr
 
 #: MMSA trainer modules that call ``ReduceLROnPlateau(..., verbose=True)``.
 TRAINER_MODULES = ("MMSA.trains.singleTask.MULT", "MMSA.trains.singleTask.MMIM",

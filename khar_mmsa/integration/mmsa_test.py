@@ -1,12 +1,12 @@
 """``MMSA_test`` (in ``MMSA.run`` and ``MMSA``) through the same gate as ``MMSA_run``.
 
 * ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning (breakage 11).
-* The feature file is read with the restricted unpickler (``khar_mmsa.safe_io``; a pickle that
+* The feature file is read with the restricted unpickler (``khar_mmsa.io.safe_io``; a pickle that
   would run code is refused; ``config={'trust_pickle': True}`` for a file you trust) and checked
   before any model sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
-  the ``pickle`` shim installed as ``MMSA.run.pickle`` (:class:`~khar_mmsa.mmsa.loading.PickleShim`).
+  the ``pickle`` shim installed as ``MMSA.run.pickle`` (:class:`~khar_mmsa.integration.loading.PickleShim`).
 * ``config`` may name a model key (``MMSA_test('khar', weights, features)``) instead of a JSON
-  file.  For ``'khar'`` the prediction is :func:`khar_mmsa.predict.predict_file`: the model is
+  file.  For ``'khar'`` the prediction is :func:`khar_mmsa.integration.predict.predict_file`: the model is
   rebuilt from the checkpoint's config, not from the sample's shapes (which MMSA uses), and a
   whole MMSA feature pickle is predicted split by split.
 """
@@ -21,10 +21,10 @@ from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
-from .cpu_fallback import cuda_available
-from .loading import PickleShim, preloaded_objects
-from .models import EXTRA_MODELS
-from .registry import mmsa_module, set_attr, set_entry_point
+from khar_mmsa.integration.cpu_fallback import cuda_available
+from khar_mmsa.integration.loading import PickleShim, preloaded_objects
+from khar_mmsa.integration.models import EXTRA_MODELS
+from khar_mmsa.integration.registry import mmsa_module, set_attr, set_entry_point
 
 logger = logging.getLogger("MMSA")
 
@@ -54,7 +54,7 @@ def _test_args(config: Any) -> Mapping[str, Any]:
 
 def check_sample(sample: Any, source: str) -> None:
     """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays."""
-    from ..validation import FeatureValidationError
+    from khar_mmsa.data.validation import FeatureValidationError
     if not isinstance(sample, Mapping):
         raise FeatureValidationError(source, None, None, f"the pickle holds a "
                                      f"{type(sample).__name__}, not a dict",
@@ -88,10 +88,10 @@ def _wrap_mmsa_test(original: Callable) -> Callable:
         trusted = bool(test_args.get("trust_pickle", False))
         device = "cpu" if call["gpu_id"] < 0 else f"cuda:{call['gpu_id']}"
         if str(test_args.get("model_name", "")).lower() in EXTRA_MODELS:
-            from ..predict import predict_file
+            from khar_mmsa.integration.predict import predict_file
             return predict_file(call["weights_path"], call["feature_path"], test_args,
                                 device=device, trusted=trusted)
-        from ..safe_io import load_pickle
+        from khar_mmsa.io.safe_io import load_pickle
         sample = load_pickle(call["feature_path"], trusted=trusted)
         check_sample(sample, str(call["feature_path"]))
         with preloaded_objects({call["feature_path"]: sample}):

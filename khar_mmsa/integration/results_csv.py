@@ -1,10 +1,10 @@
 """One plain-numbers row per ``MMSA_run`` call in ``<res_save_dir>/normal/<dataset>.csv``.
 
 MMSA writes ``(mean, std)`` tuples as strings and, when two runs finish together, can lose a row
-(breakage 7).  :mod:`khar_mmsa.mmsa.mmsa_run` lets MMSA write into a private temporary folder and
+(breakage 7).  :mod:`khar_mmsa.integration.mmsa_run` lets MMSA write into a private temporary folder and
 merges one row per run into the real CSV with :func:`append_result_row`: an exclusive
 ``fcntl.flock`` on ``<csv>.lock`` and an atomic replace.  Tuning runs (``is_tune=True``) write
-their own tune CSV (:mod:`khar_mmsa.mmsa.tune`); its cells are plain numbers.
+their own tune CSV (:mod:`khar_mmsa.integration.tune`); its cells are plain numbers.
 
 Row format: ``Model``, ``seeds`` (the seeds, space separated), then for every metric key returned
 by the trainer's ``do_test`` two plain numeric columns, ``<Metric>`` = mean and ``<Metric>_std``

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .config import LABEL_RANGES
+from khar_mmsa.config import LABEL_RANGES
 
 logger = logging.getLogger("MMSA")
 
@@ -122,7 +122,7 @@ def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
     pre = args.get("pretrained")
     if not pre or not isinstance(pre, (str, Path)):
         return None
-    from .text_encoders import local_folder
+    from khar_mmsa.model.text_encoders import local_folder
     folder = local_folder(str(pre))
     if folder is None:
         return None

@@ -20,20 +20,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import MODALITIES, KHaRConfig, fingerprint
-from .identity import config_identity
-from .model.harvest import masked_mean
-from .model.khar import KHaR, batch_inputs, modality_inputs
-from .optim import make_adamw
-from .progress import progress
-from .safe_io import atomic_torch_save, safe_torch_load
+from khar_mmsa.config import MODALITIES, KHaRConfig, fingerprint
+from khar_mmsa.io.identity import config_identity
+from khar_mmsa.model.harvest import masked_mean
+from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
+from khar_mmsa.training.optim import make_adamw
+from khar_mmsa.reporting.progress import progress
+from khar_mmsa.io.safe_io import atomic_torch_save, safe_torch_load
 
 logger = logging.getLogger("MMSA")
 
 # Config fields that change what pretraining produces; a saved file is reused only when they match.
 # ``modalities``: which harvesters exist (and so the random initialisation and the order of the
 # unimodal runs); ``dataset_name``: which labels they learn; ``pretrained``: the text encoder, by
-# content (khar_mmsa.identity); ``early_stop`` / ``batch_size``: pretraining's stopping and batches.
+# content (khar_mmsa.io.identity); ``early_stop`` / ``batch_size``: pretraining's stopping and batches.
 # Not here: what only the main run reads (fusion, MoE, losses, learning_rate, epochs ...).
 PRETRAIN_FIELDS = ("dataset_name", "modalities", "feature_dims", "seq_lens", "pretrained", "modal_dim",
                    "encoder_layers", "encoder_heads", "encoder_ff_dim", "encoder_dropout", "text_adapters",

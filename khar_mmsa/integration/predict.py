@@ -3,17 +3,17 @@
 MMSA's ``MMSA_test`` sizes the model from the one sample it reads (``seq_lens`` = the sample's
 lengths), while KHaR's learned position tables are sized by the training config, so a KHaR
 checkpoint does not load that way.  Here the model is rebuilt from the config the checkpoint was
-trained with -- ``<checkpoint>.json``, written beside it by :class:`~khar_mmsa.trainer.KHaRTrainer`
+trained with -- ``<checkpoint>.json``, written beside it by :class:`~khar_mmsa.training.trainer.KHaRTrainer`
 -- or, for a checkpoint without one, from the config passed to ``MMSA_test`` with the audio/vision
 ``seq_lens`` and ``feature_dims`` read from the checkpoint's own tensors.  Never from the sample.
 
-The feature file is read with the restricted unpickler (:mod:`khar_mmsa.safe_io`; a file that
+The feature file is read with the restricted unpickler (:mod:`khar_mmsa.io.safe_io`; a file that
 would run code is refused) and checked before the model sees it:
 
 * one sample (MMSA's format): ``{'text_bert': (3, L), 'audio': (La, Da), 'vision': (Lv, Dv)}``,
   optionally ``audio_lengths`` / ``vision_lengths`` -> a float;
 * a whole MMSA feature pickle (``{'train': {...}, 'valid': {...}, 'test': {...}}``), checked by
-  :func:`khar_mmsa.validation.validate_features` -> ``{split: np.ndarray of predictions}``.
+  :func:`khar_mmsa.data.validation.validate_features` -> ``{split: np.ndarray of predictions}``.
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ from typing import Any, Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from .config import KHaRConfig
-from .model.khar import KHaR
-from .safe_io import load_pickle, safe_torch_load
-from .validation import SPLITS, FeatureValidationError, validate_features
+from khar_mmsa.config import KHaRConfig
+from khar_mmsa.model.khar import KHaR
+from khar_mmsa.io.safe_io import load_pickle, safe_torch_load
+from khar_mmsa.data.validation import SPLITS, FeatureValidationError, validate_features
 
 logger = logging.getLogger("MMSA")
 
@@ -38,7 +38,7 @@ MODAL_KEYS = ("text_bert", "audio", "vision")
 
 
 def config_file(weights_path: Union[str, Path]) -> Path:
-    """Where :class:`~khar_mmsa.trainer.KHaRTrainer` saves a checkpoint's config."""
+    """Where :class:`~khar_mmsa.training.trainer.KHaRTrainer` saves a checkpoint's config."""
     path = Path(weights_path)
     return path.with_name(path.name + ".json")
 

@@ -48,13 +48,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
-from .config import fingerprint
-from .safe_io import atomic_write_bytes
+from khar_mmsa.config import fingerprint
+from khar_mmsa.io.safe_io import atomic_write_bytes
 
 logger = logging.getLogger("MMSA")
 
 MANIFEST_NAME = "sweep-manifest.jsonl"
-DEFAULT_RUNNER = "khar_mmsa.sweep:mmsa_run_one"
+DEFAULT_RUNNER = "khar_mmsa.experiments.sweep:mmsa_run_one"
 EXECUTORS = ("local", "ray")
 DATA_TRANSFERS = ("path", "object-store")
 #: Environment variables a Ray worker gets from the driver (offline hub, quiet progress bars, data root).
@@ -140,7 +140,7 @@ class ExecutorOptions:
 def add_executor_args(parser: Any) -> None:
     """``--executor``, ``--address``, ``--cpus-per-run``, ``--gpus-per-run``, ``--memory-per-run``,
     ``--data-transfer``, ``--max-in-flight`` on an argparse parser."""
-    group = parser.add_argument_group("executor (see khar_mmsa.sweep)")
+    group = parser.add_argument_group("executor (see khar_mmsa.experiments.sweep)")
     group.add_argument("--executor", choices=EXECUTORS, default="local",
                        help="local: a plain loop in this process (default); ray: one Ray task per run")
     group.add_argument("--address", default=None,

@@ -6,7 +6,7 @@ Needs the ``ray`` extra (``pip install -e ".[ray]"``).  :func:`search`:
   MMSA's, or the file given), each parameter a ``tune.choice`` -- the same grid as
   ``MMSA_run(..., is_tune=True)``;
 * each trial builds its config like MMSA's tune mode and trains it with
-  :func:`khar_mmsa.mmsa.tune.train_candidate`, the same training code and validation as
+  :func:`khar_mmsa.integration.tune.train_candidate`, the same training code and validation as
   ``MMSA_run``; after every epoch it reports ``valid_<KeyEval>`` so the ASHA scheduler can stop
   poor trials early.  The test split is never scored in a trial;
 * each trial reserves ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (a fraction shares a GPU);
@@ -52,7 +52,7 @@ def _require_ray() -> Any:
 def search_space(base: Mapping[str, Any]) -> Dict[str, Any]:
     """``tune.choice`` per ``d_paras`` parameter (a dict of choices for a nested one)."""
     tune = _require_ray()
-    from .mmsa.tune import grid_axes
+    from khar_mmsa.integration.tune import grid_axes
     space: Dict[str, Any] = {}
     for item, key, choices in grid_axes(base):
         if key is None:
@@ -72,7 +72,7 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     from ray import tune
 
     import khar_mmsa  # noqa: F401  - registers 'khar' and the MMSA fixes in this worker
-    from .mmsa.tune import candidate_args, seed_everything, train_candidate, use_device
+    from khar_mmsa.integration.tune import candidate_args, seed_everything, train_candidate, use_device
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     _log_to(trial_dir / "mmsa.log")
@@ -117,7 +117,7 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     import khar_mmsa  # noqa: F401
-    from .mmsa.tune import LOWER_IS_BETTER, base_tune_args, candidate_args, write_mmsa_config
+    from khar_mmsa.integration.tune import LOWER_IS_BETTER, base_tune_args, candidate_args, write_mmsa_config
     model, dataset = model.lower(), dataset.lower()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

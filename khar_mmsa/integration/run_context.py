@@ -1,7 +1,7 @@
 """Per-call state of one patched ``MMSA_run`` call, kept thread-local.
 
 MMSA passes nothing from ``MMSA_run`` down to ``_run``, ``_set_logger`` or the data loader; the
-hooks of :mod:`khar_mmsa.mmsa` meet through :func:`current_run` instead.
+hooks of :mod:`khar_mmsa.integration` meet through :func:`current_run` instead.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class RunContext:
     handlers: List[logging.Handler] = field(default_factory=list)
     features: Dict[Tuple[str, int, int], Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=list)
-    run_state: Any = None  # khar_mmsa.mmsa.checkpoints.RunState, opened at the first seed
+    run_state: Any = None  # khar_mmsa.integration.checkpoints.RunState, opened at the first seed
     is_tune: bool = False
     verbose_level: Optional[int] = None      # MMSA_run's console level: 0 errors, 1 info, 2 debug
     log_dir: Optional[Path] = None           # where MMSA writes <model>-<dataset>.log

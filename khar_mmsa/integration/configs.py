@@ -9,8 +9,8 @@ Any other path is a user's own file and is read as it is.  Environment variable
 (``featurePath`` is joined to it).  A user's own JSON keeps its own root.
 
 The merged JSON is written to a private temporary folder (``khar-mmsa-<pid>-*``) removed by
-:func:`remove_tmpdir` at :func:`~khar_mmsa.mmsa.unregister` and at interpreter exit, or by
-:func:`khar_mmsa.mmsa.temp_files.sweep` after a kill.
+:func:`remove_tmpdir` at :func:`~khar_mmsa.integration.unregister` and at interpreter exit, or by
+:func:`khar_mmsa.integration.temp_files.sweep` after a kill.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from .registry import REGISTRY_LOCK, mmsa_module, set_attr
-from .temp_files import make_private_dir
+from khar_mmsa.integration.registry import REGISTRY_LOCK, mmsa_module, set_attr
+from khar_mmsa.integration.temp_files import make_private_dir
 
 DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
 #: Folder holding our config overlays (editable install: beside the ``khar_mmsa`` package).

@@ -4,16 +4,16 @@
 ``gpu_ids=[0]`` on a machine without CUDA runs on the CPU with one warning on the ``'MMSA'``
 logger (breakage 1).  ``torch`` itself is not touched.  ``MMSA_run`` without an explicit
 ``num_workers`` uses 0 loader workers when CUDA is absent (breakage 8, applied by
-:mod:`khar_mmsa.mmsa.mmsa_run`); ``MMSA_test(gpu_id>=0)`` falls back to the CPU
-(breakage 11, :mod:`khar_mmsa.mmsa.mmsa_test`).
+:mod:`khar_mmsa.integration.mmsa_run`); ``MMSA_test(gpu_id>=0)`` falls back to the CPU
+(breakage 11, :mod:`khar_mmsa.integration.mmsa_test`).
 """
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from .registry import mmsa_module, set_attr
-from .run_context import current_run
+from khar_mmsa.integration.registry import mmsa_module, set_attr
+from khar_mmsa.integration.run_context import current_run
 
 logger = logging.getLogger("MMSA")
 

@@ -4,7 +4,7 @@ Each ``MMSA_run`` call adds a file and a console handler to the ``'MMSA'`` logge
 removes them, so repeated runs repeat every log line.  The handlers one call adds are removed
 (and closed) when that call returns; ``_set_logger`` called outside ``MMSA_run`` keeps only its
 newest pair.  The logger it returns, which ``MMSA_run`` logs through, is a
-:class:`~khar_mmsa.mmsa.run_log.RunLogger` (the arguments as used, plain numbers, one results path).
+:class:`~khar_mmsa.integration.run_log.RunLogger` (the arguments as used, plain numbers, one results path).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import functools
 import logging
 from typing import Any, Callable, List
 
-from .registry import mmsa_module, set_attr
-from .run_context import current_run
-from .run_log import RunLogger
+from khar_mmsa.integration.registry import mmsa_module, set_attr
+from khar_mmsa.integration.run_context import current_run
+from khar_mmsa.integration.run_log import RunLogger
 
 _ORPHAN_HANDLERS: List[logging.Handler] = []
 

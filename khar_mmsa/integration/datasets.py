@@ -1,7 +1,7 @@
 """Dataset key ``'simsv2'``: loaded and scored by MMSA's SIMS code.
 
 ``MMDataset.__init__`` loads it through MMSA's SIMS code path (T/A/V labels included), with the
-feature files already read by :mod:`khar_mmsa.mmsa.loading`; ``MetricsTop.__init__`` maps
+feature files already read by :mod:`khar_mmsa.integration.loading`; ``MetricsTop.__init__`` maps
 ``'SIMSV2'`` to MMSA's SIMS metrics (:data:`EXTRA_DATASETS`).  :func:`metrics_for` is how other
 :mod:`khar_mmsa` modules reach MMSA's metrics without importing MMSA internals.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Dict
 
-from .registry import mmsa_module, set_attr
+from khar_mmsa.integration.registry import mmsa_module, set_attr
 
 #: Extra dataset keys -> the MMSA dataset whose loader path and metrics they share.
 EXTRA_DATASETS: Dict[str, str] = {"simsv2": "sims"}
@@ -25,7 +25,7 @@ def patch() -> None:
 
 
 def _wrap_dataset_init(original: Callable) -> Callable:
-    from .loading import preloaded_features
+    from khar_mmsa.integration.loading import preloaded_features
 
     @functools.wraps(original)
     def __init__(self: Any, args: Any, mode: str = "train") -> None:

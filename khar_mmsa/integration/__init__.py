@@ -53,11 +53,11 @@ What is patched, one module per MMSA behaviour (the numbered breakages are those
     ``MMSA_test``: the CPU when CUDA is absent (breakage 11); the feature file read with the
     restricted unpickler and checked, for every model (``MMSA.run.pickle`` is the shim of
     :mod:`.loading`); ``MMSA_test('khar', weights, file)`` rebuilds KHaR from the checkpoint's
-    saved config (:mod:`khar_mmsa.predict`), for one sample or a whole feature pickle.
+    saved config (:mod:`khar_mmsa.integration.predict`), for one sample or a whole feature pickle.
 :mod:`.loading`
     ``MMSA.run.MMDataLoader`` first checks an extra model's settings (:func:`.models.check_config`),
-    then reads each feature file once with the restricted unpickler (``khar_mmsa.safe_io``) and
-    validates it (``khar_mmsa.validation``; ``feature_T/A/V`` files for their modality only)
+    then reads each feature file once with the restricted unpickler (``khar_mmsa.io.safe_io``) and
+    validates it (``khar_mmsa.data.validation``; ``feature_T/A/V`` files for their modality only)
     before any model is built; MMSA's ``MMDataset`` gets the loaded object through a ``pickle`` shim installed as
     ``MMSA.data_loader.pickle``.  :mod:`.update_epochs` warns when ``update_epochs`` exceeds the
     batches per epoch (breakage 3).
@@ -76,15 +76,15 @@ Not patched (documented limits): MMSA's multi-task trainers (MTFN, MLMF, MLF_DNN
 concurrent runs of the same model and dataset share ``<model>-<dataset>.pth`` in
 ``model_save_dir`` -- give each its own ``model_save_dir``.
 """
-from .checkpoints import MissingCheckpointError, RunState, SeedCheckpoint
-from .configs import (CONFIG_KINDS, DATASET_ROOT_ENV, ConfigOverlayMissingError, config_dir,
+from khar_mmsa.integration.checkpoints import MissingCheckpointError, RunState, SeedCheckpoint
+from khar_mmsa.integration.configs import (CONFIG_KINDS, DATASET_ROOT_ENV, ConfigOverlayMissingError, config_dir,
                       merged_config)
-from .datasets import EXTRA_DATASETS, metrics_for
-from .models import EXTRA_MODELS, EXTRA_TRAINERS, LazyClass
-from .output_folders import MMSA_DEFAULT_FOLDERS, OutputFolderError
-from .registry import is_registered, patched_attributes, register, unregister
-from .results_csv import append_result_row, results_csv_path, summarize_results
-from .run_context import current_run_options
+from khar_mmsa.integration.datasets import EXTRA_DATASETS, metrics_for
+from khar_mmsa.integration.models import EXTRA_MODELS, EXTRA_TRAINERS, LazyClass
+from khar_mmsa.integration.output_folders import MMSA_DEFAULT_FOLDERS, OutputFolderError
+from khar_mmsa.integration.registry import is_registered, patched_attributes, register, unregister
+from khar_mmsa.integration.results_csv import append_result_row, results_csv_path, summarize_results
+from khar_mmsa.integration.run_context import current_run_options
 
 __all__ = [
     "register", "unregister", "is_registered", "patched_attributes",

@@ -2,11 +2,11 @@
 
 AdamW with separate text-encoder and other learning rates, weight decay on weights only, linear
 warmup then linear decay (Appendix B), gradient clipping, early stopping on the validation KeyEval
-with an epoch cap, tqdm progress (:mod:`khar_mmsa.progress`), every loss term (raw and weighted) in the
+with an epoch cap, tqdm progress (:mod:`khar_mmsa.reporting.progress`), every loss term (raw and weighted) in the
 'MMSA' log, a clear error on a non-finite loss, the best checkpoint written atomically to
 ``args.model_save_path``, resume from the last completed epoch after an interruption
-(``<model_save_path>.resume``) and a picture of the run (:mod:`khar_mmsa.curves`).  Which of those
-files are kept or removed is decided by :class:`khar_mmsa.mmsa.checkpoints.SeedCheckpoint`, the one
+(``<model_save_path>.resume``) and a picture of the run (:mod:`khar_mmsa.reporting.curves`).  Which of those
+files are kept or removed is decided by :class:`khar_mmsa.integration.checkpoints.SeedCheckpoint`, the one
 owner of their life cycle; :meth:`KHaRTrainer.run_key` keys a whole ``MMSA_run`` call's finished seeds.
 """
 from __future__ import annotations
@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bucketing import bucketed_loader
-from .config import KHaRConfig, fingerprint
-from .criterion import KHaRCriterion
-from .identity import config_identity, feature_identity
-from .log_format import log_fields, plain_value
-from .mmsa import current_run_options, metrics_for
-from .mmsa.checkpoints import SeedCheckpoint
-from .model.khar import KHaR, batch_inputs
-from .optim import make_adamw
-from .pretrain import default_adapter_path, harvest_knowledge
-from .progress import progress, progress_enabled
+from khar_mmsa.data.bucketing import bucketed_loader
+from khar_mmsa.config import KHaRConfig, fingerprint
+from khar_mmsa.losses.criterion import KHaRCriterion
+from khar_mmsa.io.identity import config_identity, feature_identity
+from khar_mmsa.reporting.log_format import log_fields, plain_value
+from khar_mmsa.integration import current_run_options, metrics_for
+from khar_mmsa.integration.checkpoints import SeedCheckpoint
+from khar_mmsa.model.khar import KHaR, batch_inputs
+from khar_mmsa.training.optim import make_adamw
+from khar_mmsa.training.pretrain import default_adapter_path, harvest_knowledge
+from khar_mmsa.reporting.progress import progress, progress_enabled
 
 logger = logging.getLogger("MMSA")
 
@@ -113,7 +113,7 @@ def _set_rng_state(state: Mapping) -> None:
 
 class KHaRTrainer:
     #: ``MMSA_run`` leaves checkpoint, resume state and finished seeds to this trainer's
-    #: :class:`SeedCheckpoint` and :meth:`run_key` (see :mod:`khar_mmsa.mmsa.checkpoints`).
+    #: :class:`SeedCheckpoint` and :meth:`run_key` (see :mod:`khar_mmsa.integration.checkpoints`).
     owns_checkpoint_life_cycle = True
 
     def __init__(self, args: Mapping) -> None:
@@ -147,7 +147,7 @@ class KHaRTrainer:
     def data_identity(self, dataloader: Mapping) -> dict:
         """What identifies the training data, by content: SHA-256 of each feature file MMSA reads
         (main, feature_T/A/V), the loader settings that change what it makes of them, and the
-        split sizes -- no paths or mtimes (khar_mmsa.identity).  Saved adapters and resume files
+        split sizes -- no paths or mtimes (khar_mmsa.io.identity).  Saved adapters and resume files
         made from other data are never reused; the same bytes anywhere are the same data."""
         identity = feature_identity(self.args)
         identity["sizes"] = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
@@ -250,7 +250,7 @@ class KHaRTrainer:
     def _save_curves(self, state: Mapping) -> None:
         if not self.cfg.save_curves:
             return
-        from .curves import save_training_curves
+        from khar_mmsa.reporting.curves import save_training_curves
         path = self.curves_path()
         title = f"KHaR on {self.cfg.dataset_name}, seed {self.run_seed()}"
         if save_training_curves(state.get("history") or [], path, key_eval=self.cfg.key_eval,
