@@ -36,9 +36,9 @@ process: step time, GFLOP, share and peak memory.
 KHaR's own losses (contrastive, MoE balance, MIB KL and sampled-decoder L1): full steps and
 "task-only" steps (same forward, only ``L_task`` back-propagated and no other loss term computed)
 are interleaved; own-loss share = (median full - median task-only) / median full.  This covers the
-criterion's forward and the backward of its extra terms; the balance and KL statistics computed
-inside the model's forward are in both and not counted.  The criterion's forward alone is also
-timed with explicit timers.
+criterion's forward and the backward of its extra terms, the balance and KL statistics included
+(the model returns raw router outputs and the posterior; the criterion computes every term, in
+fp32).  The criterion's forward alone is also timed with explicit timers.
 """
 from __future__ import annotations
 
@@ -186,10 +186,8 @@ class Stepper:
         text, audio, vision, a_len, v_len = self.khar_inputs
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(text, audio, vision, audio_lengths=a_len, vision_lengths=v_len)
-        if self.cfg.amp:
-            out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
         if task_only:
-            total = F.l1_loss(out["M"], b["labels"])
+            total = F.l1_loss(out["M"].float(), b["labels"])
         else:
             sync(self.device)
             t0 = _now()
