@@ -26,6 +26,7 @@ MMSA_RUNTIME_KEYS = frozenset({
     "need_model_aligned", "need_normalized", "use_bert", "device",
     "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
     "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
+    "seed", "log_dir", "verbose_level", "callbacks",
 })
 
 MODALITIES = ("t", "a", "v")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa.integration import merged_config
+from khar_mmsa.integration.configs import merged_config
 from khar_mmsa.integration.tune import candidate_args
 from MMSA import MMSA_run
 

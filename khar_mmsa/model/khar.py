@@ -83,7 +83,7 @@ class KHaR(nn.Module):
     def check_config(args: Mapping) -> KHaRConfig:
         """MMSA's args -> the checked config; raises :class:`~khar_mmsa.config.ConfigError` (or
         ``ConfigTypeError``) naming each bad key, its value and the allowed range.  Called by the
-        MMSA hooks before any data is read (khar_mmsa.integration.models.check_config)."""
+        MMSA hooks before any data is read (khar_mmsa.integration.registration.check_model_settings)."""
         return KHaRConfig.from_mmsa_args(args)
 
     def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:

@@ -26,7 +26,7 @@ from khar_mmsa.config import KHaRConfig, fingerprint
 from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.io.identity import config_identity, feature_identity
 from khar_mmsa.reporting.log_format import log_fields, plain_value
-from khar_mmsa.integration import current_run_options, metrics_for
+from khar_mmsa.integration.registration import metrics_for
 from khar_mmsa.integration.checkpoints import SeedCheckpoint
 from khar_mmsa.model.khar import KHaR, batch_inputs
 from khar_mmsa.training.optim import make_adamw
@@ -176,9 +176,8 @@ class KHaRTrainer:
     def _run_options(self) -> dict:
         """``verbose_level`` and ``log_dir`` of the ``MMSA_run`` call running this trainer (MMSA keeps
         them out of ``args``); outside ``MMSA_run``: no level, the checkpoint's folder."""
-        options = current_run_options() or {}
-        return {"verbose_level": options.get("verbose_level"),
-                "log_dir": Path(options.get("log_dir") or self.save_path.parent)}
+        return {"verbose_level": self.args.get("verbose_level"),
+                "log_dir": Path(self.args.get("log_dir") or self.save_path.parent)}
 
     def curves_path(self) -> Path:
         """``<log_dir>/khar-<dataset>-curves.png``, beside MMSA's ``khar-<dataset>.log``."""
