@@ -35,8 +35,27 @@ class LazyClass:
 
 #: Extra model keys for ``AMIO``'s ``MODEL_MAP``.
 EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.model.khar", "KHaR")}
+@dataclass(frozen=True)
+class LazyTrainer(LazyClass):
+    """A trainer class imported on first use and built as ``cls(args, metrics=...)`` with MMSA's
+    metric function for the dataset and the running ``MMSA_run`` call's options in a copy of
+    ``args`` (``seed``, ``verbose_level``, ``log_dir``)."""
+
+    def __call__(self, args: Mapping[str, Any]) -> Any:
+        import torch
+        from khar_mmsa.integration.datasets import metrics_for
+        from khar_mmsa.integration.run_context import current_run_options
+        options = current_run_options() or {}
+        args = type(args)(dict(args))
+        args.setdefault("seed", torch.initial_seed())  # MMSA's setup_seed just set it
+        for key in ("verbose_level", "log_dir"):
+            if options.get(key) is not None:
+                args.setdefault(key, options[key])
+        return self.resolve()(args, metrics=metrics_for(args["dataset_name"]))
+
+
 #: Extra model keys for ``ATIO``'s ``TRAIN_MAP``.
-EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.training.trainer", "KHaRTrainer")}
+EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyTrainer("khar_mmsa.training.trainer", "KHaRTrainer")}
 
 
 def patch() -> None:
