@@ -56,7 +56,7 @@ class DummyTrainer:
     write_checkpoint = True
     events: List[Dict[str, Any]] = []
 
-    def __init__(self, args: Any) -> None:
+    def __init__(self, args: Any, metrics: Any = None) -> None:
         self.args = args
 
     def do_train(self, model, dataloader, return_epoch_results=False):

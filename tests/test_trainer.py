@@ -229,3 +229,51 @@ def test_amp_switch_runs_the_forward_in_bf16_and_hands_fp32_to_the_losses(bert, 
     out = KHaRTrainer(args)._forward(model, next(iter(loaders(data)["train"])))
     assert dtypes == [torch.bfloat16 if amp else torch.float32]
     assert out["M"].dtype == out["unimodal"]["a"].dtype == torch.float32
+
+
+def test_khar_training_steps_read_nothing_back_to_the_host(bert, data, tmp_path, monkeypatch):
+    """Model, criterion and loop read no value back inside a step.  Allowed: the batch cut to its
+    longest clip on the CPU before it moves (trim_to_longest), and the transformers BERT's own
+    check of its attention mask (not ours)."""
+    from test_loop import HostReads
+    watch = HostReads().spy_on(monkeypatch)
+    run(bert, data, tmp_path, epochs=1, pretrain_adapters=False, callbacks=[watch])
+    ours = [r for r in watch.reads if r[2] != "trim_to_longest" and "transformers" not in r[1]]
+    assert watch.reads and ours == []
+
+
+def test_compile_wraps_the_model_once_and_checkpoints_keep_plain_names(bert, data, tmp_path, monkeypatch):
+    compiled, calls = [], []
+
+    def fake_compile(model, **kwargs):  # stands in for torch.compile: records, runs the model as is
+        compiled.append(model)
+        return lambda *a, **k: calls.append(1) or model(*a, **k)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, *_ = run(bert, data, tmp_path / "off", epochs=1, pretrain_adapters=False)
+    assert compiled == [] and calls == []
+    model, *_ = run(bert, data, tmp_path / "on", epochs=1, pretrain_adapters=False, compile=True)
+    assert compiled == [model] and len(calls) == 3 + 1 + 2  # train batches, VAL, epoch-results TEST, TEST
+    saved = torch.load(tmp_path / "on" / "khar-sims.pth", weights_only=True)
+    assert set(saved) == set(model.state_dict())
+
+
+def test_amp_falls_back_to_fp32_where_the_device_has_no_bf16(bert, tmp_path, monkeypatch, caplog):
+    from khar_mmsa.training.trainer import autocast_dtype
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(torch.device("cuda")) is None and autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    caplog.set_level("WARNING", logger="MMSA")
+    trainer = KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda"))
+    assert trainer.amp_dtype is None and "has no bf16 autocast" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda")).amp_dtype == torch.bfloat16
+
+
+def test_runner_options_come_from_args(bert, tmp_path):
+    args = make_args(bert, tmp_path, seed=42, verbose_level=0, log_dir=str(tmp_path / "logs"), callbacks=["cb"])
+    trainer = KHaRTrainer(args)
+    assert (trainer.seed, trainer.verbose_level, trainer.callbacks) == (42, 0, ["cb"])
+    assert trainer.curves_path() == tmp_path / "logs" / "khar-sims-curves.png"
+    torch.manual_seed(9)
+    plain = KHaRTrainer(make_args(bert, tmp_path))  # outside a runner: MMSA's seed, the checkpoint's folder
+    assert (plain.seed, plain.verbose_level, plain.callbacks) == (9, None, [])
+    assert plain.curves_path() == tmp_path / "khar-sims-curves.png"
