@@ -175,3 +175,15 @@ def test_training_code_never_imports_the_integration_package():
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 assert not any(n.startswith(("khar_mmsa.integration", "MMSA")) for n in names), path
+
+
+def test_text_only_floor_runs_on_the_loop_and_restores_its_best_epoch(tiny_features, tiny_bert, fast_mmsa):
+    from khar_mmsa.experiments.textonly import TextOnlyConfig, train_text_only
+    config = TextOnlyConfig(epochs=3, early_stop=1, batch_size=8, learning_rate=1e-3)
+    result = train_text_only(tiny_features("mosi"), tiny_bert, "mosi", seed=3, config=config)
+    valid = [row["valid_l1"] for row in result.history]
+    assert [row["epoch"] for row in result.history] == list(range(1, result.epochs_run + 1))
+    assert result.best_epoch == 1 + int(np.argmin(valid))
+    assert result.epochs_run == min(3, result.best_epoch + 1)  # early_stop=1: one epoch without a better one
+    assert result.valid["Loss"] == pytest.approx(min(valid), abs=1e-4)  # the best epoch's weights were restored
+    assert {"MAE", "Corr", "Mult_acc_7", "Loss"} <= set(result.test)

@@ -7,6 +7,10 @@ multimodal label M instead -- a weaker, documented substitute.  The text encoder
 in this stage so that the adapters learn to read its pretrained states; audio/vision encoders train
 with their adapters and are saved too.  The result is one file the main run loads; its adapters are
 then frozen (``freeze_pretrained_adapters``) while the encoders keep training.
+
+Each modality's stage runs on :func:`khar_mmsa.training.loop.fit` (:class:`HarvestTask`): AdamW with
+no weight decay on biases, norms and positional tables, a constant learning rate, the epoch with
+the best validation MAE kept, early stopping after ``early_stop`` epochs without a better one.
 """
 from __future__ import annotations
 
