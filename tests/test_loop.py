@@ -21,7 +21,8 @@ PACKAGE = Path(khar_mmsa.__file__).parent
 
 
 class Scripted(Task):
-    """A linear model whose validation values and step losses follow a script."""
+    """A linear model whose validation values follow a script; from ``bad_step`` (epoch, step) on,
+    to the end of that epoch, the term ``bad_term`` of the loss is NaN."""
 
     name = "Toy"
 
@@ -32,7 +33,7 @@ class Scripted(Task):
     def training_step(self, batch, state):
         loss = self.model(batch).pow(2).mean()
         extra = torch.zeros(())
-        if (state.epoch, state.step) == self.bad_step:
+        if self.bad_step and state.epoch == self.bad_step[0] and state.step >= self.bad_step[1]:
             extra = torch.tensor(float("nan"))
         total = loss + extra
         return StepOutput(total, {"total": total, "loss": loss, self.bad_term: extra})
@@ -157,8 +158,11 @@ def test_warmup_then_linear_decay():
 
 
 def test_seed_everything_and_rng_state_round_trip():
-    seed_everything(2**32 + 5)  # numpy takes 32 bits
-    assert torch.initial_seed() == 2**32 + 5
+    seed = 2**32 + 2**31 + 7  # numpy takes 32 bits: 2**31 + 7
+    seed_everything(seed)
+    expected = (torch.Generator().manual_seed(seed).initial_seed(), np.random.RandomState(2**31 + 7).rand(),
+                random.Random(seed).random())
+    assert (torch.initial_seed(), np.random.rand(), random.random()) == expected
     saved = rng_state()
     first = (torch.rand(2).tolist(), np.random.rand(), random.random())
     set_rng_state(saved)

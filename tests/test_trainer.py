@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.integration import metrics_for
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.training.pretrain import pretrain_fingerprint
+from khar_mmsa.training.pretrain import HarvestTask, pretrain_fingerprint
 from khar_mmsa.io.safe_io import safe_torch_load
 from khar_mmsa.model.text_encoders import make_tiny_bert
 from khar_mmsa.training.loop import Callback
@@ -110,11 +110,19 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
         if not snapshot:
             snapshot.update({n: p.detach().clone() for n, p in loop.model.named_parameters()})
 
-    args = make_args(bert, tmp_path, epochs=2, callbacks=[OnMainEpochBegin(record)])
+    class PretrainingEpochs(Callback):  # args['callbacks'] run in adapter pretraining too
+        seen = []
+
+        def on_epoch_begin(self, state, loop):
+            if isinstance(loop.task, HarvestTask):
+                self.seen.append((loop.task.modality, state.epoch))
+
+    args = make_args(bert, tmp_path, epochs=2, callbacks=[OnMainEpochBegin(record), PretrainingEpochs()])
     model = KHaR({k: v for k, v in args.items() if k != "callbacks"})
     trainer = KHaRTrainer(args)
     trainer.do_train(model, loaders(data))
     assert snapshot, "the callback passed in args['callbacks'] ran"
+    assert PretrainingEpochs.seen == [("t", 1), ("a", 1), ("v", 1)]  # pretrain_epochs=1
     adapters = {n for n, _ in model.adapter_parameters()}
     assert adapters
     for name, p in model.named_parameters():
