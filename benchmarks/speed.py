@@ -163,14 +163,14 @@ class Stepper:
         from khar_mmsa.losses.criterion import KHaRCriterion
         from khar_mmsa.model.khar import batch_inputs
         from khar_mmsa.training.optim import make_adamw
-        from khar_mmsa.training.trainer import parameter_groups, unwrap
+        from khar_mmsa.training.trainer import khar_parameter_groups, unwrap
         self.cfg = KHaRConfig.from_mmsa_args(self.args)
         khar = unwrap(self.model)
         if self.cfg.pretrain_adapters and self.cfg.freeze_pretrained_adapters:
             for m in khar.modalities:  # main stage: pretrained adapters are frozen
                 khar.harvesters[m].adapters.requires_grad_(False)
         self.criterion = KHaRCriterion(self.cfg)
-        self.optimizer = make_adamw(parameter_groups(self.model, khar, self.cfg))
+        self.optimizer = make_adamw(khar_parameter_groups(self.model, khar, self.cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # the trainer's batch helper: cut to the longest real clip on the CPU, then moved
         text, audio, vision, a_len, v_len = batch_inputs(

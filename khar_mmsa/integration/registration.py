@@ -63,8 +63,18 @@ class LazyClass:
 
 #: Extra model keys for ``AMIO``'s ``MODEL_MAP``.
 EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.model.khar", "KHaR")}
+@dataclass(frozen=True)
+class LazyTrainer(LazyClass):
+    """A trainer class imported on first use and built as ``cls(args, metrics=...)`` with MMSA's
+    metric function for the dataset (the runner puts ``seed``, ``verbose_level``, ``log_dir`` and
+    ``callbacks`` into ``args``)."""
+
+    def __call__(self, args: Mapping[str, Any]) -> Any:
+        return self.resolve()(args, metrics=metrics_for(args["dataset_name"]))
+
+
 #: Extra model keys for ``ATIO``'s ``TRAIN_MAP``.
-EXTRA_TRAINERS: Dict[str, Any] = {"khar": LazyClass("khar_mmsa.training.trainer", "KHaRTrainer")}
+EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyTrainer("khar_mmsa.training.trainer", "KHaRTrainer")}
 #: Extra dataset keys -> the MMSA dataset whose loader path and metrics they share.
 EXTRA_DATASETS: Dict[str, str] = {"simsv2": "sims"}
 

@@ -54,8 +54,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from khar_mmsa.io.safe_io import atomic_open, atomic_write_text, safe_torch_load
 from khar_mmsa.integration.registration import mmsa_module
-from khar_mmsa.integration.checkpoints import SeedCheckpoint
 from khar_mmsa.integration.results_files import is_number
+from khar_mmsa.training.checkpoints import SeedCheckpoint
 
 logger = logging.getLogger("MMSA")
 
@@ -160,17 +160,27 @@ def seed_everything(seed: int) -> None:
     mmsa_module("MMSA.utils").setup_seed(int(seed))
 
 
-def attach_epoch_hook(trainer: Any, hook: Optional[EpochHook]) -> None:
-    """Call ``hook(epoch, val_results)`` after each training epoch's validation.
+def with_epoch_hook(args: Any, hook: Optional[EpochHook]) -> Any:
+    """``args`` for a trainer of ours (:data:`~khar_mmsa.integration.registration.EXTRA_TRAINERS`, e.g.
+    ``KHaRTrainer``): a copy with ``hook`` as an :class:`~khar_mmsa.training.callbacks.EpochHook`
+    added to ``args['callbacks']``, which the trainer runs after each epoch's validation.  MMSA's
+    own trainers get ``args`` unchanged (see :func:`attach_epoch_hook`)."""
+    from khar_mmsa.integration.registration import EXTRA_TRAINERS
+    if hook is None or args["model_name"] not in EXTRA_TRAINERS:
+        return args
+    from khar_mmsa.training.callbacks import EpochHook
+    args = type(args)(dict(args))
+    args["callbacks"] = list(args.get("callbacks") or []) + [EpochHook(hook)]
+    return args
 
-    A trainer with an ``on_epoch_end`` attribute (``KHaRTrainer``) gets the hook there; MMSA's
-    own trainers validate once per epoch with ``do_test(..., mode="VAL")``, so their ``do_test``
-    is wrapped on the instance and counts those calls.
+
+def attach_epoch_hook(trainer: Any, hook: Optional[EpochHook]) -> None:
+    """Call ``hook(epoch, val_results)`` after each training epoch's validation of MMSA's own
+    trainers: they validate once per epoch with ``do_test(..., mode="VAL")``, so their ``do_test``
+    is wrapped on the instance and counts those calls.  A trainer that runs callbacks (it has a
+    ``callbacks`` list) got the hook from :func:`with_epoch_hook` and is left alone.
     """
-    if hook is None:
-        return
-    if hasattr(trainer, "on_epoch_end"):
-        trainer.on_epoch_end = hook
+    if hook is None or hasattr(trainer, "callbacks"):
         return
     original = trainer.do_test
     epochs = [0]
@@ -204,7 +214,7 @@ def train_candidate(args: Any, num_workers: int = 0, on_epoch_end: Optional[Epoc
     SeedCheckpoint(checkpoint).remove_stale("only this candidate's training may produce it")
     dataloader = make_loaders(args, load_features(args), num_workers)
     model = mmsa_module("MMSA.models").AMIO(args).to(args["device"])
-    trainer = mmsa_module("MMSA.trains").ATIO().getTrain(args)
+    trainer = mmsa_module("MMSA.trains").ATIO().getTrain(with_epoch_hook(args, on_epoch_end))
     attach_epoch_hook(trainer, on_epoch_end)
     trainer.do_train(model, dataloader, return_epoch_results=False)
     if not checkpoint.exists():
