@@ -61,7 +61,7 @@ def events(root: Path) -> List[Dict[str, Any]]:
 
 
 def csv_rows(root: Path) -> List[Dict[str, Any]]:
-    return pd.read_csv(root / "out" / "res_save_dir" / "normal" / "mosi.csv").to_dict("records")
+    return pd.read_csv(root / "out" / "res_save_dir" / "normal" / "mosi.tidy.csv").to_dict("records")
 
 
 def leftovers(root: Path) -> List[str]:

@@ -112,7 +112,7 @@ def test_startup_args_are_the_ones_the_run_uses(shown):
 def test_log_has_one_results_path_plain_numbers_and_short_lines(shown):
     messages = _messages(shown.log)
     saved = [m for m in messages if m.startswith("Results saved to")]
-    assert saved == [f"Results saved to {shown.dirs['res_save_dir'] / 'normal' / 'mosi.csv'}."]
+    assert saved == [f"Results saved to {shown.dirs['res_save_dir'] / 'normal' / 'mosi.csv'} (as numbers: mosi.tidy.csv)."]
     assert "np.float" not in shown.log and "PosixPath(" not in shown.log
     assert any(m.startswith("Result for seed 1111: ") and "MAE: " in m for m in messages)
     assert any(m.startswith("EPOCH-(khar) seed 1 epoch 1/2: valid Loss ") for m in messages)

@@ -241,12 +241,14 @@ def test_amp_switch_runs_the_forward_in_bf16_and_hands_fp32_to_the_losses(bert, 
 
 def test_khar_training_steps_read_nothing_back_to_the_host(bert, data, tmp_path, monkeypatch):
     """Model, criterion and loop read no value back inside a step.  Allowed: the batch cut to its
-    longest clip on the CPU before it moves (trim_to_longest), and the transformers BERT's own
-    check of its attention mask (not ours)."""
+    longest clip on the CPU before it moves (trim_to_longest), the transformers BERT's own check of
+    its attention mask (not ours), and the sparse MoE's one read of its per-expert token counts
+    (refine.py; tests/test_moe_dispatch.py counts it exactly)."""
     from test_loop import HostReads
     watch = HostReads().spy_on(monkeypatch)
     run(bert, data, tmp_path, epochs=1, pretrain_adapters=False, callbacks=[watch])
-    ours = [r for r in watch.reads if r[2] != "trim_to_longest" and "transformers" not in r[1]]
+    ours = [r for r in watch.reads if r[2] != "trim_to_longest" and "transformers" not in r[1]
+            and not (r[0] == "tolist" and r[1].endswith("refine.py"))]
     assert watch.reads and ours == []
 
 

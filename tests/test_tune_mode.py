@@ -1,4 +1,5 @@
-"""``MMSA_run(..., is_tune=True)`` selects on the validation split (:mod:`khar_mmsa.integration.tune`).
+"""Our runner's tune mode selects on the validation split (:mod:`khar_mmsa.integration.tune`):
+``MMSA_run('khar', ..., is_tune=True)`` and ``khar_mmsa.run(<any model>, ..., is_tune=True)``.
 
 MMSA 2.2.1 scores every candidate on the test split.  Here each candidate's validation and test
 scores are planted (the trainer's ``do_test`` is replaced), with the best *test* score on a
@@ -16,7 +17,7 @@ from typing import Dict, List, Tuple
 import pandas as pd
 import pytest
 
-import khar_mmsa  # noqa: F401 - registers the patches
+import khar_mmsa  # registers 'khar' with MMSA
 from khar_mmsa.integration.configs import merged_config
 from khar_mmsa.integration.tune import candidate_args
 from MMSA import MMSA_run
@@ -66,7 +67,7 @@ def test_tune_mode_selects_by_validation_and_tests_only_the_selected(
     config_file = tune_config_file(tmp_path, model, {"learning_rate": list(PLANTED) + [FAILING_LR]})
     kwargs = dict(mmsa_run_kwargs, verbose_level=1)
     with caplog.at_level("INFO", logger="MMSA"):
-        result = MMSA_run(model, "mosi", config_file=str(config_file), config=config, is_tune=True, tune_times=5,
+        result = khar_mmsa.run(model, "mosi", config_file=str(config_file), config=config, is_tune=True, tune_times=5,
                           custom_feature=str(tiny_features("mosi")), **kwargs)
 
     assert result["selected"] == {"learning_rate": 1e-3}
@@ -75,7 +76,7 @@ def test_tune_mode_selects_by_validation_and_tests_only_the_selected(
     assert {lr for lr, split in calls if split == "valid"} == set(PLANTED)
     assert [c for c in calls if c[1] == "test"] == [(1e-3, "test")]
 
-    table = pd.read_csv(kwargs["res_save_dir"] / "tune" / f"mosi-{model}.csv")
+    table = pd.read_csv(kwargs["res_save_dir"] / "tune" / f"mosi-{model}-by-valid.csv")
     assert table["learning_rate"].tolist() == list(PLANTED) + [FAILING_LR]
     assert table["Valid_Loss"].tolist()[:3] == [v for v, _ in PLANTED.values()]
     assert math.isnan(table["Valid_Loss"].iloc[3]) and "non-finite loss" in table["error"].iloc[3]
