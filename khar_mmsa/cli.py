@@ -382,9 +382,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--traceback"]
     logger.setLevel(logging.INFO)
     _ERROR_LOG["file"] = None
+    handler: Optional[logging.Handler] = None
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            if not logger.handlers:
+            if not logger.handlers:  # this command's progress lines on stderr, removed when it returns
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
                 logger.addHandler(handler)
@@ -396,3 +397,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _report(cli_message(cause))
         return 1
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
