@@ -43,17 +43,16 @@ logger = logging.getLogger("MMSA")
 def _config_keys() -> Dict[str, List[str]]:
     """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
     (MMSA's file found with ``importlib.util.find_spec``: MMSA itself is not imported)."""
-    from khar_mmsa.integration.configs import config_dir
-    files = [config_dir() / "config_regression.json"]
+    from khar_mmsa.integration.configs import overlay
+    configs = [overlay("regression")]
     spec = importlib.util.find_spec("MMSA")
     if spec is not None and spec.submodule_search_locations:
-        files.append(Path(list(spec.submodule_search_locations)[0]) / "config" / "config_regression.json")
+        path = Path(list(spec.submodule_search_locations)[0]) / "config" / "config_regression.json"
+        configs.append(json.loads(path.read_text(encoding="utf-8")))
     models, datasets = set(), set()
-    for path in files:
-        if path.is_file():
-            config = json.loads(path.read_text(encoding="utf-8"))
-            models.update(k for k in config if k != "datasetCommonParams")
-            datasets.update(k for k in config.get("datasetCommonParams", {}) if k != "dataset_root_dir")
+    for config in configs:
+        models.update(k for k in config if k != "datasetCommonParams")
+        datasets.update(k for k in config.get("datasetCommonParams", {}) if k != "dataset_root_dir")
     return {"models": sorted(models), "datasets": sorted(datasets)}
 
 
@@ -171,10 +170,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _mmsa_run() -> Any:
-    """MMSA's ``MMSA_run`` with khar-mmsa registered (imported here: ``--help`` stays light)."""
-    from khar_mmsa.integration import register
-    register()
-    return importlib.import_module("MMSA").MMSA_run
+    """khar-mmsa's runner (``MMSA_run``'s arguments, any model; returns the numeric results row),
+    imported here so that ``--help`` stays light."""
+    from khar_mmsa.integration.runner import run
+    return run
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -319,7 +318,8 @@ def sweep_main(argv: Sequence[str]) -> int:
 #: tell them): one line instead of a traceback.
 USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
                "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
-               "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "FileNotFoundError",
+               "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
+               "ImportOrderError", "FileNotFoundError",
                "PermissionError", "IsADirectoryError", "NotADirectoryError")
 # Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
 _PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")

@@ -69,7 +69,7 @@ def test_feature_identity_by_content(tmp_path: Path) -> None:
 def test_code_version_follows_sources_and_config_overlays(tmp_path: Path) -> None:
     """The digest in code_version(): a changed byte of a .py below the package, a new source file
     or a changed overlay JSON changes it; mtimes, caches and the folder's location do not."""
-    from khar_mmsa.io.identity import PACKAGE_DIR, code_version, package_version, source_digest
+    from khar_mmsa.io.identity import CONFIG_OVERLAY_DIR, PACKAGE_DIR, code_version, package_version, source_digest
     pkg, cfg = tmp_path / "pkg", tmp_path / "cfg"
     (pkg / "sub").mkdir(parents=True)
     cfg.mkdir()
@@ -94,7 +94,7 @@ def test_code_version_follows_sources_and_config_overlays(tmp_path: Path) -> Non
     (pkg / "new.py").write_text("")
     assert source_digest(pkg, cfg) != base
     # the real one: version + digest of this checkout, computed once
-    assert code_version() == f"{package_version()}+{source_digest(PACKAGE_DIR, PACKAGE_DIR.parent / 'mmsa_configs')[:16]}"
+    assert code_version() == f"{package_version()}+{source_digest(PACKAGE_DIR, CONFIG_OVERLAY_DIR)[:16]}"
     assert code_version() is code_version() and package_version() == "0.1.0"  # cached
 
 

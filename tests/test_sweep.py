@@ -132,7 +132,7 @@ def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features,
            "--model-save-dir", str(dirs["models"]), "--res-save-dir", str(dirs["results"]), "--log-dir", str(dirs["logs"])]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = pd.read_csv(dirs["results"] / "normal" / "mosi.csv")
+    table = pd.read_csv(dirs["results"] / "normal" / "mosi.tidy.csv")  # the numeric table beside MMSA's
     assert table["Model"].tolist() == ["khar"] and str(table["seeds"].iloc[0]) == "7"
     assert table["MAE"].notna().all() and (dirs["models"] / "khar-mosi.pth").is_file()
     assert json.loads(done.stdout)["Model"] == "khar"  # the row, printed

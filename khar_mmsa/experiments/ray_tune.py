@@ -119,8 +119,8 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
     Returns ``(grid points checked, invalid ones)``; raises :class:`TuneSetupError` when every
     checked point is invalid or the feature file cannot be read or does not fit the config.
     """
-    from khar_mmsa.integration.loading import preloaded_features
-    from khar_mmsa.integration.models import check_config
+    from khar_mmsa.integration.features import load_features
+    from khar_mmsa.integration.registration import check_model_settings
     from khar_mmsa.integration.tune import candidate_args, grid_axes, grid_point, grid_size
     axes = grid_axes(base)
     size = grid_size(axes)
@@ -133,7 +133,7 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
         args = candidate_args(base, point, overrides)
         checked += 1
         try:
-            check_config(args)
+            check_model_settings(args)
         except Exception as exc:  # noqa: BLE001 - a config the model refuses: its trial would fail
             invalid += 1
             problems.setdefault(" ".join(str(exc).split()), point)
@@ -150,8 +150,7 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
         logger.warning(f"Ray Tune: {invalid} of {checked} grid points give a config {model} refuses; those "
                        f"trials will fail: {shown}")
     try:
-        with preloaded_features(first_valid):
-            pass  # reads and validates every feature file the trials will read
+        load_features(first_valid)  # reads and validates every feature file the trials will read
     except Exception as exc:  # noqa: BLE001 - missing, unreadable or mismatched data: every trial would fail
         raise TuneSetupError(f"the data cannot be used, so every trial would fail; Ray was not started: "
                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
@@ -327,12 +326,8 @@ def _portable(base: Mapping[str, Any]) -> Dict[str, Any]:
 
 def test_best(outcome: SearchOutcome, seed: int = 1111, out_dir: os.PathLike = "ray-tune/test-best") -> Dict[str, Any]:
     """Train the selected config once with ``MMSA_run(config_file=...)`` and return its test row."""
-    import importlib
-
-    from khar_mmsa.integration import register
-    register()
-    MMSA_run = importlib.import_module("MMSA").MMSA_run
+    from khar_mmsa.integration.runner import run
     out = Path(out_dir)
-    return MMSA_run(outcome.model, outcome.dataset, config_file=str(outcome.config_file), seeds=[seed],
+    return run(outcome.model, outcome.dataset, config_file=str(outcome.config_file), seeds=[seed],
                     model_save_dir=str(out / "models"), res_save_dir=str(out / "results"),
                     log_dir=str(out / "logs"), verbose_level=0)

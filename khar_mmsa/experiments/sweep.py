@@ -199,22 +199,21 @@ def executor_options(args: Any) -> ExecutorOptions:
 # The default runner: one MMSA_run
 # ============================================================================================
 def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
-    """``MMSA_run(spec.model, spec.dataset, config=spec.config, seeds=[spec.seed])`` on
+    """khar-mmsa's runner (``MMSA_run``'s arguments, :func:`khar_mmsa.integration.runner.run`) of
+    ``spec.model`` on ``spec.dataset`` with ``config=spec.config, seeds=[spec.seed]`` on
     ``feature_path`` into ``spec.out_dir`` (its own checkpoints, logs and results CSV).
 
     Returns ``{"row": <the results-CSV row>, "metrics": {metric: value}}``, ``metrics`` in the
     natural units ``do_test`` gives (the row's x100 means divided by 100).
     """
-    from khar_mmsa.integration import register
-    register()  # 'khar' and the MMSA fixes, before MMSA_run is looked up
-    mmsa = importlib.import_module("MMSA")
+    from khar_mmsa.integration.runner import run  # MMSA_run's arguments, any model; returns the row
     out = Path(spec.out_dir)
     dirs = {k: out / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    row = mmsa.MMSA_run(spec.model, spec.dataset, config=dict(spec.config), seeds=[int(spec.seed)],
-                        custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
-                        **{k: str(v) for k, v in dirs.items()})
+    row = run(spec.model, spec.dataset, config=dict(spec.config), seeds=[int(spec.seed)],
+              custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
+              **{k: str(v) for k, v in dirs.items()})
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()}
     metrics = {k: float(v) / 100.0 for k, v in row.items()
                if k not in ("Model", "seeds") and not k.endswith("_std") and isinstance(v, (int, float))}

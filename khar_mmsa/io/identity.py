@@ -84,8 +84,10 @@ def config_identity(cfg: Any, fields: Optional[tuple] = None) -> Dict[str, Any]:
 # Code version
 # ============================================================================================
 PACKAGE_DIR: Path = Path(__file__).resolve().parents[1]
-#: Our MMSA config overlays: beside the package in a checkout (as ``integration.configs.CONFIG_DIR``).
-CONFIG_OVERLAY_DIR: Path = PACKAGE_DIR.parent / "mmsa_configs"
+#: Our MMSA config JSON (the package ``khar_mmsa.mmsa_configs``): the top-level ``mmsa_configs/``
+#: beside the package in a checkout, ``khar_mmsa/mmsa_configs/`` in an installed wheel.
+CONFIG_OVERLAY_DIR: Path = next((d for d in (PACKAGE_DIR.parent / "mmsa_configs", PACKAGE_DIR / "mmsa_configs")
+                                 if d.is_dir()), PACKAGE_DIR / "mmsa_configs")
 
 
 def source_digest(package_dir: Path, config_dir: Optional[Path] = None) -> str:
