@@ -187,8 +187,18 @@ def fmt_seconds(seconds: float) -> str:
 
 
 def command_line(module: str, argv: Optional[Sequence[str]]) -> str:
+    """The command as RESULTS.md shows it: ``python -m <module> <args>``, run from the checkout's
+    root, with absolute paths made relative to it (no path of the machine it ran on)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python", "-m", module] + [shlex.quote(a) for a in args])
+    return " ".join(["python", "-m", module] + [shlex.quote(portable_arg(a)) for a in args])
+
+
+def portable_arg(arg: str, root: Path = REPO_DIR) -> str:
+    """An absolute path (alone, or as ``--opt=PATH``) relative to ``root``; other arguments as they are."""
+    prefix, sep, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+    if not value.startswith(os.sep) or not os.path.isabs(value) or "\n" in value:
+        return arg
+    return f"{prefix}{sep}{os.path.relpath(value, root)}"
 
 
 def now_utc() -> str:
@@ -338,7 +348,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
     from khar_mmsa.data.transcripts import build_transcript_dataset
     from khar_mmsa.io.safe_io import atomic_open, load_pickle
 
-    full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}.pkl"
+    full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-{_inputs_key(label_csv, tokenizer)}.pkl"
     if not full.is_file():
         build_transcript_dataset(label_csv, full, tokenizer, text_len=text_len, progress=False)
     data = load_pickle(full)
@@ -346,7 +356,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
     n = len(data["train"]["regression_labels"])
     if train_subset is None or train_subset >= n:
         return full, meta
-    path = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-train{train_subset}-s{seed}.pkl"
+    path = full.with_name(f"{full.stem}-train{train_subset}-s{seed}.pkl")
     if not path.is_file():
         keep = np.sort(np.random.default_rng(seed).choice(n, size=train_subset, replace=False))
         data["train"] = {k: v[keep] for k, v in data["train"].items()}
@@ -356,6 +366,18 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
     meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
     return path, meta
+
+
+def _inputs_key(label_csv: Path, tokenizer: Path) -> str:
+    """What a built transcripts pickle depends on, by content: the label CSV's SHA-256, every file
+    of the tokenizer folder, and the code version (so a rebuilt builder rebuilds)."""
+    import hashlib
+    import json
+
+    from khar_mmsa.io.identity import code_version, folder_digest
+    from khar_mmsa.io.safe_io import file_digest
+    key = {"labels": file_digest(label_csv), "tokenizer": folder_digest(tokenizer), "code": code_version()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def split_sizes(path: Path) -> Tuple[int, int, int]:

@@ -5,7 +5,7 @@
     python -m khar_mmsa -m khar -d mosi -s 1111 -s 1112 -g 0          # as python -m MMSA
     python -m khar_mmsa -m khar -d mosi -t -tt 20                     # tune mode, selects on validation
     python -m khar_mmsa tune -m khar -d mosi --samples 20 --address auto --gpus-per-trial 0.5
-    python -m khar_mmsa sweep -m khar tfn -d mosi -s 1111 1112 --executor ray --address auto
+    python -m khar_mmsa sweep -m khar tfn -d mosi -s 1111 -s 1112 --executor ray --address auto
 
 The first form takes ``python -m MMSA``'s flags (MMSA 2.2.1's ``__main__``) with the same
 meaning and defaults, except that an empty ``-c`` / ``--model-save-dir`` / ``--res-save-dir`` /
@@ -13,29 +13,97 @@ meaning and defaults, except that an empty ``-c`` / ``--model-save-dir`` / ``--r
 and fails), ``-g`` takes integers, and ``--custom-feature`` and ``--set KEY=VALUE`` reach
 ``MMSA_run``'s ``custom_feature=`` and ``config=``.  ``-m`` accepts every model of MMSA's config
 files plus ``khar``; ``-d`` every dataset plus ``simsv2``.
+
+Every command takes ``--threads N`` (``torch.set_num_threads``) and refuses a seed given twice;
+``sweep`` takes seeds as MMSA does (``-s 1111 -s 1112``) or as one list (``-s 1111 1112``).
+The usual failures (a missing text encoder or feature file, a bad config value, a locked sweep
+folder, no Ray cluster) end with one line on stderr, ``python -m khar_mmsa: error: ...``, in
+command-line spelling (``--set pretrained=...``), also written to the run's log; ``--traceback``
+shows the full traceback instead.  Nothing heavy (torch, MMSA, transformers, Ray) is imported
+until a command runs, so ``--help`` answers at once.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 SUBCOMMANDS = ("tune", "sweep")
+PROG = "python -m khar_mmsa"
+DEFAULT_SWEEP_SEEDS = [1111, 1112, 1113, 1114, 1115]  # MMSA's default seeds
+logger = logging.getLogger("MMSA")
+
+
+def _config_keys() -> Dict[str, List[str]]:
+    """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
+    (MMSA's file found with ``importlib.util.find_spec``: MMSA itself is not imported)."""
+    from khar_mmsa.integration.configs import overlay
+    configs = [overlay("regression")]
+    spec = importlib.util.find_spec("MMSA")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(list(spec.submodule_search_locations)[0]) / "config" / "config_regression.json"
+        configs.append(json.loads(path.read_text(encoding="utf-8")))
+    models, datasets = set(), set()
+    for config in configs:
+        models.update(k for k in config if k != "datasetCommonParams")
+        datasets.update(k for k in config.get("datasetCommonParams", {}) if k != "dataset_root_dir")
+    return {"models": sorted(models), "datasets": sorted(datasets)}
 
 
 def known_models() -> List[str]:
     """Every model key of MMSA's config files, plus ours (``khar``)."""
-    from khar_mmsa.integration.configs import merged_config
-    return sorted(k for k in merged_config("regression") if k != "datasetCommonParams")
+    return _config_keys()["models"]
 
 
 def known_datasets() -> List[str]:
     """Every dataset key of MMSA's config files, plus ours (``simsv2``)."""
-    from khar_mmsa.integration.configs import merged_config
-    return sorted(k for k in merged_config("regression")["datasetCommonParams"] if k != "dataset_root_dir")
+    return _config_keys()["datasets"]
+
+
+# ---- shared options ----------------------------------------------------------------------------
+def add_threads_arg(parser: argparse.ArgumentParser, help_text: str = "torch CPU threads "
+                    "(torch.set_num_threads; default: torch's own; 1 is often fastest on a busy CPU)") -> None:
+    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=help_text)
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """``torch.set_num_threads(threads)`` when given (torch imported only then)."""
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
+    return value
+
+
+def check_distinct_seeds(parser: argparse.ArgumentParser, seeds: Sequence[int]) -> None:
+    """A seed given twice is refused (its second run would only copy the first: std 0)."""
+    repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
+    if repeated:
+        parser.error(f"seed(s) {', '.join(map(str, repeated))} given more than once in -s; each seed must be "
+                     f"distinct")
+
+
+class _Once(argparse.Action):
+    """A flag that may be given once: a second one is an error instead of replacing the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: Optional[str] = None) -> None:
+        if getattr(namespace, f"_{self.dest}_given", False):
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and {values}): "
+                         f"{self.help.split(';')[0] if self.help else 'one value'}")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
 
 
 def _overrides(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
@@ -62,12 +130,13 @@ def _none_if_empty(value: Any) -> Any:
 def train_parser() -> argparse.ArgumentParser:
     models, datasets = known_models(), known_datasets()
     parser = argparse.ArgumentParser(
-        prog="python -m khar_mmsa",
+        prog=PROG,
         description="Train and test MMSA models, KHaR included (the flags of `python -m MMSA`).",
         epilog=(f"models: {', '.join(models)}\ndatasets: {', '.join(datasets)}\n\n"
                 "subcommands (Ray; pip install -e \".[ray]\"):\n"
                 "  python -m khar_mmsa tune --help    Ray Tune search on the validation KeyEval (ASHA)\n"
-                "  python -m khar_mmsa sweep --help   models x seeds as Ray tasks, resumable"),
+                "  python -m khar_mmsa sweep --help   models x seeds as Ray tasks, resumable\n\n"
+                "--traceback (any command): the full traceback instead of a one-line error"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", type=str.lower, default="lf_dnn", choices=models, metavar="MODEL",
                         help=f"Name of model, one of: {', '.join(models)}. Default: lf_dnn")
@@ -96,13 +165,25 @@ def train_parser() -> argparse.ArgumentParser:
                         help="One feature pickle with all three modalities (MMSA_run's custom_feature)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="Override one config key (MMSA_run's config=; VALUE read as JSON). Repeatable")
+    add_threads_arg(parser)
     return parser
 
 
+def _mmsa_run() -> Any:
+    """khar-mmsa's runner (``MMSA_run``'s arguments, any model; returns the numeric results row),
+    imported here so that ``--help`` stays light."""
+    from khar_mmsa.integration.runner import run
+    return run
+
+
 def train_main(argv: Sequence[str]) -> int:
-    args = train_parser().parse_args(argv)
-    import khar_mmsa  # noqa: F401  - registers 'khar' before MMSA_run is looked up
-    from MMSA import MMSA_run
+    parser = train_parser()
+    args = parser.parse_args(argv)
+    check_distinct_seeds(parser, args.seeds)
+    apply_threads(args.threads)
+    _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or Path.home() / "MMSA" / "logs") / \
+        f"{args.model}-{args.dataset}.log"
+    MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
         config_file=_none_if_empty(args.config), config=_overrides(args.overrides) or None, seeds=args.seeds,
         is_tune=args.tune, tune_times=args.tune_times, custom_feature=_none_if_empty(args.custom_feature),
@@ -123,7 +204,7 @@ def train_main(argv: Sequence[str]) -> int:
 # ============================================================================================
 def tune_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m khar_mmsa tune",
+        prog=f"{PROG} tune",
         description="Ray Tune search over the model's config_tune.json grid, scored per epoch on the validation "
                     "KeyEval (ASHA stops poor trials early); writes the best config as an MMSA config file.")
     parser.add_argument("-m", "--model", type=str.lower, required=True, choices=known_models(), metavar="MODEL")
@@ -132,7 +213,8 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="fixed override of one config key in every trial (VALUE read as JSON)")
     parser.add_argument("--custom-feature", default="", help="feature pickle with all modalities")
-    parser.add_argument("-s", "--seed", type=int, default=1111, help="training seed of every trial (default 1111)")
+    parser.add_argument("-s", "--seed", type=int, default=1111, action=_Once,
+                        help="the one training seed of every trial; give -s once (default 1111)")
     parser.add_argument("--samples", type=int, default=20, help="trials drawn from the grid (default 20)")
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="ASHA's max_t in epochs (default: the config's epochs, else 100)")
@@ -145,18 +227,21 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("ray-tune"), help="Ray Tune's storage folder and the best config")
     parser.add_argument("--test-best", action="store_true",
                         help="afterwards, train the best config once with MMSA_run and report its test score")
+    add_threads_arg(parser, "torch CPU threads of each trial and of --test-best (default: --cpus-per-trial, "
+                            "at least 1)")
     return parser
 
 
 def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
     from khar_mmsa.experiments import ray_tune
+    apply_threads(args.threads)
     outcome = ray_tune.search(
         args.model, args.dataset, config_file=_none_if_empty(args.config), config=_overrides(args.overrides),
         custom_feature=_none_if_empty(args.custom_feature), seed=args.seed, num_samples=args.samples,
         max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent, address=args.address, out_dir=args.out)
+        max_concurrent=args.max_concurrent, address=args.address, out_dir=args.out, threads=args.threads)
     print(f"best by validation {outcome.metric} = {outcome.best_value:.4f} ({outcome.trials} trials, "
           f"epochs trained per trial {outcome.epochs_per_trial}): {json.dumps(outcome.best_params, default=str)}")
     print(f"config file: {outcome.config_file}")
@@ -172,24 +257,30 @@ def tune_main(argv: Sequence[str]) -> int:
 def sweep_parser() -> argparse.ArgumentParser:
     from khar_mmsa.experiments.sweep import add_executor_args
     parser = argparse.ArgumentParser(
-        prog="python -m khar_mmsa sweep",
+        prog=f"{PROG} sweep",
         description="MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
                     "--out makes it resumable; the driver writes one results table.")
     parser.add_argument("-m", "--models", type=str.lower, nargs="+", required=True, choices=known_models(), metavar="MODEL")
     parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
-    parser.add_argument("-s", "--seeds", type=int, nargs="+", default=[1111, 1112, 1113, 1114, 1115])
+    parser.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
+                        help="seeds: -s 1111 -s 1112 (MMSA's way) or -s 1111 1112; each distinct "
+                             f"(default: {' '.join(map(str, DEFAULT_SWEEP_SEEDS))})")
     parser.add_argument("--custom-feature", required=True, help="feature pickle with all modalities (every run reads it)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="MODEL:KEY=VALUE",
                         help="config override for one model (or KEY=VALUE for all); VALUE read as JSON")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
+    add_threads_arg(parser, "torch CPU threads of each run (and of this driver)")
     parser.add_argument("--out", type=Path, required=True, help="work folder: one folder per run, the manifest, results.csv")
     add_executor_args(parser)
     return parser
 
 
 def sweep_main(argv: Sequence[str]) -> int:
-    args = sweep_parser().parse_args(argv)
-    from khar_mmsa.experiments.sweep import RunSpec, executor_options, run_sweep, spec_table
+    parser = sweep_parser()
+    args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds else list(DEFAULT_SWEEP_SEEDS)
+    check_distinct_seeds(parser, seeds)
+    apply_threads(args.threads)
+    from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
     for pair in args.overrides or []:
         target, sep, rest = pair.partition(":")
@@ -198,29 +289,114 @@ def sweep_main(argv: Sequence[str]) -> int:
         else:
             for cfg in per_model.values():
                 cfg.update(_overrides([pair]))
-    feature = str(Path(args.custom_feature).resolve())
-    specs = [RunSpec(model=m, dataset=args.dataset, seed=s, feature_path=feature, config=per_model[m],
+    feature = Path(args.custom_feature).resolve()
+    if not feature.is_file():
+        raise FileNotFoundError(f"--custom-feature {args.custom_feature}: no such file")
+    specs = [RunSpec(model=m, dataset=args.dataset, seed=s, feature_path=str(feature), config=per_model[m],
                      out_dir=str(args.out / f"{m}-seed{s}"), threads=args.threads)
-             for m in args.models for s in args.seeds]
-    outcome = run_sweep(specs, executor_options(args), manifest_path=args.out / "sweep-manifest.jsonl",
-                        name=f"sweep {args.dataset}")
+             for m in args.models for s in seeds]
+    failed: Optional[SweepFailed] = None
+    try:
+        outcome = run_sweep(specs, executor_options(args), manifest_path=args.out / "sweep-manifest.jsonl",
+                            name=f"sweep {args.dataset}")
+    except SweepFailed as exc:  # the finished runs still go into the tables
+        failed, outcome = exc, exc.outcome
+    paths = write_tables(specs, outcome, args.out)
     import pandas as pd
-    table = pd.DataFrame(spec_table(specs, outcome))
-    csv = args.out / "results.csv"
-    table.to_csv(csv, index=False)
-    summary = table.drop(columns=["run_id", "host", "variant", "dataset"]).groupby("model", sort=False).mean(numeric_only=True)
-    print(summary.drop(columns=["seed"]).round(4).to_string())
-    print(f"per-run results: {csv}")
+    summary = pd.read_csv(paths["summary"]) if paths["summary"].stat().st_size > 1 else pd.DataFrame()
+    print(f"MMSA's scale (x100), mean and population std over seeds:\n{summary.to_string(index=False)}")
+    print(f"per-run results: {paths['results']}; summary: {paths['summary']}")
+    if failed is not None:
+        raise failed
     return 0
 
 
+# ============================================================================================
+# One-line errors
+# ============================================================================================
+#: Errors a user causes and can fix (by class name anywhere in the MRO, so nothing is imported to
+#: tell them): one line instead of a traceback.
+USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
+               "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
+               "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
+               "ImportOrderError", "FileNotFoundError",
+               "PermissionError", "IsADirectoryError", "NotADirectoryError")
+# Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
+_PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")
+_ERROR_LOG: Dict[str, Optional[Path]] = {"file": None}  # the run's log file, once the command knows it
+
+
+def user_error(exc: BaseException) -> Optional[BaseException]:
+    """The first error in ``exc``'s chain (``__cause__`` / ``__context__``) that a user causes."""
+    seen = set()
+    todo: Optional[BaseException] = exc
+    while todo is not None and id(todo) not in seen:
+        seen.add(id(todo))
+        if any(cls.__name__ in USER_ERRORS for cls in type(todo).__mro__):
+            return todo
+        todo = todo.__cause__ or todo.__context__
+    return None
+
+
+def cli_message(exc: BaseException) -> str:
+    """``exc``'s message on one line in command-line spelling: a setting written as Python
+    (``pretrained='all-MiniLM-L6-v2'``) becomes ``--set pretrained=all-MiniLM-L6-v2``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if any(cls.__name__ in ("ConfigError", "TextEncoderNotFoundError", "FeatureValidationError")
+           for cls in type(exc).__mro__):
+        # the setting a message is about stays a name (at the start); advice to pass one gets --set
+        text = _PY_SETTING.sub(lambda m: f"{m.group(1)}={m.group(3)}" if m.start() == 0
+                               else f"--set {m.group(1)}={m.group(3)}", text)
+        text = text.replace("khar_mmsa.model.text_encoders.minilm_path() = ", "")
+    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text
+
+
+def _report(message: str) -> None:
+    """The error line on stderr, and in the 'MMSA' log's files: the run's log file when the
+    command knows it, and any file handler already on the logger (console handlers skip it)."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    handler: Optional[logging.Handler] = None
+    path = _ERROR_LOG["file"]
+    if path is not None and Path(path).parent.is_dir():
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    try:
+        if files:
+            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+            for h in files:
+                h.handle(record)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; a user error (:data:`USER_ERRORS`) ends as one line and exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.getLogger("MMSA").setLevel(logging.INFO)
-    if argv and argv[0] in SUBCOMMANDS:
-        if not logging.getLogger("MMSA").handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-            logging.getLogger("MMSA").addHandler(handler)
-        return {"tune": tune_main, "sweep": sweep_main}[argv[0]](argv[1:])
-    return train_main(argv)
+    traceback_wanted = "--traceback" in argv
+    argv = [a for a in argv if a != "--traceback"]
+    logger.setLevel(logging.INFO)
+    _ERROR_LOG["file"] = None
+    handler: Optional[logging.Handler] = None
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            if not logger.handlers:  # this command's progress lines on stderr, removed when it returns
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+                logger.addHandler(handler)
+            return {"tune": tune_main, "sweep": sweep_main}[argv[0]](argv[1:])
+        return train_main(argv)
+    except Exception as exc:  # noqa: BLE001 - user errors become one line; the rest keep their traceback
+        cause = user_error(exc)
+        if cause is None or traceback_wanted:
+            raise
+        _report(cli_message(cause))
+        return 1
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)

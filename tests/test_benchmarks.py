@@ -218,3 +218,33 @@ def test_loading_smoke(tmp_path: Path, repo_untouched) -> None:
     body = _section(tmp_path / "l" / "RESULTS.md", "loading-smoke")
     assert "file_digest (SHA-256)" in body and "MB/s" in body
     assert not (tmp_path / "l" / "features.pkl").exists()
+
+
+def test_results_md_command_lines_carry_no_absolute_paths(tmp_path: Path) -> None:
+    work = tmp_path / "bench"
+    line = common.command_line("benchmarks.compare", ["--quick", "--out", str(work), f"--labels={tmp_path}/l.csv",
+                                                      "--khar-config", '{"epochs": 2}', "--seeds", "1"])
+    assert " /" not in line and "=/" not in line  # every path relative
+    relative = Path(line.split("--out ")[1].split()[0])
+    assert (REPO / relative).resolve() == work.resolve()  # runnable from the checkout's root
+    assert "--khar-config '{\"epochs\": 2}'" in line and "--labels=" in line
+
+
+def test_transcripts_pickle_is_keyed_by_its_inputs_content(tmp_path: Path, monkeypatch) -> None:
+    """A label CSV rewritten with other contents (same name, same size) builds a new pickle."""
+    built = []
+    monkeypatch.setattr("khar_mmsa.data.transcripts.build_transcript_dataset",
+                        lambda labels, out, tok, **kw: built.append(out) or Path(out).write_bytes(b"x"))
+    monkeypatch.setattr("khar_mmsa.io.safe_io.load_pickle",
+                        lambda path, **kw: {"train": {"regression_labels": [0]}, "meta": {}})
+    labels, tok = tmp_path / "label.csv", tmp_path / "tok"
+    tok.mkdir()
+    (tok / "vocab.txt").write_text("a\nb\n")
+    labels.write_text("id,label\n1,0.5\n")
+    first, _ = common.make_transcripts(tmp_path, tok, labels)
+    assert common.make_transcripts(tmp_path, tok, labels)[0] == first and len(built) == 1  # reused
+    labels.write_text("id,label\n1,0.7\n")  # same size, other labels
+    second, _ = common.make_transcripts(tmp_path, tok, labels)
+    assert second != first and len(built) == 2
+    (tok / "vocab.txt").write_text("a\nc\n")  # another tokenizer, same size
+    assert common.make_transcripts(tmp_path, tok, labels)[0] not in (first, second) and len(built) == 3

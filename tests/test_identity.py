@@ -64,3 +64,49 @@ def test_feature_identity_by_content(tmp_path: Path) -> None:
     assert feature_identity(args) != feature_identity(dict(args, need_data_aligned=True))
     b.write_bytes(b"features!")
     assert feature_identity(args) != feature_identity(dict(args, featurePath=str(b)))
+
+
+def test_code_version_follows_sources_and_config_overlays(tmp_path: Path) -> None:
+    """The digest in code_version(): a changed byte of a .py below the package, a new source file
+    or a changed overlay JSON changes it; mtimes, caches and the folder's location do not."""
+    from khar_mmsa.io.identity import CONFIG_OVERLAY_DIR, PACKAGE_DIR, code_version, package_version, source_digest
+    pkg, cfg = tmp_path / "pkg", tmp_path / "cfg"
+    (pkg / "sub").mkdir(parents=True)
+    cfg.mkdir()
+    (pkg / "__init__.py").write_text("x = 1\n")
+    (pkg / "sub" / "m.py").write_text("y = 2\n")
+    (cfg / "config_regression.json").write_text("{}")
+    base = source_digest(pkg, cfg)
+    os.utime(pkg / "sub" / "m.py", ns=(5, 5))
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"cache")
+    (pkg / "notes.txt").write_text("not source")
+    moved = tmp_path / "moved"
+    shutil.copytree(pkg, moved / "pkg")
+    shutil.copytree(cfg, moved / "cfg")
+    assert source_digest(pkg, cfg) == base == source_digest(moved / "pkg", moved / "cfg")
+    (pkg / "sub" / "m.py").write_text("y = 3\n")
+    assert source_digest(pkg, cfg) != base
+    (pkg / "sub" / "m.py").write_text("y = 2\n")
+    (cfg / "config_regression.json").write_text("{ }")
+    assert source_digest(pkg, cfg) != base
+    (cfg / "config_regression.json").write_text("{}")
+    (pkg / "new.py").write_text("")
+    assert source_digest(pkg, cfg) != base
+    # the real one: version + digest of this checkout, computed once
+    assert code_version() == f"{package_version()}+{source_digest(PACKAGE_DIR, CONFIG_OVERLAY_DIR)[:16]}"
+    assert code_version() is code_version() and package_version() == "0.1.0"  # cached
+
+
+def test_same_size_rewrite_gets_a_new_digest_at_once(tmp_path: Path) -> None:
+    """A file rewritten with other bytes of the same size within the filesystem's clock tick (same
+    mtime) is hashed again, not served from the per-process digest cache."""
+    from khar_mmsa.io.identity import data_identity
+    path = tmp_path / "f.pkl"
+    path.write_bytes(b"0" * 10)
+    first = data_identity(path)
+    stat = path.stat()
+    path.write_bytes(b"1" * 10)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same mtime, as within one tick
+    assert data_identity(path)["sha256"] != first["sha256"]
+    assert data_identity(path) == {"name": "f.pkl", "sha256": __import__("hashlib").sha256(b"1" * 10).hexdigest()}

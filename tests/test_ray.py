@@ -1,11 +1,14 @@
 """The Ray paths: benchmark runs as Ray tasks, and the Ray Tune search (needs the ``ray`` extra).
 
-One local Ray instance (``ray.init(num_cpus=2)``) serves the module.
+One local Ray instance (``ray.init(num_cpus=2)``, session-scoped) serves every test that needs one;
+the checks that must happen before Ray starts run without it.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,13 +26,72 @@ import khar_mmsa  # noqa: E402,F401 - registers the patches
 from test_tune_mode import TINY_KHAR, tune_config_file  # noqa: E402
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local Ray for the test run; its workers import the test modules (runners named by them)."""
+    path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def test_a_finished_run_stays_in_the_table_when_another_ray_worker_raises(tmp_path, ray_cluster) -> None:
+    from khar_mmsa.experiments.sweep import ExecutorOptions, RunSpec, SweepFailed, run_sweep, write_tables
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    specs = [RunSpec(model="m", dataset="mosi", seed=s, feature_path=str(data), out_dir=str(tmp_path / f"r{s}"),
+                     config={"fail": s == 2}, runner="test_sweep:quick_runner") for s in (1, 2)]
+    with pytest.raises(SweepFailed, match="1 of 2 runs failed") as failed:
+        run_sweep(specs, ExecutorOptions(executor="ray", data_transfer="object-store"),
+                  manifest_path=tmp_path / "sweep-manifest.jsonl", stream=io.StringIO())
+    assert "planted failure" in failed.value.outcome.errors[specs[1].run_id]
+    paths = write_tables(specs, failed.value.outcome, tmp_path)
+    assert pd.read_csv(paths["results"])["seed"].tolist() == [1]
+    assert pd.read_csv(paths["summary"])["n_seeds"].tolist() == [1]
+
+
+def test_ray_tune_search_that_must_fail_stops_before_ray_starts(tmp_path, tiny_features, tiny_bert,
+                                                                 monkeypatch) -> None:
+    """Every grid point's width not divisible by the heads, or a missing feature file: a
+    TuneSetupError at once, and Ray is never started (its start raises here)."""
+    from khar_mmsa.experiments import ray_tune, sweep
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(sweep, "ray_init", lambda *a, **k: pytest.fail("Ray was started"))
+    grid = {"modal_dim": [18, 30], "learning_rate": [1e-3, 1e-4]}
+    config_file = tune_config_file(tmp_path, "khar", grid)
+    overrides = dict(TINY_KHAR, pretrained=str(tiny_bert), encoder_heads=4)
+    overrides.pop("modal_dim")
+    with pytest.raises(ray_tune.TuneSetupError, match=r"every one of the 4 grid points.*not divisible by encoder_heads=4"):
+        ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
+                        custom_feature=str(tiny_features("mosi")), num_samples=4, out_dir=tmp_path / "tune")
+    with pytest.raises(ray_tune.TuneSetupError, match=r"the data cannot be used.*missing\.pkl"):
+        ray_tune.search("khar", "mosi", config_file=str(config_file), config=dict(overrides, modal_dim=16),
+                        custom_feature=str(tmp_path / "missing.pkl"), num_samples=4, out_dir=tmp_path / "tune")
+
+
+def test_address_auto_without_ray_is_one_line(tmp_path, monkeypatch, capsys) -> None:
+    from khar_mmsa import cli
+    from khar_mmsa.experiments import sweep
+
+    def no_cluster(*args, **kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to "
+                              "by setting `--address` flag or `RAY_ADDRESS` environment variable.")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0")
+    code = cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "--custom-feature", str(data), "--out",
+                     str(tmp_path / "o"), "--executor", "ray", "--address", "auto"])
+    assert code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert err == ["python -m khar_mmsa: error: --address auto: no Ray cluster is running on this machine (Could "
+                   "not find any running Ray instance. Please specify the one to connect to by setting `--address` "
+                   "flag or `RAY_ADDRESS` environment variable.); start one with `ray start --head`, or leave "
+                   "--address out to start a local Ray instance for this run"]
+    assert sweep.RayUnavailable.__name__ in cli.USER_ERRORS
 
 
 def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_cluster, fast_mmsa) -> None:
@@ -53,15 +115,21 @@ def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_clus
 
 
 def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_features, tiny_bert, ray_cluster,
-                                                               mmsa_run_kwargs, fast_mmsa) -> None:
+                                                               mmsa_run_kwargs, fast_mmsa, caplog,
+                                                               monkeypatch) -> None:
     from khar_mmsa.experiments import ray_tune
     from MMSA import MMSA_run
     grid = {"learning_rate": [1e-3, 1e-4], "contrastive_weight": [0.0, 0.1]}
     config_file = tune_config_file(tmp_path, "khar", grid)
     overrides = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=3, early_stop=3)
-    outcome = ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
-                              custom_feature=str(tiny_features("mosi")), seed=1, num_samples=4, grace_period=1,
-                              reduction_factor=2, cpus_per_trial=1, out_dir=tmp_path / "tune", search_seed=0)
+    feature = Path(os.path.relpath(tiny_features("mosi")))  # as typed, relative to the working folder
+    with caplog.at_level("INFO", logger="MMSA"):
+        outcome = ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
+                                  custom_feature=str(feature), seed=1, num_samples=4, grace_period=1,
+                                  reduction_factor=2, cpus_per_trial=1, out_dir=tmp_path / "tune", search_seed=0,
+                                  progress_interval_s=0.0)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray Tune: ") and "trials ended" in r.getMessage()]
+    assert progress and progress[-1].startswith("Ray Tune: 4/4 trials ended (0 failed), 0 running, best valid_Loss")
     assert outcome.trials == 4 and outcome.metric == "valid_Loss" and outcome.mode == "min"
     assert set(outcome.best_params) == set(grid)
     assert all(outcome.best_params[k] in v for k, v in grid.items())
@@ -74,5 +142,7 @@ def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_f
     written = json.loads(Path(outcome.config_file).read_text())
     params = written["khar"]["datasetParams"]["mosi"]
     assert {k: params[k] for k in grid} == outcome.best_params and params["epochs"] == 3
+    assert written["datasetCommonParams"]["mosi"]["unaligned"]["featurePath"] == str(tiny_features("mosi").resolve())
+    monkeypatch.chdir(tmp_path)  # -c from another folder
     row = MMSA_run("khar", "mosi", config_file=str(outcome.config_file), **mmsa_run_kwargs)
     assert row["Model"] == "khar" and math.isfinite(row["MAE"])

@@ -4,6 +4,7 @@ Ray's executor and Ray Tune are in ``test_ray.py`` (skipped without Ray).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -131,8 +132,302 @@ def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features,
            "--model-save-dir", str(dirs["models"]), "--res-save-dir", str(dirs["results"]), "--log-dir", str(dirs["logs"])]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    table = pd.read_csv(dirs["results"] / "normal" / "mosi.csv")
+    table = pd.read_csv(dirs["results"] / "normal" / "mosi.tidy.csv")  # the numeric table beside MMSA's
     assert table["Model"].tolist() == ["khar"] and str(table["seeds"].iloc[0]) == "7"
     assert table["MAE"].notna().all() and (dirs["models"] / "khar-mosi.pth").is_file()
     assert json.loads(done.stdout)["Model"] == "khar"  # the row, printed
     assert "EPOCH-(khar) seed 1 epoch 1/1:" in (dirs["logs"] / "khar-mosi.log").read_text()  # --set epochs=1 reached it
+
+
+# ---- identity: data by content, code by version -------------------------------------------------
+def quick_runner(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
+    """A run that reads its data file and reports its seed (module-level: named by runners)."""
+    if spec.config.get("fail"):
+        raise RuntimeError(f"planted failure of {spec.title}")
+    return {"metrics": {"MAE": spec.seed / 10 + len(Path(feature_path).read_bytes()) / 1000, "Mult_acc_2": 0.5}}
+
+
+def _specs(tmp_path: Path, data: Path, seeds=(1, 2), **config: Any) -> list:
+    return [RunSpec(model="m", dataset="mosi", seed=s, feature_path=str(data), out_dir=str(tmp_path / f"r{s}"),
+                    config=dict(config), runner="test_sweep:quick_runner") for s in seeds]
+
+
+def test_rerun_after_a_code_change_trains_again(tmp_path: Path, monkeypatch) -> None:
+    from khar_mmsa.io import identity
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    manifest = tmp_path / "manifest.jsonl"
+    monkeypatch.setattr(identity, "code_version", lambda: "0.1.0+aaaa")
+    run_sweep(_specs(tmp_path, data), manifest_path=manifest, stream=io.StringIO())
+    assert run_sweep(_specs(tmp_path, data), manifest_path=manifest, stream=io.StringIO()).skipped  # same code: reused
+    monkeypatch.setattr(identity, "code_version", lambda: "0.1.0+bbbb")  # one source byte changed
+    outcome = run_sweep(_specs(tmp_path, data), manifest_path=manifest, stream=io.StringIO())
+    assert outcome.skipped == [] and len(outcome.results) == 2
+    assert {r["identity"]["code"] for r in Manifest(manifest).records} == {"0.1.0+aaaa", "0.1.0+bbbb"}
+
+
+def test_same_size_pickle_with_other_content_is_not_reused(tmp_path: Path) -> None:
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    manifest = tmp_path / "manifest.jsonl"
+    first = [s.run_id for s in _specs(tmp_path, data)]
+    run_sweep(_specs(tmp_path, data), manifest_path=manifest, stream=io.StringIO())
+    data.write_bytes(b"0" * 10)  # rewritten byte-identical: the same runs
+    assert len(run_sweep(_specs(tmp_path, data), manifest_path=manifest, stream=io.StringIO()).skipped) == 2
+    data.write_bytes(b"1" * 10)  # re-extracted: same name, same size, other labels
+    again = _specs(tmp_path, data)
+    assert not {s.run_id for s in again} & set(first)
+    outcome = run_sweep(again, manifest_path=manifest, stream=io.StringIO())
+    assert outcome.skipped == [] and all(Manifest(manifest).starts(s.run_id) == 1 for s in again)
+
+
+def test_object_store_cache_is_reused_only_for_the_same_content(tmp_path: Path) -> None:
+    from khar_mmsa.experiments.sweep import node_local_copy
+    data = b"the shipped features"
+    path = node_local_copy(data, tmp_path)
+    assert path.read_bytes() == data and path.name.startswith(hashlib.sha256(data).hexdigest())
+    path.write_bytes(b"X" * len(data))
+    assert node_local_copy(data, tmp_path).read_bytes() == data  # same size, other bytes: rewritten
+
+
+# ---- one driver per folder, Ray leftovers -------------------------------------------------------
+def test_second_driver_on_the_same_folder_stops_with_one_line(tmp_path: Path, capsys) -> None:
+    from khar_mmsa.experiments.sweep import SweepLock, SweepLocked
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    with SweepLock(out):  # the first driver
+        with pytest.raises(SweepLocked, match=r"another sweep driver \(pid \d+ on .*\) is running on"):
+            run_sweep(_specs(out, data), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
+        code = cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "--custom-feature", str(data),
+                         "--out", str(out)])
+        assert code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m khar_mmsa: error: another sweep driver (pid")
+        assert not (out / "sweep-manifest.jsonl").exists()  # the second driver started nothing
+    run_sweep(_specs(out, data), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())  # lock released
+
+
+def test_lock_file_planted_as_a_link_is_not_followed(tmp_path: Path) -> None:
+    from khar_mmsa.experiments.sweep import LOCK_NAME, SweepLock, SweepLocked
+    target = tmp_path / "elsewhere"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).symlink_to(target)
+    with pytest.raises(SweepLocked, match="symbolic link"):
+        with SweepLock(tmp_path / "out"):
+            pass
+    assert not target.exists()
+
+
+_FAKE_RAY_DRIVER = """
+import importlib.util, subprocess, sys, time, types
+spec = importlib.util.find_spec("khar_mmsa")  # the package without its MMSA registration: a fast start
+pkg = types.ModuleType("khar_mmsa"); pkg.__path__ = list(spec.submodule_search_locations)
+sys.modules["khar_mmsa"] = pkg
+from khar_mmsa.experiments.sweep import RayProcessRecord
+record = RayProcessRecord(sys.argv[1])
+record.before_start()
+children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]
+record.update()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: Path) -> None:
+    """A driver records the processes its Ray started; SIGKILLed, it leaves them running; the next
+    sweep on the same folder stops them before it starts (here two stand-ins for Ray's processes)."""
+    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME, _start_time
+    out = tmp_path / "sweep"
+    out.mkdir()
+    driver = subprocess.Popen([sys.executable, "-c", _FAKE_RAY_DRIVER, str(out)], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "ready"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        driver.stdout.close()
+    recorded = json.loads((out / RAY_RECORD_NAME).read_text())["processes"]
+    assert len(recorded) == 2 and all(_start_time(p["pid"]) == p["start"] for p in recorded)  # orphaned, alive
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
+    assert all(_start_time(p["pid"]) != p["start"] for p in recorded)  # stopped
+    assert not (out / RAY_RECORD_NAME).exists()
+
+
+# ---- manifest lines that are not records ---------------------------------------------------------
+def test_malformed_manifest_lines_are_ignored_by_name_and_their_runs_redone(tmp_path: Path, caplog) -> None:
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    manifest = tmp_path / "manifest.jsonl"
+    specs = _specs(tmp_path, data, seeds=(1, 2, 3))
+    run_sweep(specs, manifest_path=manifest, stream=io.StringIO())
+    lines = manifest.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    done = {r["run_id"]: n for n, r in enumerate(records) if r["event"] == "done"}
+    # runs 2 and 3: their done records damaged in place (no outcome; an outcome without result)
+    lines[done[specs[1].run_id]] = json.dumps(dict(records[done[specs[1].run_id]], outcome=None))
+    lines[done[specs[2].run_id]] = json.dumps(dict(records[done[specs[2].run_id]], outcome={"wall_s": 1.0}))
+    lines += [json.dumps([1, 2]), json.dumps({"event": "done", "outcome": {"result": {}}}), '{"run_id": "cut']
+    manifest.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING", logger="MMSA"):
+        record = Manifest(manifest)
+    assert len(record.ignored) == 5
+    for problem in ("a JSON list, not an object", "no run_id string", "without an outcome object",
+                    "outcome has no result object", "not JSON"):
+        assert problem in caplog.text, problem
+    assert f"{manifest}:{done[specs[1].run_id] + 1}: manifest record ignored" in caplog.text
+    outcome = run_sweep(specs, manifest_path=manifest, stream=io.StringIO())  # no TypeError / KeyError
+    assert outcome.skipped == [specs[0].run_id]  # the runs whose done record was damaged are made again
+    assert [Manifest(manifest).starts(s.run_id) for s in specs] == [1, 2, 2]
+
+
+# ---- the command line: seeds, tables, failures ---------------------------------------------------
+def _fake_mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
+    if spec.seed == 13:
+        raise RuntimeError("planted failure: a worker raised")
+    return {"metrics": {"MAE": 0.7 + 0.05 * (spec.seed % 2), "Mult_acc_2": 0.6}}
+
+
+def test_sweep_runs_every_repeated_seed_and_tables_in_mmsa_scale(tmp_path: Path, monkeypatch, capsys) -> None:
+    from khar_mmsa.experiments import sweep
+    monkeypatch.setattr(sweep, "mmsa_run_one", _fake_mmsa_run_one)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1111", "-s", "1112", "--custom-feature", str(data),
+                     "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "results.csv")
+    assert sorted(runs["seed"]) == [1111, 1112]
+    assert runs["MAE"].tolist() == pytest.approx([75.0, 70.0])  # x100, as MMSA's results CSV
+    summary = pd.read_csv(out / "summary.csv")
+    row = summary.iloc[0]
+    assert row["Model"] == "tfn" and row["n_seeds"] == 2 and str(row["seeds"]) == "1111 1112"
+    assert (row["MAE"], row["MAE_std"]) == (72.5, 2.5)  # mean and population std (np.std) of 75 and 70
+    assert (row["Mult_acc_2"], row["Mult_acc_2_std"]) == (60.0, 0.0)
+    assert "n_seeds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "-s", "1"],
+                                  ["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "2", "1"],
+                                  ["-m", "tfn", "-d", "mosi", "-s", "1", "-s", "1"]])
+def test_duplicate_seeds_are_refused(argv, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0")
+    extra = ["--custom-feature", str(data), "--out", str(tmp_path / "o")] if argv[0] == "sweep" else []
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv + extra)
+    assert exit_.value.code == 2
+    assert "seed(s) 1 given more than once in -s" in capsys.readouterr().err
+
+
+def test_tune_refuses_a_second_seed(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tune", "-m", "khar", "-d", "mosi", "-s", "1", "-s", "2"])
+    assert exit_.value.code == 2
+    assert "-s given twice (1 and 2)" in capsys.readouterr().err
+
+
+def test_finished_runs_are_in_the_table_when_another_run_fails(tmp_path: Path, monkeypatch, capsys) -> None:
+    from khar_mmsa.experiments import sweep
+    monkeypatch.setattr(sweep, "mmsa_run_one", _fake_mmsa_run_one)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "12", "13", "--custom-feature", str(data),
+                     "--out", str(out)]) == 1
+    assert pd.read_csv(out / "results.csv")["seed"].tolist() == [12]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("python -m khar_mmsa")]
+    assert len(err) == 1 and "1 of 2 runs failed" in err[0]
+
+
+def test_threads_option_on_every_command(tmp_path: Path, monkeypatch) -> None:
+    import torch
+    from khar_mmsa.experiments import sweep
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(sweep, "mmsa_run_one", _fake_mmsa_run_one)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "--custom-feature", str(data),
+                     "--out", str(tmp_path / "o"), "--threads", "3"]) == 0
+    assert calls == [3, 3]  # the driver, then the run
+    for parser in (cli.train_parser(), cli.tune_parser(), cli.sweep_parser()):
+        assert "--threads" in parser.format_help()
+    with pytest.raises(SystemExit):
+        cli.train_parser().parse_args(["--threads", "0"])
+
+
+# ---- one-line errors, light --help ----------------------------------------------------------------
+def test_offline_encoder_error_is_one_line_in_cli_spelling_and_logged(tmp_path: Path, tiny_features, capsys) -> None:
+    logs = tmp_path / "logs"
+    code = cli.main(["-m", "khar", "-d", "mosi", "-s", "1", "-g", "0", "-n", "0", "-v", "0",
+                     "--custom-feature", str(tiny_features("mosi")), "--set", f"pretrained={tmp_path / 'no-bert'}",
+                     "--model-save-dir", str(tmp_path / "models"), "--res-save-dir", str(tmp_path / "results"),
+                     "--log-dir", str(logs)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"python -m khar_mmsa: error: pretrained={tmp_path / 'no-bert'}: no such folder")
+    assert "--set pretrained=all-MiniLM-L6-v2" in err[0] and "pretrained='" not in err[0]
+    assert "[ERROR] - pretrained=" in (logs / "khar-mosi.log").read_text()
+
+
+def test_cli_message_spelling() -> None:
+    from khar_mmsa.config import ConfigError
+    assert cli.cli_message(ConfigError("fusion='sums' is not one of ...; pass fusion='sum'")) == \
+        "fusion=sums is not one of ...; pass --set fusion=sum"
+    assert cli.cli_message(ValueError("x='a'")) == "x='a'"  # not a settings error: left as it is
+    chained = RuntimeError("MMSA_run failed")
+    chained.__cause__ = FileNotFoundError(2, "No such file or directory", "/x.pkl")
+    assert cli.user_error(chained) is chained.__cause__ and cli.user_error(RuntimeError("bug")) is None
+
+
+_HELP_IMPORTS = """
+import json, runpy, sys
+import khar_mmsa
+package_heavy = sorted(m for m in ("torch", "MMSA", "transformers", "ray") if m in sys.modules)
+sys.argv = ["khar_mmsa", "--help"]
+try:
+    runpy.run_module("khar_mmsa", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+print(json.dumps({"package": package_heavy,
+                  "help": sorted(m for m in ("torch", "MMSA", "transformers", "ray") if m in sys.modules)}))
+"""
+
+
+def test_help_imports_no_torch_mmsa_or_transformers() -> None:
+    done = subprocess.run([sys.executable, "-c", _HELP_IMPORTS], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "python -m khar_mmsa" in done.stdout and "khar" in done.stdout
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    if loaded["package"]:
+        pytest.skip(f"`import khar_mmsa` itself loads {loaded['package']} (made light separately)")
+    assert loaded["help"] == []
+
+
+def test_cli_commands_import_nothing_heavy_before_they_run() -> None:
+    """cli.py and the sweep module, imported with a bare ``khar_mmsa`` package, pull in none of
+    torch, MMSA, transformers or Ray, and --help of every command runs without them."""
+    code = """
+import importlib.util, sys, types
+spec = importlib.util.find_spec("khar_mmsa")
+pkg = types.ModuleType("khar_mmsa"); pkg.__path__ = list(spec.submodule_search_locations)
+sys.modules["khar_mmsa"] = pkg
+from khar_mmsa import cli
+for argv in (["--help"], ["tune", "--help"], ["sweep", "--help"]):
+    try:
+        cli.main(argv)
+    except SystemExit as e:
+        assert e.code == 0, argv
+heavy = sorted(m for m in ("torch", "MMSA", "transformers", "ray", "pandas") if m in sys.modules)
+print("light" if not heavy else heavy)
+"""
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("light"), done.stderr[-2000:]

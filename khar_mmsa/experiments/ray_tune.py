@@ -13,18 +13,39 @@ Needs the ``ray`` extra (``pip install -e ".[ray]"``).  :func:`search`:
 * the best trial is the best validation KeyEval reported by any epoch (its early-stopping
   checkpoint); its config is written as an MMSA-schema JSON
   (``<out_dir>/<dataset>-<model>-best.json``) that ``MMSA_run(model, dataset, config_file=...)``
-  reads back -- that run, or :func:`test_best`, is where its test score comes from.
+  reads back -- that run, or :func:`test_best`, is where its test score comes from.  Its paths
+  (the feature file, a local text encoder) are absolute, so ``-c`` works from any folder.
+
+Before Ray starts, every grid point's config is checked (:func:`preflight`) and the feature file
+is read and validated once: a search whose every trial must fail (a width the attention heads do
+not divide, a missing or malformed feature file) stops at once with :class:`TuneSetupError`,
+and grid points that cannot train are named in a warning.  While trials run, a progress line
+(trials done, running, failed, best validation value so far) is logged every
+``progress_interval_s`` seconds and whenever a trial ends.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 logger = logging.getLogger("MMSA")
+
+#: Grid points checked before Ray starts (all of them when the grid is this small or smaller,
+#: else this many, spread evenly over the grid).
+PREFLIGHT_MAX_POINTS = 4096
+#: Seconds between progress lines while trials run (a trial's end always logs one).
+PROGRESS_INTERVAL_S = 30.0
+#: Config keys whose string values name files or folders (written absolute into the best file).
+PATH_KEYS = ("featurePath", "custom_feature", "pretrained", "pretrained_adapters_path")
+
+
+class TuneSetupError(ValueError):
+    """The search cannot succeed: every grid point's config is invalid, or the data is."""
 
 
 @dataclass
@@ -71,7 +92,8 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     import torch
     from ray import tune
 
-    import khar_mmsa  # noqa: F401  - registers 'khar' and the MMSA fixes in this worker
+    from khar_mmsa.integration import register
+    register()  # 'khar' and the MMSA fixes in this worker
     from khar_mmsa.integration.tune import candidate_args, seed_everything, train_candidate, use_device
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -89,6 +111,120 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     def report(epoch: int, valid: Mapping[str, Any]) -> None:
         tune.report({metric: float(valid[key_eval]), "epoch": epoch})
     train_candidate(args, num_workers=0, on_epoch_end=report)
+
+
+def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[int, int]:
+    """Check the grid's configs and the data once, before any trial (see the module docstring).
+
+    Returns ``(grid points checked, invalid ones)``; raises :class:`TuneSetupError` when every
+    checked point is invalid or the feature file cannot be read or does not fit the config.
+    """
+    from khar_mmsa.integration.features import load_features
+    from khar_mmsa.integration.registration import check_model_settings
+    from khar_mmsa.integration.tune import candidate_args, grid_axes, grid_point, grid_size
+    axes = grid_axes(base)
+    size = grid_size(axes)
+    step = max(1, size // PREFLIGHT_MAX_POINTS)
+    checked, invalid = 0, 0
+    problems: Dict[str, Any] = {}  # first grid point of each distinct error
+    first_valid = None
+    for index in range(0, size, step):
+        point = grid_point(axes, index)
+        args = candidate_args(base, point, overrides)
+        checked += 1
+        try:
+            check_model_settings(args)
+        except Exception as exc:  # noqa: BLE001 - a config the model refuses: its trial would fail
+            invalid += 1
+            problems.setdefault(" ".join(str(exc).split()), point)
+            continue
+        if first_valid is None:
+            first_valid = args
+    model = base.get("model_name")
+    if first_valid is None:
+        message, point = next(iter(problems.items()))
+        raise TuneSetupError(f"every one of the {checked} grid points checked gives a config {model} refuses, so "
+                             f"every trial would fail; Ray was not started. First: {message} (grid point {point})")
+    if invalid:
+        shown = "; ".join(f"{msg} (e.g. {pt})" for msg, pt in list(problems.items())[:3])
+        logger.warning(f"Ray Tune: {invalid} of {checked} grid points give a config {model} refuses; those "
+                       f"trials will fail: {shown}")
+    try:
+        load_features(first_valid)  # reads and validates every feature file the trials will read
+    except Exception as exc:  # noqa: BLE001 - missing, unreadable or mismatched data: every trial would fail
+        raise TuneSetupError(f"the data cannot be used, so every trial would fail; Ray was not started: "
+                             f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+    return checked, invalid
+
+
+def absolute_paths(args: Mapping[str, Any]) -> Dict[str, Any]:
+    """``args`` with the relative paths of :data:`PATH_KEYS` that exist made absolute."""
+    out = dict(args)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, (str, Path)) and str(value) and not Path(value).is_absolute() and Path(value).exists():
+            out[key] = str(Path(value).resolve())
+    return out
+
+
+class TuneProgress:
+    """A Ray Tune callback that logs ``Ray Tune: 3/20 trials ended (1 failed), 2 running, best
+    valid_Loss 0.712, 1.4 min`` every ``interval_s`` seconds and when a trial ends."""
+
+    def __init__(self, total: int, metric: str, mode: str, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+        self.total, self.metric, self.mode, self.interval_s = total, metric, mode, interval_s
+        self.ended, self.failed, self.running = 0, 0, 0
+        self.best: Optional[float] = None
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def line(self) -> str:
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        elapsed = time.monotonic() - self.start
+        took = f"{elapsed:.0f} s" if elapsed < 120 else f"{elapsed / 60:.1f} min"
+        return (f"Ray Tune: {self.ended}/{self.total} trials ended ({self.failed} failed), {self.running} "
+                f"running, best {self.metric} {best}, {took}")
+
+    def result(self, value: Any) -> None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best = value
+        self.show()
+
+    def show(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.interval_s:
+            self._last = now
+            logger.info(self.line())
+
+    def callback(self) -> Any:
+        """This progress as a ``ray.tune.Callback`` (Ray imported here)."""
+        from ray import tune
+        progress = self
+
+        class _Callback(tune.Callback):
+            def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                progress.running = sum(t.status == "RUNNING" for t in trials) or progress.running + 1
+                progress.show()
+
+            def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+                progress.result(result.get(progress.metric))
+
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                progress.ended += 1
+                progress.running = max(0, progress.running - 1)
+                progress.show(force=True)
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                progress.ended += 1
+                progress.failed += 1
+                progress.running = max(0, progress.running - 1)
+                progress.show(force=True)
+
+        return _Callback()
 
 
 def _log_to(path: Path) -> None:
@@ -109,14 +245,20 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
            max_epochs: Optional[int] = None, grace_period: int = 1, reduction_factor: float = 2,
            cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: Optional[int] = None,
            address: Optional[str] = None, out_dir: os.PathLike = "ray-tune", search_seed: Optional[int] = None,
-           reuse_actors: bool = True) -> SearchOutcome:
-    """Run the search (see the module docstring); starts or joins a Ray cluster when none is up."""
+           reuse_actors: bool = True, threads: Optional[int] = None,
+           progress_interval_s: float = PROGRESS_INTERVAL_S) -> SearchOutcome:
+    """Run the search (see the module docstring); starts or joins a Ray cluster when none is up.
+
+    ``threads``: torch CPU threads of each trial (default: ``cpus_per_trial``, at least 1).
+    Raises :class:`TuneSetupError` before Ray starts when no trial could succeed, and
+    :class:`khar_mmsa.experiments.sweep.RayUnavailable` when ``address`` cannot be reached."""
     tune = _require_ray()
     import ray
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    import khar_mmsa  # noqa: F401
+    from khar_mmsa.integration import register
+    register()
     from khar_mmsa.integration.tune import LOWER_IS_BETTER, base_tune_args, candidate_args, write_mmsa_config
     model, dataset = model.lower(), dataset.lower()
     out_dir = Path(out_dir).resolve()
@@ -131,11 +273,16 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     space = search_space(base)
     if not space:
         raise ValueError(f"{model} on {dataset}: the tune config has no d_paras grid to search")
+    checked, invalid = preflight(base, overrides)
+    logger.info(f"Ray Tune: {checked - invalid} of {checked} grid points checked are valid configs; the data "
+                f"was read and validated once")
+    from khar_mmsa.experiments.sweep import ray_init
     own_cluster = not ray.is_initialized()
     if own_cluster:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        ray_init(address, include_dashboard=False, log_to_driver=False)
     try:
-        threads = max(1, int(cpus_per_trial))
+        threads = int(threads) if threads else max(1, int(cpus_per_trial))
+        progress = TuneProgress(num_samples, metric, mode, progress_interval_s)
         trainable = tune.with_resources(
             functools.partial(_trial, base=_portable(base), overrides=overrides, seed=seed, metric=metric,
                               key_eval=key_eval, threads=threads),
@@ -147,10 +294,12 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, num_samples=num_samples,
                                         max_concurrent_trials=max_concurrent, reuse_actors=reuse_actors,
                                         search_alg=BasicVariantGenerator(random_state=search_seed)),
-            run_config=tune.RunConfig(name=f"{dataset}-{model}", storage_path=str(out_dir), verbose=0))
+            run_config=tune.RunConfig(name=f"{dataset}-{model}", storage_path=str(out_dir), verbose=0,
+                                      callbacks=[progress.callback()]))
         logger.info(f"Ray Tune: {num_samples} trials of {model} on {dataset}, {metric} ({mode}), ASHA max_t={epochs} "
                     f"epochs, grace {grace_period}, each trial {cpus_per_trial} CPU / {gpus_per_trial} GPU")
         results = tuner.fit()
+        progress.show(force=True)
     finally:
         if own_cluster:
             ray.shutdown()
@@ -163,6 +312,7 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     trained = [int(r.metrics.get("epoch", 0)) if r.metrics else 0 for r in results]
     best_args = candidate_args(base, best.config, overrides)
     best_args["featurePath"] = feature or best_args["featurePath"]
+    best_args = absolute_paths(best_args)
     config_path = write_mmsa_config(out_dir / f"{dataset}-{model}-best.json", best_args)
     logger.info(f"Ray Tune: best validation {metric} = {best_value:.4f} with {best.config}; config file {config_path}")
     return SearchOutcome(model, dataset, metric, mode, best_value, dict(best.config), config_path,
@@ -176,9 +326,8 @@ def _portable(base: Mapping[str, Any]) -> Dict[str, Any]:
 
 def test_best(outcome: SearchOutcome, seed: int = 1111, out_dir: os.PathLike = "ray-tune/test-best") -> Dict[str, Any]:
     """Train the selected config once with ``MMSA_run(config_file=...)`` and return its test row."""
-    import khar_mmsa  # noqa: F401
-    from MMSA import MMSA_run
+    from khar_mmsa.integration.runner import run
     out = Path(out_dir)
-    return MMSA_run(outcome.model, outcome.dataset, config_file=str(outcome.config_file), seeds=[seed],
+    return run(outcome.model, outcome.dataset, config_file=str(outcome.config_file), seeds=[seed],
                     model_save_dir=str(out / "models"), res_save_dir=str(out / "results"),
                     log_dir=str(out / "logs"), verbose_level=0)

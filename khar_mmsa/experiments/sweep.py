@@ -7,12 +7,21 @@ driver), which alone writes tables.
 
 Resumable
     A manifest (``sweep-manifest.jsonl``, one JSON record per line, appended and fsynced by the
-    driver only) records each run's identity -- model, dataset, seed, variant, config hash, runner
-    and data file -- with a ``start`` record when it is dispatched and a ``done`` (with its result)
-    or ``failed`` (with the error) record when it ends.  Running the same sweep again skips the
-    runs whose last record is ``done`` and runs the others again: failed ones, and those that were
-    in flight when the driver or a node died.  A run whose config changed has another identity,
-    so it runs again.
+    driver only) records each run's identity -- model, dataset, seed, variant, config hash, runner,
+    the data file's name and SHA-256, and the code version
+    (:func:`khar_mmsa.io.identity.code_version`) -- with a ``start`` record when it is dispatched
+    and a ``done`` (with its result) or ``failed`` (with the error) record when it ends.  Running
+    the same sweep again skips the runs whose last record is ``done`` and runs the others again:
+    failed ones, and those that were in flight when the driver or a node died.  A run whose config,
+    data content or code changed has another identity, so it runs again.  A manifest line that is
+    not a well-formed record is ignored with a warning naming the file and line; its run is redone.
+
+One driver per folder
+    The driver holds an exclusive lock (``sweep.lock``, ``flock``) on the manifest's folder for the
+    whole sweep; a second driver on the same folder stops at once with :class:`SweepLocked`.  The
+    kernel releases the lock when the driver dies, however it dies.  The Ray processes a driver
+    starts are recorded in ``sweep-ray-processes.json`` there; the next driver on the folder stops
+    those a killed driver left behind before it starts.
 
 Executors (:class:`ExecutorOptions`)
     ``local``: one run after the other in this process; Ray is not needed.
@@ -26,7 +35,8 @@ Data (``data_transfer``)
     ``path``: workers open the feature pickle at the driver's path -- a filesystem every node
     sees (NFS, a shared disk), or the same path on a single machine.  ``object-store``: the driver
     reads each distinct feature file once, puts its bytes into Ray's object store, and each worker
-    writes them to a node-local cache (``$TMPDIR/khar-sweep-data/<sha256>.pkl``) before it trains.
+    writes them to a node-local cache (``$TMPDIR/khar-sweep-data/<sha256>.pkl``) before it trains;
+    a cached file is reused only when its content has that SHA-256.
 
 Progress
     One live line per sweep, ``<name>: 3/8 done, 2 running, 0 failed, 3 left, ETA 4.1 min``:
@@ -34,11 +44,13 @@ Progress
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -49,11 +61,17 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
 from khar_mmsa.config import fingerprint
-from khar_mmsa.io.safe_io import atomic_write_bytes
+from khar_mmsa.io import identity as content_identity
+from khar_mmsa.io.safe_io import atomic_write_bytes, atomic_write_text, file_digest
 
 logger = logging.getLogger("MMSA")
 
 MANIFEST_NAME = "sweep-manifest.jsonl"
+LOCK_NAME = "sweep.lock"
+RAY_RECORD_NAME = "sweep-ray-processes.json"
+EVENTS = ("start", "done", "failed")
+#: Seconds a recorded Ray process gets to exit after SIGTERM before SIGKILL.
+STOP_GRACE_S = 5.0
 DEFAULT_RUNNER = "khar_mmsa.experiments.sweep:mmsa_run_one"
 EXECUTORS = ("local", "ray")
 DATA_TRANSFERS = ("path", "object-store")
@@ -68,6 +86,14 @@ class SweepFailed(RuntimeError):
     def __init__(self, message: str, outcome: "SweepOutcome") -> None:
         super().__init__(message)
         self.outcome = outcome
+
+
+class SweepLocked(RuntimeError):
+    """Another driver holds the sweep folder's lock."""
+
+
+class RayUnavailable(RuntimeError):
+    """The Ray cluster asked for cannot be reached (``--address auto`` with no Ray running...)."""
 
 
 # ============================================================================================
@@ -95,13 +121,13 @@ class RunSpec:
     label: str = ""
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two runs the same run: model, dataset, seed, variant, config hash, runner
-        and the data file (name and size: a pickle rebuilt byte-identical keeps its identity)."""
-        data = Path(self.feature_path)
+        """What makes two runs the same run: model, dataset, seed, variant, config hash, runner,
+        the data file by content (name and SHA-256: a pickle rebuilt byte-identical keeps its
+        identity, one with other bytes of the same size does not) and the code version."""
         return {"model": self.model, "dataset": self.dataset, "seed": int(self.seed),
                 "variant": self.variant, "config_hash": fingerprint(dict(self.config)),
-                "runner": self.runner,
-                "data": {"name": data.name, "size": data.stat().st_size if data.is_file() else None}}
+                "runner": self.runner, "data": content_identity.data_identity(self.feature_path),
+                "code": content_identity.code_version()}
 
     @property
     def run_id(self) -> str:
@@ -173,21 +199,21 @@ def executor_options(args: Any) -> ExecutorOptions:
 # The default runner: one MMSA_run
 # ============================================================================================
 def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
-    """``MMSA_run(spec.model, spec.dataset, config=spec.config, seeds=[spec.seed])`` on
+    """khar-mmsa's runner (``MMSA_run``'s arguments, :func:`khar_mmsa.integration.runner.run`) of
+    ``spec.model`` on ``spec.dataset`` with ``config=spec.config, seeds=[spec.seed]`` on
     ``feature_path`` into ``spec.out_dir`` (its own checkpoints, logs and results CSV).
 
     Returns ``{"row": <the results-CSV row>, "metrics": {metric: value}}``, ``metrics`` in the
     natural units ``do_test`` gives (the row's x100 means divided by 100).
     """
-    import khar_mmsa  # noqa: F401  - registers 'khar' before MMSA_run is looked up
-    mmsa = importlib.import_module("MMSA")
+    from khar_mmsa.integration.runner import run  # MMSA_run's arguments, any model; returns the row
     out = Path(spec.out_dir)
     dirs = {k: out / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    row = mmsa.MMSA_run(spec.model, spec.dataset, config=dict(spec.config), seeds=[int(spec.seed)],
-                        custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
-                        **{k: str(v) for k, v in dirs.items()})
+    row = run(spec.model, spec.dataset, config=dict(spec.config), seeds=[int(spec.seed)],
+              custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
+              **{k: str(v) for k, v in dirs.items()})
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()}
     metrics = {k: float(v) / 100.0 for k, v in row.items()
                if k not in ("Model", "seeds") and not k.endswith("_std") and isinstance(v, (int, float))}
@@ -207,7 +233,7 @@ def execute(spec: RunSpec, data: Optional[bytes] = None) -> Dict[str, Any]:
     ``data``: the feature pickle's bytes when the driver shipped them through the object store;
     they are cached on this node and the run reads the cached file.
     """
-    feature_path = spec.feature_path if data is None else str(_node_local_copy(data))
+    feature_path = spec.feature_path if data is None else str(node_local_copy(data))
     if spec.threads:
         import torch
         torch.set_num_threads(int(spec.threads))
@@ -216,12 +242,14 @@ def execute(spec: RunSpec, data: Optional[bytes] = None) -> Dict[str, Any]:
     return {"result": result, "wall_s": round(time.perf_counter() - start, 3), "host": socket.gethostname()}
 
 
-def _node_local_copy(data: bytes) -> Path:
+def node_local_copy(data: bytes, folder: Optional[os.PathLike] = None) -> Path:
+    """``data`` as ``<folder>/<sha256>.pkl`` (default folder ``$TMPDIR/khar-sweep-data``): an
+    existing file is reused only when its content has that SHA-256, else it is rewritten."""
     digest = hashlib.sha256(data).hexdigest()
-    folder = Path(tempfile.gettempdir()) / "khar-sweep-data"
+    folder = Path(folder) if folder is not None else Path(tempfile.gettempdir()) / "khar-sweep-data"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}.pkl"
-    if not path.is_file() or path.stat().st_size != len(data):
+    if not (path.is_file() and not path.is_symlink() and file_digest(path) == digest):
         atomic_write_bytes(path, data)
     return path
 
@@ -229,23 +257,55 @@ def _node_local_copy(data: bytes) -> Path:
 # ============================================================================================
 # Manifest
 # ============================================================================================
+def manifest_record_problem(rec: Any) -> Optional[str]:
+    """What is wrong with one parsed manifest line, or None for a well-formed record: a JSON
+    object with a string ``run_id``, an ``event`` of :data:`EVENTS`, and for ``done`` an
+    ``outcome`` object holding a ``result`` object."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    if not isinstance(rec.get("run_id"), str) or not rec["run_id"]:
+        return "no run_id string"
+    if rec.get("event") not in EVENTS:
+        return f"event {rec.get('event')!r} is not one of {EVENTS}"
+    if rec["event"] == "done":
+        outcome = rec.get("outcome")
+        if not isinstance(outcome, dict):
+            return "a done record without an outcome object"
+        if not isinstance(outcome.get("result"), dict):
+            return "a done record whose outcome has no result object"
+    return None
+
+
 class Manifest:
-    """The sweep's record: one JSON object per line, the last record of a run id is its state."""
+    """The sweep's record: one JSON object per line, the last record of a run id is its state.
+
+    A line that is not a well-formed record (cut by a killed driver, edited by hand, a list, a
+    record without ``run_id`` / ``event`` / ``outcome.result``) is left in the file, ignored with
+    a warning naming the file, the line and what is wrong, and counted in ``ignored``; the run it
+    recorded is then not done, so the sweep makes it again.
+    """
 
     def __init__(self, path: os.PathLike) -> None:
         self.path = Path(path)
         self.last: Dict[str, Dict[str, Any]] = {}
         self.records: List[Dict[str, Any]] = []
+        self.ignored: List[int] = []
         if self.path.is_file():
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
                 for n, line in enumerate(f, 1):
                     line = line.strip()
                     if not line:
                         continue
                     try:
                         rec = json.loads(line)
-                    except json.JSONDecodeError:  # a line cut by a killed driver
-                        logger.warning(f"{self.path}:{n}: unreadable record ignored")
+                    except json.JSONDecodeError:
+                        problem: Optional[str] = "not JSON (a line cut by a killed driver?)"
+                    else:
+                        problem = manifest_record_problem(rec)
+                    if problem is not None:
+                        self.ignored.append(n)
+                        logger.warning(f"{self.path}:{n}: manifest record ignored ({problem}); the run it "
+                                       f"recorded is made again")
                         continue
                     self.records.append(rec)
                     self.last[rec["run_id"]] = rec
@@ -272,6 +332,179 @@ class Manifest:
     def starts(self, run_id: str) -> int:
         """How many times a run was dispatched (over every session of this sweep)."""
         return sum(1 for r in self.records if r["run_id"] == run_id and r["event"] == "start")
+
+
+# ============================================================================================
+# One driver per folder, and the Ray processes it started
+# ============================================================================================
+class SweepLock:
+    """``with SweepLock(folder):`` -- an exclusive ``flock`` on ``<folder>/sweep.lock`` held for
+    the sweep, or :class:`SweepLocked` at once when another driver holds it.
+
+    The file is opened with ``O_NOFOLLOW`` (a link planted there is refused, never followed) and
+    records the holder's pid and host for the second driver's message.  The kernel drops the lock
+    when the holder exits, killed or not, so a stale file never blocks a sweep.
+    """
+
+    def __init__(self, folder: os.PathLike) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "SweepLock":
+        import fcntl
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise SweepLocked(f"{self.path} is a symbolic link; remove it (the sweep's lock file is never "
+                                  f"followed through a link)") from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise SweepLocked(f"another sweep driver ({holder}) is running on {self.path.parent}; wait for it "
+                                  f"to finish or stop it, or give this sweep another --out") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def _proc_stat(pid: int) -> Optional[List[str]]:
+    """Fields of ``/proc/<pid>/stat`` from the state on (``[state, ppid, ...]``); None when the
+    process is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return None if not fields or fields[0] in ("Z", "X") else fields
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): with
+    the pid, it tells a recorded process from a later one that reused its pid."""
+    fields = _proc_stat(pid)
+    return None if fields is None else fields[19]
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every live process below ``pid`` (children, their children...), from ``/proc``."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if entry.name.isdigit():
+            fields = _proc_stat(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class RayProcessRecord:
+    """``<folder>/sweep-ray-processes.json``: the processes of the Ray instance a driver started
+    (pid and start time each), rewritten as Ray adds workers and removed after ``ray.shutdown``.
+    A file still there at the next start names what a killed driver left: :meth:`stop_leftovers`."""
+
+    def __init__(self, folder: os.PathLike) -> None:
+        self.path = Path(folder) / RAY_RECORD_NAME
+        self._known: Dict[int, str] = {}
+        self._before: set = set()
+
+    def before_start(self) -> None:
+        """Remember this process's children before Ray starts (they are not Ray's)."""
+        self._before = set(_descendants(os.getpid()))
+
+    def update(self) -> None:
+        """Record this driver's children that Ray started (new since :meth:`before_start`)."""
+        fresh = {pid: _start_time(pid) for pid in _descendants(os.getpid()) if pid not in self._before}
+        fresh = {pid: t for pid, t in fresh.items() if t is not None}
+        if not fresh or all(self._known.get(pid) == t for pid, t in fresh.items()):
+            return
+        self._known.update(fresh)
+        atomic_write_text(self.path, json.dumps({
+            "driver": os.getpid(), "host": socket.gethostname(),
+            "processes": [{"pid": pid, "start": t} for pid, t in sorted(self._known.items())]}))
+
+    def clear(self) -> None:
+        self._known.clear()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def stop_leftovers(self, own: bool = False) -> int:
+        """Stop the recorded processes still running (same host, same pid and start time), with
+        everything below them; SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`.  At a driver's
+        start they are what a killed driver left; ``own``: this driver's, after ``ray.shutdown``.
+        Returns how many were stopped; the record is removed."""
+        if not self.path.is_file():
+            return 0
+        try:
+            record = json.loads(self.path.read_text())
+            host, driver = record["host"], record["driver"]
+            recorded = [(int(p["pid"]), str(p["start"])) for p in record["processes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning(f"{self.path}: unreadable record of an earlier driver's Ray processes ignored "
+                           f"({type(exc).__name__}: {exc})")
+            self.clear()
+            return 0
+        if host != socket.gethostname():
+            logger.warning(f"{self.path}: Ray processes recorded on host {host}, not this one; stop them there")
+            self.clear()
+            return 0
+        alive = [pid for pid, start in recorded if _start_time(pid) == start and pid != os.getpid()]
+        targets = {pid: _start_time(pid) for root in alive for pid in [root, *_descendants(root)]}
+        targets = {pid: t for pid, t in targets.items() if t is not None}
+        for pid in targets:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(_start_time(p) == t for p, t in targets.items()):
+            time.sleep(0.1)
+        for pid, t in targets.items():
+            if _start_time(pid) == t:
+                _signal(pid, signal.SIGKILL)
+        if targets and own:
+            logger.info(f"stopped {len(targets)} Ray process(es) still running after ray.shutdown()")
+        elif targets:
+            logger.warning(f"stopped {len(targets)} Ray process(es) that an earlier sweep driver (pid {driver}) "
+                           f"started and left running when it died (recorded in {self.path})")
+        self.clear()
+        return len(targets)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def ray_init(address: Optional[str] = None, **kwargs: Any) -> Any:
+    """``ray.init(address=address, **kwargs)``; a cluster that cannot be reached raises
+    :class:`RayUnavailable` with one line saying what to do."""
+    import ray
+    try:
+        return ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = ("no Ray cluster is running on this machine" if address == "auto"
+                 else f"the Ray cluster at {address} cannot be reached")
+        raise RayUnavailable(f"--address {address}: {where} ({first}); start one with `ray start --head`, or "
+                             f"leave --address out to start a local Ray instance for this run") from None
 
 
 # ============================================================================================
@@ -347,8 +580,11 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
               stream: Optional[TextIO] = None) -> SweepOutcome:
     """Run every spec that the manifest does not record as done; return all finished results.
 
-    ``manifest_path`` defaults to ``<first spec's out_dir>/../sweep-manifest.jsonl``.  Raises
-    :class:`SweepFailed` after the other runs finished when any run failed.
+    ``manifest_path`` defaults to ``<first spec's out_dir>/../sweep-manifest.jsonl``.  The
+    manifest's folder is locked for the whole sweep (:class:`SweepLocked` when another driver
+    holds it), and Ray processes a killed earlier driver left there are stopped first.  Raises
+    :class:`SweepFailed` after the other runs finished when any run failed; its ``outcome`` holds
+    every finished run.
     """
     options = options or ExecutorOptions()
     specs = list(specs)
@@ -361,6 +597,15 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
         if not specs:
             raise ValueError("run_sweep: no specs and no manifest_path")
         manifest_path = Path(specs[0].out_dir).parent / MANIFEST_NAME
+    folder = Path(manifest_path).parent
+    with SweepLock(folder):
+        ray_record = RayProcessRecord(folder)
+        ray_record.stop_leftovers()
+        return _run_sweep_locked(specs, options, Path(manifest_path), name, stream, ray_record)
+
+
+def _run_sweep_locked(specs: List[RunSpec], options: ExecutorOptions, manifest_path: Path, name: str,
+                      stream: Optional[TextIO], ray_record: RayProcessRecord) -> SweepOutcome:
     if options.fresh and Path(manifest_path).is_file():
         aside = Path(f"{manifest_path}.{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(manifest_path, aside)
@@ -398,7 +643,7 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
         if options.executor == "local":
             _run_local(pending, started, finished)
         else:
-            _run_ray(pending, options, started, finished, progress)
+            _run_ray(pending, options, started, finished, progress, ray_record)
     progress.close()
     outcome = SweepOutcome(results, errors, skipped, manifest.path)
     if errors:
@@ -421,7 +666,7 @@ def _run_local(pending: Sequence[RunSpec], started: Callable, finished: Callable
 
 
 def _run_ray(pending: Sequence[RunSpec], options: ExecutorOptions, started: Callable, finished: Callable,
-             progress: SweepProgress) -> None:
+             progress: SweepProgress, ray_record: Optional[RayProcessRecord] = None) -> None:
     try:
         import ray
     except ImportError as exc:
@@ -430,9 +675,14 @@ def _run_ray(pending: Sequence[RunSpec], options: ExecutorOptions, started: Call
     in_flight: Dict[Any, RunSpec] = {}
     if own_cluster:
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        ray.init(address=options.address, runtime_env={"env_vars": env} if env else None,
+        if ray_record is not None:
+            ray_record.before_start()
+        ray_init(options.address, runtime_env={"env_vars": env} if env else None,
                  include_dashboard=False, log_to_driver=False)
+    record = ray_record if own_cluster else None
     try:
+        if record is not None:
+            record.update()
         request: Dict[str, Any] = {"num_cpus": options.cpus_per_run, "num_gpus": options.gpus_per_run}
         if options.memory_per_run_gb:
             request["memory"] = int(options.memory_per_run_gb * 1024 ** 3)
@@ -451,6 +701,8 @@ def _run_ray(pending: Sequence[RunSpec], options: ExecutorOptions, started: Call
                     data = shipped[spec.feature_path]
                 in_flight[remote.remote(spec, data)] = spec
                 started(spec)
+            if record is not None:
+                record.update()  # the workers Ray started for these runs
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
             for ref in ready:
                 spec = in_flight.pop(ref)
@@ -468,6 +720,8 @@ def _run_ray(pending: Sequence[RunSpec], options: ExecutorOptions, started: Call
     finally:
         if own_cluster:
             ray.shutdown()
+            if record is not None:
+                record.stop_leftovers(own=True)
 
 
 def _cluster_slots(resources: Mapping[str, float], options: ExecutorOptions) -> int:
@@ -480,8 +734,13 @@ def _cluster_slots(resources: Mapping[str, float], options: ExecutorOptions) -> 
     return max(1, slots)
 
 
+#: MMSA's results CSVs hold every metric x100 (MAE 71.5 for 0.715); the sweep's tables do too.
+MMSA_SCALE = 100.0
+
+
 def spec_table(specs: Sequence[RunSpec], outcome: SweepOutcome) -> List[Dict[str, Any]]:
-    """One row per spec: identity, wall time, host and the run's metrics (for a CSV)."""
+    """One row per finished spec: identity, wall time, host and the run's metrics in MMSA's scale
+    (x100, as in MMSA's results CSV); specs that did not finish are left out."""
     rows = []
     for spec in specs:
         done = outcome.results.get(spec.run_id)
@@ -489,6 +748,46 @@ def spec_table(specs: Sequence[RunSpec], outcome: SweepOutcome) -> List[Dict[str
             continue
         row = {"model": spec.model, "dataset": spec.dataset, "variant": spec.variant, "seed": spec.seed,
                "run_id": spec.run_id, "wall_s": done.get("wall_s"), "host": done.get("host")}
-        row.update(done["result"].get("metrics", {}))
+        for key, value in done["result"].get("metrics", {}).items():
+            row[key] = round(float(value) * MMSA_SCALE, 4) if isinstance(value, (int, float)) else value
         rows.append(row)
     return rows
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """:func:`spec_table`'s rows per model and variant as MMSA's results CSV has them: ``Model``,
+    ``seeds`` (the seeds, space-separated), ``n_seeds``, then each metric's mean and
+    ``<metric>_std`` (population std, ``np.std``), rounded to 2 decimals as MMSA does."""
+    import numpy as np
+    groups: Dict[tuple, List[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row.get("variant", "default")), []).append(row)
+    fixed = {"model", "dataset", "variant", "seed", "run_id", "wall_s", "host"}
+    out = []
+    for (model, variant), members in groups.items():
+        summary: Dict[str, Any] = {"Model": model}
+        if variant != "default":
+            summary["variant"] = variant
+        summary["seeds"] = " ".join(str(r["seed"]) for r in members)
+        summary["n_seeds"] = len(members)
+        keys = [k for k in members[0] if k not in fixed]
+        for key in keys:
+            values = [r.get(key) for r in members]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                continue
+            summary[key] = round(float(np.mean(values)), 2)
+            summary[f"{key}_std"] = round(float(np.std(values)), 2)
+        out.append(summary)
+    return out
+
+
+def write_tables(specs: Sequence[RunSpec], outcome: SweepOutcome, folder: os.PathLike) -> Dict[str, Path]:
+    """``results.csv`` (one row per finished run) and ``summary.csv`` (:func:`summary_table`) in
+    ``folder``, both in MMSA's x100 scale; written atomically, also when some runs failed."""
+    import pandas as pd
+    rows = spec_table(specs, outcome)
+    folder = Path(folder)
+    paths = {"results": folder / "results.csv", "summary": folder / "summary.csv"}
+    atomic_write_text(paths["results"], pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(paths["summary"], pd.DataFrame(summary_table(rows)).to_csv(index=False))
+    return paths

@@ -377,13 +377,14 @@ def write_mmsa_config(path: os.PathLike, args: Mapping[str, Any]) -> Path:
 
     ``MMSA_run(args.model_name, args.dataset_name, config_file=path)`` reads back the same config:
     the dataset block carries ``featurePath`` (``custom_feature`` when one was given, else the
-    resolved ``featurePath``; absolute when it was) and the model's ``datasetParams`` every other
+    resolved ``featurePath``; made absolute when the file exists) and the model's ``datasetParams`` every other
     setting.
     """
     model, dataset = str(args["model_name"]), str(args["dataset_name"])
     params = {k: _json_value(v) for k, v in args.items() if k not in RUNTIME_KEYS and _jsonable(v)}
     params.pop("need_data_aligned", None)
-    dataset_block = {"featurePath": str(args.get("custom_feature") or args["featurePath"])}
+    feature = Path(str(args.get("custom_feature") or args["featurePath"]))
+    dataset_block = {"featurePath": str(feature.resolve() if feature.exists() else feature)}  # -c from any folder
     schema = {
         "datasetCommonParams": {"dataset_root_dir": "",
                                 dataset: {"unaligned": dataset_block, "aligned": dataset_block}},

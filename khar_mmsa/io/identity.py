@@ -10,10 +10,16 @@ moved, or copied to a temporary folder still matches, while one changed byte doe
 * :func:`encoder_identity` -- a local text-encoder folder by the digest of its config and weight
   files; a hub name by its name.
 * :func:`config_identity` -- the config's fields with paths replaced by the identities above.
+* :func:`data_identity` -- a data file by name and SHA-256 (a sweep run's data).
+* :func:`code_version` -- the package version and a SHA-256 over its sources and config overlays
+  (every sweep run's identity holds it, so a rerun after a code change trains again).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
@@ -72,3 +78,61 @@ def config_identity(cfg: Any, fields: Optional[tuple] = None) -> Dict[str, Any]:
     if "pretrained" in values:
         values["pretrained"] = encoder_identity(cfg.pretrained) if "t" in cfg.modalities else None
     return values
+
+
+# ============================================================================================
+# Code version
+# ============================================================================================
+PACKAGE_DIR: Path = Path(__file__).resolve().parents[1]
+#: Our MMSA config JSON (the package ``khar_mmsa.mmsa_configs``): the top-level ``mmsa_configs/``
+#: beside the package in a checkout, ``khar_mmsa/mmsa_configs/`` in an installed wheel.
+CONFIG_OVERLAY_DIR: Path = next((d for d in (PACKAGE_DIR.parent / "mmsa_configs", PACKAGE_DIR / "mmsa_configs")
+                                 if d.is_dir()), PACKAGE_DIR / "mmsa_configs")
+
+
+def source_digest(package_dir: Path, config_dir: Optional[Path] = None) -> str:
+    """SHA-256 over every ``*.py`` below ``package_dir`` and every ``*.json`` in ``config_dir``,
+    each file as its relative path and its bytes (a renamed file or a changed byte gives another
+    digest; mtimes and the folder's location do not count)."""
+    h = hashlib.sha256()
+    roots = [("pkg", Path(package_dir), "**/*.py")]
+    if config_dir is not None and Path(config_dir).is_dir():
+        roots.append(("cfg", Path(config_dir), "*.json"))
+    for tag, root, pattern in roots:
+        for path in sorted(p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts):
+            rel = path.relative_to(root).as_posix()
+            h.update(f"{tag}:{rel}\0{file_digest(path)}\0".encode())
+    return h.hexdigest()
+
+
+def package_version() -> str:
+    """The installed distribution's version, else ``__version__`` read from the package's source."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("khar-mmsa")
+    except PackageNotFoundError:
+        pass
+    match = re.search(r'^__version__\s*=\s*["\']([^"\']+)', (PACKAGE_DIR / "__init__.py").read_text(), re.M)
+    return match.group(1) if match else "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """``<version>+<sha256[:16]>``: the package version and the digest of its sources and config
+    overlays (:func:`source_digest`).  Works from a wheel and without git; computed once per process.
+    Part of every sweep run's identity, so a run made by other code is made again."""
+    return f"{package_version()}+{source_digest(PACKAGE_DIR, CONFIG_OVERLAY_DIR)[:16]}"
+
+
+def data_identity(path: Any) -> Dict[str, Any]:
+    """A data file by name and SHA-256 of its content (``sha256`` None when the file is missing)."""
+    return {"name": Path(path).name, "sha256": _digest_or_none(path)}
+
+
+def folder_digest(folder: Any) -> str:
+    """SHA-256 over every regular file of ``folder`` (relative path and content), e.g. a tokenizer."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
+    return h.hexdigest()

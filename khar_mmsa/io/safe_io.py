@@ -26,6 +26,7 @@ import os
 import pickle
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Iterator, Optional, Union
 
@@ -300,6 +301,8 @@ def load_pickle(path: PathLike, trusted: bool = False) -> Any:
 # content identity
 # --------------------------------------------------------------------------------------------
 _DIGESTS: dict = {}
+#: A file modified this recently (ns) before its hashing is hashed again next time (see file_digest).
+DIGEST_RACY_NS = 2_000_000_000
 _DIGEST_LOCK = threading.Lock()
 
 
@@ -307,8 +310,11 @@ def file_digest(path: PathLike) -> str:
     """SHA-256 (hex) of the file's bytes: what identifies a feature file, wherever it lies.
 
     Computed once per process for each version of a file (same inode, size and mtime); a file
-    rewritten with the same bytes (a new mtime) gets the same digest.  SHA-256 runs at ~570 MB/s
-    on the project's shared 2-core machine, ~2 s per GB once per run (benchmarks/loading.py).
+    rewritten with the same bytes (a new mtime) gets the same digest.  A digest is remembered only
+    when the file's mtime lies :data:`DIGEST_RACY_NS` before the hashing began: a file's clock
+    ticks coarsely (milliseconds), so a rewrite of the same size within the same tick would
+    otherwise keep the old digest.  SHA-256 runs at ~570 MB/s on the project's shared 2-core
+    machine, ~2 s per GB once per run (benchmarks/loading.py).
     """
     p = Path(path).resolve()
     st = p.stat()
@@ -316,10 +322,12 @@ def file_digest(path: PathLike) -> str:
     with _DIGEST_LOCK:
         if key in _DIGESTS:
             return _DIGESTS[key]
+    started_ns = time.time_ns()
     with open(p, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    with _DIGEST_LOCK:
-        _DIGESTS[key] = digest
+    if st.st_mtime_ns < started_ns - DIGEST_RACY_NS:
+        with _DIGEST_LOCK:
+            _DIGESTS[key] = digest
     return digest
 
 
