@@ -30,6 +30,12 @@ MMSA_RUNTIME_KEYS = frozenset({
 })
 
 MODALITIES = ("t", "a", "v")
+# Refiners (§3.4; Table 3's ablations; 'none' = the identity) and fusions (§3.5; Table 3's
+# ablations; 'linear' = one Linear layer on the concatenated unimodal vectors).
+REFINER_CHOICES = ("moe", "mlp", "attention", "cnn", "none")
+FUSION_CHOICES = ("mib", "sum", "concat", "attention", "mul", "linear")
+# Fusions that combine the unimodal vectors element-wise (need one width for every modality).
+ELEMENTWISE_FUSIONS = ("sum", "attention", "mul")
 LABEL_RANGES = {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0), "simsv2": (-1.0, 1.0)}
 
 
@@ -85,7 +91,7 @@ class KHaRConfig:
     pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).")
 
     # ---- knowledge refinement: sparse MoE (§3.4, eq. 4-6) -------------------------------------
-    refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), or the Table 3 ablations 'mlp', 'attention', 'cnn'.")
+    refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), the Table 3 ablations 'mlp', 'attention', 'cnn', or 'none' (the identity: X_m goes on unrefined).")
     num_experts: int = _f(3, "s, experts per modality (Table 5: 3).")
     top_k: int = _f(2, "k of KeepTopK in eq. 4 (paper leaves open; 2 of 3 keeps the gate sparse and the load term informative).")
     expert_hidden_dim: int = _f(256, "Hidden width of each expert MLP.")
@@ -95,7 +101,7 @@ class KHaRConfig:
     cv_eps: float = _f(1e-10, "Epsilon in CV^2 = var / (mean^2 + eps) (eq. 6).")
 
     # ---- multimodal information bottleneck (§3.5, eq. 8-12, Appendix C) -----------------------
-    fusion: str = _f("mib", "Fusion: 'mib' (eq. 8-12), or the Table 3 ablations 'sum', 'concat', 'attention', 'mul'.")
+    fusion: str = _f("mib", "Fusion: 'mib' (eq. 8-12), the Table 3 ablations 'sum', 'concat', 'attention', 'mul', or 'linear' (Dropout and one Linear to the prediction on the concatenated unimodal vectors).")
     fine_grained_dim: int = _f(50, "Table 5's 'fine-grained dimension': width of each unimodal vector x^m = F^m(X^m) (Algorithm 1), used by the fusion and the contrastive loss (E-MIB's d_l = 50).")
     fusion_hidden_dim: int = _f(128, "Width of the fusion network F^f's output x (Algorithm 1).")
     latent_dim: int = _f(50, "Width of the bottleneck z (eq. 23).")
@@ -129,6 +135,14 @@ class KHaRConfig:
     length_bucket_pool: int = _f(50, "With length_bucketing: batches per sorting pool; a random pool of this many batches is sorted by length, cut into batches, and all batches are shuffled. Larger = less padding, less randomness in batch composition.")
     compile: bool = _f(False, "torch.compile the model's forward pass for training and evaluation (opt-in: the first steps pay the compilation, and each new batch shape may compile again; checkpoints are unchanged). Helps most on a GPU, where it fuses kernels and cuts launches.")
 
+    # ---- choices where the paper is silent, and the parts benchmarks/walk.py removes ----------
+    harvesting: bool = _f(True, "Knowledge harvesting (§3.3, eq. 2-3): adapters read the encoders' intermediate states and X_m = [A_m; O_m]. False: no adapters, X_m = O_m (eq. 3 without A_m); needs pretrain_adapters=False.")
+    projection: str = _f("relu", "F^m of Algorithm 1 on the pooled refined sequence: 'relu' = Dropout, Linear(width, fine_grained_dim), ReLU; 'none' = the pooled vector itself goes to the fusion and the contrastive loss (width d_m after the MoE).")
+    contrastive_on: str = _f("after_relu", "Unimodal vectors eq. 21's similarities are computed on: 'after_relu' = x^m, the fusion's inputs (all entries >= 0, so every cosine >= 0); 'before_relu' = the projection's linear output (cosines in [-1, 1]). The same vectors with projection='none'.")
+    routing: str = _f("token", "What the gate of eq. 4-5 routes: 'token' = each time step of X_m gets its own top-k experts; 'sample' = one gate vector per sample, from the masked mean of X_m over its real time steps (eq. 5 read as one vector per sample), applied to all its time steps.")
+    mib_beta_warmup_epochs: int = _f(0, "beta of eq. 12 rises linearly from 0 in epoch 1 to mib_beta in epoch mib_beta_warmup_epochs + 1, then stays there (one value per epoch); 0: mib_beta from the first step, as eq. 12.")
+    freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.")
+
     def __post_init__(self) -> None:
         # Types first: a wrong type (batch_size='64') must be a ConfigError, not a TypeError from
         # one of the comparisons below.
@@ -144,10 +158,10 @@ class KHaRConfig:
         mods = set(self.modalities)
         if not mods <= set(MODALITIES) or len(mods) < 2 or len(mods) != len(self.modalities):
             problems.append(f"modalities={self.modalities!r}: two or three distinct letters of 'tav'")
-        if self.refiner not in ("moe", "mlp", "attention", "cnn"):
-            problems.append(f"refiner={self.refiner!r}: one of moe, mlp, attention, cnn")
-        if self.fusion not in ("mib", "sum", "concat", "attention", "mul"):
-            problems.append(f"fusion={self.fusion!r}: one of mib, sum, concat, attention, mul")
+        if self.refiner not in REFINER_CHOICES:
+            problems.append(f"refiner={self.refiner!r}: one of {', '.join(REFINER_CHOICES)}")
+        if self.fusion not in FUSION_CHOICES:
+            problems.append(f"fusion={self.fusion!r}: one of {', '.join(FUSION_CHOICES)}")
         if self.mib_kl_reduction not in ("mean", "sum"):
             problems.append(f"mib_kl_reduction={self.mib_kl_reduction!r}: 'mean' or 'sum'")
         if self.contrastive_label_scale not in ("raw", "unit"):
@@ -177,6 +191,7 @@ class KHaRConfig:
             layers = getattr(self, name)
             if layers is not None and (len(layers) != n + 1 or any(int(i) < 0 for i in layers)):
                 problems.append(f"{name}={layers}: needs {n + 1} non-negative hidden-state indices")
+        problems += _open_choice_problems(self)
         if problems:
             raise ConfigError("invalid KHaR config: " + "; ".join(problems))
 
@@ -250,11 +265,36 @@ _NUMERIC_RANGES = {
                                        "pretrain_adapters=False)"),
     "batch_size": (2, True, _INF, "must be an integer >= 2 (the contrastive loss pairs the samples "
                                   "of a batch, eq. 13-21)"),
+    **{n: (0, True, _INF, "must be an integer >= 0") for n in ("mib_beta_warmup_epochs", "freeze_bert_epochs")},
 }
 _RANGES = {n: r[3] for n, r in _NUMERIC_RANGES.items()}
 _RANGES.update(grad_clip="must be a finite number (<= 0 disables clipping)",
                mib_sigma_offset="must be a finite number")
 _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "float")
+
+
+def _open_choice_problems(cfg: KHaRConfig) -> list:
+    """What is wrong with the switches of the choices the paper leaves open and of the parts the
+    walk removes (harvesting, projection, contrastive_on, routing, the warm-up and freeze epochs)."""
+    problems = []
+    for name, allowed in (("projection", ("relu", "none")), ("contrastive_on", ("after_relu", "before_relu")),
+                          ("routing", ("token", "sample"))):
+        if getattr(cfg, name) not in allowed:
+            problems.append(f"{name}={getattr(cfg, name)!r}: one of {', '.join(allowed)}")
+    if not cfg.harvesting and cfg.pretrain_adapters:
+        problems.append("harvesting=False leaves no adapters to pretrain: set pretrain_adapters=False too")
+    if cfg.freeze_bert_epochs > 0 and not cfg.finetune_bert:
+        problems.append(f"freeze_bert_epochs={cfg.freeze_bert_epochs} needs finetune_bert=True "
+                        f"(with finetune_bert=False the text encoder is frozen throughout)")
+    if cfg.projection == "none" and cfg.refiner == "none":
+        # the unimodal vectors keep their encoders' widths (text: the BERT width, audio/vision: d_m)
+        if cfg.fusion in ELEMENTWISE_FUSIONS:
+            problems.append(f"fusion={cfg.fusion!r} combines the unimodal vectors element-wise; with "
+                            f"refiner='none' and projection='none' their widths differ: use mib, concat or linear")
+        if cfg.contrastive_weight > 0:
+            problems.append("the contrastive loss (eq. 21) compares unimodal vectors across modalities; with "
+                            "refiner='none' and projection='none' their widths differ: set contrastive_weight=0")
+    return problems
 
 
 def check_types(kwargs: Mapping[str, Any]) -> None:

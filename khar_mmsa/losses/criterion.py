@@ -3,8 +3,12 @@
 L = L_MoE + L_MIB + lambda * L_CL + L_task, with
   L_MoE  = omega * sum_m (CV(I_m)^2 + CV(L_m)^2)                 (eq. 6; omega = moe_balance_weight)
   L_MIB  = beta * KL(p(z|x) || N(0, I)) + |y - D(z)|, z sampled    (eq. 12, 25, 28; beta = mib_beta, the KL
-                                                                   reduced over dimensions by mib_kl_reduction)
-  L_CL   = intensity contrastive loss on the unimodal vectors      (eq. 21; lambda = contrastive_weight)
+                                                                   reduced over dimensions by mib_kl_reduction;
+                                                                   with mib_beta_warmup_epochs = W, beta is
+                                                                   mib_beta * min(1, (epoch - 1) / W))
+  L_CL   = intensity contrastive loss on the unimodal vectors      (eq. 21; lambda = contrastive_weight; the
+                                                                   vectors after or before the projection's
+                                                                   ReLU, contrastive_on)
   L_task = |y - y_hat|, y_hat = D(mu) the prediction reported      (§3.7)
 
 The model returns raw outputs only (predictions, the bottleneck's mu and sigma, each MoE's router
@@ -86,9 +90,23 @@ class KHaRCriterion:
             "contrastive": cfg.contrastive_weight,    # eq. 22: lambda * L_CL
         }
         self.weights: Dict[str, float] = {k: (w if k in self.active else 0.0) for k, w in weights.items()}
+        self.unimodal_key = "unimodal" if cfg.contrastive_on == "after_relu" else "unimodal_linear"
+        self.set_epoch(1)
         low, high = cfg.label_range
         # contrastive_label_scale='unit' divides by the largest |label| (CLGSI's [-1, 1] scale)
         self.kappa_scale = 1.0 if cfg.contrastive_label_scale == "raw" else max(abs(low), abs(high))
+
+    def beta(self, epoch: int) -> float:
+        """beta of eq. 12 in ``epoch`` (from 1): ``mib_beta``, or with ``mib_beta_warmup_epochs`` = W > 0
+        ``mib_beta * min(1, (epoch - 1) / W)`` (0 in the first epoch, ``mib_beta`` from epoch W + 1)."""
+        warmup = self.cfg.mib_beta_warmup_epochs
+        ramp = 1.0 if warmup == 0 else min(1.0, max(0, epoch - 1) / warmup)
+        return self.cfg.mib_beta * ramp
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each training epoch (from 1): sets the epoch's KL weight."""
+        if "mib_kl" in self.active:
+            self.weights["mib_kl"] = self.beta(epoch)
 
     # -- one method per term: (raw float32 outputs, labels (b, 1) float32) -> unweighted scalar ----
     def task(self, out: Mapping, y: torch.Tensor) -> torch.Tensor:
@@ -111,7 +129,7 @@ class KHaRCriterion:
     def contrastive(self, out: Mapping, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if y.shape[0] < 2:  # a single sample has no pair
             return y.new_zeros(())
-        feats = torch.stack([F.normalize(v, dim=-1) for v in out["unimodal"].values()], dim=1)
+        feats = torch.stack([F.normalize(v, dim=-1) for v in out[self.unimodal_key].values()], dim=1)
         # pairs are decided on the labels as given (at least float32), never on a half-precision copy
         y_cl = labels.reshape(-1).to(torch.promote_types(labels.dtype, torch.float32)) / self.kappa_scale
         return intensity_contrastive_loss(feats, y_cl, self.cfg.contrastive_kappa, self.cfg.contrastive_temperature)

@@ -70,9 +70,25 @@ class TextEncoder(nn.Module):
 
         self.backbone = AutoModel.from_pretrained(resolve_pretrained(pretrained))
         self.finetune = finetune
+        #: Held frozen for now (``freeze_bert_epochs``): no gradient and eval mode while True, but the
+        #: parameters keep ``requires_grad`` so the optimizer holds them for the epochs that fine-tune.
+        self.held = False
         if not finetune:
             self.backbone.requires_grad_(False)
         self.dim = self.backbone.config.hidden_size
+
+    def hold(self, held: bool) -> None:
+        """Hold the encoder frozen (True) or let it fine-tune again (False, when ``finetune``);
+        takes effect at once, in the current train/eval mode."""
+        self.held = bool(held)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        """``nn.Module.train``, except that a held encoder stays in eval mode (no dropout)."""
+        super().train(mode)
+        if mode and self.held:
+            self.backbone.eval()
+        return self
 
     @property
     def num_hidden_states(self) -> int:
@@ -81,7 +97,7 @@ class TextEncoder(nn.Module):
     def forward(self, text: torch.Tensor) -> EncoderOutput:
         """text: (b, 3, n) = token ids, attention mask, segment ids (MMSA's ``text_bert``)."""
         ids, attn, segments = text[:, 0].long(), text[:, 1].long(), text[:, 2].long()
-        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.finetune and not self.held and torch.is_grad_enabled()):
             out = self.backbone(input_ids=ids, attention_mask=attn, token_type_ids=segments,
                                 output_hidden_states=True)
         states = list(out.hidden_states)

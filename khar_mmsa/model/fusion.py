@@ -1,6 +1,7 @@
 """Multimodal fusion (§3.5): the information bottleneck (eq. 8-12, Appendix C) and Table 3's ablations.
 
-Input: the unimodal vectors x^m = F^m(X^m) (b, f) of Algorithm 1.  Output: ``FusionOutput`` with the
+Input: the unimodal vectors x^m = F^m(X^m) (b, f_m) of Algorithm 1, one width per modality (all
+``fine_grained_dim`` with the projection; the pooled refined widths with ``projection='none'``).  Output: ``FusionOutput`` with the
 prediction from the posterior mean (used for L_task and at evaluation), the prediction from a
 reparameterised sample z = mu + sigma * eps (the -log q(y|z) term of L_MIB; equal to the mean
 prediction at evaluation), the posterior's mu and sigma (the criterion computes the KL to N(0, I)
@@ -31,9 +32,9 @@ class FusionOutput:
 class InformationBottleneckFusion(nn.Module):
     """F^f -> (mu, Sigma) -> z -> D (Algorithm 1, eq. 23-24)."""
 
-    def __init__(self, num_modalities: int, cfg: KHaRConfig) -> None:
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
         super().__init__()
-        self.fuse = nn.Sequential(nn.Linear(num_modalities * cfg.fine_grained_dim, cfg.fusion_hidden_dim), nn.ReLU(),
+        self.fuse = nn.Sequential(nn.Linear(sum(widths), cfg.fusion_hidden_dim), nn.ReLU(),
                                   nn.Dropout(cfg.dropout))
         self.mu = nn.Linear(cfg.fusion_hidden_dim, cfg.latent_dim)
         self.sigma = nn.Linear(cfg.fusion_hidden_dim, cfg.latent_dim)
@@ -41,7 +42,7 @@ class InformationBottleneckFusion(nn.Module):
         self.decoder = nn.Linear(cfg.latent_dim, 1)
 
     def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
-        """unimodal: m tensors (b, f) (b batch, f fine_grained_dim); mu, sigma, z: (b, latent_dim)."""
+        """unimodal: m tensors (b, f_m) (b batch, f_m a modality's width); mu, sigma, z: (b, latent_dim)."""
         x = self.fuse(torch.cat(list(unimodal), dim=-1))
         mu = self.mu(x)
         sigma = F.softplus(self.sigma(x) + self.sigma_offset)
@@ -69,8 +70,8 @@ class _PlainFusion(nn.Module):
 class SumFusion(_PlainFusion):
     """Table 3 'SUM'."""
 
-    def __init__(self, num_modalities: int, cfg: KHaRConfig) -> None:
-        super().__init__(cfg.fine_grained_dim, cfg)
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
+        super().__init__(_one_width(widths, "sum"), cfg)
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         return stacked.sum(1)
@@ -79,18 +80,20 @@ class SumFusion(_PlainFusion):
 class ConcatFusion(_PlainFusion):
     """Table 3 'CON'."""
 
-    def __init__(self, num_modalities: int, cfg: KHaRConfig) -> None:
-        super().__init__(num_modalities * cfg.fine_grained_dim, cfg)
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
+        super().__init__(sum(widths), cfg)
 
-    def combine(self, stacked: torch.Tensor) -> torch.Tensor:
-        return stacked.flatten(1)
+    def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
+        h = self.hidden(torch.cat(list(unimodal), dim=-1))  # concatenation: the widths may differ
+        pred = self.head(h)
+        return FusionOutput(pred=pred, pred_sampled=pred, fused=h)
 
 
 class MultiplyFusion(_PlainFusion):
     """Table 3 'MUL': element-wise product of the modality vectors."""
 
-    def __init__(self, num_modalities: int, cfg: KHaRConfig) -> None:
-        super().__init__(cfg.fine_grained_dim, cfg)
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
+        super().__init__(_one_width(widths, "mul"), cfg)
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         return stacked.prod(1)
@@ -101,18 +104,44 @@ class AttentionFusion(_PlainFusion):
 
     attention_heads = 1  # fine_grained_dim (50) has few divisors; one head always fits
 
-    def __init__(self, num_modalities: int, cfg: KHaRConfig) -> None:
-        super().__init__(cfg.fine_grained_dim, cfg)
-        self.attn = nn.MultiheadAttention(cfg.fine_grained_dim, self.attention_heads, batch_first=True)
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
+        width = _one_width(widths, "attention")
+        super().__init__(width, cfg)
+        self.attn = nn.MultiheadAttention(width, self.attention_heads, batch_first=True)
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
         a, _ = self.attn(stacked, stacked, stacked, need_weights=False)
         return (stacked + a).mean(1)
 
 
+class LinearFusion(nn.Module):
+    """``fusion='linear'``: Dropout and one Linear from the concatenated unimodal vectors to the
+    prediction (a linear head; no hidden layer, no bottleneck)."""
+
+    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(sum(widths), 1)
+
+    def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
+        """unimodal: m tensors (b, f_m); fused: (b, sum f_m) the concatenation; pred: (b, 1)."""
+        fused = torch.cat(list(unimodal), dim=-1)
+        pred = self.head(self.dropout(fused))
+        return FusionOutput(pred=pred, pred_sampled=pred, fused=fused)
+
+
+def _one_width(widths: Sequence[int], name: str) -> int:
+    """The common width of element-wise fusions; a ValueError when the modalities' widths differ."""
+    if len(set(widths)) != 1:
+        raise ValueError(f"fusion={name!r} combines the unimodal vectors element-wise, but their widths "
+                         f"differ: {list(widths)}")
+    return int(widths[0])
+
+
 FUSIONS = {"mib": InformationBottleneckFusion, "sum": SumFusion, "concat": ConcatFusion,
-           "attention": AttentionFusion, "mul": MultiplyFusion}
+           "attention": AttentionFusion, "mul": MultiplyFusion, "linear": LinearFusion}
 
 
-def build_fusion(num_modalities: int, cfg: KHaRConfig) -> nn.Module:
-    return FUSIONS[cfg.fusion](num_modalities, cfg)
+def build_fusion(widths: Sequence[int], cfg: KHaRConfig) -> nn.Module:
+    """The fusion of ``cfg.fusion`` for unimodal vectors of ``widths`` (one per modality, T/A/V order)."""
+    return FUSIONS[cfg.fusion](widths, cfg)

@@ -41,12 +41,18 @@ class AdapterStack(nn.Module):
 
 
 class Harvester(nn.Module):
-    """Encoder + adapters of one modality: returns X_m = [A_m; O_m] (b, n, 2d) and the mask."""
+    """Encoder + adapters of one modality: returns X_m = [A_m; O_m] (b, n, 2d) and the mask; without
+    adapters (``harvesting=False``) X_m = O_m (b, n, d)."""
 
-    def __init__(self, encoder: nn.Module, adapters: AdapterStack) -> None:
+    def __init__(self, encoder: nn.Module, adapters: Optional[AdapterStack]) -> None:
         super().__init__()
         self.encoder = encoder
         self.adapters = adapters
+
+    @property
+    def width(self) -> int:
+        """The width of X_m: 2d with adapters, d without."""
+        return self.encoder.dim * (1 if self.adapters is None else 2)
 
     def train(self, mode: bool = True) -> "Harvester":
         """``nn.Module.train``, except that a frozen part -- the encoder or the adapter stack, no
@@ -56,12 +62,14 @@ class Harvester(nn.Module):
         super().train(mode)
         if mode:
             for part in (self.encoder, self.adapters):
-                if not any(p.requires_grad for p in part.parameters()):
+                if part is not None and not any(p.requires_grad for p in part.parameters()):
                     part.eval()
         return self
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
         enc = self.encoder(*inputs)
+        if self.adapters is None:
+            return enc.final, enc.mask, None
         adapted = self.adapters(enc)
         return torch.cat([adapted, enc.final], dim=-1), enc.mask, adapted
 

@@ -16,7 +16,7 @@ from khar_mmsa.config import MODALITIES, KHaRConfig
 from khar_mmsa.model.encoders import SequenceEncoder, TextEncoder, lengths_to_mask
 from khar_mmsa.model.fusion import build_fusion
 from khar_mmsa.model.harvest import AdapterStack, Harvester, masked_mean
-from khar_mmsa.model.refine import build_refiner
+from khar_mmsa.model.refine import build_refiner, refined_width
 
 MODALITY_INDEX = {m: i for i, m in enumerate(MODALITIES)}  # MMSA orders everything T, A, V
 
@@ -31,8 +31,10 @@ def build_harvester(modality: str, cfg: KHaRConfig) -> Harvester:
         encoder = SequenceEncoder(cfg.feature_dims[idx], cfg.modal_dim, cfg.encoder_layers, cfg.encoder_heads,
                                   cfg.encoder_ff_dim, cfg.encoder_dropout, max_len=cfg.seq_lens[idx])
         num_adapters, layers = cfg.av_adapters, cfg.adapter_layers_av
-    adapters = AdapterStack(encoder.dim, encoder.num_hidden_states, num_adapters, layers, cfg.adapter_heads,
-                            cfg.adapter_inner_layers, cfg.adapter_dropout)
+    adapters = None
+    if cfg.harvesting:
+        adapters = AdapterStack(encoder.dim, encoder.num_hidden_states, num_adapters, layers, cfg.adapter_heads,
+                                cfg.adapter_inner_layers, cfg.adapter_dropout)
     return Harvester(encoder, adapters)
 
 
@@ -94,13 +96,21 @@ class KHaR(nn.Module):
         self.harvesters = nn.ModuleDict()
         self.refiners = nn.ModuleDict()
         self.projections = nn.ModuleDict()   # F^m of Algorithm 1: (b, d_m) -> x^m (b, fine_grained_dim)
+        widths = []                          # of each x^m, in T/A/V order
         for m in self.modalities:
             self.harvesters[m] = build_harvester(m, cfg)
-            width = self.harvesters[m].encoder.dim
-            self.refiners[m] = build_refiner(2 * width, cfg.modal_dim, cfg)
-            self.projections[m] = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.modal_dim, cfg.fine_grained_dim),
-                                                nn.ReLU())
-        self.fusion = build_fusion(len(self.modalities), cfg)
+            harvested = self.harvesters[m].width
+            self.refiners[m] = build_refiner(harvested, cfg.modal_dim, cfg)
+            width = refined_width(harvested, cfg.modal_dim, cfg)
+            if cfg.projection == "relu":
+                self.projections[m] = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.fine_grained_dim),
+                                                    nn.ReLU())
+                width = cfg.fine_grained_dim
+            else:
+                self.projections[m] = nn.Identity()
+            widths.append(width)
+        self.fusion = build_fusion(widths, cfg)
+        self.set_epoch(1)  # until the trainer says otherwise, the state of the first epoch
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
                 audio_lengths: Optional[torch.Tensor] = None,
@@ -111,11 +121,13 @@ class KHaR(nn.Module):
         Returns raw outputs (b batch, n a modality's time, e experts, z latent_dim, f fine_grained_dim):
         {'M': (b, 1) prediction D(mu), 'M_sampled': (b, 1) D(z) at a sampled z (D(mu) at evaluation and
         without a bottleneck), 'mu', 'sigma': (b, z) the posterior of p(z|x) or None without a bottleneck,
-        'routing': {m: GateOutput (gates (b, n, e), selected experts, logits, noise std, padding mask)},
-        MoE refiners only, 'unimodal': {m: (b, f)}, 'fused': (b, h), 'expert_load': {m: (e,) real tokens
-        routed to each expert}, MoE refiners only}.
+        'routing': {m: GateOutput (gates (b, n, e), selected experts, logits, noise std, padding mask;
+        n = 1 with routing='sample')}, MoE refiners only, 'unimodal': {m: (b, f)} the fusion's inputs x^m,
+        'unimodal_linear': {m: (b, f)} the projection's output before its ReLU (the same tensors as
+        'unimodal' with projection='none'), 'fused': (b, h), 'expert_load': {m: (e,) real tokens routed
+        to each expert}, MoE refiners only}.
         """
-        unimodal, routing, expert_load = {}, {}, {}
+        unimodal, unimodal_linear, routing, expert_load = {}, {}, {}, {}
         for m in self.modalities:
             harvested, mask, _ = self.harvesters[m](*modality_inputs(m, text, audio, vision, audio_lengths,
                                                                      vision_lengths))
@@ -123,10 +135,23 @@ class KHaR(nn.Module):
             if gate is not None:
                 routing[m] = gate
                 expert_load[m] = tokens_per_expert.detach()
-            unimodal[m] = self.projections[m](masked_mean(refined, mask))
+            pooled = masked_mean(refined, mask)
+            projection = self.projections[m]
+            if isinstance(projection, nn.Sequential):   # Dropout, Linear | ReLU
+                unimodal_linear[m] = projection[:-1](pooled)
+                unimodal[m] = projection[-1](unimodal_linear[m])
+            else:                                       # projection='none'
+                unimodal_linear[m] = unimodal[m] = pooled
         fused = self.fusion([unimodal[m] for m in self.modalities])
         return {"M": fused.pred, "M_sampled": fused.pred_sampled, "mu": fused.mu, "sigma": fused.sigma,
-                "routing": routing, "unimodal": unimodal, "fused": fused.fused, "expert_load": expert_load}
+                "routing": routing, "unimodal": unimodal, "unimodal_linear": unimodal_linear, "fused": fused.fused,
+                "expert_load": expert_load}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each training epoch (from 1): the text encoder is held frozen
+        while ``epoch <= freeze_bert_epochs`` and fine-tunes afterwards (when ``finetune_bert``)."""
+        if "t" in self.harvesters and self.cfg.finetune_bert:
+            self.harvesters["t"].encoder.hold(epoch <= self.cfg.freeze_bert_epochs)
 
     def train(self, mode: bool = True) -> "KHaR":
         """``nn.Module.train``, except that a frozen part of a harvester stays in eval mode (see
@@ -139,6 +164,8 @@ class KHaR(nn.Module):
     def adapter_parameters(self):
         """(name, parameter) of every adapter block and adapter LayerNorm, selected by module type."""
         for m in self.modalities:
+            if self.harvesters[m].adapters is None:
+                continue
             for name, p in self.harvesters[m].adapters.named_parameters():
                 yield f"harvesters.{m}.adapters.{name}", p
 
@@ -147,6 +174,8 @@ class KHaR(nn.Module):
         would not get all of its pretrained adapters; empty when every one would."""
         missing = {}
         for m in self.modalities:
+            if self.harvesters[m].adapters is None:
+                continue
             have = states.get(m) or {}
             absent = [f"adapters.{k}" for k in self.harvesters[m].adapters.state_dict()
                       if f"adapters.{k}" not in have]

@@ -3,7 +3,8 @@
 All refiners map X_m (b, n, 2d) to (b, n, d_m) token-wise and return ``(refined, routing,
 tokens_per_expert)``: the MoE's raw router outputs (:class:`~khar_mmsa.model.gating.GateOutput`, from
 which the criterion computes eq. 6's balance loss) and the number of real tokens routed to each
-expert (e,); ``None`` for both in the ablations, which have no experts.
+expert (e,); ``None`` for both in the ablations, which have no experts.  ``refiner='none'`` is the
+identity (X_m goes on at its own width).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 from khar_mmsa.config import KHaRConfig
 from khar_mmsa.model.dropout import Dropout
 from khar_mmsa.model.gating import noisy_top_k_gating
+from khar_mmsa.model.harvest import masked_mean
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
@@ -28,11 +30,16 @@ class MixtureOfExperts(nn.Module):
     costs k expert evaluations, not e, and padded tokens none.  Equal to the dense sum over all
     experts (the dropped gates are exactly 0).  Deciding how many tokens each expert gets reads one
     (e + 1)-vector of counts back to the host per call.
+
+    ``routing='token'`` gates every time step on its own features; ``routing='sample'`` gates once
+    per sample on the masked mean of X_m and gives all its real time steps those experts and gates
+    (the experts still run token-wise).
     """
 
     def __init__(self, in_dim: int, out_dim: int, cfg: KHaRConfig) -> None:
         super().__init__()
         self.k = cfg.top_k
+        self.per_sample = cfg.routing == "sample"
         self.noisy = cfg.moe_noisy_gating
         self.noise_epsilon = cfg.moe_noise_epsilon
         self.out_dim = out_dim
@@ -47,17 +54,25 @@ class MixtureOfExperts(nn.Module):
         """x: (b, n, f); mask: (b, n) bool.  Returns (refined (b, n, d), GateOutput, tokens per expert (e,)).
 
         Shapes: b batch, n time, f input width, d output width, e experts, k routed experts per token,
-        s = b * n * k routing slots (one per token and routed expert)."""
+        s = b * n * k routing slots (one per token and routed expert), r routed positions per sample
+        (n with token routing; 1 with sample routing, where the GateOutput is (b, 1, .) and its mask
+        says which samples have a real token)."""
         b, n, f = x.shape
         e = len(self.experts)
-        clean = self.w_gate(x)
+        if self.per_sample:
+            routed_x, routed_mask = masked_mean(x, mask).unsqueeze(1), mask.any(1, keepdim=True)  # (b, 1, f), (b, 1)
+        else:
+            routed_x, routed_mask = x, mask                                                    # (b, n, f), (b, n)
+        clean = self.w_gate(routed_x)                                                      # (b, r, e)
         noise_std = None
         if self.training and self.noisy:
-            noise_std = F.softplus(self.w_noise(x)) + self.noise_epsilon
-        gate = noisy_top_k_gating(clean, noise_std, self.k, mask)
+            noise_std = F.softplus(self.w_noise(routed_x)) + self.noise_epsilon
+        gate = noisy_top_k_gating(clean, noise_std, self.k, routed_mask)
+        selected = gate.selected.expand(b, n, self.k)                                      # (b, n, k)
+        gates = gate.gates.expand(b, n, e)                                                 # (b, n, e)
         # slot -> expert; a padded token's slots go to bucket e, which no expert reads
-        slot_expert = gate.selected.masked_fill(~mask.unsqueeze(-1), e).reshape(-1)       # (s,)
-        slot_weight = gate.gates.gather(-1, gate.selected).reshape(-1, 1)                  # (s, 1)
+        slot_expert = selected.masked_fill(~mask.unsqueeze(-1), e).reshape(-1)             # (s,)
+        slot_weight = gates.gather(-1, selected).reshape(-1, 1)                            # (s, 1)
         order = slot_expert.argsort(stable=True)                                           # slots grouped by expert
         counts = torch.zeros(e + 1, dtype=torch.long, device=x.device).index_add_(
             0, slot_expert, torch.ones_like(slot_expert))                                  # (e + 1,)
@@ -116,8 +131,26 @@ class CNNRefiner(nn.Module):
         return F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)), None, None
 
 
-REFINERS = {"moe": MixtureOfExperts, "mlp": MLPRefiner, "attention": AttentionRefiner, "cnn": CNNRefiner}
+class IdentityRefiner(nn.Module):
+    """``refiner='none'``: no refinement, X_m goes on as it is (its width is the harvester's)."""
+
+    def __init__(self, in_dim: int, out_dim: int, cfg: KHaRConfig) -> None:
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
+        return x, None, None
+
+
+REFINERS = {"moe": MixtureOfExperts, "mlp": MLPRefiner, "attention": AttentionRefiner, "cnn": CNNRefiner,
+            "none": IdentityRefiner}
 
 
 def build_refiner(in_dim: int, out_dim: int, cfg: KHaRConfig) -> nn.Module:
+    """The refiner of ``cfg.refiner`` mapping width ``in_dim`` to ``out_dim`` (``'none'``: in_dim)."""
     return REFINERS[cfg.refiner](in_dim, out_dim, cfg)
+
+
+def refined_width(in_dim: int, out_dim: int, cfg: KHaRConfig) -> int:
+    """The width a refiner built by :func:`build_refiner` outputs."""
+    return in_dim if cfg.refiner == "none" else out_dim
