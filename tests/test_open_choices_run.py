@@ -64,8 +64,17 @@ def test_walk_floor_row_through_mmsa_run(tiny_features, tiny_bert, mmsa_run_kwar
     assert _bert_changed(state, tiny_bert)  # freeze_bert_epochs=0: fine-tuned from the first step
 
 
-def test_open_choices_through_mmsa_run(tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa):
+def test_open_choices_through_mmsa_run(tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa, monkeypatch):
+    from khar_mmsa.losses.criterion import KHaRCriterion
+    from khar_mmsa.model.khar import KHaR
+    calls = []
+    for cls in (KHaR, KHaRCriterion):  # record the trainer's per-epoch calls, keep what they do
+        original = cls.set_epoch
+        monkeypatch.setattr(cls, "set_epoch", lambda self, epoch, _o=original, _c=cls.__name__:
+                            (calls.append((_c, epoch)), _o(self, epoch))[1])
     state, log = _run(OPEN_CHOICES, tiny_features, tiny_bert, mmsa_run_kwargs)
+    for name in ("KHaR", "KHaRCriterion"):  # the constructors call set_epoch(1); the trainer then each epoch
+        assert [e for c, e in calls if c == name][-2:] == [1, 2], (name, calls)
     assert not _bert_changed(state, tiny_bert)  # held frozen for both epochs
     kl = _kl_weight_per_epoch(log)
     assert kl[1] == 0 and kl[2] > 0  # beta warms up from 0
