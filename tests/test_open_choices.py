@@ -181,14 +181,14 @@ def test_beta_warmup_ramps_the_kl_weight_linearly_from_zero(bert):
 
 # ---- freezing the text encoder for the first epochs ---------------------------------------------
 def test_freeze_bert_epochs_holds_the_encoder_then_fine_tunes_it(bert):
-    from khar_mmsa.training.trainer import parameter_groups
+    from khar_mmsa.training.trainer import khar_parameter_groups
     cfg = cfg_of(bert, freeze_bert_epochs=2)
     torch.manual_seed(0)
     model = KHaR(cfg)
     encoder = model.harvesters["t"].encoder
     backbone = list(encoder.backbone.parameters())
     # the optimizer holds the encoder from the start, for the epochs that fine-tune it
-    groups = parameter_groups(model, model, cfg)
+    groups = khar_parameter_groups(model, model, cfg)
     assert {id(p) for p in backbone} <= {id(p) for g in groups if g["name"].startswith("bert") for p in g["params"]}
     text, audio, vision, al, vl, y = batch()
     criterion = KHaRCriterion(cfg)

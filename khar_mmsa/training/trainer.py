@@ -224,7 +224,8 @@ class KHaRTrainer(Task):
 
     def training_step(self, batch: Mapping, state: TrainingState) -> StepOutput:
         if state.step == 1:  # the epoch's schedules: freeze_bert_epochs (model), mib_beta_warmup_epochs (criterion)
-            unwrap(self.model).set_epoch(state.epoch), self.criterion.set_epoch(state.epoch)
+            unwrap(self.model).set_epoch(state.epoch)
+            self.criterion.set_epoch(state.epoch)
         labels = batch["labels"]["M"].to(self.device).view(-1, 1)
         outputs = self._forward(self.model, batch)
         total, raw, weighted = self.criterion(outputs, labels)
