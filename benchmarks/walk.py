@@ -202,22 +202,12 @@ def build_transcripts(args: argparse.Namespace, encoder: Path, length: int) -> T
     if args.mode == "smoke":
         path = _first_clips(path, SMOKE_SIZES)
     sizes = common.split_sizes(path)
-    desc = (f"real CMU-MOSI transcripts and labels ({_portable(args.labels)}, read at run time), "
+    desc = (f"real CMU-MOSI transcripts and labels ({common.portable_arg(str(Path(args.labels).resolve()))}, read at run time), "
             f"text only: token ids + {common.encoder_name(encoder)} last hidden states, "
             f"L={meta.get('text_len')} ({meta.get('truncated')} transcripts truncated); audio and vision absent "
             f"(all-zero frames, length 1); train/valid/test {'/'.join(map(str, sizes))}"
             + (" (smoke: the first clips of each split)" if args.mode == "smoke" else " (whole folds)"))
     return path, desc
-
-
-def _portable(path: Path) -> str:
-    """``path`` as RESULTS.md shows it: relative to the checkout when it is beside or inside it."""
-    import os
-    path = Path(path).resolve()
-    try:
-        return os.path.relpath(path, common.REPO_DIR) if path.is_relative_to(common.REPO_DIR.parent) else path.name
-    except ValueError:
-        return path.name
 
 
 def _first_clips(path: Path, sizes: Sequence[int]) -> Path:
@@ -235,18 +225,21 @@ def _first_clips(path: Path, sizes: Sequence[int]) -> Path:
 
 
 def code_version() -> str:
-    """The code the runs used: the git commit (with '+dirty' for uncommitted changes), else the
-    package version."""
+    """The code the runs used: the package's source digest (:func:`khar_mmsa.io.identity.code_version`,
+    part of every sweep run's identity) and, in a git checkout, the commit (with '+uncommitted
+    changes' when tracked files differ from it)."""
     import subprocess
+
+    from khar_mmsa.io.identity import code_version as source_version
+    version = f"khar-mmsa {source_version()}"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=common.REPO_DIR, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=common.REPO_DIR,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return f"git {commit}" + (" +uncommitted changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
-        return f"khar-mmsa {version('khar-mmsa')}"
+        return version
+    return f"{version}, git {commit}" + (" +uncommitted changes" if dirty else "")
 
 
 # ---- one row --------------------------------------------------------------------------------------
