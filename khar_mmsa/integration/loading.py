@@ -22,6 +22,7 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+from khar_mmsa.config import parse_bool
 from khar_mmsa.integration.configs import DATASET_ROOT_ENV, merged_config
 from khar_mmsa.integration.models import check_config
 from khar_mmsa.integration.registry import mmsa_module, set_attr
@@ -81,6 +82,12 @@ def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
         return None
 
 
+def _main_ids(data: Any) -> Optional[Dict[str, Any]]:
+    """{split: clip ids} of the main feature file (per-modality files must match them)."""
+    validation = _optional_module("khar_mmsa.data.validation")
+    return None if validation is None else validation.main_file_ids(data)
+
+
 def _file_key(path: str) -> Tuple[str, int, int]:
     resolved = Path(path).resolve()
     try:
@@ -120,21 +127,21 @@ def _default_feature_path(args: Mapping[str, Any]) -> Optional[str]:
 
 
 def _load_and_validate(path: str, args: Mapping[str, Any], role: Optional[str] = None,
-                       samples: Optional[Dict[str, int]] = None) -> Any:
+                       samples: Optional[Dict[str, int]] = None, ids: Optional[Dict[str, Any]] = None) -> Any:
     """Read ``path`` with the restricted unpickler and validate it for its ``role`` (hooks of
     other modules); ``samples`` are the main file's split sizes."""
     if not Path(path).is_file():
         raise FeatureFileNotFoundError(missing_feature_message(path, args))
     safe_io = _optional_module("khar_mmsa.io.safe_io")
     if safe_io is not None:
-        data = safe_io.load_pickle(path, trusted=bool(args.get("trust_pickle", False)))
+        data = safe_io.load_pickle(path, trusted=parse_bool("trust_pickle", args.get("trust_pickle", False)))
     else:
         logger.debug("khar_mmsa.io.safe_io is absent: plain pickle for %s", path)
         with open(path, "rb") as f:
             data = pickle.load(f)
     validation = _optional_module("khar_mmsa.data.validation")
     if validation is not None:
-        validation.validate_features(data, args, source=str(path), role=role, samples=samples)
+        validation.validate_features(data, args, source=str(path), role=role, samples=samples, ids=ids)
     return data
 
 
@@ -154,15 +161,16 @@ class preloaded_features:
         ctx = current_run()
         cache = ctx.features if ctx is not None else {}
         preloaded = dict(self.previous or {})
-        samples = None
+        samples = ids = None
         for path, role in _feature_files(self.args):
             key = _file_key(path)
             if key[0] not in preloaded:
                 if key not in cache:
-                    cache[key] = _load_and_validate(path, self.args, role, samples)
+                    cache[key] = _load_and_validate(path, self.args, role, samples, ids)
                 preloaded[key[0]] = cache[key]
             if role is None:
                 samples = _split_sizes(preloaded[key[0]])
+                ids = _main_ids(preloaded[key[0]])
         TLS.preloaded = preloaded
         return preloaded
 

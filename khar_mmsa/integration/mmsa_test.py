@@ -1,6 +1,6 @@
 """``MMSA_test`` (in ``MMSA.run`` and ``MMSA``) through the same gate as ``MMSA_run``.
 
-* ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning (breakage 11).
+* ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning.
 * The feature file is read with the restricted unpickler (``khar_mmsa.io.safe_io``; a pickle that
   would run code is refused; ``config={'trust_pickle': True}`` for a file you trust) and checked
   before any model sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
+from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.cpu_fallback import cuda_available
 from khar_mmsa.integration.loading import PickleShim, preloaded_objects
 from khar_mmsa.integration.models import EXTRA_MODELS
@@ -53,7 +54,9 @@ def _test_args(config: Any) -> Mapping[str, Any]:
 
 
 def check_sample(sample: Any, source: str) -> None:
-    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays."""
+    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays; ``text_bert``
+    (3, L) with whole-number ids, a 0/1 mask and 0/1 segment ids; ``*_lengths``, when given, one
+    whole number within the sequence."""
     from khar_mmsa.data.validation import FeatureValidationError
     if not isinstance(sample, Mapping):
         raise FeatureValidationError(source, None, None, f"the pickle holds a "
@@ -70,6 +73,12 @@ def check_sample(sample: Any, source: str) -> None:
         if not np.isfinite(a).all():
             raise FeatureValidationError(source, None, key, "holds NaN or infinite values",
                                          "Replace them before testing")
+    from khar_mmsa.integration.predict import check_length, check_text_bert
+    if sample.get("text_bert") is not None:
+        check_text_bert(sample["text_bert"], source)
+    for key in ("audio", "vision"):
+        if sample.get(f"{key}_lengths") is not None and isinstance(sample.get(key), np.ndarray):
+            check_length(sample[f"{key}_lengths"], sample[key].shape[0], source, f"{key}_lengths")
 
 
 def _wrap_mmsa_test(original: Callable) -> Callable:
@@ -84,8 +93,8 @@ def _wrap_mmsa_test(original: Callable) -> Callable:
             logger.warning(f"CUDA is not available: MMSA_test runs on the CPU "
                            f"(gpu_id={call['gpu_id']}).")
             call["gpu_id"] = -1
-        test_args = _test_args(call["config"])
-        trusted = bool(test_args.get("trust_pickle", False))
+        test_args = normalize_bools(dict(_test_args(call["config"])))
+        trusted = test_args.get("trust_pickle") or False
         device = "cpu" if call["gpu_id"] < 0 else f"cuda:{call['gpu_id']}"
         if str(test_args.get("model_name", "")).lower() in EXTRA_MODELS:
             from khar_mmsa.integration.predict import predict_file
