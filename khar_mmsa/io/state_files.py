@@ -90,10 +90,11 @@ _JSON_TYPE_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a string",
                     int: "an integer", bool: "true/false", type(None): "null"}
 
 
-def _kind(value: Any) -> str:
-    for t, name in _JSON_TYPE_NAMES.items():
-        if type(value) is t:
-            return name
+def _kind(value: Any, json_names: bool = True) -> str:
+    if json_names:
+        for t, name in _JSON_TYPE_NAMES.items():
+            if type(value) is t:
+                return name
     return f"a {type(value).__name__}"
 
 
@@ -120,13 +121,14 @@ def _parse_json(raw: Union[bytes, str], path: PathLike, what: str) -> Any:
 
 
 def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, type],
-                  optional: Optional[Mapping[str, type]] = None, where: str = "") -> None:
+                  optional: Optional[Mapping[str, type]] = None, json_names: bool = True) -> None:
     """``obj`` is a dict with every ``required`` key, no key outside ``required``/``optional``,
-    and each value of the given type."""
-    at = f" {where}" if where else ""
+    and each value of the given type (types named as JSON's unless ``json_names`` is False)."""
+    at = ""
     if not isinstance(obj, dict):
-        raise StateFileError(path, f"{what}{at} is {_kind(obj)}, expected a JSON object with "
-                                   f"keys {sorted(required)}")
+        expected = "a JSON object" if json_names else "a dict"
+        raise StateFileError(path, f"{what}{at} is {_kind(obj, json_names)}, expected {expected} "
+                                   f"with keys {sorted(required)}")
     optional = dict(optional or {})
     missing = [k for k in required if k not in obj]
     if missing:
@@ -137,7 +139,7 @@ def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, ty
                                    f"{sorted(set(required) | set(optional))})")
     for key, t in {**required, **optional}.items():
         if key in obj and not (isinstance(obj[key], t) and not (t is not bool and isinstance(obj[key], bool))):
-            raise StateFileError(path, f"{what}{at}: '{key}' is {_kind(obj[key])}, expected "
+            raise StateFileError(path, f"{what}{at}: '{key}' is {_kind(obj[key], json_names)}, expected "
                                        f"{_JSON_TYPE_NAMES.get(t, t.__name__)}")
 
 
@@ -238,7 +240,7 @@ def load_adapter_cache(path: PathLike) -> Dict[str, Any]:
     't', 'a', 'v', every state a dict of tensors."""
     what = "adapter cache"
     obj = _torch_file(path, what)
-    _check_object(path, obj, what, _ADAPTER_KEYS)
+    _check_object(path, obj, what, _ADAPTER_KEYS, json_names=False)
     for m, state in obj["states"].items():
         if m not in _MODALITIES:
             raise StateFileError(path, f"{what}: 'states' has modality {m!r}, expected one of "
