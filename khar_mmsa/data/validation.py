@@ -586,3 +586,14 @@ def main_file_ids(data: Any) -> Optional[Dict[str, List[str]]]:
         return {split: [str(i) for i in data[split]["id"]] for split in SPLITS}
     except (KeyError, TypeError, IndexError):
         return None
+
+
+def builder_args(dataset: str, pretrained: Any = None) -> Dict[str, Any]:
+    """The args the data builders (data/planted.py, data/transcripts.py) validate their output
+    with: what ``MMSA_run('khar', dataset)`` checks (BERT token ids, unaligned data, every split
+    scored), plus the tokenizer folder when there is one."""
+    args: Dict[str, Any] = {"model_name": "khar", "dataset_name": dataset, "use_bert": True,
+                            "need_data_aligned": False}
+    if pretrained is not None:
+        args["pretrained"] = str(pretrained)
+    return args
