@@ -150,7 +150,7 @@ def check_text_bert(ids: np.ndarray, source: str, vocab: Optional[int] = None,
         fail(f"token ids (row 0) must be whole numbers in [0, {vocab})",
              "Tokenize with the checkpoint's tokenizer")
     if ((ids[1] != 0) & (ids[1] != 1)).any():
-        fail(f"the attention mask (row 1) holds {sorted(set(ids[1].tolist()) - {0, 1})[:3]}, "
+        fail(f"the attention mask (row 1) holds {sorted(int(x) for x in set(ids[1].tolist()) - {0, 1})[:3]}, "
              f"expected only 0 and 1", "Store ids, mask, segments as the tokenizer returns them")
     if ids[2].min() < 0 or ids[2].max() >= type_vocab:
         fail(f"segment ids (row 2) range over [{int(ids[2].min())}, {int(ids[2].max())}], "
@@ -167,7 +167,7 @@ def check_length(value: Any, n: int, source: str, key: str) -> int:
                                      "Give the number of valid frames of the sample")
     x = a.reshape(-1)[0]
     if not np.isfinite(x) or x != np.round(x) or not 1 <= x <= n:
-        raise FeatureValidationError(source, None, key, f"is {x!r}, outside 1..{n} (the sample's "
+        raise FeatureValidationError(source, None, key, f"is {x.item()!r}, outside 1..{n} (the sample's "
                                      f"frames)", "Give the real length")
     return int(x)
 
