@@ -2,8 +2,9 @@
 
 * ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning.
 * The feature file is read with the restricted unpickler (``khar_mmsa.io.safe_io``; a pickle that
-  would run code is refused; ``config={'trust_pickle': True}`` for a file you trust) and checked
-  before any model sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
+  would run code is refused; ``config={'trust_pickle': True}`` for a file you trust, every boolean
+  setting parsed strictly by :func:`khar_mmsa.config.parse_bool`) and checked before any model
+  sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
   the ``pickle`` shim installed as ``MMSA.run.pickle`` (:class:`~khar_mmsa.integration.loading.PickleShim`).
 * ``config`` may name a model key (``MMSA_test('khar', weights, features)``) instead of a JSON
   file.  For ``'khar'`` the prediction is :func:`khar_mmsa.integration.predict.predict_file`: the model is
