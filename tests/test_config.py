@@ -355,3 +355,19 @@ def test_oversized_config_fails_before_data_is_read(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="modal_dim=1048576"):
         MMSA_run("khar", "mosi", config={"modal_dim": 2 ** 20, "featurePath": str(tmp_path / "absent.pkl")},
                  seeds=[1], verbose_level=0, **dirs)
+
+
+@pytest.mark.parametrize("spelling", ["no", "False"])
+def test_mmsa_run_trust_pickle_no_does_not_trust(tmp_path: Path, spelling: str) -> None:
+    """MMSA_run(config={'trust_pickle': 'no'}) in Python: the restricted unpickler still reads it."""
+    import khar_mmsa  # noqa: F401
+    from MMSA import MMSA_run
+    from khar_mmsa.io.safe_io import UnsafePickleError
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_RunsCode(marker)))
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle global"):
+        MMSA_run("khar", "mosi", config={"trust_pickle": spelling}, custom_feature=str(evil),
+                 seeds=[1], verbose_level=0, **dirs)
+    assert not marker.exists()

@@ -473,3 +473,15 @@ def test_lock_file_is_never_opened_through_a_link(tmp_path: Path) -> None:
         assert os.path.isfile(lock) and not os.path.islink(lock)
     finally:
         os.close(fd)
+
+
+def test_a_link_planted_while_writing_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("user,password\n")
+    target = tmp_path / "results.csv"
+    with pytest.raises(UnsafePathError, match="is a symbolic link"):
+        with atomic_open(target, "w") as f:
+            f.write("Model,Acc\n")
+            target.symlink_to(secret)  # appears between the first check and the rename
+    assert target.is_symlink() and secret.read_text() == "user,password\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
