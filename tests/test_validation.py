@@ -500,3 +500,30 @@ def test_boolean_settings_parse_strictly() -> None:
     validate_features(data, make_args(use_bert="no"), SRC)  # 'no' is False: GloVe text is read
     with pytest.raises(ValueError, match="use_bert='off': expected a boolean"):
         validate_features(make_data(), make_args(use_bert="off"), SRC)
+
+
+def test_mmsa_run_refuses_a_feature_a_file_in_another_order(tmp_path: Path, tiny_features, tiny_bert) -> None:
+    """MMSA_run(..., feature_A=...) with the main file's clips in another order: refused before any
+    model is built, naming the file, split and first mismatching row."""
+    import pickle
+
+    import khar_mmsa  # noqa: F401
+    from MMSA import MMSA_run
+    from khar_mmsa.io.safe_io import load_pickle
+    main = tiny_features("mosi")
+    data = load_pickle(main)
+    audio = {s: {k: np.asarray(data[s][k]) for k in ("audio", "audio_lengths", "id")} for s in
+             ("train", "valid", "test")}
+    path = tmp_path / "audio.pkl"
+    path.write_bytes(pickle.dumps(audio))
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    config = {"featurePath": str(main), "pretrained": str(tiny_bert)}
+    audio["test"] = {k: v[::-1].copy() for k, v in audio["test"].items()}
+    path.write_bytes(pickle.dumps(audio))
+    with pytest.raises(FeatureValidationError) as ei:
+        MMSA_run("khar", "mosi", config=config, feature_A=str(path), seeds=[1], verbose_level=0, **dirs)
+    err = ei.value
+    assert (err.source, err.split, err.key) == (str(path), "test", "id")
+    first = str(audio["test"]["id"][0])
+    assert f"row 0 is clip {first!r}" in str(err) and "the same clips in another order" in str(err)
+    assert not list((tmp_path / "model_save_dir").glob("*.pth"))
