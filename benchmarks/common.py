@@ -11,7 +11,7 @@
   runs go to the executor of ``--executor local|ray`` (resumable through a manifest in ``--out``)
   and come back to this process, which alone writes tables and RESULTS.md;
 * :func:`read_results_csv`: one row of MMSA's results CSV (``<Metric>`` mean x100 and
-  ``<Metric>_std``, see :mod:`khar_mmsa.integration.results_csv`);
+  ``<Metric>_std``, see :mod:`khar_mmsa.integration.results_files`);
 * tables in MMSA's metric layouts (MOSI/MOSEI: MAE, Corr, Acc-7, Acc-5, Acc-2 and F1 with and
   without zeros; SIMS/SIMSv2: MAE, Corr, Acc-5, Acc-3, Acc-2, F1) as Markdown and CSV, mean ± std;
 * :func:`update_results_md`: each script owns one section of ``benchmarks/RESULTS.md`` between

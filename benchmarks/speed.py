@@ -36,9 +36,9 @@ process: step time, GFLOP, share and peak memory.
 KHaR's own losses (contrastive, MoE balance, MIB KL and sampled-decoder L1): full steps and
 "task-only" steps (same forward, only ``L_task`` back-propagated and no other loss term computed)
 are interleaved; own-loss share = (median full - median task-only) / median full.  This covers the
-criterion's forward and the backward of its extra terms; the balance and KL statistics computed
-inside the model's forward are in both and not counted.  The criterion's forward alone is also
-timed with explicit timers.
+criterion's forward and the backward of its extra terms, the balance and KL statistics included
+(the model returns raw router outputs and the posterior; the criterion computes every term, in
+fp32).  The criterion's forward alone is also timed with explicit timers.
 """
 from __future__ import annotations
 
@@ -163,14 +163,14 @@ class Stepper:
         from khar_mmsa.losses.criterion import KHaRCriterion
         from khar_mmsa.model.khar import batch_inputs
         from khar_mmsa.training.optim import make_adamw
-        from khar_mmsa.training.trainer import parameter_groups, unwrap
+        from khar_mmsa.training.trainer import khar_parameter_groups, unwrap
         self.cfg = KHaRConfig.from_mmsa_args(self.args)
         khar = unwrap(self.model)
         if self.cfg.pretrain_adapters and self.cfg.freeze_pretrained_adapters:
             for m in khar.modalities:  # main stage: pretrained adapters are frozen
                 khar.harvesters[m].adapters.requires_grad_(False)
         self.criterion = KHaRCriterion(self.cfg)
-        self.optimizer = make_adamw(parameter_groups(self.model, khar, self.cfg))
+        self.optimizer = make_adamw(khar_parameter_groups(self.model, khar, self.cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # the trainer's batch helper: cut to the longest real clip on the CPU, then moved
         text, audio, vision, a_len, v_len = batch_inputs(
@@ -186,10 +186,8 @@ class Stepper:
         text, audio, vision, a_len, v_len = self.khar_inputs
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
             out = self.model(text, audio, vision, audio_lengths=a_len, vision_lengths=v_len)
-        if self.cfg.amp:
-            out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
         if task_only:
-            total = F.l1_loss(out["M"], b["labels"])
+            total = F.l1_loss(out["M"].float(), b["labels"])
         else:
             sync(self.device)
             t0 = _now()

@@ -51,6 +51,7 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     from MMSA.data_loader import MMDataLoader
     from MMSA.utils.functions import setup_seed
 
+    from khar_mmsa.integration import metrics_for
     from khar_mmsa.model.khar import KHaR
     from khar_mmsa.io.safe_io import safe_torch_load
     from khar_mmsa.training.trainer import KHaRTrainer
@@ -64,7 +65,7 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     setup_seed(seed)
     loaders = MMDataLoader(args, 0)           # fills feature_dims / seq_lens from the pickle
     model = KHaR(args)
-    trainer = KHaRTrainer(args)
+    trainer = KHaRTrainer(args, metrics=metrics_for(dataset))
     with Timer() as t:
         trainer.do_train(model, loaders)
     model.load_state_dict(safe_torch_load(args["model_save_path"]))

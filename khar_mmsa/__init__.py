@@ -1,12 +1,35 @@
 """khar-mmsa: KHaR (Knowledge Harvesting and Refinement) as a plug-in model for MMSA 2.2.1.
 
-Importing the package registers the model key ``'khar'`` and the dataset key ``'simsv2'`` with MMSA
-and applies the compatibility fixes in :mod:`khar_mmsa.integration`; ``unregister()`` undoes it all.
+``import khar_mmsa`` registers the model key ``'khar'`` and the dataset key ``'simsv2'`` with MMSA
+(:mod:`khar_mmsa.integration.registration`: it adds, it does not alter).  MMSA itself is loaded
+only when something needs it: if it is not imported yet, registration happens the moment it is
+(:mod:`khar_mmsa.integration.deferred`), so ``import khar_mmsa.io.safe_io`` stays light.
+
+``khar_mmsa.run(...)`` takes ``MMSA_run``'s arguments and runs any model through our runner
+(validation, safe loading, resume, tuning on validation); ``khar_mmsa.test(...)`` is
+``MMSA_test`` with safe loading, for any model.
 """
+from typing import Any
+
 from khar_mmsa.config import ConfigError, KHaRConfig
-from khar_mmsa.integration import is_registered, register, unregister
+from khar_mmsa.integration.deferred import register_with_mmsa
+from khar_mmsa.integration.registration import is_registered, register, unregister
 
 __version__ = "0.1.0"
-__all__ = ["KHaRConfig", "ConfigError", "register", "unregister", "is_registered", "__version__"]
+__all__ = ["KHaRConfig", "ConfigError", "register", "unregister", "is_registered", "run", "test",
+           "__version__"]
 
-register()
+
+def run(model_name: str, dataset_name: str, **kwargs: Any) -> Any:
+    """``MMSA_run``'s arguments, for any model, through khar-mmsa's runner (see the README)."""
+    from khar_mmsa.integration.runner import run as _run
+    return _run(model_name, dataset_name, **kwargs)
+
+
+def test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0) -> Any:
+    """``MMSA_test``'s arguments, for any model, with the feature file read safely and checked."""
+    from khar_mmsa.integration.mmsa_test import mmsa_test
+    return mmsa_test(config, weights_path, feature_path, gpu_id)
+
+
+register_with_mmsa()

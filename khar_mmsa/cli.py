@@ -28,13 +28,13 @@ SUBCOMMANDS = ("tune", "sweep")
 
 def known_models() -> List[str]:
     """Every model key of MMSA's config files, plus ours (``khar``)."""
-    from khar_mmsa.integration import merged_config
+    from khar_mmsa.integration.configs import merged_config
     return sorted(k for k in merged_config("regression") if k != "datasetCommonParams")
 
 
 def known_datasets() -> List[str]:
     """Every dataset key of MMSA's config files, plus ours (``simsv2``)."""
-    from khar_mmsa.integration import merged_config
+    from khar_mmsa.integration.configs import merged_config
     return sorted(k for k in merged_config("regression")["datasetCommonParams"] if k != "dataset_root_dir")
 
 

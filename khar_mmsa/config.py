@@ -26,6 +26,7 @@ MMSA_RUNTIME_KEYS = frozenset({
     "need_model_aligned", "need_normalized", "use_bert", "device",
     "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
     "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
+    "seed", "log_dir", "verbose_level", "callbacks",
 })
 
 # Boolean settings of MMSA's own configs (config_regression.json) and of the plug-in's runner.
@@ -174,6 +175,7 @@ class KHaRConfig:
     amp: bool = _f(False, "bf16 autocast of the forward pass (torch.autocast; losses and the optimizer stay fp32). Meant for GPUs with bf16 (Ampere or newer); on a CPU it is only faster where the CPU has bf16 matrix units (AMX), and attention stays fp32 there.")
     length_bucketing: bool = _f(False, "Train on batches of clips of similar length (khar_mmsa/data/bucketing.py): each batch is cut to its longest clip, so less padding is computed. Exact per clip; changes which clips share a batch (seeded by the run's seed).")
     length_bucket_pool: int = _f(50, "With length_bucketing: batches per sorting pool; a random pool of this many batches is sorted by length, cut into batches, and all batches are shuffled. Larger = less padding, less randomness in batch composition.")
+    compile: bool = _f(False, "torch.compile the model's forward pass for training and evaluation (opt-in: the first steps pay the compilation, and each new batch shape may compile again; checkpoints are unchanged). Helps most on a GPU, where it fuses kernels and cuts launches.")
 
     def __post_init__(self) -> None:
         # Booleans parse strictly ('no' is False, 'off' an error), then types: a wrong type

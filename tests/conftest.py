@@ -85,7 +85,7 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def unregistered() -> Iterator[None]:
     """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
     import logging
-    from khar_mmsa import integration as mmsa_patches
+    from khar_mmsa.integration import registration as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)
     was = mmsa_patches.is_registered()

@@ -9,6 +9,7 @@ from khar_mmsa.data.bucketing import LengthBucketSampler, bucketed_loader, paddi
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.model.khar import KHaR
 from khar_mmsa.model.text_encoders import make_tiny_bert
+from khar_mmsa.training.loop import Callback
 from khar_mmsa.training.trainer import KHaRTrainer
 
 pytestmark = pytest.mark.usefixtures("fast_mmsa")
@@ -107,17 +108,11 @@ def test_trainer_uses_buckets_and_is_deterministic_with_the_seed(setup, tmp_path
         model = KHaR(a)
         dl = {k: DataLoader(dataset, batch_size=4, shuffle=True) for k in ("train", "valid", "test")}
         batches = []
-        original = KHaRTrainer._forward
 
-        def spy(self, m, batch):
-            if m.training:
-                batches.append(batch["index"].tolist())
-            return original(self, m, batch)
-        KHaRTrainer._forward = spy
-        try:
-            history = KHaRTrainer(a).do_train(model, dl, return_epoch_results=True)
-        finally:
-            KHaRTrainer._forward = original
+        class RecordBatches(Callback):  # the indices of each training batch, as the loop takes it
+            def on_step_begin(self, state, loop):
+                batches.append(loop.batch["index"].tolist())
+        history = KHaRTrainer(dict(a, callbacks=[RecordBatches()])).do_train(model, dl, return_epoch_results=True)
         return batches, [r["Loss"] for r in history["valid"]]
 
     batches, losses = train(11)

@@ -21,7 +21,7 @@ def test_mmsa_run_khar_writes_a_finite_row(dataset, tiny_features, tiny_bert, mm
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features(dataset)),
                   pretrain_adapters=dataset in ("sims", "simsv2"))
     MMSA_run("khar", dataset, config=config, **mmsa_run_kwargs)
-    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / f"{dataset}.csv")
+    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / f"{dataset}.tidy.csv")
     assert table["Model"].tolist() == ["khar"]
     for column in ("MAE", "Corr", METRIC[dataset]):
         value = table[column].iloc[0]
@@ -43,7 +43,7 @@ def test_mmsa_run_khar_with_the_speed_switches(tiny_features, tiny_bert, mmsa_ru
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")),
                   pretrain_adapters=False, length_bucketing=True, amp=True)
     MMSA_run("khar", "mosi", config=config, **mmsa_run_kwargs)
-    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / "mosi.csv")
+    table = pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / "mosi.tidy.csv")
     assert math.isfinite(table["MAE"].iloc[0])
     log = "".join(p.read_text() for p in mmsa_run_kwargs["log_dir"].glob("*.log"))
     assert "Length bucketing:" in log

@@ -1,5 +1,6 @@
-"""Tests of :mod:`khar_mmsa.integration`: registration, the 'khar' and 'simsv2' keys, each fix for
-MMSA 2.2.1 on today's stack, and real CPU ``MMSA_run`` calls of TFN, MulT and Self-MM.
+"""Tests of :mod:`khar_mmsa.integration`: registration (it adds), the 'khar' and 'simsv2' keys, each
+fix for MMSA 2.2.1 on today's stack, the runner's results files and checks, and real CPU runs of
+TFN, MulT and Self-MM through MMSA's own ``MMSA_run``.
 
 Each fix has a test that fails without it: either it runs with :func:`unregister` applied and
 asserts MMSA's original failure, or it checks the behaviour the fix adds.
@@ -11,6 +12,7 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import sys
 import threading
@@ -24,8 +26,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa import integration as mmsa_patches
+import khar_mmsa  # noqa: F401 - registers 'khar' with MMSA
+from khar_mmsa.integration import configs, registration, results_files
+from khar_mmsa.integration.checkpoints import MissingCheckpointError
 from conftest import TINY_BERT_HIDDEN, TINY_SEQ_LENS, TINY_SIZES
 
 MMSA = importlib.import_module("MMSA")
@@ -56,7 +59,7 @@ class DummyTrainer:
     write_checkpoint = True
     events: List[Dict[str, Any]] = []
 
-    def __init__(self, args: Any) -> None:
+    def __init__(self, args: Any, **kwargs: Any) -> None:
         self.args = args
 
     def do_train(self, model, dataloader, return_epoch_results=False):
@@ -102,35 +105,50 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
     return path
 
 
-def _read_csv(res_dir: Path, dataset: str = "mosi") -> pd.DataFrame:
-    return pd.read_csv(mmsa_patches.results_csv_path(res_dir, dataset))
+def _tidy(res_dir: Path, dataset: str = "mosi") -> pd.DataFrame:
+    return pd.read_csv(results_files.tidy_csv_path(res_dir, dataset))
 
 
 # ============================================================================================
-# Registration
+# Registration: it adds
 # ============================================================================================
 def test_register_is_idempotent_and_unregister_restores_everything() -> None:
-    assert mmsa_patches.is_registered()
-    targets = mmsa_patches.patched_attributes()
+    assert registration.is_registered()
+    targets = registration.registered_names()
     assert len(targets) == len(set((id(o), a) for o, a in targets))
     patched = {(id(o), a): vars(o)[a] for o, a in targets}
-    mmsa_patches.register()  # idempotent: nothing re-wrapped
-    assert mmsa_patches.patched_attributes() == targets
+    registration.register()  # idempotent: nothing re-wrapped
+    assert registration.registered_names() == targets
     try:
-        mmsa_patches.unregister()
-        assert not mmsa_patches.is_registered() and mmsa_patches.patched_attributes() == []
+        registration.unregister()
+        assert not registration.is_registered() and registration.registered_names() == []
         originals = {(id(o), a): vars(o).get(a) for o, a in targets}
         assert all(originals[k] is not patched[k] for k in patched)
-        mmsa_patches.register()
-        mmsa_patches.unregister()
+        registration.register()
+        registration.unregister()
         assert all(vars(o).get(a) is originals[(id(o), a)] for o, a in targets)
         assert "khar" not in importlib.import_module("MMSA.trains.ATIO").ATIO().TRAIN_MAP
     finally:
-        mmsa_patches.register()
-    assert {(id(o), a) for o, a in mmsa_patches.patched_attributes()} == set(patched)
+        registration.register()
+    assert {(id(o), a) for o, a in registration.registered_names()} == set(patched)
 
 
-def test_patched_names_cover_every_namespace() -> None:
+def test_registration_names_only_what_it_adds_and_the_listed_fixes() -> None:
+    """Every replaced MMSA name is either a table lookup that adds our keys, an entry point that
+    routes 'khar', or one of the fixes listed in the README (nothing else of MMSA is touched)."""
+    names = {f"{getattr(o, '__name__', type(o).__name__)}.{a}" for o, a in registration.registered_names()}
+    expected = {"AMIO.__init__", "ATIO.__init__", "MMDataset.__init__", "MetricsTop.__init__",
+                "MMSA.data_loader.pickle", "MMSA.run.pickle", "MMSA.run.torch", "MMSA.run.round",
+                "MMSA.trains.singleTask.MULT.ReduceLROnPlateau", "MMSA.trains.singleTask.MMIM.ReduceLROnPlateau",
+                "MMSA.trains.missingTask.TFR_NET.ReduceLROnPlateau"}
+    for module in ("MMSA", "MMSA.run"):
+        expected |= {f"{module}.{n}" for n in ("MMSA_run", "MMSA_test", "SUPPORTED_MODELS", "SUPPORTED_DATASETS",
+                                               "get_config_regression", "get_config_tune")}
+    expected |= {"MMSA.config.get_config_regression", "MMSA.config.get_config_tune"}
+    assert names == expected
+
+
+def test_entry_points_cover_every_namespace() -> None:
     for module in (RUN, MMSA):
         assert module.MMSA_run is RUN.MMSA_run and module.MMSA_test is RUN.MMSA_test
     for name in ("get_config_regression", "get_config_tune"):
@@ -154,7 +172,7 @@ def test_khar_key_resolves_lazily(dummy_khar: Path) -> None:
     assert "khar" in amio(tfn_args).MODEL_MAP  # built-in models still build, map extended
 
 
-def test_khar_key_unknown_without_patch(dummy_khar: Path, unregistered: None) -> None:
+def test_khar_key_unknown_without_registration(dummy_khar: Path, unregistered: None) -> None:
     args = CONFIG.get_config_regression("khar", "mosi", str(dummy_khar))
     with pytest.raises(KeyError, match="khar"):
         importlib.import_module("MMSA.models.AMIO").AMIO(args)
@@ -176,13 +194,17 @@ def test_default_config_has_simsv2(model: str) -> None:
         assert args["feature_dims"] == [768, 25, 177] and args["seq_lens"] == [50, 925, 232]
         assert args["train_samples"] == 2722 and args["language"] == "cn"
         assert all(args[k] == v for k, v in sims.items())
-    mosi = MMSA.get_config_regression(model, "mosi")  # MMSA's own entries are untouched
-    assert mosi["feature_dims"] == [768, 5, 20]
     tune = RUN.get_config_tune(model, "simsv2")
     assert tune["feature_dims"] == [768, 25, 177] and tune["KeyEval"] == "Loss"
 
 
-def test_default_config_without_patch_has_no_simsv2(unregistered: None) -> None:
+@pytest.mark.parametrize("model", ["tfn", "mult", "self_mm", "lf_dnn"])
+def test_mmsa_own_entries_read_exactly_as_mmsa_reads_them(model: str) -> None:
+    original = CONFIG.get_config_regression.__wrapped__
+    assert CONFIG.get_config_regression(model, "mosi") == original(model, "mosi")
+
+
+def test_default_config_without_registration_has_no_simsv2(unregistered: None) -> None:
     with pytest.raises(KeyError, match="simsv2"):
         CONFIG.get_config_regression("tfn", "simsv2")
 
@@ -190,30 +212,29 @@ def test_default_config_without_patch_has_no_simsv2(unregistered: None) -> None:
 def test_user_config_file_is_used_as_is(dummy_khar: Path) -> None:
     args = CONFIG.get_config_regression("khar", "mosi", dummy_khar)
     assert args["seq_lens"] == list(TINY_SEQ_LENS) and args["batch_size"] == 8
-    with pytest.raises(KeyError):  # no overlay merged into a user's own file
+    with pytest.raises(KeyError):  # nothing of ours merged into a user's own file
         CONFIG.get_config_regression("tfn", "mosi", dummy_khar)
 
 
 def test_dataset_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv(mmsa_patches.DATASET_ROOT_ENV, str(tmp_path))
+    monkeypatch.setenv(configs.DATASET_ROOT_ENV, str(tmp_path))
     args = CONFIG.get_config_regression("tfn", "simsv2")
     assert Path(args["featurePath"]) == tmp_path / "SIMS_V2/Processed/unaligned.pkl"
-    monkeypatch.delenv(mmsa_patches.DATASET_ROOT_ENV)
+    monkeypatch.delenv(configs.DATASET_ROOT_ENV)
     root = _mmsa_json("regression")["datasetCommonParams"]["dataset_root_dir"]
     assert CONFIG.get_config_regression("tfn", "mosi")["featurePath"].startswith(root)
 
 
-def test_missing_overlay_folder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path) -> None:
-    monkeypatch.setattr(mmsa_patches.configs, "CONFIG_DIR", tmp_path / "nowhere")
-    with pytest.raises(mmsa_patches.ConfigOverlayMissingError, match="pip install -e"):
-        CONFIG.get_config_regression("tfn", "mosi")
+def test_missing_config_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(configs, "CONFIG_PACKAGE", "khar_mmsa.no_such_configs")
+    with pytest.raises(configs.ConfigOverlayMissingError, match="reinstall"):
+        CONFIG.get_config_regression("tfn", "simsv2")
 
 
-def test_overlay_json_is_minimal() -> None:
-    """Our overlay only adds: no MMSA model entry is restated for MMSA's own datasets."""
-    for kind in mmsa_patches.CONFIG_KINDS:
-        ours = json.loads((mmsa_patches.config_dir() / f"config_{kind}.json").read_text())
+def test_our_config_json_only_adds() -> None:
+    """Our JSON only adds: no MMSA model entry is restated for MMSA's own datasets."""
+    for kind in configs.CONFIG_KINDS:
+        ours = configs.overlay(kind)
         assert "simsv2" in ours["datasetCommonParams"]
         for model, block in ours.items():
             if model in ("datasetCommonParams", "khar"):
@@ -233,22 +254,20 @@ def test_simsv2_loads_tav_labels_and_sims_metrics(tiny_features) -> None:
     assert args["dataset_name"] == "simsv2"  # restored after MMSA's SIMS code path
     metrics = importlib.import_module("MMSA.utils.metricsTop").MetricsTop("regression")
     pred, true = torch.tensor([[0.1], [-0.2], [0.3], [0.0]]), torch.tensor([[0.5], [-0.5], [0.2], [0.0]])
-    result = metrics.getMetics("simsv2")(pred, true)
-    assert "Mult_acc_3" in result
+    assert "Mult_acc_3" in metrics.getMetics("simsv2")(pred, true)
 
 
-def test_simsv2_unknown_without_patch(unregistered: None) -> None:
+def test_simsv2_unknown_without_registration(unregistered: None) -> None:
     metrics = importlib.import_module("MMSA.utils.metricsTop").MetricsTop("regression")
     with pytest.raises(KeyError):
         metrics.getMetics("simsv2")
-    # metrics_for (used by khar_mmsa.training.trainer) works either way
     pred, true = torch.tensor([[0.1], [-0.4], [0.3]]), torch.tensor([[0.5], [-0.5], [0.2]])
-    assert "Mult_acc_3" in mmsa_patches.metrics_for("SIMSv2")(pred, true)
-    assert "Has0_acc_2" in mmsa_patches.metrics_for("mosi")(pred, true)
+    assert "Mult_acc_3" in registration.metrics_for("SIMSv2")(pred, true)
+    assert "Has0_acc_2" in registration.metrics_for("mosi")(pred, true)
 
 
 # ============================================================================================
-# a. CPU fallback
+# Fixes MMSA needs to run: CPU, ReduceLROnPlateau, numpy 2 cells, weights_only
 # ============================================================================================
 def test_gpu_ids_on_cpu_falls_back_with_one_warning(dummy_khar: Path, mmsa_run_kwargs,
                                                     fast_mmsa, caplog) -> None:
@@ -256,23 +275,27 @@ def test_gpu_ids_on_cpu_falls_back_with_one_warning(dummy_khar: Path, mmsa_run_k
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
     cuda_warnings = [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
     assert len(cuda_warnings) == 1 and cuda_warnings[0].name == "MMSA"
-    assert not _read_csv(mmsa_run_kwargs["res_save_dir"]).empty
+    caplog.clear()
+    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, gpu_ids=[]))
+    assert not [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
 
 
-def test_set_device_fails_on_cpu_without_patch(dummy_khar: Path, mmsa_run_kwargs,
-                                               unregistered: None) -> None:
+def test_set_device_fails_on_cpu_without_registration(mmsa_run_kwargs, unregistered: None) -> None:
     with pytest.raises(ValueError, match="cuda device"):
-        MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+        MMSA.MMSA_run("tfn", "mosi", **mmsa_run_kwargs)
 
 
-def test_cpu_proxy_leaves_torch_alone() -> None:
-    assert RUN.torch is not torch and RUN.torch.load is torch.load
-    assert torch.cuda.set_device.__module__.startswith("torch")
+def test_mmsa_run_torch_skips_cpu_set_device_and_loads_weights_only(tmp_path: Path, monkeypatch) -> None:
+    assert RUN.torch is not torch and torch.cuda.set_device.__module__.startswith("torch")
+    RUN.torch.cuda.set_device(torch.device("cpu"))  # no error: skipped
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"w": torch.zeros(1), "evil": types.SimpleNamespace(x=1)}, crafted)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert isinstance(torch.load(crafted)["evil"], types.SimpleNamespace)  # torch itself is untouched
+    with pytest.raises(Exception, match="[Ww]eights only|weights_only|Unsupported global"):
+        RUN.torch.load(crafted)
 
 
-# ============================================================================================
-# b. ReduceLROnPlateau(verbose=...)
-# ============================================================================================
 TRAINER_MODULES = ["MMSA.trains.singleTask.MULT", "MMSA.trains.singleTask.MMIM",
                    "MMSA.trains.missingTask.TFR_NET"]
 
@@ -284,54 +307,104 @@ def test_reduce_lr_on_plateau_accepts_verbose(module: str) -> None:
     assert isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and sched.patience == 2
 
 
-def test_reduce_lr_on_plateau_verbose_fails_without_patch(unregistered: None) -> None:
+def test_reduce_lr_on_plateau_verbose_fails_without_registration(unregistered: None) -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     for module in TRAINER_MODULES:
         with pytest.raises(TypeError, match="verbose"):
             importlib.import_module(module).ReduceLROnPlateau(opt, mode="min", verbose=True)
 
 
+def test_plain_round_gives_python_numbers() -> None:
+    assert RUN.round(np.float64(71.234), 2) == 71.23 and type(RUN.round(np.float64(71.234), 2)) is float
+    assert str((RUN.round(np.mean([0.5, 0.7]) * 100, 2), RUN.round(np.std([0.5, 0.7]) * 100, 2))) == "(60.0, 10.0)"
+
+
 # ============================================================================================
-# c. results CSV
+# The runner's results files: MMSA's table and the numeric table
 # ============================================================================================
-def test_results_csv_has_plain_numbers(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa) -> None:
+def test_results_files_mmsa_layout_and_numbers(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa) -> None:
     kwargs = dict(mmsa_run_kwargs, seeds=[1, 2])
     row = MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **kwargs)
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **kwargs)
-    csv_file = mmsa_patches.results_csv_path(kwargs["res_save_dir"], "mosi")
-    assert "np.float" not in csv_file.read_text() and "(" not in csv_file.read_text()
-    table = pd.read_csv(csv_file)
+    mmsa_csv = results_files.results_csv_path(kwargs["res_save_dir"], "mosi")
+    assert mmsa_csv.read_text().splitlines() == [
+        "Model,Has0_acc_2,MAE,Corr", 'khar,"(50.0, 0.0)","(75.0, 5.0)","(10.0, 0.0)"',
+        'khar,"(50.0, 0.0)","(75.0, 5.0)","(10.0, 0.0)"']
+    table = _tidy(kwargs["res_save_dir"])
     assert list(table.columns) == ["Model", "seeds", "Has0_acc_2", "Has0_acc_2_std", "MAE",
                                    "MAE_std", "Corr", "Corr_std"]
-    assert len(table) == 2 and (table["Model"] == "khar").all() and (table["seeds"] == "1 2").all()
+    assert len(table) == 2 and (table["seeds"] == "1 2").all()
     assert all(table[c].dtype.kind == "f" for c in table.columns[2:])
     assert table["MAE"].tolist() == [75.0, 75.0] and table["MAE_std"].tolist() == [5.0, 5.0]
     assert row["MAE"] == 75.0 and type(row["MAE"]) is float
-    assert not list(Path(kwargs["res_save_dir"]).glob("normal/*.tmp"))
+    numbers = results_files.read_results_table(mmsa_csv)
+    assert numbers["MAE"].tolist() == [75.0, 75.0] and numbers["MAE_std"].tolist() == [5.0, 5.0]
 
 
-def test_legacy_mmsa_cells_are_converted(tmp_path: Path) -> None:
+def test_rows_already_in_the_results_file_stay_byte_for_byte(dummy_khar: Path, mmsa_run_kwargs,
+                                                             fast_mmsa) -> None:
+    mmsa_csv = results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi")
+    mmsa_csv.parent.mkdir(parents=True)
+    old = 'Model,Has0_acc_2,MAE,Corr\ntfn,"(np.float64(50.0), np.float64(0.0))","(71.5, 1.25)",(60.0 0.0)\n'
+    mmsa_csv.write_text(old)
+    mmsa_csv.chmod(0o600)
+    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+    text = mmsa_csv.read_text()
+    assert text.startswith(old) and text[len(old):] == 'khar,"(50.0, 0.0)","(70.0, 0.0)","(10.0, 0.0)"\n'
+    assert mmsa_csv.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_results_file_with_other_columns_is_refused_and_kept(dummy_khar: Path, mmsa_run_kwargs,
+                                                               fast_mmsa) -> None:
+    mmsa_csv = results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi")
+    mmsa_csv.parent.mkdir(parents=True)
+    mmsa_csv.write_text("Model,Acc\nx,1\n")
+    with pytest.raises(results_files.ResultsFileError, match="differ"):
+        MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+    assert mmsa_csv.read_text() == "Model,Acc\nx,1\n"
+
+
+@pytest.mark.parametrize("damage", ["unparsable", "read-only", "symlink"])
+def test_a_bad_results_file_fails_before_training(damage: str, dummy_khar: Path, mmsa_run_kwargs,
+                                                  tmp_path: Path) -> None:
+    mmsa_csv = results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi")
+    mmsa_csv.parent.mkdir(parents=True)
+    if damage == "unparsable":
+        mmsa_csv.write_bytes(b'Model,MAE\n"unclosed,1\n')
+    elif damage == "read-only":
+        mmsa_csv.write_text("Model,MAE\n")
+        mmsa_csv.chmod(0o444)
+        if os.access(mmsa_csv, os.W_OK):
+            pytest.skip("root can write a read-only file")
+    else:
+        secret = tmp_path / "secret.txt"
+        secret.write_text("user,password\n")
+        mmsa_csv.symlink_to(secret)
+    with pytest.raises(results_files.ResultsFileError):
+        MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+    assert DummyTrainer.events == []
+    if damage == "symlink":
+        assert (tmp_path / "secret.txt").read_text() == "user,password\n"
+
+
+def test_a_dangling_link_at_the_lock_file_is_never_followed(tmp_path: Path) -> None:
     csv_file = tmp_path / "normal" / "mosi.csv"
     csv_file.parent.mkdir()
-    legacy = pd.DataFrame({"Model": ["tfn"], "MAE": ["(np.float64(71.5), np.float64(1.25))"],
-                           "Corr": ["(60.0, 0.0)"]})
-    legacy.to_csv(csv_file, index=False)
-    mmsa_patches.append_result_row(csv_file, {"Model": "mult", "seeds": "1", "MAE": 70.0,
-                                            "MAE_std": 0.0, "Corr": 61.0, "Corr_std": 0.5})
-    table = pd.read_csv(csv_file)
-    assert table["MAE"].tolist() == [71.5, 70.0] and table["MAE_std"].tolist() == [1.25, 0.0]
-    assert table["Corr"].tolist() == [60.0, 61.0] and table["Corr_std"].tolist() == [0.0, 0.5]
+    outside = tmp_path / "outside.txt"
+    (csv_file.parent / "mosi.csv.lock").symlink_to(outside)
+    with pytest.raises(results_files.ResultsFileError, match="link"):
+        results_files.append_row(csv_file, {"Model": "a", "MAE": 1.0})
+    assert not outside.exists()
 
 
 def _append_many(csv_file: str, tag: str, count: int) -> None:
     for i in range(count):
-        mmsa_patches.append_result_row(csv_file, {"Model": f"{tag}{i}", "seeds": "1",
-                                                "MAE": float(i), "MAE_std": 0.5, "Corr": 0.25,
-                                                "Corr_std": 0.0})
+        results_files.append_row(Path(csv_file), {"Model": f"{tag}{i}", "seeds": "1", "MAE": float(i),
+                                                  "MAE_std": 0.5})
 
 
 def test_concurrent_processes_append_readable_rows(tmp_path: Path) -> None:
-    csv_file = str(tmp_path / "normal" / "mosi.csv")
+    csv_file = str(tmp_path / "normal" / "mosi.tidy.csv")
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_append_many, args=(csv_file, tag, 15)) for tag in ("a", "b")]
     for p in procs:
@@ -344,8 +417,8 @@ def test_concurrent_processes_append_readable_rows(tmp_path: Path) -> None:
     assert table["MAE"].dtype.kind == "f" and table["MAE_std"].eq(0.5).all()
 
 
-def test_concurrent_threads_run_into_one_csv(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa,
-                                             tmp_path: Path) -> None:
+def test_concurrent_threads_run_into_one_results_file(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa,
+                                                      tmp_path: Path) -> None:
     errors: List[BaseException] = []
     handlers = list(logging.getLogger("MMSA").handlers)
 
@@ -362,61 +435,50 @@ def test_concurrent_threads_run_into_one_csv(dummy_khar: Path, mmsa_run_kwargs, 
     for t in threads:
         t.join(120)
     assert not errors
-    table = _read_csv(mmsa_run_kwargs["res_save_dir"])
-    assert len(table) == 2 and table["MAE"].dtype.kind == "f"
+    assert len(_tidy(mmsa_run_kwargs["res_save_dir"])) == 2
     assert logging.getLogger("MMSA").handlers == handlers
 
 
-# ============================================================================================
-# d. log handlers
-# ============================================================================================
-def test_repeated_runs_do_not_repeat_log_lines(dummy_khar: Path, mmsa_run_kwargs,
-                                               fast_mmsa) -> None:
+def test_repeated_runs_do_not_repeat_log_lines(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa) -> None:
     mmsa_logger = logging.getLogger("MMSA")
     before = list(mmsa_logger.handlers)
     for _ in range(3):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
         assert mmsa_logger.handlers == before
     log_text = (Path(mmsa_run_kwargs["log_dir"]) / "khar-mosi.log").read_text()
-    assert log_text.count("Program Start") == 3  # unpatched: 1 + 2 + 3 = 6
+    assert log_text.count(" khar on mosi ") == 3
 
 
 # ============================================================================================
-# e. stale checkpoints
+# Checkpoints, seeds, workers
 # ============================================================================================
-def test_stale_checkpoint_is_removed_before_training(dummy_khar: Path, mmsa_run_kwargs,
-                                                     fast_mmsa) -> None:
+def test_a_checkpoint_this_run_did_not_write_is_refused_and_kept(dummy_khar: Path, mmsa_run_kwargs,
+                                                                 fast_mmsa, monkeypatch) -> None:
     model_dir = Path(mmsa_run_kwargs["model_save_dir"])
     model_dir.mkdir(parents=True)
-    (model_dir / "khar-mosi.pth").write_bytes(b"stale weights of an earlier run")
-    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
-    assert DummyTrainer.events[0]["checkpoint_existed"] is False
-
-
-def test_missing_checkpoint_fails_clearly(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    model_dir = Path(mmsa_run_kwargs["model_save_dir"])
-    model_dir.mkdir(parents=True)
-    stale = {k: v.clone() for k, v in DummyKHaR({"feature_dims": [768, 5, 20]}).state_dict().items()}
-    torch.save({f"Model.{k}": v for k, v in stale.items()}, model_dir / "khar-mosi.pth")
+    stale = {f"Model.{k}": v for k, v in DummyKHaR({"feature_dims": [768, 5, 20]}).state_dict().items()}
+    torch.save(stale, model_dir / "khar-mosi.pth")
+    before = (model_dir / "khar-mosi.pth").read_bytes()
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", False)
-    with pytest.raises(mmsa_patches.MissingCheckpointError, match="khar-mosi.pth"):
+    with pytest.raises(MissingCheckpointError, match="khar-mosi.pth.*earlier run"):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
-    assert not mmsa_patches.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi").exists()
+    assert (model_dir / "khar-mosi.pth").read_bytes() == before  # never deleted or tested
+    assert not results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi").exists()
 
 
-# ============================================================================================
-# f. num_workers, update_epochs, MMSA_test
-# ============================================================================================
-def test_num_workers_default_is_zero_on_cpu(dummy_khar: Path, mmsa_run_kwargs,
-                                            fast_mmsa) -> None:
+def test_duplicate_seeds_are_refused(dummy_khar: Path, mmsa_run_kwargs) -> None:
+    from khar_mmsa.integration.runner import SeedError
+    with pytest.raises(SeedError, match=r"\[1\] given more than once"):
+        MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, seeds=[1, 1]))
+
+
+def test_num_workers_default_is_zero_on_cpu(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa) -> None:
     kwargs = {k: v for k, v in mmsa_run_kwargs.items() if k != "num_workers"}
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **kwargs)
     assert DummyTrainer.events[-1]["num_workers"] == 0
 
 
-def test_update_epochs_above_batches_warns(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa,
-                                           caplog) -> None:
+def test_update_epochs_above_batches_warns(dummy_khar: Path, mmsa_run_kwargs, fast_mmsa, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="MMSA")
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), config={"update_epochs": 8},
                   **mmsa_run_kwargs)
@@ -424,6 +486,9 @@ def test_update_epochs_above_batches_warns(dummy_khar: Path, mmsa_run_kwargs, fa
     assert any("update_epochs=8" in r.getMessage() for r in caplog.records)
 
 
+# ============================================================================================
+# MMSA_test: MMSA's own for its models; khar_mmsa.test for every model
+# ============================================================================================
 def _tfn_test_files(tmp_path: Path):
     args = CONFIG.get_config_regression("tfn", "mosi")
     args["train_mode"] = "regression"
@@ -441,22 +506,22 @@ def _tfn_test_files(tmp_path: Path):
     return args, weights, feature
 
 
-def test_mmsa_test_gpu_id_falls_back_to_cpu(tmp_path: Path, caplog) -> None:
+def test_khar_mmsa_test_falls_back_to_cpu_and_matches_mmsa(tmp_path: Path, caplog) -> None:
     config, weights, feature = _tfn_test_files(tmp_path)
     caplog.set_level(logging.WARNING, logger="MMSA")
-    prediction = MMSA.MMSA_test(config, str(weights), str(feature), gpu_id=0)
-    assert np.isfinite(prediction)
+    prediction = khar_mmsa.test(config, str(weights), str(feature), gpu_id=0)
     assert any("MMSA_test runs on the CPU" in r.getMessage() for r in caplog.records)
+    assert prediction == MMSA.MMSA_test(config, str(weights), str(feature), gpu_id=-1)
 
 
-def test_mmsa_test_gpu_id_fails_without_patch(tmp_path: Path, unregistered: None) -> None:
+def test_mmsa_own_mmsa_test_is_left_as_mmsa_made_it(tmp_path: Path) -> None:
     config, weights, feature = _tfn_test_files(tmp_path)
-    with pytest.raises((AssertionError, RuntimeError)):
+    with pytest.raises((AssertionError, RuntimeError)):  # MMSA's own: gpu_id=0 needs CUDA
         MMSA.MMSA_test(config, str(weights), str(feature), gpu_id=0)
 
 
 # ============================================================================================
-# Safe loading and validation hooks
+# Safe loading and validation
 # ============================================================================================
 @pytest.fixture
 def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
@@ -475,7 +540,9 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
         if args.get("reject_for_test"):
             raise ValueError(f"{source}: rejected by the test validator")
 
+    from khar_mmsa.io import safe_io as real_safe_io
     safe_io = types.ModuleType("khar_mmsa.io.safe_io")
+    safe_io.__dict__.update({k: v for k, v in vars(real_safe_io).items() if not k.startswith("__")})
     safe_io.load_pickle = load_pickle
     validation = types.ModuleType("khar_mmsa.data.validation")
     validation.validate_features = validate_features
@@ -505,9 +572,8 @@ def test_validation_error_stops_before_training(dummy_khar: Path, mmsa_run_kwarg
     assert DummyTrainer.events == []
 
 
-def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs,
-                                            tmp_path: Path) -> None:
-    safe_io = pytest.importorskip("khar_mmsa.io.safe_io")
+def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs, tmp_path: Path) -> None:
+    from khar_mmsa.io import safe_io
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"train": types.SimpleNamespace()}))  # a non-allowed global
     with pytest.raises(safe_io.UnsafePickleError):
@@ -516,21 +582,20 @@ def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs,
     assert DummyTrainer.events == []
 
 
-def test_hooks_absent_fall_back_to_plain_pickle(dummy_khar: Path, mmsa_run_kwargs,
-                                                fast_mmsa,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "khar_mmsa.io.safe_io", None)  # import -> ModuleNotFoundError
-    monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", None)
-    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
-    assert len(DummyTrainer.events) == 1
+def test_feature_server_passes_other_files_to_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"x": 1}))
+    with open(path, "rb") as f:
+        assert DATA_LOADER.pickle.load(f) == {"x": 1}
+    assert DATA_LOADER.pickle.dumps is pickle.dumps
 
 
-def test_pickle_shim_is_reversible(unregistered: None) -> None:
-    assert DATA_LOADER.pickle is pickle
+def test_feature_server_is_reversible(unregistered: None) -> None:
+    assert DATA_LOADER.pickle is pickle and RUN.pickle is pickle
 
 
 # ============================================================================================
-# End to end: MMSA's built-in models on this CPU machine, mosi and simsv2
+# End to end: MMSA's built-in models through MMSA's own MMSA_run, and through our runner
 # ============================================================================================
 # Shrunk for CPU speed: TFN's outer-product fusion has (text_out+1)(a+1)(v+1) x post_fusion_dim
 # weights, 35M with the SIMS defaults.
@@ -549,11 +614,21 @@ def test_mmsa_run_builtin_cpu(model: str, dataset: str, tiny_features, tiny_bert
     if model == "self_mm":
         config["pretrained"] = str(tiny_bert)
     MMSA.MMSA_run(model, dataset, config=config, **mmsa_run_kwargs)
-    table = _read_csv(mmsa_run_kwargs["res_save_dir"], dataset)
+    mmsa_csv = results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], dataset)
+    assert "np.float" not in mmsa_csv.read_text()
+    table = results_files.read_results_table(mmsa_csv)
     assert table["Model"].tolist() == [model]
     key = "Has0_acc_2" if dataset == "mosi" else "Mult_acc_3"
     for column in (key, "MAE", "MAE_std"):
-        assert table[column].dtype.kind == "f" and math.isfinite(table[column].iloc[0])
+        assert math.isfinite(table[column].iloc[0])
     assert 0.0 <= table[key].iloc[0] <= 100.0
+    assert not results_files.tidy_csv_path(mmsa_run_kwargs["res_save_dir"], dataset).exists()
+
+
+def test_mmsa_model_through_our_runner(tiny_features, mmsa_run_kwargs, fast_mmsa) -> None:
+    config = dict(E2E_OVERRIDES["tfn"], featurePath=str(tiny_features("mosi")))
+    row = khar_mmsa.run("tfn", "mosi", config=config, **mmsa_run_kwargs)
+    table = _tidy(mmsa_run_kwargs["res_save_dir"])
+    assert table["Model"].tolist() == ["tfn"] and table["MAE"].iloc[0] == row["MAE"]
 
 # MMSA_run('khar', …) for every dataset: tests/test_khar_mmsa_run.py

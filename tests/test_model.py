@@ -48,9 +48,15 @@ def test_forward_shapes_and_named_outputs(bert4):
     text, audio, vision, al, vl, _ = batch()
     out = model(text, audio, vision, al, vl)
     assert out["M"].shape == (B, 1) and out["M_sampled"].shape == (B, 1)
-    assert out["kl"].shape == (B,)
+    assert out["mu"].shape == out["sigma"].shape == (B, 8) and (out["sigma"] > 0).all()
     assert set(out["unimodal"]) == {"t", "a", "v"} and all(v.shape == (B, 8) for v in out["unimodal"].values())
-    assert set(out["balance"]) == {"t", "a", "v"}
+    assert set(out["routing"]) == set(out["expert_load"]) == {"t", "a", "v"}
+    lengths = {"t": text[:, 1].sum(1).long(), "a": al, "v": vl}
+    for m, gate in out["routing"].items():
+        n = gate.mask.shape[1]
+        assert gate.gates.shape == (B, n, 3) and gate.selected.shape == (B, n, 2)
+        assert torch.equal(gate.mask.sum(1), lengths[m])  # the padding mask of the modality
+        assert int(out["expert_load"][m].sum()) == 2 * int(lengths[m].sum())  # k routed experts per real token
     assert out["fused"].shape == (B, 8)
 
 
@@ -117,6 +123,33 @@ def test_frozen_pretrained_adapters_stay_in_eval_mode_while_the_model_trains(ber
     assert not torch.allclose(first, second)
 
 
+@pytest.mark.parametrize("finetune", [False, True])
+def test_frozen_text_encoder_runs_no_dropout_while_the_model_trains(bert4, finetune):
+    """finetune_bert=False: the frozen encoder stays in eval mode through model.train(), so two
+    training-mode passes give the same text states; a fine-tuned encoder keeps its dropout."""
+    torch.manual_seed(0)
+    model = KHaR(small_cfg(bert4, finetune_bert=finetune)).train()
+    encoder = model.harvesters["t"].encoder
+    assert encoder.backbone.config.hidden_dropout_prob > 0
+    assert model.harvesters["a"].encoder.training and model.fusion.training
+    text = batch()[0]
+    first, second = encoder(text).final, encoder(text).final
+    assert encoder.training == finetune
+    assert torch.equal(first, second) != finetune
+    model.eval()
+    assert not encoder.training
+
+
+def test_a_harvester_frozen_after_construction_keeps_eval_mode_at_the_next_train(bert4):
+    """Adapter pretraining freezes a copy's text encoder itself (requires_grad_(False)); the next
+    train() keeps it in eval mode, the adapters train."""
+    model = KHaR(small_cfg(bert4))
+    harvester = model.harvesters["t"]
+    harvester.encoder.requires_grad_(False)
+    harvester.train()
+    assert not harvester.encoder.training and harvester.adapters.training
+
+
 def test_padding_never_changes_an_output_in_training_mode(bert4):
     """Training mode (dropout off, gate noise and the bottleneck's sample on, same RNG draws): garbage
     after the real lengths changes no output and no loss term."""
@@ -134,10 +167,13 @@ def test_padding_never_changes_an_output_in_training_mode(bert4):
     torch.manual_seed(1)
     out = model(text2, audio2, vision2, al, vl)
     assert not torch.equal(ref["M_sampled"], ref["M"])  # the sample was drawn: this is training mode
-    for key in ("M", "M_sampled", "kl", "fused"):
+    for key in ("M", "M_sampled", "mu", "sigma", "fused"):
         torch.testing.assert_close(out[key], ref[key], rtol=0, atol=1e-5)
-    for m in ref["balance"]:
-        torch.testing.assert_close(out["balance"][m], ref["balance"][m], rtol=0, atol=1e-5)
+    criterion = KHaRCriterion(cfg)
+    raw_ref, raw_out = criterion.raw_terms(ref, y), criterion.raw_terms(out, y)
+    assert raw_ref["moe_balance"] > 0
+    for term in raw_ref:
+        torch.testing.assert_close(raw_out[term], raw_ref[term], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("layers,expected", [(4, [0, 1, 2, 2, 3]), (6, [0, 1, 2, 4, 5]), (12, [0, 3, 6, 8, 11])])
@@ -170,9 +206,9 @@ def test_table3_ablation_switches_run_and_train(bert4, override):
     total.backward()
     assert torch.isfinite(total)
     if cfg.fusion != "mib":
-        assert out["kl"] is None and raw["mib_kl"] == 0
+        assert out["mu"] is None and out["sigma"] is None and raw["mib_kl"] == 0
     if cfg.refiner != "moe":
-        assert raw["moe_balance"] == 0
+        assert out["routing"] == {} and raw["moe_balance"] == 0
 
 
 def test_cnn_refiner_ignores_padding(bert4):
@@ -211,10 +247,13 @@ def test_batch_inputs_cut_on_the_cpu_is_exact(bert4):
     torch.testing.assert_close(model(*cut)["M"], model(text, audio, vision, al, vl)["M"], rtol=0, atol=1e-5)
 
 
-def test_forward_never_synchronises_with_the_host(bert4):
-    """No .item()/.nonzero()/bool(tensor) in a training forward + backward: on a GPU each one
-    stalls the step until the device catches up. (The transformers library's BERT checks its
-    attention mask with .all() once per forward; that one is outside this package.)"""
+def test_forward_synchronises_with_the_host_only_to_size_the_expert_batches(bert4, monkeypatch):
+    """No .item()/.nonzero()/bool(tensor) in a training forward + criterion + backward: on a GPU each
+    one stalls the step until the device catches up. The one exception is sparse expert dispatch:
+    each MoE refiner reads its (e + 1) token counts once (``tolist``, which the dispatch spy below
+    cannot see on a CPU tensor, so it is counted separately). (The transformers library's BERT checks
+    its attention mask with .all() once per forward; that one is outside this package.)"""
+    import traceback
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class SyncSpy(TorchDispatchMode):
@@ -226,16 +265,27 @@ def test_forward_never_synchronises_with_the_host(bert4):
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if any(str(func).startswith(name + ".") or str(func) == name for name in self.SYNCING):
-                import traceback
                 stack = traceback.extract_stack()
                 if not any("/transformers/" in frame.filename for frame in stack):
                     self.seen.append(f"{func} at " + " < ".join(f"{f.name}:{f.lineno}" for f in stack[-6:-1]))
             return func(*args, **(kwargs or {}))
 
+    host_reads = []
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(tensor):
+        host_reads.append((traceback.extract_stack()[-2].filename.replace("\\", "/"), tuple(tensor.shape)))
+        return tolist(tensor)
+
     model = KHaR(small_cfg(bert4)).train()
     criterion = KHaRCriterion(model.cfg)
     text, audio, vision, al, vl, labels = batch()
+    monkeypatch.setattr(torch.Tensor, "tolist", counted_tolist)
     with SyncSpy() as spy:
         total, _, _ = criterion(model(text, audio, vision, al, vl), labels)
         total.backward()
+    monkeypatch.undo()
     assert spy.seen == []
+    e = model.cfg.num_experts
+    assert host_reads == [(host_reads[0][0], (e + 1,))] * len(model.modalities), host_reads
+    assert host_reads[0][0].endswith("khar_mmsa/model/refine.py")

@@ -137,17 +137,25 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
                                                                  monkeypatch, caplog):
     import torch
     from MMSA import MMSA_run
-    from khar_mmsa.training.trainer import KHaRTrainer
+    from khar_mmsa.integration import EXTRA_TRAINERS
+    from khar_mmsa.training.loop import Callback
     trained, interrupt = [], [True]
-    train_epoch = KHaRTrainer._train_epoch
 
-    def interrupted_in_seed_2(self, model, loader, optimizer, scheduler, epoch):
-        trained.append((torch.initial_seed(), epoch))
-        if interrupt[0] and (torch.initial_seed(), epoch) == (2, 2):
-            raise Interrupted
-        return train_epoch(self, model, loader, optimizer, scheduler, epoch)
+    class InterruptedInSeed2(Callback):
+        def on_epoch_begin(self, state, loop):
+            trained.append((torch.initial_seed(), state.epoch))
+            if interrupt[0] and (torch.initial_seed(), state.epoch) == (2, 2):
+                raise Interrupted
 
-    monkeypatch.setattr(KHaRTrainer, "_train_epoch", interrupted_in_seed_2)
+    factory = EXTRA_TRAINERS["khar"]
+
+    class WithCallback:  # the registered factory, with the callback in args['callbacks']
+        resolve = factory.resolve
+
+        def __call__(self, args):
+            return factory(type(args)(dict(args), callbacks=[InterruptedInSeed2()]))
+
+    monkeypatch.setitem(EXTRA_TRAINERS, "khar", WithCallback())
     config = dict(khar_config, pretrain_adapters=False)
     kwargs = dict(mmsa_run_kwargs, seeds=SEEDS)
     with pytest.raises(Interrupted):

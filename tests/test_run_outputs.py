@@ -10,7 +10,7 @@ import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.reporting.log_format import LINE_WIDTH
-from khar_mmsa.integration.loading import FeatureFileNotFoundError
+from khar_mmsa.integration.features import FeatureFileNotFoundError
 from khar_mmsa.model.text_encoders import minilm_path
 from MMSA import MMSA_run
 

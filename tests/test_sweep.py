@@ -119,7 +119,7 @@ def test_cli_help_lists_mmsa_models_and_ours(capsys) -> None:
 
 
 def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features, tiny_bert) -> None:
-    from khar_mmsa.integration import merged_config
+    from khar_mmsa.integration.configs import merged_config
     from test_tune_mode import TINY_KHAR
     config = merged_config("regression")
     config["khar"]["datasetParams"]["mosi"].update(TINY_KHAR, pretrained=str(tiny_bert))

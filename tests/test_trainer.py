@@ -7,10 +7,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from khar_mmsa.data.planted import planted_data
+from khar_mmsa.integration import metrics_for
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.training.pretrain import pretrain_fingerprint
+from khar_mmsa.training.pretrain import HarvestTask, pretrain_fingerprint
 from khar_mmsa.io.safe_io import safe_torch_load
 from khar_mmsa.model.text_encoders import make_tiny_bert
+from khar_mmsa.training.loop import Callback
 from khar_mmsa.training.trainer import KHaRTrainer
 
 SEQ = (12, 16, 16)
@@ -72,9 +74,9 @@ def loaders(data, batch_size=8):
 def run(bert, data, tmp_path, seed=7, **kw):
     seed_all(seed)
     args = make_args(bert, tmp_path, **kw)
-    model = KHaR(args)
+    model = KHaR({k: v for k, v in args.items() if k != "callbacks"})
     dl = loaders(data)
-    trainer = KHaRTrainer(args)
+    trainer = KHaRTrainer(args, metrics=metrics_for("sims"))
     history = trainer.do_train(model, dl, return_epoch_results=True)
     model.load_state_dict(torch.load(args["model_save_path"], weights_only=True))
     return model, trainer, history, trainer.do_test(model, dl["test"], mode="TEST")
@@ -89,22 +91,38 @@ def test_short_training_lowers_the_loss(bert, data, tmp_path):
     assert losses[-1] < losses[0], losses
 
 
+class OnMainEpochBegin(Callback):
+    """Calls ``fn(state, loop)`` when an epoch of the main training (not adapter pretraining) starts."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_epoch_begin(self, state, loop):
+        if isinstance(loop.task, KHaRTrainer):
+            self.fn(state, loop)
+
+
 def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_path):
     seed_all(3)
-    args = make_args(bert, tmp_path, epochs=2)
-    model = KHaR(args)
-    trainer = KHaRTrainer(args)
     snapshot = {}
 
-    original = trainer._train_epoch
-
-    def spy(model_, *a, **k):  # record parameters once the adapters are loaded, before the first step
+    def record(state, loop):  # parameters once the adapters are loaded, before the first step
         if not snapshot:
-            snapshot.update({n: p.detach().clone() for n, p in model_.named_parameters()})
-        return original(model_, *a, **k)
+            snapshot.update({n: p.detach().clone() for n, p in loop.model.named_parameters()})
 
-    trainer._train_epoch = spy
+    class PretrainingEpochs(Callback):  # args['callbacks'] run in adapter pretraining too
+        seen = []
+
+        def on_epoch_begin(self, state, loop):
+            if isinstance(loop.task, HarvestTask):
+                self.seen.append((loop.task.modality, state.epoch))
+
+    args = make_args(bert, tmp_path, epochs=2, callbacks=[OnMainEpochBegin(record), PretrainingEpochs()])
+    model = KHaR({k: v for k, v in args.items() if k != "callbacks"})
+    trainer = KHaRTrainer(args)
     trainer.do_train(model, loaders(data))
+    assert snapshot, "the callback passed in args['callbacks'] ran"
+    assert PretrainingEpochs.seen == [("t", 1), ("a", 1), ("v", 1)]  # pretrain_epochs=1
     adapters = {n for n, _ in model.adapter_parameters()}
     assert adapters
     for name, p in model.named_parameters():
@@ -117,7 +135,7 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     saved = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
     # the pretrained weights arrived in the main model: values equal to the saved file's when training
     # started (audio/vision: encoder and adapters; text: the adapters only, BERT stays the main model's)
-    fresh = KHaR(args)
+    fresh = KHaR({k: v for k, v in args.items() if k != "callbacks"})
     for m, state in saved["states"].items():
         assert any(k.startswith("adapters.") for k in state) and (m == "t") == all(k.startswith("adapters.") for k in state)
         for key, value in state.items():
@@ -135,7 +153,7 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     seed_all(3)
     smaller = {k: {key: v[:16] for key, v in data[k].items()} if k == "train" else data[k] for k in data}
     other = KHaRTrainer(args)
-    other.do_train(KHaR(args), loaders(smaller))
+    other.do_train(KHaR({k: v for k, v in args.items() if k != "callbacks"}), loaders(smaller))
     again = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
     assert other._data_identity["sizes"]["train"] == 16
     assert again["fingerprint"] == pretrain_fingerprint(other.cfg, 3, other._data_identity) != saved["fingerprint"]
@@ -160,15 +178,24 @@ def test_pretraining_without_a_finite_validation_mae_names_the_modality(bert, da
         KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
 
 
+class OnEpochEnd(Callback):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_epoch_end(self, state, loop):
+        self.fn(state, loop)
+
+
 def test_resume_state_can_be_switched_off(bert, data, tmp_path):
-    saved = []
-    original = KHaRTrainer._save_resume
-    KHaRTrainer._save_resume = lambda self, *a: saved.append(1)
-    try:
-        run(bert, data, tmp_path, epochs=1, pretrain_adapters=False, save_resume_state=False)
-    finally:
-        KHaRTrainer._save_resume = original
-    assert saved == [] and (tmp_path / "khar-sims.pth").is_file()
+    def resume_files_after_each_epoch(folder, **kw):  # seen by a callback after the trainer's own
+        seen = []
+        run(bert, data, folder, epochs=2, pretrain_adapters=False, **kw,
+            callbacks=[OnEpochEnd(lambda state, loop: seen.append((folder / "khar-sims.pth.resume").exists()))])
+        return seen
+
+    assert resume_files_after_each_epoch(tmp_path / "on") == [True, True]
+    assert resume_files_after_each_epoch(tmp_path / "off", save_resume_state=False) == [False, False]
+    assert (tmp_path / "off" / "khar-sims.pth").is_file()
 
 
 def test_same_seed_same_metrics_on_cpu(bert, data, tmp_path):
@@ -177,38 +204,24 @@ def test_same_seed_same_metrics_on_cpu(bert, data, tmp_path):
     assert a == b
 
 
+class Killed(Exception):
+    pass
+
+
 def test_killed_run_resumes_and_matches_uninterrupted(bert, data, tmp_path):
     _, _, full_history, full = run(bert, data, tmp_path / "full", epochs=3, pretrain_adapters=False)
 
-    class Killed(Exception):
-        pass
-
-    original = KHaRTrainer._save_resume
-
-    def save_then_die(self, model, optimizer, scheduler, state):
-        original(self, model, optimizer, scheduler, state)
-        if state["epoch"] == 1:
+    def die_after_epoch_1(state, loop):  # runs after the resume state of the epoch was saved
+        if state.epoch == 1:
             raise Killed
 
-    KHaRTrainer._save_resume = save_then_die
-    try:
-        with pytest.raises(Killed):
-            run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False)
-    finally:
-        KHaRTrainer._save_resume = original
+    with pytest.raises(Killed):
+        run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False,
+            callbacks=[OnEpochEnd(die_after_epoch_1)])
     assert (tmp_path / "killed" / "khar-sims.pth.resume").is_file()
     trained = []
-    original_epoch = KHaRTrainer._train_epoch
-
-    def counting(self, model, loader, optimizer, scheduler, epoch):
-        trained.append(epoch)
-        return original_epoch(self, model, loader, optimizer, scheduler, epoch)
-
-    KHaRTrainer._train_epoch = counting
-    try:
-        _, _, history, resumed = run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False)
-    finally:
-        KHaRTrainer._train_epoch = original_epoch
+    _, _, history, resumed = run(bert, data, tmp_path / "killed", epochs=3, pretrain_adapters=False,
+                                 callbacks=[OnMainEpochBegin(lambda state, loop: trained.append(state.epoch))])
     assert trained == [2, 3], "only the epochs after the last completed one run again"
     assert history["valid"] == full_history["valid"]
     assert resumed == full
@@ -224,3 +237,51 @@ def test_amp_switch_runs_the_forward_in_bf16_and_hands_fp32_to_the_losses(bert, 
     out = KHaRTrainer(args)._forward(model, next(iter(loaders(data)["train"])))
     assert dtypes == [torch.bfloat16 if amp else torch.float32]
     assert out["M"].dtype == out["unimodal"]["a"].dtype == torch.float32
+
+
+def test_khar_training_steps_read_nothing_back_to_the_host(bert, data, tmp_path, monkeypatch):
+    """Model, criterion and loop read no value back inside a step.  Allowed: the batch cut to its
+    longest clip on the CPU before it moves (trim_to_longest), and the transformers BERT's own
+    check of its attention mask (not ours)."""
+    from test_loop import HostReads
+    watch = HostReads().spy_on(monkeypatch)
+    run(bert, data, tmp_path, epochs=1, pretrain_adapters=False, callbacks=[watch])
+    ours = [r for r in watch.reads if r[2] != "trim_to_longest" and "transformers" not in r[1]]
+    assert watch.reads and ours == []
+
+
+def test_compile_wraps_the_model_once_and_checkpoints_keep_plain_names(bert, data, tmp_path, monkeypatch):
+    compiled, calls = [], []
+
+    def fake_compile(model, **kwargs):  # stands in for torch.compile: records, runs the model as is
+        compiled.append(model)
+        return lambda *a, **k: calls.append(1) or model(*a, **k)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model, *_ = run(bert, data, tmp_path / "off", epochs=1, pretrain_adapters=False)
+    assert compiled == [] and calls == []
+    model, *_ = run(bert, data, tmp_path / "on", epochs=1, pretrain_adapters=False, compile=True)
+    assert compiled == [model] and len(calls) == 3 + 1 + 2  # train batches, VAL, epoch-results TEST, TEST
+    saved = torch.load(tmp_path / "on" / "khar-sims.pth", weights_only=True)
+    assert set(saved) == set(model.state_dict())
+
+
+def test_amp_falls_back_to_fp32_where_the_device_has_no_bf16(bert, tmp_path, monkeypatch, caplog):
+    from khar_mmsa.training.trainer import autocast_dtype
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(torch.device("cuda")) is None and autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    caplog.set_level("WARNING", logger="MMSA")
+    trainer = KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda"))
+    assert trainer.amp_dtype is None and "has no bf16 autocast" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda")).amp_dtype == torch.bfloat16
+
+
+def test_runner_options_come_from_args(bert, tmp_path):
+    args = make_args(bert, tmp_path, seed=42, verbose_level=0, log_dir=str(tmp_path / "logs"), callbacks=["cb"])
+    trainer = KHaRTrainer(args)
+    assert (trainer.seed, trainer.verbose_level, trainer.callbacks) == (42, 0, ["cb"])
+    assert trainer.curves_path() == tmp_path / "logs" / "khar-sims-curves.png"
+    torch.manual_seed(9)
+    plain = KHaRTrainer(make_args(bert, tmp_path))  # outside a runner: MMSA's seed, the checkpoint's folder
+    assert (plain.seed, plain.verbose_level, plain.callbacks) == (9, None, [])
+    assert plain.curves_path() == tmp_path / "khar-sims-curves.png"

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import khar_mmsa  # noqa: F401 - registers the patches
-from khar_mmsa.integration import merged_config
+from khar_mmsa.integration.configs import merged_config
 from khar_mmsa.integration.tune import candidate_args
 from MMSA import MMSA_run
 
@@ -129,8 +129,9 @@ def test_khar_tune_grid_covers_table5_and_both_learning_rates(dataset) -> None:
 @pytest.mark.parametrize("model", ["khar", "tfn"])
 def test_train_candidate_reports_validation_after_every_epoch(model, tiny_features, tiny_bert, tmp_path,
                                                               fast_mmsa) -> None:
-    """The per-epoch hook the Ray Tune trials report through: KHaRTrainer.on_epoch_end for khar,
-    the wrapped per-epoch do_test(mode='VAL') for MMSA's trainers; never the test split."""
+    """The per-epoch hook the Ray Tune trials report through: an EpochHook callback in
+    args['callbacks'] for khar, the wrapped per-epoch do_test(mode='VAL') for MMSA's trainers;
+    never the test split."""
     from khar_mmsa.integration.tune import base_tune_args, seed_everything, train_candidate
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=3, early_stop=3) if model == "khar" else \
         {"early_stop": 2, "batch_size": 8}
@@ -146,3 +147,7 @@ def test_train_candidate_reports_validation_after_every_epoch(model, tiny_featur
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= 3  # 3 epochs, or early_stop=2 after the best
     # the candidate's score is its best epoch's validation loss (its early-stopping checkpoint)
     assert cand.valid["Loss"] == pytest.approx(min(loss for _, loss in seen), abs=1e-4)
+    if model == "khar":  # a callback of the trainer's loop, not a wrapped do_test
+        from khar_mmsa.training.callbacks import EpochHook
+        assert "do_test" not in vars(cand.trainer)
+        assert [type(cb) for cb in cand.trainer.callbacks] == [EpochHook]

@@ -17,10 +17,9 @@ trained with) or ``'cls'`` (the ``[CLS]`` state).
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,6 +27,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from khar_mmsa.model.harvest import masked_mean
+from khar_mmsa.training.callbacks import EarlyStopping, KeepBestWeights
+from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
+from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay_scheduler
+from khar_mmsa.training.seeding import seed_everything
 
 logger = logging.getLogger("MMSA")
 
@@ -45,7 +48,7 @@ class TextOnlyConfig:
     learning_rate: float = 5e-5      # AdamW lr of the encoder
     head_learning_rate: float = 1e-3  # AdamW lr of the linear head
     weight_decay: float = 0.01       # on weight matrices only
-    warmup_ratio: float = 0.1        # linear warmup, then linear decay (as KHaR's trainer)
+    warmup_ratio: float = 0.1        # linear warmup, then linear decay (the one schedule, training/optim.py)
     grad_clip: float = 1.0           # max global grad norm; <= 0 disables
 
     def __post_init__(self) -> None:
@@ -88,16 +91,23 @@ class TextRegressor(nn.Module):
         return self.head(pooled)
 
 
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
 def _batches(n: int, batch_size: int, generator: Optional[torch.Generator]):
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+class _Batches:
+    """The train split's batches of indices, reshuffled by ``generator`` on every pass."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+
+    def __iter__(self):
+        return _batches(self.n, self.batch_size, self.generator)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
 
 
 def _predict(model: TextRegressor, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -105,17 +115,50 @@ def _predict(model: TextRegressor, x: torch.Tensor, batch_size: int, device: tor
     out = []
     with torch.no_grad():
         for idx in _batches(len(x), batch_size, None):
-            out.append(model(x[idx].to(device)).cpu())
-    return torch.cat(out)
+            out.append(model(x[idx].to(device)))
+    return torch.cat(out).cpu()
+
+
+class TextOnlyTask(Task):
+    """The text-only floor as a :class:`~khar_mmsa.training.loop.Task`: L1 on the label trains,
+    the validation L1 selects the best epoch."""
+
+    name = "TEXT-ONLY"
+
+    def __init__(self, model: TextRegressor, x: Dict[str, torch.Tensor], y: Dict[str, torch.Tensor],
+                 batch_size: int, device: torch.device) -> None:
+        self.model, self.x, self.y, self.batch_size, self.device = model, x, y, batch_size, device
+
+    def training_step(self, idx: torch.Tensor, state: TrainingState) -> StepOutput:
+        loss = F.l1_loss(self.model(self.x["train"][idx].to(self.device)), self.y["train"][idx].to(self.device))
+        return StepOutput(loss, {"train_l1": loss}, weight=len(idx))
+
+    def validate(self, state: TrainingState) -> Dict[str, float]:
+        pred = _predict(self.model, self.x["valid"], self.batch_size, self.device)
+        return {"Loss": F.l1_loss(pred, self.y["valid"]).item()}
+
+
+class _History(Callback):
+    """``{'epoch', 'train_l1', 'valid_l1'}`` per epoch, and the epoch's log line."""
+
+    def __init__(self) -> None:
+        self.rows: List[Dict[str, float]] = []
+
+    def on_epoch_end(self, state: TrainingState, loop) -> None:
+        row = {"epoch": state.epoch, "train_l1": state.train["train_l1"], "valid_l1": state.valid["Loss"]}
+        self.rows.append(row)
+        logger.info(f"TEXT-ONLY epoch {state.epoch}: train L1 {row['train_l1']:.4f} valid L1 {row['valid_l1']:.4f}")
 
 
 def train_text_only(feature_path: Union[str, Path], encoder_folder: Union[str, Path], dataset: str = "mosi",
                     seed: int = 1111, config: Optional[TextOnlyConfig] = None,
-                    device: Union[str, torch.device] = "cpu", trusted: bool = False) -> TextOnlyResult:
+                    device: Union[str, torch.device] = "cpu", trusted: bool = False,
+                    callbacks: Sequence[Callback] = ()) -> TextOnlyResult:
     """Fine-tune ``encoder_folder`` + a linear head on ``feature_path``'s train split.
 
     The best epoch by validation L1 is restored and scored on the test split with MMSA's metrics
-    for ``dataset`` (plus ``'Loss'`` = test L1, as KHaR's trainer reports it)."""
+    for ``dataset`` (plus ``'Loss'`` = test L1, as KHaR's trainer reports it).  ``callbacks`` run
+    after the floor's own (:func:`khar_mmsa.training.loop.fit`)."""
     from khar_mmsa.integration import metrics_for
     from khar_mmsa.io.safe_io import load_pickle
 
@@ -127,56 +170,26 @@ def train_text_only(feature_path: Union[str, Path], encoder_folder: Union[str, P
          for s in SPLITS}
     metrics = metrics_for(dataset)
 
-    _seed_everything(seed)
+    seed_everything(seed)
     model = TextRegressor(encoder_folder, cfg.pooling).to(device)
-    head_ids = {id(p) for p in model.head.parameters()}
-    groups: Dict[tuple, list] = {}
-    for name, p in model.named_parameters():
-        groups.setdefault((id(p) in head_ids, p.ndim < 2), []).append(p)
-    optimizer = torch.optim.AdamW([
-        {"params": ps, "lr": cfg.head_learning_rate if is_head else cfg.learning_rate,
-         "weight_decay": 0.0 if no_decay else cfg.weight_decay}
-        for (is_head, no_decay), ps in sorted(groups.items())])
-    steps_per_epoch = -(-len(x["train"]) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warmup = max(1, int(round(total * cfg.warmup_ratio)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-    generator = torch.Generator().manual_seed(seed)
-
-    best, best_epoch, best_state = float("inf"), 0, None
-    history: List[Dict[str, float]] = []
-    epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        loss_sum, count = 0.0, 0
-        for idx in _batches(len(x["train"]), cfg.batch_size, generator):
-            pred = model(x["train"][idx].to(device))
-            loss = F.l1_loss(pred, y["train"][idx].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * len(idx)
-            count += len(idx)
-        valid_l1 = F.l1_loss(_predict(model, x["valid"], cfg.batch_size, device), y["valid"]).item()
-        history.append({"epoch": epoch, "train_l1": loss_sum / count, "valid_l1": valid_l1})
-        logger.info(f"TEXT-ONLY epoch {epoch}: train L1 {loss_sum / count:.4f} valid L1 {valid_l1:.4f}")
-        if valid_l1 < best - 1e-6:
-            best, best_epoch = valid_l1, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.early_stop:
-            break
-    model.load_state_dict(best_state)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.learning_rate, cfg.weight_decay,
+                                                   {"head": (model.head, cfg.head_learning_rate)}))
+    batches = _Batches(len(x["train"]), cfg.batch_size, torch.Generator().manual_seed(seed))
+    scheduler = warmup_linear_decay_scheduler(optimizer, cfg.epochs * len(batches), cfg.warmup_ratio)
+    best, history = KeepBestWeights(), _History()
+    state = fit(TextOnlyTask(model, x, y, cfg.batch_size, device), batches, optimizer,
+                TrainingState(max_epochs=cfg.epochs), Monitor("Loss", lower_is_better=True), scheduler,
+                cfg.grad_clip, [history, EarlyStopping(cfg.early_stop), best, *callbacks])
+    if best.state is None:
+        raise FloatingPointError(f"TEXT-ONLY: no epoch reached a finite validation L1 in {state.epoch} epoch(s)")
+    model.load_state_dict(best.state)
     results = {}
     for split in ("valid", "test"):
         pred = _predict(model, x[split], cfg.batch_size, device)
         res = dict(metrics(pred, y[split]))
         res["Loss"] = round(F.l1_loss(pred, y[split]).item(), 4)
         results[split] = res
-    logger.info(f"TEXT-ONLY test (best epoch {best_epoch}) >> "
+    logger.info(f"TEXT-ONLY test (best epoch {state.best_epoch}) >> "
                 + " ".join(f"{k}: {v:.4f}" for k, v in results["test"].items()))
-    return TextOnlyResult(test=results["test"], valid=results["valid"], best_epoch=best_epoch,
-                          epochs_run=epoch, history=history)
+    return TextOnlyResult(test=results["test"], valid=results["valid"], best_epoch=state.best_epoch,
+                          epochs_run=state.epoch, history=history.rows)

@@ -1,142 +1,144 @@
-"""MMSA's default config files read with our overlay merged in (model ``'khar'``, ``'simsv2'``).
+"""MMSA's default config files with khar-mmsa's entries added: model ``'khar'``, dataset ``'simsv2'``.
 
-``get_config_regression`` / ``get_config_tune`` (in ``MMSA.config``, ``MMSA.run`` and ``MMSA``):
-called with MMSA's default config (``''``, ``None`` or MMSA's own JSON path) they read MMSA's JSON
-deep-merged with ours, ``<repo>/mmsa_configs/config_regression.json`` / ``config_tune.json``
-(the ``'khar'`` model, the ``'simsv2'`` dataset and simsv2 parameters for TFN, MulT and Self-MM).
-Any other path is a user's own file and is read as it is.  Environment variable
-``MMSA_DATASET_ROOT``: when set, it replaces ``dataset_root_dir`` of the merged default config
-(``featurePath`` is joined to it).  A user's own JSON keeps its own root.
+Our entries ship inside the wheel as the package ``khar_mmsa.mmsa_configs`` (the source is the
+top-level ``mmsa_configs/`` folder): ``config_regression.json`` and ``config_tune.json`` hold only
+what MMSA's own files lack -- the ``'khar'`` model (the paper's Table 5), the ``'simsv2'`` dataset
+and simsv2 parameters for TFN, MulT and Self-MM.  :func:`merged_config` reads MMSA's JSON and
+deep-merges ours over it, in memory; nothing is written to disk.
 
-The merged JSON is written to a private temporary folder (``khar-mmsa-<pid>-*``) removed by
-:func:`remove_tmpdir` at :func:`~khar_mmsa.integration.unregister` and at interpreter exit, or by
-:func:`khar_mmsa.integration.temp_files.sweep` after a kill.
+:func:`config_for` is MMSA's ``get_config_regression`` / ``get_config_tune`` on that merged
+dictionary (same keys, same ``EasyDict``); a user's own ``config_file`` is read by MMSA's getter
+as it is.  Environment variable ``MMSA_DATASET_ROOT``: when set, it replaces
+``dataset_root_dir`` of the merged default config.
 """
 from __future__ import annotations
 
-import atexit
-import functools
-import hashlib
+import copy
+import importlib
 import json
 import os
-import shutil
-import tempfile
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Dict
-
-from khar_mmsa.integration.registry import REGISTRY_LOCK, mmsa_module, set_attr
-from khar_mmsa.integration.temp_files import make_private_dir
+from typing import Any, Dict, Optional
 
 DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
-#: Folder holding our config overlays (editable install: beside the ``khar_mmsa`` package).
-CONFIG_DIR: Path = Path(__file__).resolve().parents[2] / "mmsa_configs"
 CONFIG_KINDS = ("regression", "tune")
-_TMP = {"dir": None}  # private folder for merged config files
+#: The package our JSON files ship in (the top-level ``mmsa_configs/`` folder of the source tree).
+CONFIG_PACKAGE = "khar_mmsa.mmsa_configs"
 
 
 class ConfigOverlayMissingError(FileNotFoundError):
-    """``mmsa_configs/`` (our config overlay) cannot be found beside the package."""
+    """khar-mmsa's config JSON is not installed (a broken installation)."""
 
 
-def patch() -> None:
-    """Route MMSA's default config reads through :func:`merged_config`."""
-    config = mmsa_module("MMSA.config")
-    wrapped = {
-        "get_config_regression": _wrap_get_config(config.get_config_regression, "regression"),
-        "get_config_tune": _wrap_get_config(config.get_config_tune, "tune"),
-    }
-    for module in (config, mmsa_module("MMSA.run"), mmsa_module("MMSA")):
-        for name, fn in wrapped.items():
-            set_attr(module, name, fn)
+def mmsa_config_file(kind: str) -> Path:
+    """MMSA's own default JSON of ``kind``."""
+    return Path(importlib.import_module("MMSA.config").__file__).parent / "config" / f"config_{kind}.json"
 
 
-def _wrap_get_config(original: Callable, kind: str) -> Callable:
-    @functools.wraps(original)
-    def get_config(model_name: str, dataset_name: str, config_file: Any = "", *args: Any,
-                   **kwargs: Any) -> Any:
-        if _is_mmsa_default_config(config_file, kind):
-            config_file = _merged_config_file(kind)
-        return original(model_name, dataset_name, config_file, *args, **kwargs)
-    return get_config
-
-
-def _mmsa_config_file(kind: str) -> Path:
-    return Path(mmsa_module("MMSA.config").__file__).parent / "config" / f"config_{kind}.json"
-
-
-def _is_mmsa_default_config(config_file: Any, kind: str) -> bool:
-    if config_file is None or (isinstance(config_file, str) and config_file == ""):
-        return True
+def overlay(kind: str) -> Dict[str, Any]:
+    """Our JSON of ``kind`` ('regression' or 'tune'), read from the installed package."""
+    if kind not in CONFIG_KINDS:
+        raise ValueError(f"kind={kind!r}: one of {CONFIG_KINDS}")
     try:
-        return Path(config_file).resolve() == _mmsa_config_file(kind).resolve()
-    except (TypeError, OSError):
-        return False
-
-
-def config_dir() -> Path:
-    """Our ``mmsa_configs`` folder; :class:`ConfigOverlayMissingError` when it is not there."""
-    folder = Path(CONFIG_DIR)
-    if not folder.is_dir():
+        text = resources.files(CONFIG_PACKAGE).joinpath(f"config_{kind}.json").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
         raise ConfigOverlayMissingError(
-            f"khar-mmsa's MMSA config overlay folder {folder} is missing. It ships in the source "
-            f"tree beside the khar_mmsa package: install with 'pip install -e <khar-mmsa repo>' "
-            f"(editable), or pass your own complete config_file to MMSA.")
-    return folder
+            f"khar-mmsa's config_{kind}.json is missing from the package {CONFIG_PACKAGE} "
+            f"({type(exc).__name__}: {exc}); reinstall khar-mmsa") from exc
+    return json.loads(text)
 
 
-def _deep_merge(base: Any, overlay: Any) -> Any:
-    """``overlay`` over ``base``: dicts merge key by key, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(overlay, dict):
+def _deep_merge(base: Any, extra: Any) -> Any:
+    """``extra`` over ``base``: dicts merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(extra, dict):
         merged = dict(base)
-        for key, value in overlay.items():
+        for key, value in extra.items():
             merged[key] = _deep_merge(base[key], value) if key in base else value
         return merged
-    return overlay
+    return extra
 
 
 def merged_config(kind: str = "regression") -> Dict[str, Any]:
-    """MMSA's default JSON of ``kind`` ('regression' or 'tune') with our overlay merged in.
-
-    ``MMSA_DATASET_ROOT``, when set, replaces ``datasetCommonParams.dataset_root_dir``.
-    """
-    if kind not in CONFIG_KINDS:
-        raise ValueError(f"kind={kind!r}: one of {CONFIG_KINDS}")
-    overlay_file = config_dir() / f"config_{kind}.json"
-    if not overlay_file.is_file():
-        raise ConfigOverlayMissingError(f"khar-mmsa's config overlay {overlay_file} is missing")
-    base = json.loads(_mmsa_config_file(kind).read_text(encoding="utf-8"))
-    merged = _deep_merge(base, json.loads(overlay_file.read_text(encoding="utf-8")))
+    """MMSA's default JSON of ``kind`` with ours merged in; ``MMSA_DATASET_ROOT`` applied."""
+    base = json.loads(mmsa_config_file(kind).read_text(encoding="utf-8"))
+    merged = _deep_merge(base, overlay(kind))
     root = os.environ.get(DATASET_ROOT_ENV)
     if root:
         merged["datasetCommonParams"]["dataset_root_dir"] = root
     return merged
 
 
-def _merged_config_file(kind: str) -> Path:
-    """Write :func:`merged_config` to a private file named by its content hash; return it."""
-    text = json.dumps(merged_config(kind), indent=1, sort_keys=True)
-    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-    path = _tmpdir() / f"config_{kind}-{digest}.json"
-    if not path.is_file():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return path
+def is_default_config_file(config_file: Any, kind: str) -> bool:
+    """True for MMSA's "use the default" spellings: None, '' or the path of MMSA's own JSON."""
+    if config_file is None or (isinstance(config_file, str) and config_file == ""):
+        return True
+    try:
+        return Path(config_file).resolve() == mmsa_config_file(kind).resolve()
+    except (TypeError, OSError):
+        return False
 
 
-def _tmpdir() -> Path:
-    with REGISTRY_LOCK:
-        if _TMP["dir"] is None or not Path(_TMP["dir"]).is_dir():
-            _TMP["dir"] = str(make_private_dir("khar-mmsa"))
-        return Path(_TMP["dir"])
+def knows(model_name: str, dataset_name: str, kind: str = "regression") -> bool:
+    """Whether MMSA's own default JSON has this model and dataset (else only ours has)."""
+    base = json.loads(mmsa_config_file(kind).read_text(encoding="utf-8"))
+    return model_name in base and dataset_name in base.get(model_name, {}).get("datasetParams", {}) \
+        and dataset_name in base["datasetCommonParams"]
 
 
-def remove_tmpdir() -> None:
-    """Delete the private folder of merged config files (it is made again when needed)."""
-    if _TMP["dir"] is not None:
-        shutil.rmtree(_TMP["dir"], ignore_errors=True)
-        _TMP["dir"] = None
+def config_for(model_name: str, dataset_name: str, kind: str = "regression",
+               config_file: Optional[Any] = None, random_choice: bool = True) -> Any:
+    """MMSA's config getter of ``kind`` for one model and dataset.
+
+    The default config is :func:`merged_config`, read exactly as MMSA's getter reads its JSON; a
+    user's ``config_file`` goes to MMSA's getter unchanged."""
+    getters = importlib.import_module("MMSA.config")
+    original = getattr(getters, f"get_config_{kind}")
+    original = getattr(original, "__wrapped__", original)
+    if not is_default_config_file(config_file, kind):
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config_file {config_file}: no such file")
+        if kind == "tune":
+            return original(model_name, dataset_name, str(config_file), random_choice=random_choice)
+        return original(model_name, dataset_name, str(config_file))
+    return _config_from_dict(merged_config(kind), model_name, dataset_name, kind, random_choice)
 
 
-atexit.register(remove_tmpdir)
+def _config_from_dict(config_all: Dict[str, Any], model_name: str, dataset_name: str, kind: str,
+                      random_choice: bool) -> Any:
+    """MMSA 2.2.1's ``get_config_regression`` / ``get_config_tune`` body, on a dictionary."""
+    import random
+
+    from easydict import EasyDict
+    config_all = copy.deepcopy(config_all)
+    if model_name not in config_all:
+        raise KeyError(f"model {model_name!r} is in neither MMSA's nor khar-mmsa's config_{kind}.json")
+    model_common = config_all[model_name]["commonParams"]
+    datasets = config_all[model_name].get("datasetParams", {})
+    if kind == "regression" and dataset_name not in datasets:
+        raise KeyError(f"model {model_name!r} has no parameters for dataset {dataset_name!r} in "
+                       f"config_{kind}.json")
+    model_dataset = datasets.get(dataset_name, {})
+    dataset_args = config_all["datasetCommonParams"][dataset_name]
+    if model_common["need_data_aligned"] and "aligned" in dataset_args:
+        dataset_args = dataset_args["aligned"]
+    else:
+        dataset_args = dataset_args["unaligned"]
+    config: Dict[str, Any] = {"model_name": model_name, "dataset_name": dataset_name}
+    config.update(dataset_args)
+    config.update(model_common)
+    config.update(model_dataset)
+    if kind == "tune":
+        debug = config_all[model_name]["debugParams"]
+        if random_choice:
+            for item in debug["d_paras"]:
+                if isinstance(debug[item], list):
+                    debug[item] = random.choice(debug[item])
+                elif isinstance(debug[item], dict):
+                    for k, v in debug[item].items():
+                        if isinstance(v, list):
+                            debug[item][k] = random.choice(v)
+        config.update(debug)
+    config["featurePath"] = os.path.join(config_all["datasetCommonParams"]["dataset_root_dir"],
+                                         config["featurePath"])
+    return EasyDict(config)

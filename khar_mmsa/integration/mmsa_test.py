@@ -1,41 +1,30 @@
-"""``MMSA_test`` (in ``MMSA.run`` and ``MMSA``) through the same gate as ``MMSA_run``.
+"""Predicting with a saved model: ``MMSA_test`` for 'khar', and :func:`mmsa_test` for every model.
 
-* ``MMSA_test(gpu_id>=0)`` without CUDA falls back to the CPU with a warning.
-* The feature file is read with the restricted unpickler (``khar_mmsa.io.safe_io``; a pickle that
-  would run code is refused; ``config={'trust_pickle': True}`` for a file you trust, every boolean
-  setting parsed strictly by :func:`khar_mmsa.config.parse_bool`) and checked before any model
-  sees it.  For MMSA's own models the object is handed to ``MMSA_test`` through
-  the ``pickle`` shim installed as ``MMSA.run.pickle`` (:class:`~khar_mmsa.integration.loading.PickleShim`).
-* ``config`` may name a model key (``MMSA_test('khar', weights, features)``) instead of a JSON
-  file.  For ``'khar'`` the prediction is :func:`khar_mmsa.integration.predict.predict_file`: the model is
-  rebuilt from the checkpoint's config, not from the sample's shapes (which MMSA uses), and a
-  whole MMSA feature pickle is predicted split by split.
+:func:`mmsa_test` takes ``MMSA_test``'s arguments.  The feature file is read with the restricted
+unpickler (``khar_mmsa.io.safe_io``; a pickle that would run code is refused;
+``config={'trust_pickle': True}`` for a file you trust; every boolean setting parsed strictly by
+:func:`khar_mmsa.config.parse_bool`) and checked before any model sees it;
+``gpu_id >= 0`` without CUDA runs on the CPU with a warning.
+
+* For 'khar' (``MMSA_test('khar', weights, features)`` after ``import khar_mmsa``, which sends
+  'khar' here) the model is rebuilt from the checkpoint's saved config and tensors
+  (:func:`khar_mmsa.integration.predict.predict_file`), not from the sample's shapes; a whole MMSA
+  feature pickle is predicted split by split.
+* For MMSA's own models it is MMSA's ``MMSA_test`` on the checked sample (served to it from
+  memory, :mod:`.features`).  ``MMSA_test`` itself stays MMSA's for them.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from khar_mmsa.config import normalize_bools
-from khar_mmsa.integration.cpu_fallback import cuda_available
-from khar_mmsa.integration.loading import PickleShim, preloaded_objects
-from khar_mmsa.integration.models import EXTRA_MODELS
-from khar_mmsa.integration.registry import mmsa_module, set_attr, set_entry_point
 
 logger = logging.getLogger("MMSA")
-
-
-def patch() -> None:
-    """Replace ``MMSA_test`` in ``MMSA.run`` and ``MMSA``; restricted ``pickle`` in ``MMSA.run``."""
-    run = mmsa_module("MMSA.run")
-    set_attr(run, "pickle", PickleShim())
-    set_entry_point("MMSA_test", _wrap_mmsa_test(run.MMSA_test))
 
 
 def _test_args(config: Any) -> Mapping[str, Any]:
@@ -46,12 +35,17 @@ def _test_args(config: Any) -> Mapping[str, Any]:
         path = Path(config)
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
-        if str(config).lower() in EXTRA_MODELS:
+        if str(config).lower() in _extra_models():
             return {"model_name": str(config).lower()}
         raise FileNotFoundError(f"MMSA_test config={str(config)!r}: neither a config file nor a "
-                                f"model key of khar-mmsa ({', '.join(EXTRA_MODELS)})")
+                                f"model key of khar-mmsa ({', '.join(_extra_models())})")
     raise ValueError(f"MMSA_test: 'config' should be a dict, a JSON file or a model key, not "
                      f"{type(config).__name__}")
+
+
+def _extra_models() -> tuple:
+    from khar_mmsa.integration.registration import EXTRA_MODELS
+    return tuple(EXTRA_MODELS)
 
 
 def check_sample(sample: Any, source: str) -> None:
@@ -82,28 +76,29 @@ def check_sample(sample: Any, source: str) -> None:
             check_length(sample[f"{key}_lengths"], sample[key].shape[0], source, f"{key}_lengths")
 
 
-def _wrap_mmsa_test(original: Callable) -> Callable:
-    signature = inspect.signature(original)
+def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0) -> Any:
+    """``MMSA_test`` with the feature file read safely and checked, for every model (see above)."""
+    import importlib
 
-    @functools.wraps(original)
-    def MMSA_test(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        call = dict(bound.arguments)
-        if call["gpu_id"] >= 0 and not cuda_available():
-            logger.warning(f"CUDA is not available: MMSA_test runs on the CPU "
-                           f"(gpu_id={call['gpu_id']}).")
-            call["gpu_id"] = -1
-        test_args = normalize_bools(dict(_test_args(call["config"])))
-        trusted = test_args.get("trust_pickle") or False
-        device = "cpu" if call["gpu_id"] < 0 else f"cuda:{call['gpu_id']}"
-        if str(test_args.get("model_name", "")).lower() in EXTRA_MODELS:
-            from khar_mmsa.integration.predict import predict_file
-            return predict_file(call["weights_path"], call["feature_path"], test_args,
-                                device=device, trusted=trusted)
-        from khar_mmsa.io.safe_io import load_pickle
-        sample = load_pickle(call["feature_path"], trusted=trusted)
-        check_sample(sample, str(call["feature_path"]))
-        with preloaded_objects({call["feature_path"]: sample}):
-            return original(**call)
-    return MMSA_test
+    import torch
+
+    from khar_mmsa.integration.features import file_key
+    from khar_mmsa.integration.registration import is_extra_model, register
+    from khar_mmsa.io.safe_io import load_pickle
+    register()
+    if gpu_id >= 0 and not torch.cuda.is_available():
+        logger.warning(f"CUDA is not available: MMSA_test runs on the CPU (gpu_id={gpu_id}).")
+        gpu_id = -1
+    test_args = normalize_bools(dict(_test_args(config)))  # 'no' is False, 'off' an error
+    trusted = test_args.get("trust_pickle") or False
+    device = "cpu" if gpu_id < 0 else f"cuda:{gpu_id}"
+    if is_extra_model(test_args.get("model_name", "")):
+        from khar_mmsa.integration.predict import predict_file
+        return predict_file(weights_path, feature_path, test_args, device=device, trusted=trusted)
+    sample = load_pickle(feature_path, trusted=trusted)
+    check_sample(sample, str(feature_path))
+    run = importlib.import_module("MMSA.run")
+    original = getattr(run.MMSA_test, "__wrapped__", run.MMSA_test)
+    with run.pickle.serving({file_key(feature_path): sample}):
+        return original(config, weights_path,
+                        feature_path, gpu_id)

@@ -2,7 +2,7 @@
 
 MMSA creates ``model_save_dir``, ``res_save_dir`` and ``log_dir`` as it goes and finds an
 unwritable one only when it first writes there -- for the results CSV, after training.  The
-``MMSA_run`` wrapper calls :func:`check_output_folders` first: each folder is created if needed
+runner calls :func:`check_output_folders` first: each folder is created if needed
 and a temporary file is written into it; a failure is one :class:`OutputFolderError` naming the
 config key and the folder.  MMSA's defaults (used when a key is not given) are
 :data:`MMSA_DEFAULT_FOLDERS` under the home folder.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Dict, Mapping
 
 #: ``MMSA_run``'s defaults in MMSA 2.2.1 (``MMSA/run.py``), relative to the home folder.
 MMSA_DEFAULT_FOLDERS = {"model_save_dir": Path("MMSA") / "saved_models",
@@ -29,8 +29,10 @@ def output_folder(call: Mapping[str, Any], key: str) -> Path:
     return Path(value) if value is not None else Path.home() / MMSA_DEFAULT_FOLDERS[key]
 
 
-def check_output_folders(call: Mapping[str, Any]) -> None:
-    """Create every output folder of an ``MMSA_run`` call and write a test file into it."""
+def check_output_folders(call: Mapping[str, Any]) -> Dict[str, Path]:
+    """Create every output folder of an ``MMSA_run`` call and write a test file into it; return
+    ``{key: folder}`` (MMSA's defaults for keys that are None)."""
+    folders: Dict[str, Path] = {}
     for key in MMSA_DEFAULT_FOLDERS:
         folder = output_folder(call, key)
         try:
@@ -42,3 +44,5 @@ def check_output_folders(call: Mapping[str, Any]) -> None:
                 f"MMSA_run {key}={str(folder)!r}: the folder cannot be created or written to "
                 f"({type(exc).__name__}: {exc.strerror or exc}). Pass a writable folder as "
                 f"{key}=...; nothing was trained.") from exc
+        folders[key] = folder
+    return folders

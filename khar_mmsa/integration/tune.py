@@ -2,16 +2,17 @@
 
 MMSA 2.2.1's ``MMSA_run(..., is_tune=True)`` trains candidates drawn from ``config_tune.json`` and
 scores **each on the test split** (``MMSA/run.py``, tune branch: the validation line is commented
-out), so picking the best row of its CSV selects hyperparameters on test.  The patched
-``MMSA_run`` (:mod:`khar_mmsa.integration.mmsa_run`) sends tuning calls to :func:`tune_by_validation`
-instead, for every model (``'khar'`` and MMSA's own):
+out), so picking the best row of its CSV selects hyperparameters on test.  The runner
+(:mod:`khar_mmsa.integration.runner`) sends tuning calls to :func:`tune_by_validation` instead, for
+every model it runs ('khar' through ``MMSA_run``; MMSA's own through ``khar_mmsa.run`` and the
+command line -- MMSA's own ``MMSA_run(..., is_tune=True)`` for them is left as MMSA made it):
 
 * each candidate trains exactly as in ``MMSA._run`` (MMSA's loader, ``AMIO``, ``ATIO`` trainer,
   early stopping on the validation KeyEval) and its best checkpoint is scored on the
   **validation** split only (:func:`train_candidate`);
 * the candidate with the best validation KeyEval (lower for ``Loss``/``MAE``, higher otherwise)
   is selected among every row of the tune CSV, and only it is scored on the test split;
-* the tune CSV (``<res_save_dir>/tune/<dataset>-<model>.csv``, MMSA's path) has one row per
+* the tune CSV (``<res_save_dir>/tune/<dataset>-<model>-by-valid.csv``, beside MMSA's) has one row per
   candidate: the ``d_paras`` values, ``candidate`` (their JSON), ``Valid_<metric>`` columns,
   ``selected_by`` (``valid <KeyEval>``), ``selected`` (True on one row) and ``Test_<metric>``
   columns filled on the selected row only; the log says the same (a candidate whose training
@@ -25,7 +26,8 @@ CSV, all of them run, in grid order (MMSA's docstring promises a grid search); o
 ``tune_times`` distinct untried combinations are drawn at random (MMSA's ``random.choice`` per
 parameter, without MMSA's repeats).  Rows already in the CSV are skipped, so a second call extends
 the search.  The best checkpoint so far is kept as ``<model>-<dataset>-tune-best.pth`` (with a
-``.json`` naming its candidate) in ``model_save_dir``; other candidates' checkpoints are deleted.
+``.json`` naming its candidate) in ``model_save_dir``; each candidate trains into
+``<model>-<dataset>-tune-candidate.pth``, removed after it is scored.
 
 Learning rates of ``'khar'``: ``learning_rate`` (everything but the text encoder) and
 ``learning_rate_bert`` are tuned separately when both are in ``d_paras`` (our
@@ -51,9 +53,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from khar_mmsa.io.safe_io import atomic_open, atomic_write_text, safe_torch_load
-from khar_mmsa.integration.registry import mmsa_module
-from khar_mmsa.integration.checkpoints import SeedCheckpoint
-from khar_mmsa.integration.results_csv import is_number
+from khar_mmsa.integration.registration import mmsa_module
+from khar_mmsa.integration.results_files import is_number
+from khar_mmsa.training.checkpoints import SeedCheckpoint
 
 logger = logging.getLogger("MMSA")
 
@@ -74,14 +76,12 @@ def base_tune_args(model_name: str, dataset_name: str, config_file: Any = None, 
                    feature_V: Optional[str] = None) -> Any:
     """MMSA's tune-branch ``initial_args``: ``get_config_tune`` without the random draw (the
     ``d_paras`` entries stay lists), plus the device and feature paths ``MMSA_run`` adds."""
-    run = mmsa_module("MMSA.run")
-    if config_file is None or str(config_file) == "":
-        config_file = ""  # MMSA's default file, with our overlay merged in
-    elif not Path(config_file).is_file():
+    from khar_mmsa.integration.configs import config_for
+    if config_file is not None and str(config_file) != "" and not Path(config_file).is_file():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(config_file))
-    args = run.get_config_tune(model_name, dataset_name, str(config_file), random_choice=False)
+    args = config_for(model_name, dataset_name, "tune", config_file or None, random_choice=False)
     args["model_save_path"] = Path(model_save_path or Path.home() / "MMSA" / "saved_models"
-                                   / f"{args['model_name']}-{args['dataset_name']}.pth")
+                                   / f"{args['model_name']}-{args['dataset_name']}-tune-candidate.pth")
     use_device(args, gpu_ids)
     args["train_mode"] = "regression"  # as MMSA_run
     args["custom_feature"] = custom_feature
@@ -146,30 +146,41 @@ def candidate_args(base: Mapping[str, Any], point: Mapping[str, Any],
 
 
 def use_device(args: Any, gpu_ids: Sequence[int] = (0,)) -> Any:
-    """Set ``args['device']`` as ``MMSA_run`` does, for the process this runs in (a Ray trial sees
-    only the GPUs Ray gave it, as device 0; none: the CPU), and make it current."""
-    run = mmsa_module("MMSA.run")
-    args["device"] = run.assign_gpu(list(gpu_ids))
-    run.torch.cuda.set_device(args["device"])  # the patched proxy: a CPU device is skipped
+    """Set ``args['device']`` as the runner does, for the process this runs in (a Ray trial sees
+    only the GPUs Ray gave it, as device 0; none: the CPU)."""
+    import torch
+
+    from khar_mmsa.integration.runner import choose_device
+    args["device"] = choose_device(gpu_ids, bool(torch.cuda.is_available()))
     return args["device"]
 
 
 def seed_everything(seed: int) -> None:
     """MMSA's ``setup_seed`` (torch, numpy, random, cuDNN flags), as each ``MMSA_run`` seed gets."""
-    mmsa_module("MMSA.run").setup_seed(int(seed))
+    mmsa_module("MMSA.utils").setup_seed(int(seed))
+
+
+def with_epoch_hook(args: Any, hook: Optional[EpochHook]) -> Any:
+    """``args`` for a trainer of ours (:data:`~khar_mmsa.integration.registration.EXTRA_TRAINERS`, e.g.
+    ``KHaRTrainer``): a copy with ``hook`` as an :class:`~khar_mmsa.training.callbacks.EpochHook`
+    added to ``args['callbacks']``, which the trainer runs after each epoch's validation.  MMSA's
+    own trainers get ``args`` unchanged (see :func:`attach_epoch_hook`)."""
+    from khar_mmsa.integration.registration import EXTRA_TRAINERS
+    if hook is None or args["model_name"] not in EXTRA_TRAINERS:
+        return args
+    from khar_mmsa.training.callbacks import EpochHook
+    args = type(args)(dict(args))
+    args["callbacks"] = list(args.get("callbacks") or []) + [EpochHook(hook)]
+    return args
 
 
 def attach_epoch_hook(trainer: Any, hook: Optional[EpochHook]) -> None:
-    """Call ``hook(epoch, val_results)`` after each training epoch's validation.
-
-    A trainer with an ``on_epoch_end`` attribute (``KHaRTrainer``) gets the hook there; MMSA's
-    own trainers validate once per epoch with ``do_test(..., mode="VAL")``, so their ``do_test``
-    is wrapped on the instance and counts those calls.
+    """Call ``hook(epoch, val_results)`` after each training epoch's validation of MMSA's own
+    trainers: they validate once per epoch with ``do_test(..., mode="VAL")``, so their ``do_test``
+    is wrapped on the instance and counts those calls.  A trainer that runs callbacks (it has a
+    ``callbacks`` list) got the hook from :func:`with_epoch_hook` and is left alone.
     """
-    if hook is None:
-        return
-    if hasattr(trainer, "on_epoch_end"):
-        trainer.on_epoch_end = hook
+    if hook is None or hasattr(trainer, "callbacks"):
         return
     original = trainer.do_test
     epochs = [0]
@@ -198,12 +209,12 @@ def train_candidate(args: Any, num_workers: int = 0, on_epoch_end: Optional[Epoc
 
     Same loader, model, trainer and early stopping as ``MMSA_run``; the test split is not scored.
     """
-    run = mmsa_module("MMSA.run")
+    from khar_mmsa.integration.features import load_features, make_loaders
     checkpoint = Path(args["model_save_path"])
     SeedCheckpoint(checkpoint).remove_stale("only this candidate's training may produce it")
-    dataloader = run.MMDataLoader(args, num_workers)
-    model = run.AMIO(args).to(args["device"])
-    trainer = run.ATIO().getTrain(args)
+    dataloader = make_loaders(args, load_features(args), num_workers)
+    model = mmsa_module("MMSA.models").AMIO(args).to(args["device"])
+    trainer = mmsa_module("MMSA.trains").ATIO().getTrain(with_epoch_hook(args, on_epoch_end))
     attach_epoch_hook(trainer, on_epoch_end)
     trainer.do_train(model, dataloader, return_epoch_results=False)
     if not checkpoint.exists():
@@ -234,24 +245,19 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
                        model_save_dir: Any = None, res_save_dir: Any = None,
                        log_dir: Any = None) -> Dict[str, Any]:
     """``MMSA_run(..., is_tune=True)`` selecting on validation (see the module docstring)."""
-    run = mmsa_module("MMSA.run")
     model_name, dataset_name = model_name.lower(), dataset_name.lower()
     model_save_dir = Path(model_save_dir or Path.home() / "MMSA" / "saved_models")
     res_dir = Path(res_save_dir or Path.home() / "MMSA" / "results") / "tune"
-    log_dir = Path(log_dir or Path.home() / "MMSA" / "logs")
-    for folder in (model_save_dir, res_dir, log_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+    res_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds) or [1111, 1112, 1113, 1114, 1115]
-    run._set_logger(log_dir, model_name, dataset_name, verbose_level)
-    logger.info("======================================== Program Start ========================================")
     logger.info(f"Tuning {model_name} on {dataset_name} with seed {seeds[0]}: candidates are selected by the "
                 f"VALIDATION KeyEval; the test split is scored only for the selected config")
     base = base_tune_args(model_name, dataset_name, config_file, gpu_ids,
-                          model_save_dir / f"{model_name}-{dataset_name}.pth",
+                          model_save_dir / f"{model_name}-{dataset_name}-tune-candidate.pth",
                           custom_feature, feature_T, feature_A, feature_V)
     key_eval = str((config or {}).get("KeyEval", base["KeyEval"]))  # what the trainers early-stop on
     axes = grid_axes(base)
-    csv_file = res_dir / f"{dataset_name}-{model_name}.csv"
+    csv_file = res_dir / f"{dataset_name}-{model_name}-by-valid.csv"
     table = _read_tune_csv(csv_file)
     done = set(table["candidate"]) if table is not None else set()
     best_ckpt = model_save_dir / f"{model_name}-{dataset_name}-tune-best.pth"
@@ -297,7 +303,7 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
 def _select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[str, Any],
                      config: Optional[Mapping[str, Any]], best_ckpt: Path, seed: int, num_workers: int,
                      model_name: str, dataset_name: str) -> Dict[str, Any]:
-    run = mmsa_module("MMSA.run")
+    from khar_mmsa.integration.features import load_features, make_loaders
     scored = table[table[f"Valid_{key_eval}"].notna()]
     values = scored[f"Valid_{key_eval}"].astype(float)
     pos = values.idxmin() if key_eval in LOWER_IS_BETTER else values.idxmax()
@@ -315,10 +321,10 @@ def _select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[st
     saved = json.loads(best_ckpt.with_suffix(".json").read_text()) if best_ckpt.with_suffix(".json").is_file() else {}
     if best_ckpt.is_file() and saved.get("candidate") == selected["candidate"]:
         seed_everything(seed)
-        dataloader = run.MMDataLoader(args, num_workers)
-        model = run.AMIO(args).to(args["device"])
+        dataloader = make_loaders(args, load_features(args), num_workers)
+        model = mmsa_module("MMSA.models").AMIO(args).to(args["device"])
         model.load_state_dict(safe_torch_load(best_ckpt, map_location=args["device"]))
-        trainer = run.ATIO().getTrain(args)
+        trainer = mmsa_module("MMSA.trains").ATIO().getTrain(args)
         test = _plain(trainer.do_test(model, dataloader["test"], mode="TEST"))
         logger.info(f"Test results of the selected config only (the other {len(table) - 1} candidates were never "
                     f"scored on test): " + ", ".join(f"{k}: {v:.4f}" for k, v in test.items() if is_number(v)))
@@ -399,10 +405,8 @@ def _read_tune_csv(csv_file: Path) -> Any:
         return None
     table = pd.read_csv(csv_file)
     if "candidate" not in table.columns or not any(c.startswith("Valid_") for c in table.columns):
-        aside = csv_file.with_name(csv_file.stem + ".mmsa-test-selected.csv")
-        os.replace(csv_file, aside)
-        logger.warning(f"{csv_file} was written by MMSA's own tune mode (candidates scored on test); moved to "
-                       f"{aside}. Its rows are not reused: they have no validation scores.")
+        from khar_mmsa.integration.run_state import set_aside
+        set_aside(csv_file, "it has no 'candidate' and 'Valid_*' columns, so its rows cannot be reused")
         return None
     return table
 

@@ -3,7 +3,8 @@
 Input: the unimodal vectors x^m = F^m(X^m) (b, f) of Algorithm 1.  Output: ``FusionOutput`` with the
 prediction from the posterior mean (used for L_task and at evaluation), the prediction from a
 reparameterised sample z = mu + sigma * eps (the -log q(y|z) term of L_MIB; equal to the mean
-prediction at evaluation), the per-sample KL to N(0, I) and the fused representation.
+prediction at evaluation), the posterior's mu and sigma (the criterion computes the KL to N(0, I)
+from them) and the fused representation.
 """
 from __future__ import annotations
 
@@ -15,15 +16,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from khar_mmsa.config import KHaRConfig
-from khar_mmsa.losses.information_bottleneck import gaussian_kl_to_standard_normal, reparameterize
+from khar_mmsa.losses.information_bottleneck import reparameterize
 
 
 @dataclass
 class FusionOutput:
     pred: torch.Tensor                  # (b, 1) decoder output at the posterior mean
     pred_sampled: torch.Tensor          # (b, 1) decoder output at z ~ p(z|x) (training) / mean (eval)
-    kl: Optional[torch.Tensor]          # (b,) KL(p(z|x) || N(0, I)) (mib_kl_reduction); None without a bottleneck
     fused: torch.Tensor                 # (b, h) representation used for t-SNE (mu for MIB)
+    mu: Optional[torch.Tensor] = None     # (b, z) posterior mean of p(z|x) (eq. 23); None without a bottleneck
+    sigma: Optional[torch.Tensor] = None  # (b, z) posterior standard deviation (> 0); None without a bottleneck
 
 
 class InformationBottleneckFusion(nn.Module):
@@ -37,16 +39,14 @@ class InformationBottleneckFusion(nn.Module):
         self.sigma = nn.Linear(cfg.fusion_hidden_dim, cfg.latent_dim)
         self.sigma_offset = cfg.mib_sigma_offset
         self.decoder = nn.Linear(cfg.latent_dim, 1)
-        self.kl_reduction = cfg.mib_kl_reduction
 
     def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
-        """unimodal: m tensors (b, f)."""
+        """unimodal: m tensors (b, f) (b batch, f fine_grained_dim); mu, sigma, z: (b, latent_dim)."""
         x = self.fuse(torch.cat(list(unimodal), dim=-1))
         mu = self.mu(x)
         sigma = F.softplus(self.sigma(x) + self.sigma_offset)
         z = reparameterize(mu, sigma, self.training)
-        return FusionOutput(pred=self.decoder(mu), pred_sampled=self.decoder(z),
-                            kl=gaussian_kl_to_standard_normal(mu, sigma, self.kl_reduction), fused=mu)
+        return FusionOutput(pred=self.decoder(mu), pred_sampled=self.decoder(z), fused=mu, mu=mu, sigma=sigma)
 
 
 class _PlainFusion(nn.Module):
@@ -63,7 +63,7 @@ class _PlainFusion(nn.Module):
     def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
         h = self.hidden(self.combine(torch.stack(list(unimodal), dim=1)))
         pred = self.head(h)
-        return FusionOutput(pred=pred, pred_sampled=pred, kl=None, fused=h)
+        return FusionOutput(pred=pred, pred_sampled=pred, fused=h)
 
 
 class SumFusion(_PlainFusion):

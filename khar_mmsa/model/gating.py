@@ -1,4 +1,4 @@
-"""Noisy top-k gating of the sparse MoE (KHaR eq. 4-6; Shazeer et al. 2017, §2.1 and App. A).
+"""Noisy top-k routing of the sparse MoE (KHaR eq. 4-5; Shazeer et al. 2017, §2.1 and App. A).
 
 ``H = clean + eps * noise_std`` (eps ~ N(0, 1), training only), ``G = Softmax(KeepTopK(H, k))``:
 the k largest noisy logits per token are kept, the others set to ``-inf`` *before* the softmax,
@@ -6,11 +6,11 @@ so the kept gates sum to one and the dropped ones are exactly zero.  (A widely c
 implementation softmaxes first and then compares probabilities with raw logits in the load
 estimator; that is not what the paper does.)
 
-Importance and load are per-expert sums over the *real* tokens only; padded positions (``mask``
-False) are neutralised before anything is computed, so whatever they hold (garbage, inf, NaN) never
-reaches the gates, the statistics or the gradients.
+Padded positions (``mask`` False) are neutralised before anything is computed, so whatever they
+hold (garbage, inf, NaN) never reaches the gates, the routing or the gradients.
 
-The balance loss itself (eq. 6) lives in :mod:`khar_mmsa.losses.balance` and is re-exported here.
+This module only routes.  The balance loss of eq. 6 (importance, load and their CV^2) is computed
+from the returned :class:`GateOutput` by :mod:`khar_mmsa.losses.balance`, in the criterion.
 """
 from __future__ import annotations
 
@@ -19,22 +19,26 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from khar_mmsa.losses.balance import balance_loss, cv_squared
-
-__all__ = ["GateOutput", "noisy_top_k_gating", "cv_squared", "balance_loss"]
+__all__ = ["GateOutput", "noisy_top_k_gating"]
 
 
 class GateOutput(NamedTuple):
-    """Result of :func:`noisy_top_k_gating` (b batch, n time, e experts)."""
+    """Result of :func:`noisy_top_k_gating` (b batch, n time, e experts): the raw router outputs the
+    MoE layer mixes with and the criterion's balance loss reads."""
 
     gates: Tensor
     """(b, n, e): softmax over the kept top-k noisy logits, 0 for dropped experts and padded tokens."""
-    importance: Tensor
-    """(e,): sum of ``gates`` over real tokens (I(X) of eq. 6); differentiable."""
-    load: Tensor
-    """(e,): L(X) of eq. 6.  With noise: sum over real tokens of P(expert stays in the top k under a
-    fresh noise draw), differentiable.  Without noise, or k == e: count of real tokens routed to the
-    expert (constant w.r.t. parameters, for logging; with k == e it is the number of real tokens)."""
+    selected: Tensor
+    """(b, n, k) long: the experts each token is routed to (largest noisy logit first); meaningless at
+    padded tokens, which are never routed."""
+    clean_logits: Tensor
+    """(b, n, e): x W_g, 0 at padded tokens."""
+    noisy_logits: Tensor
+    """(b, n, e): H, the logits the top-k was taken on (``clean_logits`` without noise)."""
+    noise_std: Optional[Tensor]
+    """(b, n, e): the noise's standard deviation (1 at padded tokens), or None without noise."""
+    mask: Tensor
+    """(b, n) bool: True at real tokens."""
 
 
 def noisy_top_k_gating(
@@ -44,20 +48,13 @@ def noisy_top_k_gating(
     mask: Tensor,
     noise: Optional[Tensor] = None,
 ) -> GateOutput:
-    """Noisy top-k gating with importance and (differentiable) load.
+    """Noisy top-k routing.
 
     Shapes: b batch, n time, e experts.  ``clean_logits`` (b, n, e) = x W_g; ``noise_std``
     (b, n, e) = softplus(x W_noise) + (the caller's) epsilon, **strictly positive**, or ``None``
     for no noise (evaluation, or noisy gating disabled); ``mask`` (b, n) bool, True = real token;
     ``noise`` (b, n, e) optional standard-normal sample (for tests), drawn with ``randn_like``
     when omitted and ``noise_std`` is given.
-
-    Load with noise (k < e): for expert i at a token, ``P(i in top k) =
-    Phi((clean_i - threshold_i) / noise_std_i)`` where threshold_i is the k-th largest noisy logit
-    among the *other* experts: the (k+1)-th largest noisy value overall if i is currently kept,
-    otherwise the k-th largest.  Without noise (or when k == e) the load is the count of real tokens
-    whose top-k keeps the expert -- the same as counting ``gates > 0`` except that a kept gate
-    which underflows to exactly 0.0 in the softmax still counts.
     """
     if clean_logits.dim() != 3:
         raise ValueError(f"clean_logits must be (b, n, e), got shape {tuple(clean_logits.shape)}")
@@ -85,19 +82,9 @@ def noisy_top_k_gating(
         std = None
         logits = clean
 
-    # KeepTopK: k kept values, plus the (k+1)-th needed by the load estimator.
-    top_vals, top_idx = logits.topk(min(k + 1, e), dim=-1)  # (b, n, k or k+1)
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, top_idx[..., :k], True)
+    selected = logits.topk(k, dim=-1).indices  # (b, n, k): KeepTopK
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, selected, True)
     gates = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)  # softmax AFTER KeepTopK
     gates = gates.masked_fill(~real, 0.0)
-    importance = gates.sum(dim=(0, 1))
-
-    if std is None or k == e:
-        load = (keep & real).to(gates.dtype).sum(dim=(0, 1))
-    else:
-        threshold_if_in = top_vals[..., k:k + 1]   # (k+1)-th largest: the k-th among the others
-        threshold_if_out = top_vals[..., k - 1:k]  # k-th largest
-        threshold = torch.where(keep, threshold_if_in, threshold_if_out)
-        prob_in_top_k = torch.special.ndtr((clean - threshold) / std)
-        load = prob_in_top_k.masked_fill(~real, 0.0).sum(dim=(0, 1))
-    return GateOutput(gates=gates, importance=importance, load=load)
+    return GateOutput(gates=gates, selected=selected, clean_logits=clean, noisy_logits=logits, noise_std=std,
+                      mask=mask)

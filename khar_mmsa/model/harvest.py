@@ -48,6 +48,18 @@ class Harvester(nn.Module):
         self.encoder = encoder
         self.adapters = adapters
 
+    def train(self, mode: bool = True) -> "Harvester":
+        """``nn.Module.train``, except that a frozen part -- the encoder or the adapter stack, no
+        parameter requiring grad (a text encoder with ``finetune_bert=False``, adapters frozen after
+        pretraining) -- stays in eval mode: dropout never perturbs weights that do not train.  Checked
+        at each call, so freezing takes effect at the next ``train()``."""
+        super().train(mode)
+        if mode:
+            for part in (self.encoder, self.adapters):
+                if not any(p.requires_grad for p in part.parameters()):
+                    part.eval()
+        return self
+
     def forward(self, *inputs: torch.Tensor) -> tuple:
         enc = self.encoder(*inputs)
         adapted = self.adapters(enc)

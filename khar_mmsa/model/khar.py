@@ -1,8 +1,9 @@
 """The KHaR network (§3.1, Figure 2): harvest -> refine -> project -> fuse.
 
 ``KHaR(args)`` accepts MMSA's EasyDict (converted once to :class:`KHaRConfig`) or a KHaRConfig.
-``forward`` returns named outputs: the prediction ``'M'`` (MMSA's key) plus what the criterion and
-the benchmarks need; no loss is weighted here (see :mod:`khar_mmsa.losses.criterion`).
+``forward`` returns raw outputs only: the prediction ``'M'`` (MMSA's key) plus what the criterion and
+the benchmarks need (the bottleneck's mu and sigma, each MoE's router outputs, the features); no
+loss term is computed here (see :mod:`khar_mmsa.losses.criterion`).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class KHaR(nn.Module):
     def check_config(args: Mapping) -> KHaRConfig:
         """MMSA's args -> the checked config; raises :class:`~khar_mmsa.config.ConfigError` (or
         ``ConfigTypeError``) naming each bad key, its value and the allowed range.  Called by the
-        MMSA hooks before any data is read (khar_mmsa.integration.models.check_config)."""
+        MMSA hooks before any data is read (khar_mmsa.integration.registration.check_model_settings)."""
         return KHaRConfig.from_mmsa_args(args)
 
     def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:
@@ -107,33 +108,32 @@ class KHaR(nn.Module):
         """text: (b, 3, n_t) BERT ids/mask/segments; audio: (b, n_a, f_a); vision: (b, n_v, f_v);
         *_lengths: (b,) real lengths (padding after them is ignored exactly).
 
-        Returns {'M': (b, 1), 'M_sampled': (b, 1), 'kl': (b,) or None, 'balance': {m: scalar},
-        'unimodal': {m: (b, f)}, 'fused': (b, h), 'expert_load': {m: (e,) real tokens routed to each
-        expert, MoE refiners only}}.
+        Returns raw outputs (b batch, n a modality's time, e experts, z latent_dim, f fine_grained_dim):
+        {'M': (b, 1) prediction D(mu), 'M_sampled': (b, 1) D(z) at a sampled z (D(mu) at evaluation and
+        without a bottleneck), 'mu', 'sigma': (b, z) the posterior of p(z|x) or None without a bottleneck,
+        'routing': {m: GateOutput (gates (b, n, e), selected experts, logits, noise std, padding mask)},
+        MoE refiners only, 'unimodal': {m: (b, f)}, 'fused': (b, h), 'expert_load': {m: (e,) real tokens
+        routed to each expert}, MoE refiners only}.
         """
-        unimodal, balance, expert_load = {}, {}, {}
+        unimodal, routing, expert_load = {}, {}, {}
         for m in self.modalities:
             harvested, mask, _ = self.harvesters[m](*modality_inputs(m, text, audio, vision, audio_lengths,
                                                                      vision_lengths))
-            refined, balance[m], gates = self.refiners[m](harvested, mask)
-            if gates is not None:  # (b, n, e), 0 for dropped experts and padding
-                expert_load[m] = (gates > 0).sum(dim=(0, 1)).detach()
+            refined, gate, tokens_per_expert = self.refiners[m](harvested, mask)
+            if gate is not None:
+                routing[m] = gate
+                expert_load[m] = tokens_per_expert.detach()
             unimodal[m] = self.projections[m](masked_mean(refined, mask))
         fused = self.fusion([unimodal[m] for m in self.modalities])
-        return {"M": fused.pred, "M_sampled": fused.pred_sampled, "kl": fused.kl, "balance": balance,
-                "unimodal": unimodal, "fused": fused.fused, "expert_load": expert_load}
+        return {"M": fused.pred, "M_sampled": fused.pred_sampled, "mu": fused.mu, "sigma": fused.sigma,
+                "routing": routing, "unimodal": unimodal, "fused": fused.fused, "expert_load": expert_load}
 
     def train(self, mode: bool = True) -> "KHaR":
-        """``nn.Module.train``, except that frozen adapters (no parameter requires grad: pretrained
-        knowledge loaded with ``freeze_pretrained_adapters``) and their LayerNorm stay in eval mode,
-        so dropout never perturbs fixed knowledge (KuDA injects frozen adapters)."""
-        super().train(mode)
-        if mode:
-            for m in self.modalities:
-                adapters = self.harvesters[m].adapters
-                if not any(p.requires_grad for p in adapters.parameters()):
-                    adapters.eval()
-        return self
+        """``nn.Module.train``, except that a frozen part of a harvester stays in eval mode (see
+        :meth:`Harvester.train <khar_mmsa.model.harvest.Harvester.train>`): frozen adapters (pretrained
+        knowledge loaded with ``freeze_pretrained_adapters``) with their LayerNorm, and a frozen text
+        encoder (``finetune_bert=False``), so dropout never perturbs fixed weights."""
+        return super().train(mode)
 
     # -- knowledge harvesting: pretrained adapters ----------------------------------------------
     def adapter_parameters(self):

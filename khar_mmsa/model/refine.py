@@ -1,7 +1,9 @@
 """Knowledge refinement (§3.4): the per-modality sparse mixture of experts and its Table 3 ablations.
 
-All refiners map X_m (b, n, 2d) to (b, n, d_m) token-wise and return an unweighted balance term
-(CV^2(importance) + CV^2(load), eq. 6 without omega; zero for the ablations).
+All refiners map X_m (b, n, 2d) to (b, n, d_m) token-wise and return ``(refined, routing,
+tokens_per_expert)``: the MoE's raw router outputs (:class:`~khar_mmsa.model.gating.GateOutput`, from
+which the criterion computes eq. 6's balance loss) and the number of real tokens routed to each
+expert (e,); ``None`` for both in the ablations, which have no experts.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from khar_mmsa.config import KHaRConfig
-from khar_mmsa.losses.balance import cv_squared
 from khar_mmsa.model.dropout import Dropout
 from khar_mmsa.model.gating import noisy_top_k_gating
 
@@ -20,14 +21,21 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequentia
 
 
 class MixtureOfExperts(nn.Module):
-    """Eq. 4-6: G(X) = Softmax(KeepTopK(W_g X (+ noise), k)); X^ = sum_i G_i E_i(X)."""
+    """Eq. 4-5: G(X) = Softmax(KeepTopK(W_g X (+ noise), k)); X^ = sum_i G_i E_i(X), token-wise.
+
+    Sparse dispatch (as Mixtral's sparse MoE block): each expert runs only on the real tokens routed
+    to it -- gathered, run, weighted by their gate and added back with ``index_add_`` -- so a token
+    costs k expert evaluations, not e, and padded tokens none.  Equal to the dense sum over all
+    experts (the dropped gates are exactly 0).  Deciding how many tokens each expert gets reads one
+    (e + 1)-vector of counts back to the host per call.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, cfg: KHaRConfig) -> None:
         super().__init__()
         self.k = cfg.top_k
         self.noisy = cfg.moe_noisy_gating
         self.noise_epsilon = cfg.moe_noise_epsilon
-        self.cv_eps = cfg.cv_eps
+        self.out_dim = out_dim
         self.w_gate = nn.Linear(in_dim, cfg.num_experts, bias=False)
         self.w_noise = nn.Linear(in_dim, cfg.num_experts, bias=False)
         nn.init.zeros_(self.w_gate.weight)   # Shazeer et al.: zero-initialised gates
@@ -36,16 +44,35 @@ class MixtureOfExperts(nn.Module):
                                      for _ in range(cfg.num_experts))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
-        """x: (b, n, f); mask: (b, n) bool. Returns ((b, n, d), balance scalar, gates (b, n, e))."""
+        """x: (b, n, f); mask: (b, n) bool.  Returns (refined (b, n, d), GateOutput, tokens per expert (e,)).
+
+        Shapes: b batch, n time, f input width, d output width, e experts, k routed experts per token,
+        s = b * n * k routing slots (one per token and routed expert)."""
+        b, n, f = x.shape
+        e = len(self.experts)
         clean = self.w_gate(x)
         noise_std = None
         if self.training and self.noisy:
             noise_std = F.softplus(self.w_noise(x)) + self.noise_epsilon
         gate = noisy_top_k_gating(clean, noise_std, self.k, mask)
-        expert_out = torch.stack([expert(x) for expert in self.experts], dim=2)  # (b, n, e, d)
-        out = (gate.gates.unsqueeze(-1) * expert_out).sum(2)
-        balance = cv_squared(gate.importance, self.cv_eps) + cv_squared(gate.load, self.cv_eps)
-        return out, balance, gate.gates
+        # slot -> expert; a padded token's slots go to bucket e, which no expert reads
+        slot_expert = gate.selected.masked_fill(~mask.unsqueeze(-1), e).reshape(-1)       # (s,)
+        slot_weight = gate.gates.gather(-1, gate.selected).reshape(-1, 1)                  # (s, 1)
+        order = slot_expert.argsort(stable=True)                                           # slots grouped by expert
+        counts = torch.zeros(e + 1, dtype=torch.long, device=x.device).index_add_(
+            0, slot_expert, torch.ones_like(slot_expert))                                  # (e + 1,)
+        tokens = x.reshape(b * n, f)
+        out = torch.zeros(b * n, self.out_dim, device=x.device,
+                          dtype=torch.promote_types(x.dtype, slot_weight.dtype))
+        start = 0
+        for expert, count in zip(self.experts, counts.tolist()):  # the one host read
+            if count:
+                slots = order[start:start + count]
+                token = slots // self.k                                                    # (count,)
+                routed = expert(tokens.index_select(0, token)) * slot_weight.index_select(0, slots)
+                out.index_add_(0, token, routed.to(out.dtype))
+            start += count
+        return out.view(b, n, self.out_dim), gate, counts[:e]
 
 
 class MLPRefiner(nn.Module):
@@ -56,7 +83,7 @@ class MLPRefiner(nn.Module):
         self.net = _mlp(in_dim, cfg.expert_hidden_dim, out_dim, cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
-        return self.net(x), x.new_zeros(()), None
+        return self.net(x), None, None
 
 
 class AttentionRefiner(nn.Module):
@@ -71,7 +98,7 @@ class AttentionRefiner(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
         h = self.proj(x)
         a, _ = self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
-        return self.norm(h + a), x.new_zeros(()), None
+        return self.norm(h + a), None, None
 
 
 class CNNRefiner(nn.Module):
@@ -86,7 +113,7 @@ class CNNRefiner(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple:
         x = x * mask.unsqueeze(-1).to(x.dtype)
-        return F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)), x.new_zeros(()), None
+        return F.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)), None, None
 
 
 REFINERS = {"moe": MixtureOfExperts, "mlp": MLPRefiner, "attention": AttentionRefiner, "cnn": CNNRefiner}

@@ -7,6 +7,10 @@ multimodal label M instead -- a weaker, documented substitute.  The text encoder
 in this stage so that the adapters learn to read its pretrained states; audio/vision encoders train
 with their adapters and are saved too.  The result is one file the main run loads; its adapters are
 then frozen (``freeze_pretrained_adapters``) while the encoders keep training.
+
+Each modality's stage runs on :func:`khar_mmsa.training.loop.fit` (:class:`HarvestTask`): AdamW with
+no weight decay on biases, norms and positional tables, a constant learning rate, the epoch with
+the best validation MAE kept, early stopping after ``early_stop`` epochs without a better one.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import copy
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,9 +28,11 @@ from khar_mmsa.config import MODALITIES, KHaRConfig, fingerprint
 from khar_mmsa.io.identity import config_identity
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
-from khar_mmsa.training.optim import make_adamw
-from khar_mmsa.reporting.progress import progress
 from khar_mmsa.io.safe_io import atomic_torch_save, safe_torch_load
+from khar_mmsa.reporting.progress import progress
+from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeights, ProgressBar
+from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
+from khar_mmsa.training.optim import make_adamw, parameter_groups
 
 logger = logging.getLogger("MMSA")
 
@@ -68,57 +74,63 @@ class HarvestHead(nn.Module):
         return self.net(masked_mean(adapted, mask))
 
 
-def _run_epoch(harvester: nn.Module, head: HarvestHead, loader, modality: str, key: str, device: torch.device,
-               optimizer: Optional[torch.optim.Optimizer], desc: str = "", show_progress: bool = False) -> float:
-    training = optimizer is not None
-    harvester.train(training)
-    head.train(training)
-    total, count = 0.0, 0
-    with torch.set_grad_enabled(training):
-        for batch in progress(loader, f"{desc} {'train' if training else 'valid'}", show_progress):
-            _, mask, adapted = harvester(*modality_inputs(modality, *batch_inputs(batch, device)))
-            y = batch["labels"][key].to(device).view(-1, 1)
-            pred = head(adapted, mask)
-            loss = F.mse_loss(pred, y)
-            if training:
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            total += F.l1_loss(pred, y, reduction="sum").item()
-            count += y.shape[0]
-    return total / max(count, 1)
+class HarvestTask(Task):
+    """Adapter pretraining of one modality as a :class:`~khar_mmsa.training.loop.Task`: the MSE of
+    the head's prediction trains, the MAE (per sample) is reported and selects the best epoch."""
+
+    def __init__(self, harvester: nn.Module, head: HarvestHead, modality: str, key: str, valid_loader: Iterable,
+                 device: torch.device, cfg: KHaRConfig, show_progress: bool = False) -> None:
+        self.model = nn.ModuleDict({"harvester": harvester, "head": head})
+        self.modality, self.key, self.valid_loader, self.device = modality, key, valid_loader, device
+        self.cfg, self.show_progress = cfg, show_progress
+        self.name = f"Adapter pretraining of modality {modality!r} (label {key!r})"
+
+    def _predict(self, batch: Mapping) -> tuple:
+        _, mask, adapted = self.model["harvester"](*modality_inputs(self.modality, *batch_inputs(batch, self.device)))
+        return self.model["head"](adapted, mask), batch["labels"][self.key].to(self.device).view(-1, 1)
+
+    def training_step(self, batch: Mapping, state: TrainingState) -> StepOutput:
+        pred, y = self._predict(batch)
+        loss = F.mse_loss(pred, y)
+        return StepOutput(loss, {"mse": loss, "MAE": F.l1_loss(pred, y)}, weight=y.shape[0])
+
+    def validate(self, state: TrainingState) -> Dict[str, float]:
+        self.model.eval()
+        total, count = torch.zeros((), device=self.device), 0
+        desc = f"KHaR harvest-{self.modality} epoch {state.epoch}/{state.max_epochs} valid"
+        with torch.no_grad():
+            for batch in progress(self.valid_loader, desc, self.show_progress):
+                pred, y = self._predict(batch)
+                total += F.l1_loss(pred, y, reduction="sum")
+                count += y.shape[0]
+        return {"MAE": total.item() / max(count, 1)}
 
 
-def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRConfig,
-                      device: torch.device, show_progress: bool = False) -> Dict[str, torch.Tensor]:
-    """Train one modality's harvester copy; return its state to load (text: adapters only)."""
+def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRConfig, device: torch.device,
+                      show_progress: bool = False, callbacks: Sequence[Callback] = ()) -> Dict[str, torch.Tensor]:
+    """Train one modality's harvester copy; return its state to load (text: adapters only).
+    ``callbacks`` run after the stage's own (progress, log line, early stopping, best weights)."""
     harvester = copy.deepcopy(khar.harvesters[modality]).to(device)
     if modality == "t":
         harvester.encoder.requires_grad_(False)
     head = HarvestHead(harvester.encoder.dim).to(device)
-    params = [p for p in list(harvester.parameters()) + list(head.parameters()) if p.requires_grad]
-    optimizer = make_adamw(params, lr=cfg.pretrain_learning_rate, weight_decay=cfg.pretrain_weight_decay)
     key = label_key(modality, cfg)
-    best_mae, best_state, best_epoch = float("inf"), None, 0
-    for epoch in range(1, cfg.pretrain_epochs + 1):
-        desc = f"KHaR harvest-{modality} epoch {epoch}/{cfg.pretrain_epochs}"
-        train_mae = _run_epoch(harvester, head, dataloader["train"], modality, key, device, optimizer, desc,
-                               show_progress)
-        valid_mae = _run_epoch(harvester, head, dataloader["valid"], modality, key, device, None, desc,
-                               show_progress)
-        logger.info(f"HARVEST-({modality}) epoch {epoch}/{cfg.pretrain_epochs} label {key}: "
-                    f"train MAE {train_mae:.4f} valid MAE {valid_mae:.4f}")
-        if valid_mae < best_mae:
-            best_mae, best_epoch = valid_mae, epoch
-            best_state = {k: v.detach().cpu().clone() for k, v in harvester.state_dict().items()}
-        elif epoch - best_epoch >= cfg.early_stop:
-            break
-    if best_state is None:
+    task = HarvestTask(harvester, head, modality, key, dataloader["valid"], device, cfg, show_progress)
+    optimizer = make_adamw(parameter_groups(task.model, cfg.pretrain_learning_rate, cfg.pretrain_weight_decay))
+    best = KeepBestWeights()
+    line = (lambda s: f"HARVEST-({modality}) epoch {s.epoch}/{cfg.pretrain_epochs} label {key}: "
+            f"train MAE {s.train['MAE']:.4f} valid MAE {s.valid['MAE']:.4f}")
+    own = [ProgressBar(f"KHaR harvest-{modality} epoch {{epoch}}/{{epochs}} train", show_progress),
+           EpochLog(line), EarlyStopping(cfg.early_stop), best]
+    state = fit(task, dataloader["train"], optimizer, TrainingState(max_epochs=cfg.pretrain_epochs),
+                Monitor("MAE", lower_is_better=True), callbacks=own + list(callbacks))
+    if best.state is None:
         raise FloatingPointError(
             f"Adapter pretraining of modality '{modality}' (label '{key}') never reached a finite validation MAE "
-            f"in {epoch} epoch(s) (last: {valid_mae}). Check the '{key}' labels and the {modality!r} features of "
-            f"the train/valid splits for NaN/inf, lower pretrain_learning_rate ({cfg.pretrain_learning_rate}), "
-            f"or set pretrain_adapters=False.")
+            f"in {state.epoch} epoch(s) (last: {state.valid.get('MAE')}). Check the '{key}' labels and the "
+            f"{modality!r} features of the train/valid splits for NaN/inf, lower pretrain_learning_rate "
+            f"({cfg.pretrain_learning_rate}), or set pretrain_adapters=False.")
+    best_state = {k[len("harvester."):]: v for k, v in best.state.items() if k.startswith("harvester.")}
     if modality == "t":  # BERT was frozen: only the adapters are knowledge of ours
         best_state = {k: v for k, v in best_state.items() if k.startswith("adapters.")}
     return best_state
@@ -130,7 +142,8 @@ def default_adapter_path(model_save_path: object) -> Path:
 
 
 def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Path, device: torch.device,
-                      seed: object, data: object = None, show_progress: bool = False) -> Path:
+                      seed: object, data: object = None, show_progress: bool = False,
+                      callbacks: Sequence[Callback] = ()) -> Path:
     """Pretrain (or reuse) the adapters of every modality, load them into ``khar`` and freeze them.
 
     A saved file is reused only when config, modalities, seed and data identity (``data``) all
@@ -154,7 +167,8 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
         logger.info(f"Pretraining adapters (knowledge harvesting) on labels {sources}")
         if not cfg.has_unimodal_labels:
             logger.info(f"({cfg.dataset_name} has no unimodal labels, so every modality learns the multimodal one)")
-        states = {m: pretrain_modality(khar, m, dataloader, cfg, device, show_progress) for m in khar.modalities}
+        states = {m: pretrain_modality(khar, m, dataloader, cfg, device, show_progress, callbacks)
+                  for m in khar.modalities}
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"fingerprint": key, "states": states, "labels": sources,
                            "config": dataclasses.asdict(cfg)}, path)

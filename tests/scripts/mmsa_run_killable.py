@@ -8,7 +8,8 @@ Test-only (used by tests/test_resume.py).  argv[1] is a JSON spec::
 
 Every training epoch and pretraining epoch of every seed is appended to ``events`` (JSON lines),
 so a test can tell what was trained again after a kill.  The returned row is printed as JSON.
-The kill hooks are installed here by replacing trainer methods; nothing in khar_mmsa knows.
+The kill point is a training callback, given to the trainer in ``args['callbacks']`` by wrapping
+the registered ``'khar'`` trainer factory; nothing in khar_mmsa knows.
 """
 import json
 import os
@@ -23,8 +24,9 @@ torch.set_num_threads(1)  # same arithmetic in every process of a test
 
 import khar_mmsa  # noqa: E402,F401  (registers 'khar')
 import MMSA.run  # noqa: E402
-from khar_mmsa.training import pretrain  # noqa: E402
-from khar_mmsa.training.trainer import KHaRTrainer  # noqa: E402
+from khar_mmsa.integration import EXTRA_TRAINERS  # noqa: E402
+from khar_mmsa.training.loop import Callback  # noqa: E402
+from khar_mmsa.training.pretrain import HarvestTask  # noqa: E402
 from MMSA import MMSA_run  # noqa: E402
 
 spec = json.loads(sys.argv[1])
@@ -44,41 +46,49 @@ def die_if(at, **where):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-train_epoch = KHaRTrainer._train_epoch
+class KillPoint(Callback):
+    """Records every training and pretraining epoch; SIGKILLs the process at the chosen point."""
+
+    def on_epoch_begin(self, state, loop):
+        if isinstance(loop.task, HarvestTask):
+            event(event="pretrain_epoch", modality=loop.task.modality, epoch=state.epoch)
+        else:
+            event(event="train_epoch", epoch=state.epoch)
+
+    def on_step_begin(self, state, loop):
+        if not isinstance(loop.task, HarvestTask):
+            die_if("epoch", epoch=state.epoch, step=state.step)
+
+    def on_validation_begin(self, state, loop):
+        if isinstance(loop.task, HarvestTask):  # in the validation pass of that modality's first epoch
+            die_if("pretrain", modality=loop.task.modality)
 
 
-def killable_train_epoch(self, model, loader, optimizer, scheduler, epoch):
-    event(event="train_epoch", epoch=epoch)
+class WithKillPoint:
+    """The registered 'khar' trainer factory, with :class:`KillPoint` in ``args['callbacks']`` and a
+    kill point before the test pass."""
 
-    def batches():
-        for step, batch in enumerate(loader, start=1):
-            die_if("epoch", epoch=epoch, step=step)
-            yield batch
-    return train_epoch(self, model, batches(), optimizer, scheduler, epoch)
+    def __init__(self, factory):
+        self.factory = factory
 
+    def resolve(self):
+        return self.factory.resolve()
 
-run_epoch = pretrain._run_epoch
+    def __call__(self, args):
+        args = type(args)(dict(args))
+        args["callbacks"] = [KillPoint()]
+        trainer = self.factory(args)
+        do_test = trainer.do_test
 
-
-def killable_run_epoch(harvester, head, loader, modality, key, device, optimizer, *rest):
-    event(event="pretrain_epoch", modality=modality, train=optimizer is not None)
-    if optimizer is None:  # in the validation pass of that modality's first epoch
-        die_if("pretrain", modality=modality)
-    return run_epoch(harvester, head, loader, modality, key, device, optimizer, *rest)
-
-
-do_test = KHaRTrainer.do_test
-
-
-def killable_do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
-    if mode == "TEST":
-        die_if("test")
-    return do_test(self, model, dataloader, mode, return_sample_results)
+        def killable_do_test(model, dataloader, mode="VAL", return_sample_results=False):
+            if mode == "TEST":
+                die_if("test")
+            return do_test(model, dataloader, mode, return_sample_results)
+        trainer.do_test = killable_do_test
+        return trainer
 
 
-KHaRTrainer._train_epoch = killable_train_epoch
-KHaRTrainer.do_test = killable_do_test
-pretrain._run_epoch = killable_run_epoch
+EXTRA_TRAINERS["khar"] = WithKillPoint(EXTRA_TRAINERS["khar"])
 
 row = MMSA_run("khar", spec["dataset"], config=spec["config"], **spec["kwargs"])
 print("ROW " + json.dumps(row))

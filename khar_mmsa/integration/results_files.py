@@ -1,0 +1,213 @@
+"""The results files of a run: MMSA's table, and a numeric table for pandas beside it.
+
+``<res_save_dir>/normal/<dataset>.csv`` keeps MMSA's layout: a ``Model`` column, then one column
+per metric whose cell is ``(mean, std)`` over the seeds, each ``round(x * 100, 2)`` -- written as
+plain numbers (``(71.23, 1.5)``).  A new row is appended as one line; the rows already in the
+file are never rewritten (when the metric columns differ from the file's, the row is refused
+with an error naming both).
+
+``<res_save_dir>/normal/<dataset>.tidy.csv`` holds the same runs as numbers: ``Model``, ``seeds``
+(space separated), then ``<Metric>`` (mean) and ``<Metric>_std`` (population std), both x100 and
+rounded to two decimals; ``pd.read_csv`` gives float columns.
+
+Both files are appended under an exclusive ``flock`` on ``<file>.lock`` (created without following
+a link, removed on release), so runs finishing together never lose a row.  :func:`check_results_files`
+runs before training: an existing file must parse and be writable, and must not be a link.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+logger = logging.getLogger("MMSA")
+
+#: Default seeds of ``MMSA_run``.
+MMSA_DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+
+class ResultsFileError(OSError):
+    """A results file cannot be read, parsed or written."""
+
+
+def results_csv_path(res_save_dir: os.PathLike, dataset_name: str) -> Path:
+    """MMSA's results table: ``<res_save_dir>/normal/<dataset>.csv``."""
+    return Path(res_save_dir) / "normal" / f"{str(dataset_name).lower()}.csv"
+
+
+def tidy_csv_path(res_save_dir: os.PathLike, dataset_name: str) -> Path:
+    """The numeric table beside it: ``<res_save_dir>/normal/<dataset>.tidy.csv``."""
+    return Path(res_save_dir) / "normal" / f"{str(dataset_name).lower()}.tidy.csv"
+
+
+def is_number(value: Any) -> bool:
+    """A value the tables can hold as a number (not a bool or a string)."""
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (bool, str, bytes))
+
+
+def summarize(model_name: str, results: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> Dict[str, Any]:
+    """The numeric row: ``Model``, ``seeds``, then ``<Metric>`` and ``<Metric>_std`` per metric
+    (x100, two decimals, MMSA's convention).  Metric keys come from the first seed."""
+    import numpy as np
+    if not results:
+        raise ValueError(f"{model_name}: no per-seed results to summarise")
+    row: Dict[str, Any] = {"Model": model_name, "seeds": " ".join(str(s) for s in seeds)}
+    for key, first in results[0].items():
+        if not is_number(first):
+            continue
+        values = np.array([float(r[key]) for r in results], dtype=np.float64)
+        row[key] = round(float(np.mean(values)) * 100, 2)
+        row[f"{key}_std"] = round(float(np.std(values)) * 100, 2)
+    return row
+
+
+def mmsa_row(row: Mapping[str, Any]) -> Dict[str, str]:
+    """MMSA's layout of a numeric row: ``Model``, then ``(mean, std)`` per metric."""
+    out = {"Model": str(row["Model"])}
+    for key, value in row.items():
+        if key in ("Model", "seeds") or key.endswith("_std"):
+            continue
+        out[key] = str((float(value), float(row.get(f"{key}_std", 0.0))))
+    return out
+
+
+def _header(path: Path) -> Optional[List[str]]:
+    """The column names of an existing CSV (None if the file is absent or empty)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None)
+
+
+def check_results_files(paths: Sequence[Path]) -> None:
+    """Before training: each existing results file is a regular file (not a link), writable,
+    and parses as CSV; its folder can be written."""
+    import pandas as pd
+    for path in paths:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+            raise ResultsFileError(f"{path}: the results file is a link or not a regular file; "
+                                   f"results are only appended to a regular file. Move it away or "
+                                   f"pass another res_save_dir; nothing was trained.")
+        if not os.access(path, os.W_OK):
+            raise ResultsFileError(f"{path}: the results file is read-only; make it writable or pass "
+                                   f"another res_save_dir; nothing was trained.")
+        try:
+            pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        except Exception as exc:
+            raise ResultsFileError(f"{path}: the results file cannot be parsed as CSV "
+                                   f"({type(exc).__name__}: {exc}); fix or move it; nothing was trained.") from exc
+
+
+_THREAD_LOCK = threading.Lock()
+
+
+def append_row(path: Path, row: Mapping[str, Any]) -> None:
+    """Append ``row`` to the CSV at ``path`` as one line, under the file lock.
+
+    A new file gets a header; an existing file's rows are left byte for byte; a row whose columns
+    differ from the file's header is refused (:class:`ResultsFileError`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, _FileLock(path.with_name(path.name + ".lock")):
+        header = _header(path)
+        columns = list(row)
+        if header is not None and header != columns:
+            raise ResultsFileError(
+                f"{path}: its columns {header} differ from this run's {columns}; the row was not "
+                f"written (the other rows are unchanged). Pass another res_save_dir.")
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        if header is None:
+            writer.writerow(columns)
+        writer.writerow([row[c] for c in columns])
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        needs_newline = header is not None and not _ends_with_newline(path)
+        fd = os.open(path, flags, 0o644)
+        try:
+            data = ("\n" if needs_newline else "") + text.getvalue()
+            os.write(fd, data.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def write_run_row(res_save_dir: os.PathLike, dataset_name: str, row: Mapping[str, Any]) -> Path:
+    """The run's row into MMSA's table and the numeric table; returns MMSA's table's path."""
+    mmsa_csv = results_csv_path(res_save_dir, dataset_name)
+    append_row(mmsa_csv, mmsa_row(row))
+    append_row(tidy_csv_path(res_save_dir, dataset_name), row)
+    return mmsa_csv
+
+
+class _FileLock:
+    """Exclusive ``flock`` on a sidecar file, created without following a link and removed on
+    release.  A process that locked a file the previous holder already removed opens it again."""
+
+    def __init__(self, lock_path: Path) -> None:
+        self.lock_path = lock_path
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "_FileLock":
+        import fcntl
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        while True:
+            try:
+                fd = os.open(self.lock_path, flags, 0o644)
+            except OSError as exc:
+                raise ResultsFileError(f"{self.lock_path}: cannot create the lock file ({exc.strerror}); "
+                                       f"a link there is never followed") from exc
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.lstat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                self._fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            self.lock_path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_results_table(path: os.PathLike) -> Any:
+    """MMSA's results table as numbers: each ``(mean, std)`` column becomes ``<Metric>`` and
+    ``<Metric>_std`` floats (rows of MMSA's own models and ours alike)."""
+    import ast
+
+    import pandas as pd
+    table = pd.read_csv(path)
+    for col in [c for c in table.columns if c != "Model"]:
+        pairs = [ast.literal_eval(c) if isinstance(c, str) and c.startswith("(") else (c, float("nan"))
+                 for c in table[col]]
+        position = table.columns.get_loc(col)
+        table[col] = [float(p[0]) for p in pairs]
+        table.insert(position + 1, f"{col}_std", [float(p[1]) for p in pairs])
+    return table

@@ -1,0 +1,282 @@
+"""The runner: one ``MMSA_run`` call, top to bottom.
+
+``MMSA_run('khar', ...)`` (after ``import khar_mmsa``), ``khar_mmsa.run(...)``, the command line,
+sweeps and Ray Tune all reach :func:`run`, which takes ``MMSA_run``'s arguments and works with
+MMSA's public pieces -- its config getters, ``MMDataLoader``, ``AMIO``, ``ATIO``, ``setup_seed``,
+``assign_gpu`` -- in this order:
+
+1. check the seeds and the output folders, and open the run's log file;
+2. tuning (``is_tune=True``) goes to :func:`.tune.tune_by_validation`, which selects on validation;
+3. build the config once (MMSA's default JSON with ours, a ``config_file``, ``config`` overrides)
+   and check the model's settings before any file is read;
+4. check the results files (they must parse and be writable) before anything trains;
+5. choose the device (the CPU, with one warning, when a GPU was asked for and there is none);
+6. read every feature file once, with the restricted unpickler, and validate it;
+7. for each seed: skip it if an earlier, killed run of the same config, data and seeds finished
+   it (:mod:`.run_state`); else seed, build MMSA's loaders from the read features, build the
+   model and trainer, train, load the checkpoint this training wrote, test;
+8. write one row to MMSA's results table and the numeric table beside it
+   (:mod:`.results_files`), remove the finished-seeds record, return the numeric row.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+from khar_mmsa.integration.checkpoints import MissingCheckpointError
+from khar_mmsa.integration.configs import config_for
+from khar_mmsa.integration.features import load_features, make_loaders
+from khar_mmsa.integration.output_folders import check_output_folders
+from khar_mmsa.integration.registration import check_model_settings, register
+from khar_mmsa.integration.results_files import (MMSA_DEFAULT_SEEDS, check_results_files, results_csv_path,
+                                                 summarize, tidy_csv_path, write_run_row)
+from khar_mmsa.integration.run_state import RunState, run_key
+
+logger = logging.getLogger("MMSA")
+
+
+class SeedError(ValueError):
+    """The seeds of a run are not a list of distinct integers."""
+
+
+def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
+        config: Optional[Mapping[str, Any]] = None, seeds: Sequence[int] = (), is_tune: bool = False,
+        tune_times: int = 50, custom_feature: Optional[str] = None, feature_T: Optional[str] = None,
+        feature_A: Optional[str] = None, feature_V: Optional[str] = None, gpu_ids: Sequence[int] = (0,),
+        num_workers: Optional[int] = None, verbose_level: int = 1, model_save_dir: Any = None,
+        res_save_dir: Any = None, log_dir: Any = None) -> Dict[str, Any]:
+    """Train and test ``model_name`` on ``dataset_name`` over ``seeds``; ``MMSA_run``'s arguments.
+
+    Returns the numeric results row (``Model``, ``seeds``, ``<Metric>`` and ``<Metric>_std`` x100);
+    with ``is_tune=True``, what :func:`.tune.tune_by_validation` returns.  ``num_workers=None``:
+    0 loader workers without CUDA, else MMSA's 4."""
+    register()
+    model_name, dataset_name = str(model_name).lower(), str(dataset_name).lower()
+    seeds = checked_seeds(seeds)
+    folders = check_output_folders({"model_save_dir": model_save_dir, "res_save_dir": res_save_dir,
+                                    "log_dir": log_dir})
+    cuda = _cuda_available()
+    workers = (4 if cuda else 0) if num_workers is None else int(num_workers)
+    with run_log(folders["log_dir"], model_name, dataset_name, verbose_level):
+        logger.info(f"{'=' * 40} {model_name} on {dataset_name} {'=' * 40}")
+        if is_tune:
+            from khar_mmsa.integration.tune import tune_by_validation
+            return tune_by_validation(model_name, dataset_name, config_file=config_file, config=config,
+                                      seeds=seeds, tune_times=tune_times, custom_feature=custom_feature,
+                                      feature_T=feature_T, feature_A=feature_A, feature_V=feature_V,
+                                      gpu_ids=gpu_ids, num_workers=workers, verbose_level=verbose_level,
+                                      model_save_dir=folders["model_save_dir"],
+                                      res_save_dir=folders["res_save_dir"], log_dir=folders["log_dir"])
+        args = build_args(model_name, dataset_name, config_file, config, folders["model_save_dir"],
+                          custom_feature, feature_T, feature_A, feature_V, verbose_level, folders["log_dir"])
+        settings = check_model_settings(args)
+        res_dir = folders["res_save_dir"]
+        check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)])
+        args["device"] = choose_device(gpu_ids, cuda)
+        features = load_features(args)
+        state = RunState(args["model_save_path"], run_key(args, seeds))
+        results: List[Dict[str, Any]] = []
+        for index, seed in enumerate(seeds, start=1):
+            logger.info(f"{'-' * 30} seed {seed} [{index}/{len(seeds)}] {'-' * 30}")
+            result = state.result_for(seed)
+            if result is not None:
+                logger.info(f"Seed {seed} finished in an earlier run of this config (recorded in "
+                            f"{state.path.name}): using its test results, not training it again.")
+            else:
+                result = train_and_test(args, seed, index, features, workers, settings)
+                state.record(seed, result)
+            log_seed_result(seed, result)
+            results.append(result)
+        row = summarize(model_name, results, seeds)
+        path = write_run_row(res_dir, dataset_name, row)
+        logger.info(f"Results saved to {path} (as numbers: {tidy_csv_path(res_dir, dataset_name).name}).")
+        state.remove()
+        return row
+
+
+def checked_seeds(seeds: Sequence[Any]) -> List[int]:
+    """MMSA's default seeds for an empty list; distinct integers otherwise."""
+    seeds = list(seeds) if seeds else list(MMSA_DEFAULT_SEEDS)
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise SeedError(f"seeds={seeds!r}: {seed!r} is not an integer")
+    duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
+    if duplicates:
+        raise SeedError(f"seeds={seeds!r}: seed(s) {duplicates} given more than once; a repeated seed "
+                        f"trains the same model twice and makes the std meaningless")
+    return seeds
+
+
+def build_args(model_name: str, dataset_name: str, config_file: Any, config: Optional[Mapping[str, Any]],
+               model_save_dir: Path, custom_feature: Any, feature_T: Any, feature_A: Any, feature_V: Any,
+               verbose_level: Optional[int], log_dir: Path) -> Any:
+    """The run's ``args``, as ``MMSA_run`` builds them, plus the seed, log folder and console level
+    our trainer reads (MMSA's trainers ignore them)."""
+    args = config_for(model_name, dataset_name, "regression", config_file)
+    args["model_save_path"] = Path(model_save_dir) / f"{args['model_name']}-{args['dataset_name']}.pth"
+    args["train_mode"] = "regression"
+    args["custom_feature"] = custom_feature
+    args["feature_T"], args["feature_A"], args["feature_V"] = feature_T, feature_A, feature_V
+    if config:
+        if config.get("model_name") and str(config["model_name"]).lower() != args["model_name"]:
+            raise ValueError(f"config['model_name']={config['model_name']!r} differs from the model "
+                             f"asked for, {model_name!r}")
+        args.update(config)
+    args["verbose_level"], args["log_dir"] = verbose_level, str(log_dir)
+    return args
+
+
+def _cuda_available() -> bool:
+    import torch
+    return bool(torch.cuda.is_available())
+
+
+def choose_device(gpu_ids: Sequence[int], cuda: bool) -> Any:
+    """MMSA's ``assign_gpu`` with CUDA; the CPU without it (one warning if a GPU was asked for)."""
+    import torch
+    if not cuda:
+        if gpu_ids:
+            logger.warning(f"CUDA is not available: running on the CPU (gpu_ids={list(gpu_ids)} asked "
+                           f"for a GPU).")
+        return torch.device("cpu")
+    device = importlib.import_module("MMSA.utils").assign_gpu(list(gpu_ids))
+    torch.cuda.set_device(device)
+    return device
+
+
+def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any], num_workers: int,
+                   settings: Any = None) -> Dict[str, Any]:
+    """One seed: seed, MMSA's loaders, model and trainer; train; test the checkpoint it wrote."""
+    import torch
+
+    from khar_mmsa.io.safe_io import safe_torch_load
+    mmsa_utils = importlib.import_module("MMSA.utils")
+    mmsa_utils.setup_seed(seed)
+    args["cur_seed"], args["seed"] = index, seed
+    loaders = make_loaders(args, features, num_workers)
+    if index == 1:
+        log_run_args(args, settings)
+    warn_update_epochs(args, loaders)
+    model = importlib.import_module("MMSA.models").AMIO(args).to(args["device"])
+    trainer = importlib.import_module("MMSA.trains").ATIO().getTrain(args)
+    checkpoint = Path(args["model_save_path"])
+    before = _file_state(checkpoint)
+    trainer.do_train(model, loaders, return_epoch_results=False)
+    after = _file_state(checkpoint)
+    owns = getattr(trainer, "owns_checkpoint_life_cycle", False)  # it removes what it did not write
+    if after is None or (after == before and not owns):
+        raise MissingCheckpointError(
+            f"{args['model_name']} on {args['dataset_name']}, seed {seed}: training finished without "
+            f"writing the checkpoint {checkpoint}"
+            + (" (the file there is from an earlier run and is not tested)" if after is not None else "")
+            + f". No epoch improved the validation {args.get('KeyEval')!r} (MMSA starts a 'max' metric's "
+              f"best at 0); use KeyEval 'Loss' or check the data and learning rate.")
+    model.load_state_dict(safe_torch_load(checkpoint, map_location=args["device"]))
+    result = trainer.do_test(model, loaders["test"], mode="TEST")
+    del model, trainer, loaders
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def _file_state(path: Path) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def warn_update_epochs(args: Mapping[str, Any], loaders: Mapping[str, Any]) -> None:
+    """MulT, Self-MM, MISA and TFR-Net step their optimizer every ``update_epochs`` batches and drop
+    the remainder: with fewer batches per epoch than that they never step."""
+    every = args.get("update_epochs")
+    batches = len(loaders["train"])
+    if every and int(every) > batches:
+        logger.warning(
+            f"update_epochs={every} but the training set has only {batches} batch(es) per epoch: "
+            f"{args['model_name']} steps its optimizer only after {every} batches, i.e. less than "
+            f"once per epoch, so it may stop early before it ever trains. Pass "
+            f"config={{'update_epochs': {max(batches, 1)}}} or a smaller batch_size.")
+
+
+# -- logging -----------------------------------------------------------------------------------
+@contextmanager
+def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Optional[int]) -> Iterator[None]:
+    """MMSA's two handlers for one run (``<log_dir>/<model>-<dataset>.log`` at DEBUG, the console at
+    ``verbose_level``: 0 errors, 1 info, 2 debug), removed again when the run returns."""
+    mmsa_logger = logging.getLogger("MMSA")
+    level = mmsa_logger.level
+    mmsa_logger.setLevel(logging.DEBUG)
+    file_handler = logging.FileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
+    console = logging.StreamHandler()
+    console.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(
+        verbose_level if verbose_level is not None else 1, logging.INFO))
+    console.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+    handlers = (file_handler, console)
+    for handler in handlers:
+        mmsa_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            mmsa_logger.removeHandler(handler)
+            handler.close()
+        mmsa_logger.setLevel(level)
+
+
+#: Keys shown on lines of their own, first.
+_FILE_KEYS = ("custom_feature", "featurePath", "feature_T", "feature_A", "feature_V")
+#: Keys of MMSA's dataset block that no trainer reads.
+_UNUSED_KEYS = ("train_samples", "missing_rate", "missing_seed", "verbose_level", "log_dir", "cur_seed")
+
+
+def log_run_args(args: Mapping[str, Any], settings: Any = None) -> None:
+    """The arguments as the run uses them: the feature file read, ``seq_lens`` / ``feature_dims`` as
+    found in the data (text, audio, vision), the folder ``pretrained`` resolves to; for 'khar' its
+    checked ``settings`` (a dataclass), for MMSA's models the rest of ``args``."""
+    from khar_mmsa.reporting.log_format import LINE_WIDTH, format_value, wrap_fields
+    logger.info("Running with args (as this run uses them):")
+    if args.get("custom_feature"):
+        logger.info(f"  feature file: {args['custom_feature']} (custom_feature; featurePath is not read)")
+    else:
+        logger.info(f"  feature file: {args.get('featurePath')} (featurePath)")
+    for key in ("feature_T", "feature_A", "feature_V"):
+        if args.get(key):
+            logger.info(f"  {key}: {args[key]}")
+    for key in ("seq_lens", "feature_dims"):
+        if key in args:
+            logger.info(f"  {key} (text, audio, vision): {format_value(list(args[key]), None)} (from the data)")
+    if args.get("pretrained"):
+        logger.info(f"  pretrained: {_pretrained_text(str(args['pretrained']))}")
+    shown = set(_FILE_KEYS) | {"seq_lens", "feature_dims", "pretrained"} | set(_UNUSED_KEYS)
+    if dataclasses.is_dataclass(settings):
+        rest = [(k, v) for k, v in dataclasses.asdict(settings).items() if k not in shown]
+    else:
+        rest = [(k, v) for k, v in args.items() if k not in shown]
+    for line in wrap_fields(" ", rest, width=LINE_WIDTH, sep="=", digits=None):
+        logger.info(line)
+
+
+def _pretrained_text(name: str) -> str:
+    from khar_mmsa.model.text_encoders import local_folder
+    folder = local_folder(name)
+    if folder is None:
+        return f"{name} (hub name)"
+    return name if str(folder) == name else f"{name} -> {folder}"
+
+
+def log_seed_result(seed: int, result: Mapping[str, Any]) -> None:
+    """``Result for seed S: Metric: value ...`` with plain numbers, wrapped."""
+    from khar_mmsa.reporting.log_format import log_fields, plain_value
+    numbers = {k: v for k, v in plain_value(dict(result)).items() if isinstance(v, (int, float))}
+    log_fields(logger, f"Result for seed {seed}:", numbers, sep=": ")

@@ -1,0 +1,142 @@
+"""A plugin adds and never alters: what ``import khar_mmsa`` does to MMSA and the user's files,
+whatever the import order, and a wheel (not an editable install) that trains 'khar'."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import khar_mmsa  # noqa: F401
+from khar_mmsa.integration import results_files
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
+                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
+                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=1, early_stop=1,
+                 batch_size=8, pretrain_adapters=False, save_curves=False)
+
+
+def _python(code: str, cwd: Path, python: str = sys.executable, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) if python == sys.executable else "")
+    return subprocess.run([python, "-c", textwrap.dedent(code)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_light_modules_do_not_load_mmsa_or_torch(tmp_path: Path) -> None:
+    done = _python("""
+        import sys
+        import khar_mmsa.io.safe_io, khar_mmsa.data.planted, khar_mmsa.data.transcripts, khar_mmsa.cli
+        heavy = [m for m in ("MMSA", "torch", "transformers") if m in sys.modules]
+        print("HEAVY", heavy)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
+
+
+def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Path, tiny_features,
+                                                                   mmsa_run_kwargs, fast_mmsa,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMSA_run('tfn') after import khar_mmsa: old rows byte-identical, MMSA's layout for the new
+    row, another model's checkpoint and a foreign temp folder untouched."""
+    from MMSA import MMSA_run
+    res = mmsa_run_kwargs["res_save_dir"]
+    mmsa_csv = results_files.results_csv_path(res, "mosi")
+    mmsa_csv.parent.mkdir(parents=True)
+    old = ('Model,Has0_acc_2,Has0_F1_score,Non0_acc_2,Non0_F1_score,Mult_acc_5,Mult_acc_7,MAE,Corr,Loss\n'
+           'mult,"(np.float64(50.0), np.float64(0.0))","(50.0, 0.0)","(50.0, 0.0)","(50.0, 0.0)",'
+           '"(20.0, 0.0)","(20.0, 0.0)","(90.0, 1.0)","(10.0, 0.0)","(90.0, 1.0)"\n')
+    mmsa_csv.write_text(old)
+    models = Path(mmsa_run_kwargs["model_save_dir"])
+    models.mkdir(parents=True)
+    other = models / "mult-mosi.pth"
+    other.write_bytes(b"another model's weights")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "system-tmp"))  # this test's own temp folder
+    (tmp_path / "system-tmp").mkdir()
+    foreign = Path(tempfile.mkdtemp(prefix=f"khar-mmsa-{2**22 + 12345}-"))  # named like ours, of a dead pid
+    try:
+        MMSA_run("tfn", "mosi", config={"early_stop": 1, "text_out": 16, "hidden_dims": [16, 8, 16],
+                                        "featurePath": str(tiny_features("mosi"))}, **mmsa_run_kwargs)
+        text = mmsa_csv.read_text()
+        assert text.startswith(old)
+        new = text[len(old):].splitlines()
+        assert len(new) == 1 and new[0].startswith('tfn,"(') and "np.float" not in new[0]
+        assert other.read_bytes() == b"another model's weights"
+        assert foreign.is_dir()
+        assert not results_files.tidy_csv_path(res, "mosi").exists()  # ours only for our runner
+    finally:
+        foreign.rmdir()
+
+
+def test_mmsa_run_bound_before_import_stops_at_once(tmp_path: Path, tiny_features, tiny_bert) -> None:
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    done = _python(f"""
+        from MMSA import MMSA_run
+        import khar_mmsa
+        try:
+            MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], num_workers=0, verbose_level=0,
+                     model_save_dir='m', res_save_dir='r', log_dir='l')
+        except Exception as exc:
+            print("ERROR", type(exc).__name__, exc)
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ERROR ImportOrderError" in done.stdout and "Import khar_mmsa before" in done.stdout
+    assert not (tmp_path / "m" / "khar-mosi.pth").exists() and not (tmp_path / "r" / "normal").exists()
+
+
+def test_import_khar_first_registers_when_mmsa_is_imported(tmp_path: Path) -> None:
+    done = _python("""
+        import sys, khar_mmsa
+        assert "MMSA" not in sys.modules
+        from MMSA import MMSA_run
+        import MMSA.run
+        print("ROUTED", MMSA_run is MMSA.run.MMSA_run and hasattr(MMSA_run, "__wrapped__"))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "ROUTED True" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with khar-mmsa installed from a wheel built from this tree (its
+    dependencies come from the interpreter running the tests)."""
+    root = tmp_path_factory.mktemp("wheel")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "-w", str(root / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    wheel = next((root / "dist").glob("khar_mmsa-*.whl"))
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    return python
+
+
+def test_wheel_trains_khar_through_mmsa_run(wheel_venv: Path, tmp_path: Path, tiny_features, tiny_bert) -> None:
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
+    done = _python(f"""
+        import khar_mmsa
+        from MMSA import MMSA_run
+        print("FROM", khar_mmsa.__file__)
+        row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], gpu_ids=[], num_workers=0, verbose_level=0,
+                       model_save_dir='m', res_save_dir='r', log_dir='l')
+        print("MAE", row["MAE"])
+    """, tmp_path, python=str(wheel_venv))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"FROM {wheel_venv.parents[1]}" in done.stdout  # the wheel's copy, not the source tree
+    assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()
+
+
+def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
+    import tomllib
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.relative_to(REPO).parent.parts) for p in (REPO / "khar_mmsa").rglob("__init__.py")}
+    assert found | {"khar_mmsa.mmsa_configs"} == listed
