@@ -107,12 +107,23 @@ class _Once(argparse.Action):
 
 
 def _overrides(pairs: Optional[Sequence[str]]) -> Dict[str, Any]:
-    """``KEY=VALUE`` pairs -> dict; VALUE is read as JSON (numbers, true, lists), else as a string."""
+    """``KEY=VALUE`` pairs -> dict; VALUE is read as JSON (numbers, true, lists), else as a string.
+
+    A boolean setting (:data:`khar_mmsa.config.BOOL_KEYS`: ``trust_pickle``, ``use_bert``,
+    ``amp`` ...) takes true/false, 1/0 or yes/no in any case (``trust_pickle=False`` is false);
+    any other value ends the command with an error naming the key."""
+    from khar_mmsa.config import BOOL_KEYS, ConfigError, parse_bool
     out: Dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        if key in BOOL_KEYS:
+            try:
+                out[key] = parse_bool(key, value)
+            except ConfigError as exc:
+                raise SystemExit(f"--set {pair!r}: {exc}") from None
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

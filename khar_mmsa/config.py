@@ -14,7 +14,7 @@ import difflib
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, MutableMapping, Optional
 
 # Keys MMSA itself puts into ``args`` (loader, runner, dataset block).  They are accepted and
 # ignored by the KHaR config; anything else unknown is an error with a suggestion.  MMSA's
@@ -28,6 +28,18 @@ MMSA_RUNTIME_KEYS = frozenset({
     "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
     "seed", "log_dir", "verbose_level", "callbacks",
 })
+
+# Boolean settings of MMSA's own configs (config_regression.json) and of the plug-in's runner.
+# Each is parsed by :func:`parse_bool` wherever it is read; the KHaR fields typed ``bool`` join
+# them in :data:`BOOL_KEYS` below the dataclass.
+MMSA_BOOL_KEYS = frozenset({
+    "add_va", "attn_mask", "bidirectional", "contrast", "data_missing", "deal_missing",
+    "excludeZero", "need_data_aligned", "need_model_aligned", "need_normalize", "need_normalized",
+    "save_labels", "use_bert", "use_bert_finetune", "use_cmd_sim", "use_finetune", "use_linear",
+    "without_generator", "trust_pickle", "need_unimodal_labels",
+})
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_FALSE_WORDS = frozenset({"false", "0", "no"})
 
 MODALITIES = ("t", "a", "v")
 # Refiners (§3.4; Table 3's ablations; 'none' = the identity) and fusions (§3.5; Table 3's
@@ -52,6 +64,41 @@ class ConfigError(ValueError):
 
 class ConfigTypeError(ConfigError, TypeError):
     """A KHaR configuration value has the wrong type (``batch_size='64'``)."""
+
+
+def parse_bool(key: str, value: Any) -> bool:
+    """The boolean setting ``key`` from a Python, JSON or command-line value, strictly.
+
+    Accepted: ``True``/``False`` (numpy's too), the integers 1 and 0, and the strings ``true``/
+    ``false``, ``1``/``0``, ``yes``/``no`` in any case (surrounding spaces ignored).  Anything else
+    -- ``'off'``, ``2``, ``None``, ``1.0``, ``''`` -- raises :class:`ConfigTypeError` naming the key,
+    so that a value such as ``'False'`` can never count as true for being a non-empty string.
+    """
+    if isinstance(value, bool):
+        return value
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):
+        return bool(value)  # numpy.bool_ (from a tuning grid), without importing numpy
+    if isinstance(value, numbers.Integral) and int(value) in (0, 1):
+        return bool(int(value))
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+    raise ConfigTypeError(
+        f"{key}={value!r}: expected a boolean (true/false, 1/0 or yes/no, any case), "
+        f"got {type(value).__name__}")
+
+
+def normalize_bools(args: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Replace every boolean setting present in ``args`` (:data:`BOOL_KEYS`) by its
+    :func:`parse_bool` value, in place; ``None`` (MMSA's "not set") is left alone.  Returns
+    ``args``.  Raises :class:`ConfigTypeError` naming the first key that is not a boolean."""
+    for key in BOOL_KEYS:
+        if key in args and args[key] is not None:
+            args[key] = parse_bool(key, args[key])
+    return args
 
 
 @dataclass
@@ -127,6 +174,7 @@ class KHaRConfig:
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
     save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.")
     save_curves: bool = _f(True, "Write '<log_dir>/khar-<dataset>-curves.png' when training ends: loss terms per epoch, validation KeyEval with the best epoch marked, expert load per modality (needs matplotlib; off: False).")
+    max_model_memory_gib: float = _f(64.0, "Refuse a config whose estimated training memory (check_size: audio/vision/adapter/expert/fusion weights with their gradients and AdamW moments, plus one batch's activations and attention scores; the text encoder not counted) exceeds this many GiB; checked before any data is read.")
     key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
 
     # ---- speed (no effect on what one clip computes) ------------------------------------------
@@ -144,8 +192,13 @@ class KHaRConfig:
     freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.")
 
     def __post_init__(self) -> None:
-        # Types first: a wrong type (batch_size='64') must be a ConfigError, not a TypeError from
-        # one of the comparisons below.
+        # Booleans parse strictly ('no' is False, 'off' an error), then types: a wrong type
+        # (batch_size='64') must be a ConfigError, not a TypeError from a comparison below.
+        for name in _BOOL_FIELDS:
+            try:
+                setattr(self, name, parse_bool(name, getattr(self, name)))
+            except ConfigError as exc:
+                raise ConfigTypeError(f"wrong type for KHaR config key(s): {exc}") from None
         check_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         self.dataset_name = str(self.dataset_name).lower()
         self.feature_dims = [int(x) for x in self.feature_dims]
@@ -194,6 +247,7 @@ class KHaRConfig:
         problems += _open_choice_problems(self)
         if problems:
             raise ConfigError("invalid KHaR config: " + "; ".join(problems))
+        check_size(self)
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -222,8 +276,8 @@ class KHaRConfig:
         unknown = []
         args = dict(args)
         if "use_finetune" in args:
-            value = args.pop("use_finetune")
-            if "finetune_bert" in args and args["finetune_bert"] != value:
+            value = parse_bool("use_finetune", args.pop("use_finetune"))
+            if "finetune_bert" in args and parse_bool("finetune_bert", args["finetune_bert"]) != value:
                 raise ConfigError(
                     f"use_finetune={value!r} and finetune_bert={args['finetune_bert']!r} disagree: "
                     f"KHaR reads MMSA's use_finetune as finetune_bert; set only one of them")
@@ -271,6 +325,92 @@ _RANGES = {n: r[3] for n, r in _NUMERIC_RANGES.items()}
 _RANGES.update(grad_clip="must be a finite number (<= 0 disables clipping)",
                mib_sigma_offset="must be a finite number")
 _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "float")
+_BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "bool")
+#: Every boolean setting :func:`parse_bool` guards: MMSA's, the runner's and KHaRConfig's.
+BOOL_KEYS = MMSA_BOOL_KEYS | frozenset(_BOOL_FIELDS)
+
+
+# Documented bounds (README, "Validation and safe loading"), checked by check_size before the
+# memory estimate: far beyond any published multimodal-sentiment setting, far below what makes the
+# allocator fail.
+MAX_WIDTH = 2 ** 15       # any feature or hidden width (BERT-large: 1024; OpenFace: 709)
+MAX_DEPTH = 256           # layers, adapters, experts, attention heads
+MAX_SEQ_LEN = 2 ** 16     # frames or tokens per modality (MOSEI/SIMS: <= 1000)
+_WIDTH_FIELDS = ("modal_dim", "encoder_ff_dim", "expert_hidden_dim", "fine_grained_dim",
+                 "fusion_hidden_dim", "latent_dim")
+_DEPTH_FIELDS = ("encoder_layers", "encoder_heads", "text_adapters", "av_adapters", "adapter_heads",
+                 "adapter_inner_layers", "num_experts", "top_k")
+_FLOAT_BYTES = 4          # float32 weights and activations
+_TRAINING_COPIES = 4      # weights, gradients, AdamW's two moments
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2 ** 30:.3g} GiB"
+
+
+def memory_estimate(cfg: "KHaRConfig") -> dict:
+    """Rough training memory of ``cfg`` in bytes, by the setting that drives each part.
+
+    Weights (with gradients and AdamW moments) of the audio/vision encoders and positions
+    (``modal_dim``, ``seq_lens``), the adapters (``modal_dim``), the experts
+    (``expert_hidden_dim``) and the fusion (``fusion_hidden_dim``); one batch's activations
+    (``seq_lens`` x ``batch_size``) and attention scores (``seq_lens`` squared).  The text encoder
+    is not counted.  A lower bound in spirit: meant to refuse the impossible, not to plan a GPU.
+    """
+    d, f, h = cfg.modal_dim, cfg.encoder_ff_dim, cfg.expert_hidden_dim
+    b, layers, e = cfg.batch_size, cfg.encoder_layers, cfg.num_experts
+    lens, dims = cfg.seq_lens, cfg.feature_dims
+    n_mod = len(cfg.modalities)
+    per_layer = 4 * d * d + 2 * d * f
+    encoder = sum(dims[i] * d + layers * per_layer for i in (1, 2)) + dims[0] * d
+    positions = sum(lens[i] * d for i in (1, 2))
+    adapters = (cfg.text_adapters + 2 * cfg.av_adapters) * cfg.adapter_inner_layers * 12 * (d // 2) ** 2
+    experts = n_mod * e * 2 * d * h
+    fusion = n_mod * (d * cfg.fine_grained_dim + cfg.fine_grained_dim * cfg.fusion_hidden_dim) \
+        + 2 * cfg.fusion_hidden_dim * cfg.latent_dim
+    tokens = b * sum(lens)
+    activations = tokens * (layers * (6 * d + f) + e * h) \
+        + b * cfg.encoder_heads * layers * sum(n * n for n in lens)
+    weight = _FLOAT_BYTES * _TRAINING_COPIES
+    return {"modal_dim": (encoder + adapters) * weight,
+            "expert_hidden_dim": experts * weight,
+            "fusion_hidden_dim": fusion * weight,
+            "seq_lens": positions * weight + activations * _FLOAT_BYTES}
+
+
+def check_size(cfg: "KHaRConfig") -> None:
+    """Refuse sizes that cannot be allocated, before any data is read or any tensor is made.
+
+    Every width (and ``feature_dims``) must be at most :data:`MAX_WIDTH`, every depth/count at most
+    :data:`MAX_DEPTH`, every ``seq_lens`` entry at most :data:`MAX_SEQ_LEN`; then
+    :func:`memory_estimate` must stay within ``max_model_memory_gib``.  Raises
+    :class:`ConfigError` naming the key and, for the estimate, its size.
+    """
+    problems = []
+    for name in _WIDTH_FIELDS:
+        if getattr(cfg, name) > MAX_WIDTH:
+            problems.append(f"{name}={getattr(cfg, name)}: must be at most {MAX_WIDTH} (MAX_WIDTH)")
+    for name in _DEPTH_FIELDS:
+        if getattr(cfg, name) > MAX_DEPTH:
+            problems.append(f"{name}={getattr(cfg, name)}: must be at most {MAX_DEPTH} (MAX_DEPTH)")
+    if any(x > MAX_WIDTH for x in cfg.feature_dims):
+        problems.append(f"feature_dims={cfg.feature_dims}: every entry must be at most {MAX_WIDTH} (MAX_WIDTH)")
+    if any(x > MAX_SEQ_LEN for x in cfg.seq_lens):
+        problems.append(f"seq_lens={cfg.seq_lens}: every entry must be at most {MAX_SEQ_LEN} (MAX_SEQ_LEN)")
+    if cfg.batch_size > MAX_SEQ_LEN:
+        problems.append(f"batch_size={cfg.batch_size}: must be at most {MAX_SEQ_LEN}")
+    if problems:
+        raise ConfigError("KHaR config too large: " + "; ".join(problems))
+    parts = memory_estimate(cfg)
+    total = sum(parts.values())
+    limit = cfg.max_model_memory_gib * 2 ** 30
+    if total > limit:
+        key = max(parts, key=parts.get)
+        raise ConfigError(
+            f"KHaR config too large: estimated training memory {_gib(total)} exceeds "
+            f"max_model_memory_gib={cfg.max_model_memory_gib:g}; the largest part, {_gib(parts[key])}, "
+            f"comes from {key}={getattr(cfg, key)} (batch_size={cfg.batch_size}). Lower it, or raise "
+            f"max_model_memory_gib if the machine really has the memory.")
 
 
 def _open_choice_problems(cfg: KHaRConfig) -> list:
@@ -304,7 +444,11 @@ def check_types(kwargs: Mapping[str, Any]) -> None:
     for key, value in kwargs.items():
         t = str(types.get(key, ""))
         if t == "bool":
-            ok = isinstance(value, bool)
+            try:
+                parse_bool(key, value)
+                ok = True
+            except ConfigError:
+                ok = False
         elif t == "int":  # numbers.Integral: numpy integers from a tuning grid are fine too
             ok = _is_int(value)
         elif t == "float":

@@ -5,7 +5,15 @@ from typing import Any, Dict
 
 import pytest
 
-from khar_mmsa.config import ConfigError, KHaRConfig
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from khar_mmsa.config import (BOOL_KEYS, ConfigError, KHaRConfig, memory_estimate, normalize_bools,
+                              parse_bool)
 
 
 def mmsa_args(**kw: Any) -> Dict[str, Any]:
@@ -52,7 +60,8 @@ def test_unknown_key_allowed_when_not_strict() -> None:
     ("learning_rate", "3e-5"),        # string for a float
     ("batch_size", 32.0),             # float for an int
     ("batch_size", True),             # bool is not an int here
-    ("finetune_bert", 1),             # int for a bool
+    ("finetune_bert", 2),             # an int other than 0/1 for a bool
+    ("finetune_bert", "off"),         # a word other than true/false/yes/no
     ("mib_beta", False),              # bool for a float
     ("pretrained", 5),                # int for a str
     ("feature_dims", "768,5,20"),     # str for a list
@@ -228,5 +237,137 @@ def test_use_finetune_contradicting_finetune_bert_is_refused() -> None:
 
 
 def test_use_finetune_of_wrong_type_is_named() -> None:
-    with pytest.raises(ConfigError, match="finetune_bert='no'"):
-        KHaRConfig.from_mmsa_args(mmsa_args(use_finetune="no"))
+    with pytest.raises(ConfigError, match="use_finetune='off'"):
+        KHaRConfig.from_mmsa_args(mmsa_args(use_finetune="off"))
+    assert KHaRConfig.from_mmsa_args(mmsa_args(use_finetune="no")).finetune_bert is False
+
+
+# --- strict booleans ---------------------------------------------------------------------------
+@pytest.mark.parametrize("value,expected", [
+    (True, True), (False, False), (1, True), (0, False), ("true", True), ("False", False),
+    ("YES", True), ("no", False), (" 1 ", True), ("0", False), (np.bool_(True), True),
+])
+def test_parse_bool_accepts(value: Any, expected: bool) -> None:
+    assert parse_bool("amp", value) is expected
+
+
+@pytest.mark.parametrize("value", ["off", "", "maybe", 2, -1, 1.0, None, [True]])
+def test_parse_bool_refuses_naming_the_key(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"^trust_pickle=.*: expected a boolean"):
+        parse_bool("trust_pickle", value)
+
+
+def test_every_bool_field_parses_strictly() -> None:
+    bool_fields = [f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "bool"]
+    assert set(bool_fields) <= BOOL_KEYS and {"trust_pickle", "use_bert"} <= BOOL_KEYS
+    for name in bool_fields:
+        assert getattr(KHaRConfig.from_mmsa_args(mmsa_args(**{name: "no"})), name) is False
+        assert getattr(KHaRConfig(**{name: "Yes"}), name) is True
+        with pytest.raises(ConfigError, match=f"{name}='off'"):
+            KHaRConfig(**{name: "off"})
+
+
+def test_normalize_bools_rewrites_mmsa_and_runner_keys() -> None:
+    args = {"trust_pickle": "False", "need_data_aligned": "0", "use_bert": 1, "amp": None, "lr": "no"}
+    assert normalize_bools(args) == {"trust_pickle": False, "need_data_aligned": False,
+                                     "use_bert": True, "amp": None, "lr": "no"}
+    with pytest.raises(ConfigError, match="trust_pickle='nope'"):
+        normalize_bools({"trust_pickle": "nope"})
+
+
+def test_cli_set_parses_booleans_strictly() -> None:
+    from khar_mmsa.cli import _overrides
+    assert _overrides(["trust_pickle=False", "amp=yes", "batch_size=8", "pretrained=x"]) == {
+        "trust_pickle": False, "amp": True, "batch_size": 8, "pretrained": "x"}
+    with pytest.raises(SystemExit, match="--set 'trust_pickle=nah'.*trust_pickle='nah': expected a boolean"):
+        _overrides(["trust_pickle=nah"])
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("spelling", ["False", "false", "no", "0"])
+def test_cli_trust_pickle_false_does_not_trust(tmp_path: Path, spelling: str) -> None:
+    """`python -m khar_mmsa --set trust_pickle=False` must keep the restricted unpickler: the
+    pickle's code does not run and the file is refused."""
+    from khar_mmsa.cli import main
+    from khar_mmsa.io.safe_io import UnsafePickleError
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_RunsCode(marker)))
+    dirs = [f"--{k}={tmp_path / k}" for k in ("model-save-dir", "res-save-dir", "log-dir")]
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle global"):
+        main(["-m", "khar", "-d", "mosi", "-s", "1", "--custom-feature", str(evil), "-v", "0",
+              "--set", f"trust_pickle={spelling}", *dirs])
+    assert not marker.exists()
+
+
+def test_cli_trust_pickle_nonsense_is_an_error(tmp_path: Path) -> None:
+    from khar_mmsa.cli import main
+    with pytest.raises(SystemExit, match="trust_pickle='off'"):
+        main(["-m", "khar", "-d", "mosi", "--custom-feature", str(tmp_path / "x.pkl"),
+              "--set", "trust_pickle=off"])
+
+
+# --- sizes before allocation -------------------------------------------------------------------
+@pytest.mark.parametrize("key,value,fragment", [
+    ("modal_dim", 2 ** 20, "modal_dim=1048576: must be at most 32768"),
+    ("expert_hidden_dim", 10 ** 8, "expert_hidden_dim=100000000: must be at most 32768"),
+    ("seq_lens", [50, 10 ** 9, 500], "seq_lens=[50, 1000000000, 500]: every entry must be at most 65536"),
+    ("feature_dims", [768, 10 ** 6, 20], "feature_dims=[768, 1000000, 20]"),
+    ("encoder_layers", 10 ** 4, "encoder_layers=10000: must be at most 256"),
+])
+def test_sizes_beyond_the_documented_bounds_are_refused(key: str, value: Any, fragment: str) -> None:
+    with pytest.raises(ConfigError, match="too large") as ei:
+        KHaRConfig.from_mmsa_args(mmsa_args(**{key: value}))
+    assert fragment in str(ei.value)
+
+
+def test_memory_estimate_names_the_key_and_the_estimate() -> None:
+    kw = dict(modal_dim=8192, expert_hidden_dim=32768, num_experts=64)
+    cfg = dataclasses.replace(KHaRConfig(), max_model_memory_gib=1e9, **kw)  # allowed when raised
+    parts = memory_estimate(cfg)
+    # the experts' weights: 3 modalities x 64 experts x (8192 x 32768 in, out) x 4 bytes x 4 copies
+    assert parts["expert_hidden_dim"] == 3 * 64 * 2 * 8192 * 32768 * 4 * 4
+    with pytest.raises(ConfigError) as ei:
+        KHaRConfig(**kw)
+    msg = str(ei.value)
+    assert "estimated training memory" in msg and "exceeds max_model_memory_gib=64" in msg
+    assert f"{parts['expert_hidden_dim'] / 2 ** 30:.3g} GiB, comes from expert_hidden_dim=32768" in msg
+
+
+def test_paper_configs_fit_the_memory_bound() -> None:
+    KHaRConfig()  # MOSI, Table 5
+    KHaRConfig(dataset_name="mosei", modal_dim=256, batch_size=36, seq_lens=[50, 500, 500])
+
+
+def test_oversized_config_fails_before_data_is_read(tmp_path: Path) -> None:
+    """MMSA_run with modal_dim=2**20: a ConfigError naming the key, and the feature file (which
+    does not even exist) is never opened."""
+    import khar_mmsa  # noqa: F401
+    from MMSA import MMSA_run
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    with pytest.raises(ConfigError, match="modal_dim=1048576"):
+        MMSA_run("khar", "mosi", config={"modal_dim": 2 ** 20, "featurePath": str(tmp_path / "absent.pkl")},
+                 seeds=[1], verbose_level=0, **dirs)
+
+
+@pytest.mark.parametrize("spelling", ["no", "False"])
+def test_mmsa_run_trust_pickle_no_does_not_trust(tmp_path: Path, spelling: str) -> None:
+    """MMSA_run(config={'trust_pickle': 'no'}) in Python: the restricted unpickler still reads it."""
+    import khar_mmsa  # noqa: F401
+    from MMSA import MMSA_run
+    from khar_mmsa.io.safe_io import UnsafePickleError
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_RunsCode(marker)))
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle global"):
+        MMSA_run("khar", "mosi", config={"trust_pickle": spelling}, custom_feature=str(evil),
+                 seeds=[1], verbose_level=0, **dirs)
+    assert not marker.exists()

@@ -426,3 +426,39 @@ def test_transcript_dataset_never_leaves_half_a_pickle(tmp_path, tiny_bert, monk
     monkeypatch.undo()
     build_transcript_dataset(csv, out, tiny_bert, text_len=12, progress=False)
     assert _load(out)["train"]["text_bert"].shape[1:] == (3, 12)
+
+
+# --- the builders refuse what MMSA_run would refuse ----------------------------------------------
+def test_planted_cli_refuses_sizes_mmsa_run_would_refuse(tmp_path, capsys):
+    """`python -m khar_mmsa.data.planted --sizes 1 1 1`: one sample per split cannot be scored
+    (MMSA_run refuses it), so nothing is written and the command exits 2 with the reason."""
+    out = tmp_path / "one.pkl"
+    with pytest.raises(SystemExit) as ei:
+        planted_mod.main(["--out", str(out), "--sizes", "1", "1", "1", "--seq-lens", "8", "10", "6",
+                          "--text-feature-dim", "8"])
+    assert ei.value.code == 2
+    err = capsys.readouterr().err
+    assert "nothing written, MMSA_run would refuse this data" in err
+    assert f"{out} [train/regression_labels]: has 1 sample(s)" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_planted_command_line_exits_non_zero_for_sizes_1_1_1(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "one.pkl"
+    done = subprocess.run([sys.executable, "-m", "khar_mmsa.data.planted", "--out", str(out),
+                           "--sizes", "1", "1", "1", "--seq-lens", "8", "10", "6"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "has 1 sample(s)" in done.stderr and not out.exists()
+
+
+def test_transcripts_refuse_texts_longer_than_the_encoder(tmp_path, tiny_bert):
+    """The tiny BERT has 128 positions: text_len=200 would fail in the middle of training."""
+    from khar_mmsa.data.validation import FeatureValidationError
+    csv = _write_csv(tmp_path / "label.csv", False)
+    out = tmp_path / "long.pkl"
+    with pytest.raises(FeatureValidationError, match="texts of 200 tokens, more than the text "
+                                                     "encoder's 128 positions"):
+        build_transcript_dataset(csv, out, tiny_bert, text_len=200, batch_size=2, progress=False)
+    assert not out.exists()

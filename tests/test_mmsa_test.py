@@ -120,3 +120,99 @@ def test_mmsa_test_rejects_a_sample_longer_than_the_checkpoint(trained, tmp_path
     sample["audio"][0, 0] = np.nan
     with pytest.raises(FeatureValidationError, match=r"\[audio\]: holds NaN"):
         MMSA_test("khar", str(trained["weights"]), str(dump(tmp_path, sample)), gpu_id=-1)
+
+
+# --- strict booleans --------------------------------------------------------------------------
+def _test_entry(model: str):
+    """'khar' through MMSA's own MMSA_test (import khar_mmsa sends it to us); MMSA's models
+    through khar_mmsa.test, the safe MMSA_test for every model."""
+    return MMSA_test if model == "khar" else khar_mmsa.test
+
+
+@pytest.mark.parametrize("config", [{"model_name": "khar", "trust_pickle": "no"},
+                                    {"model_name": "khar", "trust_pickle": "False"},
+                                    {"model_name": "tfn", "trust_pickle": "0"}])
+def test_trust_pickle_no_does_not_trust(config, trained, tmp_path):
+    """A non-empty string is truthy; 'no' must still mean no: the pickle's code does not run."""
+    evil, marker = evil_pickle(tmp_path)
+    with pytest.raises(UnsafePickleError, match="evil.pkl"):
+        _test_entry(config["model_name"])(config, str(trained["weights"]), str(evil), gpu_id=-1)
+    assert not marker.exists()
+
+
+def test_trust_pickle_nonsense_is_an_error_naming_the_key(trained, tmp_path):
+    from khar_mmsa.config import ConfigError
+    evil, marker = evil_pickle(tmp_path)
+    with pytest.raises(ConfigError, match="trust_pickle='sure'"):
+        MMSA_test({"model_name": "khar", "trust_pickle": "sure"}, str(trained["weights"]), str(evil),
+                  gpu_id=-1)
+    assert not marker.exists()
+
+
+# --- the checkpoint and its .pth.json through the state-file loaders -------------------------
+def _copy_checkpoint(trained, tmp_path: Path) -> Path:
+    import shutil
+    weights = tmp_path / "copy.pth"
+    shutil.copy(trained["weights"], weights)
+    shutil.copy(f"{trained['weights']}.json", f"{weights}.json")
+    return weights
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("{not json", "checkpoint config is not valid JSON"),
+    ("[]", "checkpoint config is a JSON list"),
+    ('{"model_name": "khar", "dataset_name": "mosi"}', "lacks key(s) ['config']"),
+    ('{"model_name": "khar", "dataset_name": "mosi", "config": {}, "x": 1}', "unknown key(s) ['x']"),
+    ('{"model_name": "khar", "dataset_name": "mosi", "config": {"modal_dim": "16"}}', "modal_dim='16'"),
+])
+def test_damaged_checkpoint_config_names_the_file(trained, tmp_path, content, fragment):
+    from khar_mmsa.io.state_files import StateFileError
+    weights = _copy_checkpoint(trained, tmp_path)
+    Path(f"{weights}.json").write_text(content)
+    sample = dump(tmp_path, sample_of(trained["features"]))
+    with pytest.raises(StateFileError) as ei:
+        MMSA_test("khar", str(weights), str(sample), gpu_id=-1)
+    assert str(ei.value).startswith(f"{weights}.json: ") and fragment in str(ei.value)
+
+
+def test_truncated_checkpoint_names_the_file(trained, tmp_path):
+    from khar_mmsa.io.state_files import StateFileError
+    weights = _copy_checkpoint(trained, tmp_path)
+    weights.write_bytes(weights.read_bytes()[:2000])
+    sample = dump(tmp_path, sample_of(trained["features"]))
+    with pytest.raises(StateFileError, match=r"copy\.pth: checkpoint is truncated"):
+        MMSA_test("khar", str(weights), str(sample), gpu_id=-1)
+
+
+def test_seq_lens_are_taken_from_the_checkpoint_not_its_json(trained, tmp_path):
+    import json
+    weights = _copy_checkpoint(trained, tmp_path)
+    saved = json.loads(Path(f"{weights}.json").read_text())
+    saved["config"]["seq_lens"] = [50, 3, 4]  # not what the checkpoint's position tables hold
+    Path(f"{weights}.json").write_text(json.dumps(saved))
+    sample = dump(tmp_path, sample_of(trained["features"], index=1))
+    got = MMSA_test("khar", str(weights), str(sample), gpu_id=-1)
+    assert got == pytest.approx(MMSA_test("khar", str(trained["weights"]), str(sample), gpu_id=-1), abs=1e-6)
+    saved["config"]["seq_lens"] = [50, 10 ** 9, 500]
+    Path(f"{weights}.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"seq_lens=\[50, 1000000000, 500\]"):
+        MMSA_test("khar", str(weights), str(sample), gpu_id=-1)
+
+
+# --- samples: segment ids and lengths -----------------------------------------------------------
+@pytest.mark.parametrize("model", ["khar", "tfn"])
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda s: s["text_bert"].__setitem__((2, 0), 5), "segment ids (row 2) range over [0, 5]"),
+    (lambda s: s["text_bert"].__setitem__((1, 0), 3), "the attention mask (row 1) holds [3]"),
+    (lambda s: s.__setitem__("audio_lengths", "seven"), "[audio_lengths]: is 'seven', expected one whole number"),
+    (lambda s: s.__setitem__("vision_lengths", np.array([], dtype=np.int64)), "[vision_lengths]: is array([]"),
+    (lambda s: s.__setitem__("audio_lengths", 10 ** 6), "[audio_lengths]: is 1000000, outside 1.."),
+])
+def test_bad_sample_is_a_clear_error(model, edit, fragment, trained, tmp_path):
+    sample = sample_of(trained["features"])
+    sample["text_bert"] = np.array(sample["text_bert"], dtype=np.float32)
+    edit(sample)
+    with pytest.raises(FeatureValidationError) as ei:
+        _test_entry(model)({"model_name": model}, str(trained["weights"]), str(dump(tmp_path, sample)),
+                           gpu_id=-1)
+    assert fragment in str(ei.value), str(ei.value)

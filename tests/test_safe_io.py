@@ -352,3 +352,136 @@ def test_file_digest_is_content_based(tmp_path: Path) -> None:
     b.write_bytes(b"other bytes")
     os.utime(b, ns=(2, 2))
     assert file_digest(b) == hashlib.sha256(b"other bytes").hexdigest()
+
+
+# --- shared references count against the file's budget --------------------------------------
+def _shared_reference_pickle(path: Path, refs: int = 200) -> np.ndarray:
+    """A small pickle whose 'audio' list references one 256 KiB array ``refs`` times: a loader that
+    stacks the list (validation's np.asarray) would allocate refs x 256 KiB."""
+    block = np.ones((64, 1024), dtype=np.float32)
+    data = {split: {"audio": [block] * refs, "regression_labels": np.zeros(refs, np.float32)}
+            for split in ("train", "valid", "test")}
+    path.write_bytes(pickle.dumps(data, protocol=4))
+    return block
+
+
+def test_shared_references_count_against_the_budget(tmp_path: Path) -> None:
+    path = tmp_path / "shared.pkl"
+    block = _shared_reference_pickle(path)
+    size = path.stat().st_size
+    assert size < 2 * block.nbytes  # the file holds the array once ...
+    assert 3 * 200 * block.nbytes > 100 * size  # ... but declares it 600 times
+    with pytest.raises(PickleSizeError, match="each shared reference counted again") as ei:
+        load_pickle(path)
+    assert str(path) in str(ei.value)
+    assert load_pickle(path, trusted=True)["train"]["audio"][5] is not None  # the user's choice
+
+
+def test_one_shared_reference_within_the_budget_loads(tmp_path: Path) -> None:
+    small = np.arange(10, dtype=np.float32)
+    data = {"a": small, "b": small, "pad": np.zeros(1000, np.float32)}
+    path = tmp_path / "ok.pkl"
+    path.write_bytes(pickle.dumps(data))
+    out = load_pickle(path)
+    assert out["b"] is out["a"] and out["pad"].shape == (1000,)
+
+
+# --- links and modes ---------------------------------------------------------------------------
+from khar_mmsa.io.safe_io import (UnsafePathError, check_writable_file, new_file_mode,  # noqa: E402
+                                  open_lock_file)
+
+
+def test_atomic_write_refuses_a_symlink_target_and_leaves_both_untouched(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("user,password\n")
+    link = tmp_path / "results.csv"
+    link.symlink_to(secret)
+    with pytest.raises(UnsafePathError, match="is a symbolic link"):
+        atomic_write_text(link, "Model,Acc\n")
+    assert link.is_symlink() and secret.read_text() == "user,password\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_refuses_a_dangling_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "created.csv"
+    link = tmp_path / "results.csv"
+    link.symlink_to(outside)
+    with pytest.raises(UnsafePathError):
+        atomic_write_text(link, "x")
+    assert not outside.exists() and not outside.parent.exists()
+
+
+def test_atomic_write_follows_a_linked_folder(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "linked").symlink_to(real, target_is_directory=True)
+    atomic_write_text(tmp_path / "linked" / "r.csv", "ok")
+    assert (real / "r.csv").read_text() == "ok"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o644])
+def test_existing_file_keeps_its_mode(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("old")
+    os.chmod(path, mode)
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and (path.stat().st_mode & 0o777) == mode
+
+
+def test_new_file_gets_the_umask_mode(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = tmp_path / "new.png"
+    assert new_file_mode(path) == 0o666 & ~mask
+    atomic_write_bytes(path, b"png")
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_read_only_results_file_is_an_error_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("kept")
+    os.chmod(path, 0o444)
+    with pytest.raises(PermissionError, match="read-only \\(mode 0444\\)"):
+        check_writable_file(path)
+    with pytest.raises(PermissionError, match="read-only"):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "kept" and (path.stat().st_mode & 0o777) == 0o444
+
+
+def test_check_writable_file(tmp_path: Path) -> None:
+    check_writable_file(tmp_path / "absent" / "deeper" / "results.csv")  # created when written
+    (tmp_path / "ok.csv").write_text("x")
+    check_writable_file(tmp_path / "ok.csv")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "ok.csv")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        check_writable_file(tmp_path / "link.csv")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(UnsafePathError, match="not a regular file"):
+        check_writable_file(tmp_path / "dir.csv")
+
+
+def test_lock_file_is_never_opened_through_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.lock"
+    lock = tmp_path / "results.csv.lock"
+    lock.symlink_to(outside)  # dangling
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        open_lock_file(lock)
+    assert not outside.exists()
+    lock.unlink()
+    fd = open_lock_file(lock)
+    try:
+        assert os.path.isfile(lock) and not os.path.islink(lock)
+    finally:
+        os.close(fd)
+
+
+def test_a_link_planted_while_writing_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("user,password\n")
+    target = tmp_path / "results.csv"
+    with pytest.raises(UnsafePathError, match="is a symbolic link"):
+        with atomic_open(target, "w") as f:
+            f.write("Model,Acc\n")
+            target.symlink_to(secret)  # appears between the first check and the rename
+    assert target.is_symlink() and secret.read_text() == "user,password\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

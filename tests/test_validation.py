@@ -402,7 +402,8 @@ def test_float64_glove_text_beyond_float32() -> None:
 
 # --- per-modality files: feature_T / feature_A / feature_V (issue 7, item 5) -----------------
 def _only(data: Dict[str, Dict[str, Any]], *keys: str) -> Dict[str, Dict[str, Any]]:
-    return {split: {k: d[k] for k in keys} for split, d in data.items()}
+    """The per-modality file of ``keys``, with the clip ids that match it to the main file."""
+    return {split: {k: d[k] for k in keys + ("id",)} for split, d in data.items()}
 
 
 @pytest.mark.parametrize("role,keys", [
@@ -418,10 +419,10 @@ def test_per_modality_file_passes_with_its_role(role: str, keys: tuple) -> None:
 
 
 def test_required_keys_per_role() -> None:
-    assert required_keys(make_args(), "A") == ["audio", "audio_lengths"]
-    assert required_keys(make_args(need_data_aligned=True), "V") == ["vision"]
-    assert required_keys(make_args(use_bert=False), "T") == ["text"]
-    assert required_keys(make_args(), "AV") == ["audio", "audio_lengths", "vision", "vision_lengths"]
+    assert required_keys(make_args(), "A") == ["audio", "audio_lengths", "id"]
+    assert required_keys(make_args(need_data_aligned=True), "V") == ["vision", "id"]
+    assert required_keys(make_args(use_bert=False), "T") == ["text", "id"]
+    assert required_keys(make_args(), "AV") == ["audio", "audio_lengths", "vision", "vision_lengths", "id"]
 
 
 def test_per_modality_file_checks_its_lengths() -> None:
@@ -449,3 +450,80 @@ def test_per_modality_file_sample_count_must_match_main_file() -> None:
 def test_bad_role_is_refused() -> None:
     with pytest.raises(ValueError, match="role='X'"):
         validate_features(make_data(), make_args(), SRC, role="X")
+
+
+def main_ids(data: Dict[str, Dict[str, Any]]) -> Dict[str, list]:
+    return {split: [str(i) for i in d["id"]] for split, d in data.items()}
+
+
+def test_per_modality_file_must_hold_the_main_files_clips_in_order() -> None:
+    main = make_data()
+    audio = _only(make_data(), "audio", "audio_lengths")
+    validate_features(audio, make_args(), SRC, role="A", samples=SIZES, ids=main_ids(main))
+    order = [2, 0, 1]  # the valid split's clips, in another order
+    audio["valid"] = {k: (np.asarray(v)[order]) for k, v in audio["valid"].items()}
+    with pytest.raises(FeatureValidationError) as ei:
+        validate_features(audio, make_args(), SRC, role="A", samples=SIZES, ids=main_ids(main))
+    err = ei.value
+    assert (err.source, err.split, err.key) == (SRC, "valid", "id")
+    assert "row 0 is clip 'valid_2$_$0' but the main feature file's row 0 is 'valid_0$_$0'" in str(err)
+    assert "the same clips in another order" in str(err)
+
+
+def test_per_modality_file_with_other_clips_is_refused() -> None:
+    main = make_data()
+    vision = _only(make_data(), "vision", "vision_lengths")
+    vision["test"]["id"] = np.array([f"other_{i}" for i in range(SIZES["test"])])
+    with pytest.raises(FeatureValidationError, match=r"\[test/id\]: row 0 is clip 'other_0'.*clips "
+                       r"the main file does not have"):
+        validate_features(vision, make_args(), SRC, role="V", ids=main_ids(main))
+
+
+def test_per_modality_file_without_ids_is_refused() -> None:
+    audio = {s: {k: v for k, v in d.items() if k != "id"}
+             for s, d in _only(make_data(), "audio", "audio_lengths").items()}
+    with pytest.raises(FeatureValidationError, match=r"\[train/id\]: missing key 'id' \(a feature_T"):
+        validate_features(audio, make_args(), SRC, role="A")
+
+
+def test_text_longer_than_the_encoders_position_table(tmp_path: Path) -> None:
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"vocab_size": 1000, "max_position_embeddings": 6}))
+    validate_features(make_data(seq=(6, 5, 7)), make_args(pretrained=str(folder)), SRC)
+    check_error(make_data(seq=(7, 5, 7)), make_args(pretrained=str(folder)), "train", "text_bert",
+                "texts of 7 tokens, more than the text encoder's 6 positions")
+
+
+def test_boolean_settings_parse_strictly() -> None:
+    data = make_data(use_bert=False)
+    validate_features(data, make_args(use_bert="no"), SRC)  # 'no' is False: GloVe text is read
+    with pytest.raises(ValueError, match="use_bert='off': expected a boolean"):
+        validate_features(make_data(), make_args(use_bert="off"), SRC)
+
+
+def test_mmsa_run_refuses_a_feature_a_file_in_another_order(tmp_path: Path, tiny_features, tiny_bert) -> None:
+    """MMSA_run(..., feature_A=...) with the main file's clips in another order: refused before any
+    model is built, naming the file, split and first mismatching row."""
+    import pickle
+
+    import khar_mmsa  # noqa: F401
+    from MMSA import MMSA_run
+    from khar_mmsa.io.safe_io import load_pickle
+    main = tiny_features("mosi")
+    data = load_pickle(main)
+    audio = {s: {k: np.asarray(data[s][k]) for k in ("audio", "audio_lengths", "id")} for s in
+             ("train", "valid", "test")}
+    path = tmp_path / "audio.pkl"
+    path.write_bytes(pickle.dumps(audio))
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    config = {"featurePath": str(main), "pretrained": str(tiny_bert)}
+    audio["test"] = {k: v[::-1].copy() for k, v in audio["test"].items()}
+    path.write_bytes(pickle.dumps(audio))
+    with pytest.raises(FeatureValidationError) as ei:
+        MMSA_run("khar", "mosi", config=config, feature_A=str(path), seeds=[1], verbose_level=0, **dirs)
+    err = ei.value
+    assert (err.source, err.split, err.key) == (str(path), "test", "id")
+    first = str(audio["test"]["id"][0])
+    assert f"row 0 is clip {first!r}" in str(err) and "the same clips in another order" in str(err)
+    assert not list((tmp_path / "model_save_dir").glob("*.pth"))

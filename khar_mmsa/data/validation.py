@@ -18,11 +18,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from khar_mmsa.config import LABEL_RANGES
+from khar_mmsa.config import LABEL_RANGES, parse_bool
 
 logger = logging.getLogger("MMSA")
 
-__all__ = ["FeatureValidationError", "validate_features", "required_keys", "SPLITS",
+__all__ = ["FeatureValidationError", "validate_features", "required_keys", "main_file_ids", "SPLITS",
            "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]
 
 SPLITS = ("train", "valid", "test")
@@ -53,8 +53,10 @@ class FeatureValidationError(ValueError):
 
 # --------------------------------------------------------------------------------------------
 def _flag(args: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """The boolean setting ``key`` of ``args``, parsed strictly (``'no'`` is False, ``'off'`` a
+    ConfigError naming the key); ``default`` when absent or None."""
     value = args.get(key, default)
-    return bool(value) if value is not None else default
+    return parse_bool(key, value) if value is not None else default
 
 
 def needs_unimodal_labels(args: Mapping[str, Any]) -> bool:
@@ -71,7 +73,8 @@ def required_keys(args: Mapping[str, Any], role: Optional[str] = None) -> List[s
     ``role`` None: the main feature file (``featurePath`` / ``custom_feature``).  ``role`` 'T',
     'A' or 'V' (or several letters): a per-modality file passed as ``feature_T`` / ``feature_A``
     / ``feature_V``, from which MMSA 2.2.1's ``MMDataset`` reads only that modality's array (and
-    its ``*_lengths`` for unaligned data); labels, ids and raw text always come from the main file.
+    its ``*_lengths`` for unaligned data) and its ``id`` (checked against the main file's, so that
+    no row is paired with another clip's label); labels and raw text come from the main file.
     """
     unaligned = not _flag(args, "need_data_aligned")
     text = "text_bert" if _flag(args, "use_bert") else "text"
@@ -82,7 +85,7 @@ def required_keys(args: Mapping[str, Any], role: Optional[str] = None) -> List[s
         for letter, name in (("A", "audio"), ("V", "vision")):
             if letter in role:
                 keys += [name] + ([f"{name}_lengths"] if unaligned else [])
-        return keys
+        return keys + ["id"]  # rows are matched to the main file's clips by id
     keys = [text, "audio", "vision", "regression_labels", "id", "raw_text"]
     if unaligned:
         keys += ["audio_lengths", "vision_lengths"]
@@ -99,7 +102,7 @@ def _check_role(role: Optional[str]) -> Optional[str]:
     return role
 
 
-def _why_needed(key: str, args: Mapping[str, Any]) -> str:
+def _why_needed(key: str, args: Mapping[str, Any], role: Optional[str] = None) -> str:
     model = args.get("model_name", "?")
     ds = args.get("dataset_name", "?")
     if key == "text_bert":
@@ -108,6 +111,8 @@ def _why_needed(key: str, args: Mapping[str, Any]) -> str:
         return f"model '{model}' runs with use_bert=False (GloVe/pre-extracted text features)"
     if key.endswith("_lengths"):
         return f"model '{model}' uses unaligned data (need_data_aligned=False)"
+    if key == "id" and role:
+        return "a feature_T/feature_A/feature_V file's rows are matched to the main file's clips by id"
     if key.startswith("regression_labels_"):
         return (f"dataset '{ds}' / model '{model}' uses unimodal (T/A/V) labels")
     return "MMSA's data loader reads it"
@@ -119,6 +124,17 @@ def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
     v = args.get("vocab_size")
     if v is not None:
         return int(v)
+    return _encoder_setting(args, "vocab_size")
+
+
+def _max_positions(args: Mapping[str, Any]) -> Optional[int]:
+    """``max_position_embeddings`` of the local text encoder named by ``pretrained``; None when
+    unknown (a hub name: the encoder itself refuses a text too long)."""
+    return _encoder_setting(args, "max_position_embeddings")
+
+
+def _encoder_setting(args: Mapping[str, Any], name: str) -> Optional[int]:
+    """Setting ``name`` of ``<pretrained>/config.json``; None when it cannot be read."""
     pre = args.get("pretrained")
     if not pre or not isinstance(pre, (str, Path)):
         return None
@@ -129,7 +145,7 @@ def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
     cfg = folder / "config.json"
     try:
         if cfg.is_file():
-            v = json.loads(cfg.read_text(encoding="utf-8")).get("vocab_size")
+            v = json.loads(cfg.read_text(encoding="utf-8")).get(name)
             return int(v) if v is not None else None
     except (OSError, ValueError, TypeError):
         return None
@@ -173,7 +189,7 @@ class _Checker:
         for key in self.keys:
             if key not in sd:
                 present = ", ".join(sorted(map(str, sd.keys()))) or "none"
-                self.fail(split, key, f"missing key '{key}' ({_why_needed(key, self.args)}; keys "
+                self.fail(split, key, f"missing key '{key}' ({_why_needed(key, self.args, self.role)}; keys "
                           f"present: {present})",
                           "Regenerate the features with MMSA-FET or add the key; "
                           + ("set use_bert to match the text features you have"
@@ -265,6 +281,35 @@ class _Checker:
                           f"need_data_aligned=True", "Use word-aligned features for this model, or "
                           "the unaligned feature file with need_data_aligned=False")
         return n
+
+    def same_ids(self, split: str, ids: Any, main_ids: Any) -> None:
+        """A per-modality file's clip ids must be the main file's, in the same order: MMSA pairs
+        row i of feature_A with row i of the main file's labels."""
+        mine = [str(i) for i in ids]
+        main = [str(i) for i in main_ids]
+        if mine == main:
+            return
+        if len(mine) != len(main):
+            self.fail(split, "id", f"has {len(mine)} clip ids but the main feature file's {split} "
+                      f"split has {len(main)}", "A feature_T/feature_A/feature_V file must hold the "
+                      "same clips in the same order as the main feature file")
+        first = next(i for i, (a, b) in enumerate(zip(mine, main)) if a != b)
+        how = ("the same clips in another order" if sorted(mine) == sorted(main) else
+               "clips the main file does not have")
+        self.fail(split, "id", f"row {first} is clip {mine[first]!r} but the main feature file's "
+                  f"row {first} is {main[first]!r} ({how}); its rows would be paired with other "
+                  f"clips' labels", "Reorder (or regenerate) this file so that its ids match the "
+                  "main feature file's, split by split")
+
+    def text_positions(self, split: str, tb: np.ndarray, max_positions: Optional[int]) -> None:
+        """BERT adds a learned position to each token: a text longer than its position table
+        fails inside the encoder, in the middle of training."""
+        if max_positions is not None and tb.shape[2] > max_positions:
+            self.fail(split, "text_bert", f"holds texts of {tb.shape[2]} tokens, more than the "
+                      f"text encoder's {max_positions} positions (max_position_embeddings of "
+                      f"pretrained={self.args.get('pretrained')!r})", "Re-tokenise with "
+                      f"max_length <= {max_positions} (truncation), or use an encoder with a "
+                      f"longer position table")
 
     def widths(self, split: str, arrs: Mapping[str, np.ndarray],
                ref: Dict[str, Tuple[str, Tuple[int, ...]]]) -> None:
@@ -457,7 +502,7 @@ class _Checker:
 
 def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: str,
                       role: Optional[str] = None, *, samples: Optional[Mapping[str, int]] = None,
-                      scored: bool = True) -> None:
+                      ids: Optional[Mapping[str, Any]] = None, scored: bool = True) -> None:
     """Check an MMSA feature pickle for the model and dataset in ``args``.
 
     ``args`` is MMSA's merged config (``model_name``, ``dataset_name``, ``use_bert``,
@@ -470,7 +515,12 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
     inside one split a warning) and, with ``scored`` (MMSA_run scores every split), that each
     split can be scored (:meth:`_Checker.scorable`).  ``role`` 'T', 'A' or 'V' checks a
     per-modality file (``feature_T`` / ``feature_A`` / ``feature_V``) for that modality's keys
-    only; ``samples`` ({split: count} of the main file), when given, must match its counts.
+    only, its clip ids included; ``samples`` ({split: count} of the main file) and ``ids``
+    ({split: clip ids} of the main file, see :func:`main_file_ids`), when given, must match: the
+    same clips in the same order, else an error naming the split and the first mismatching row.
+
+    With ``use_bert`` and a local ``pretrained`` folder, token ids must be below its
+    ``vocab_size`` and texts no longer than its ``max_position_embeddings``.
 
     Values: -inf in ``audio`` is accepted (MMSA's loader zeroes it); NaN or +/-inf anywhere else
     in a feature array is rejected, and so is a float64 value beyond float32's range (MMSA
@@ -497,8 +547,13 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
         chk.shapes(split, arrs, samples)
         chk.widths(split, arrs, ref)
         all_arrs[split] = arrs
-    if "id" in chk.keys:
+    if role is not None and ids is not None:
+        for split in SPLITS:
+            if split in ids:
+                chk.same_ids(split, all_arrs[split]["id"], ids[split])
+    elif "id" in chk.keys:
         chk.clip_ids(all_arrs)
+    max_positions = _max_positions(args) if "text_bert" in chk.keys else None
 
     vocab = _vocab_size(args) if chk.use_bert else None
     for split in SPLITS:
@@ -507,6 +562,7 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
             tb = arrs["text_bert"]
             if np.issubdtype(tb.dtype, np.floating) and tb.size and np.isfinite(tb).all():
                 chk.float32_range(split, "text_bert", tb, tb.min(), tb.max())
+            chk.text_positions(split, tb, max_positions)
             chk.text_bert(split, tb, vocab)
         elif "text" in chk.keys:
             chk.finite(split, "text", arrs["text"], allow_neg_inf=False)
@@ -521,3 +577,23 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
                 chk.labels(split, key, np.asarray(arrs[key]))
         if scored and "regression_labels" in chk.keys:
             chk.scorable(split, arrs["regression_labels"])
+
+
+def main_file_ids(data: Any) -> Optional[Dict[str, List[str]]]:
+    """{split: clip ids} of a main feature file, what ``validate_features(..., ids=)`` compares a
+    per-modality file with; None when the file has no readable ids."""
+    try:
+        return {split: [str(i) for i in data[split]["id"]] for split in SPLITS}
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def builder_args(dataset: str, pretrained: Any = None) -> Dict[str, Any]:
+    """The args the data builders (data/planted.py, data/transcripts.py) validate their output
+    with: what ``MMSA_run('khar', dataset)`` checks (BERT token ids, unaligned data, every split
+    scored), plus the tokenizer folder when there is one."""
+    args: Dict[str, Any] = {"model_name": "khar", "dataset_name": dataset, "use_bert": True,
+                            "need_data_aligned": False}
+    if pretrained is not None:
+        args["pretrained"] = str(pretrained)
+    return args

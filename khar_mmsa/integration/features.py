@@ -86,20 +86,25 @@ def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
 
 def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     """Read and validate every feature file of ``args`` once: ``{file key: loaded object}``."""
+    from khar_mmsa.config import parse_bool
+    from khar_mmsa.data import validation
     from khar_mmsa.data.validation import validate_features
     from khar_mmsa.io.safe_io import load_pickle
+    main_file_ids = getattr(validation, "main_file_ids", None)
     loaded: Dict[FileKey, Any] = {}
-    samples = None
-    trusted = args.get("trust_pickle", False)
+    samples = ids = None
+    trusted = parse_bool("trust_pickle", args.get("trust_pickle", False))
     for path, role in feature_files(args):
         key = file_key(path)
         if key is None or not Path(path).is_file():
             raise FeatureFileNotFoundError(missing_feature_message(path, args))
         data = load_pickle(path, trusted=trusted)
-        validate_features(data, args, source=str(path), role=role, samples=samples)
+        extra = {} if ids is None else {"ids": ids}  # per-modality files: the main file's clip ids
+        validate_features(data, args, source=str(path), role=role, samples=samples, **extra)
         loaded[key] = data
         if role is None:
             samples = _split_sizes(data)
+            ids = main_file_ids(data) if main_file_ids else None  # same clips, same order
     return loaded
 
 

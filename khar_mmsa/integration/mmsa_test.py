@@ -2,7 +2,8 @@
 
 :func:`mmsa_test` takes ``MMSA_test``'s arguments.  The feature file is read with the restricted
 unpickler (``khar_mmsa.io.safe_io``; a pickle that would run code is refused;
-``config={'trust_pickle': True}`` for a file you trust) and checked before any model sees it;
+``config={'trust_pickle': True}`` for a file you trust; every boolean setting parsed strictly by
+:func:`khar_mmsa.config.parse_bool`) and checked before any model sees it;
 ``gpu_id >= 0`` without CUDA runs on the CPU with a warning.
 
 * For 'khar' (``MMSA_test('khar', weights, features)`` after ``import khar_mmsa``, which sends
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from khar_mmsa.config import normalize_bools
 
 logger = logging.getLogger("MMSA")
 
@@ -46,7 +49,9 @@ def _extra_models() -> tuple:
 
 
 def check_sample(sample: Any, source: str) -> None:
-    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays."""
+    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays; ``text_bert``
+    (3, L) with whole-number ids, a 0/1 mask and 0/1 segment ids; ``*_lengths``, when given, one
+    whole number within the sequence."""
     from khar_mmsa.data.validation import FeatureValidationError
     if not isinstance(sample, Mapping):
         raise FeatureValidationError(source, None, None, f"the pickle holds a "
@@ -63,6 +68,12 @@ def check_sample(sample: Any, source: str) -> None:
         if not np.isfinite(a).all():
             raise FeatureValidationError(source, None, key, "holds NaN or infinite values",
                                          "Replace them before testing")
+    from khar_mmsa.integration.predict import check_length, check_text_bert
+    if sample.get("text_bert") is not None:
+        check_text_bert(sample["text_bert"], source)
+    for key in ("audio", "vision"):
+        if sample.get(f"{key}_lengths") is not None and isinstance(sample.get(key), np.ndarray):
+            check_length(sample[f"{key}_lengths"], sample[key].shape[0], source, f"{key}_lengths")
 
 
 def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0) -> Any:
@@ -78,8 +89,8 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0
     if gpu_id >= 0 and not torch.cuda.is_available():
         logger.warning(f"CUDA is not available: MMSA_test runs on the CPU (gpu_id={gpu_id}).")
         gpu_id = -1
-    test_args = _test_args(config)
-    trusted = test_args.get("trust_pickle", False)
+    test_args = normalize_bools(dict(_test_args(config)))  # 'no' is False, 'off' an error
+    trusted = test_args.get("trust_pickle") or False
     device = "cpu" if gpu_id < 0 else f"cuda:{gpu_id}"
     if is_extra_model(test_args.get("model_name", "")):
         from khar_mmsa.integration.predict import predict_file

@@ -17,7 +17,6 @@ would run code is refused) and checked before the model sees it:
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
@@ -27,7 +26,8 @@ import torch
 
 from khar_mmsa.config import KHaRConfig
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.io.safe_io import load_pickle, safe_torch_load
+from khar_mmsa.io.safe_io import load_pickle
+from khar_mmsa.io.state_files import load_checkpoint, load_checkpoint_config
 from khar_mmsa.data.validation import SPLITS, FeatureValidationError, validate_features
 
 logger = logging.getLogger("MMSA")
@@ -44,21 +44,22 @@ def config_file(weights_path: Union[str, Path]) -> Path:
 
 
 def _network_state(weights_path: Path) -> Dict[str, torch.Tensor]:
-    state = safe_torch_load(weights_path)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{weights_path}: not a state_dict (a {type(state).__name__})")
+    state = load_checkpoint(weights_path)  # StateFileError naming the file when damaged
     return {k[len(AMIO_PREFIX):] if k.startswith(AMIO_PREFIX) else k: v for k, v in state.items()}
 
 
 def checkpoint_config(weights_path: Union[str, Path], args: Mapping[str, Any],
                       state: Mapping[str, torch.Tensor]) -> KHaRConfig:
-    """The KHaR config of a checkpoint: its saved ``.json``, else ``args`` + tensor shapes."""
+    """The KHaR config of a checkpoint: its saved ``.json`` (read by
+    :func:`~khar_mmsa.io.state_files.load_checkpoint_config`), else ``args``; in both cases the
+    audio/vision ``seq_lens`` and ``feature_dims`` are the checkpoint's tensor shapes, never the
+    JSON's."""
     saved = config_file(weights_path)
     if saved.is_file():
-        fields = json.loads(saved.read_text(encoding="utf-8"))["config"]
-        return KHaRConfig(**fields)
-    fields = {k: v for k, v in dict(args).items() if k in KHaRConfig.field_names()}
-    fields.setdefault("dataset_name", args.get("dataset_name", "mosi"))
+        fields = dict(load_checkpoint_config(saved)["config"])
+    else:
+        fields = {k: v for k, v in dict(args).items() if k in KHaRConfig.field_names()}
+        fields.setdefault("dataset_name", args.get("dataset_name", "mosi"))
     dims = list(fields.get("feature_dims", KHaRConfig().feature_dims))
     lens = list(fields.get("seq_lens", KHaRConfig().seq_lens))
     for i, m in ((1, "a"), (2, "v")):
@@ -69,6 +70,8 @@ def checkpoint_config(weights_path: Union[str, Path], args: Mapping[str, Any],
         if proj is not None:
             dims[i] = int(proj.shape[1])
     fields["feature_dims"], fields["seq_lens"] = dims, lens
+    if saved.is_file():
+        return KHaRConfig(**fields)
     logger.warning(f"{saved} not found: KHaR for {weights_path} is built from the config passed to "
                    f"MMSA_test, audio/vision shapes from the checkpoint (seq_lens={lens}).")
     return KHaRConfig.from_mmsa_args(fields, strict=False)
@@ -90,7 +93,8 @@ def load_model(weights_path: Union[str, Path], args: Mapping[str, Any],
     return model.to(device).eval()
 
 
-def _check_sample(sample: Any, cfg: KHaRConfig, source: str, vocab: Optional[int]) -> None:
+def _check_sample(sample: Any, cfg: KHaRConfig, source: str, vocab: Optional[int],
+                  type_vocab: int = 2, max_positions: Optional[int] = None) -> None:
     """One sample in MMSA_test's format, against the checkpoint's config."""
     def fail(key: Optional[str], problem: str, remedy: str) -> None:
         raise FeatureValidationError(source, None, key, problem, remedy)
@@ -113,12 +117,7 @@ def _check_sample(sample: Any, cfg: KHaRConfig, source: str, vocab: Optional[int
                  "Pass one sample, not a batch")
         if not np.isfinite(a).all():
             fail(key, "holds NaN or infinite values", "Replace them before predicting")
-    ids = sample["text_bert"]
-    if ids.shape[0] != 3:
-        fail("text_bert", f"has shape {ids.shape}, expected (3, L)", "Store ids, mask, segments")
-    if (ids != np.round(ids)).any() or ids.min() < 0 or (vocab is not None and ids[0].max() >= vocab):
-        fail("text_bert", f"token ids must be whole numbers in [0, {vocab})",
-             "Tokenize with the checkpoint's tokenizer")
+    check_text_bert(sample["text_bert"], source, vocab, type_vocab, max_positions)
     for i, key in ((1, "audio"), (2, "vision")):
         n, width = sample[key].shape
         if width != cfg.feature_dims[i]:
@@ -127,9 +126,50 @@ def _check_sample(sample: Any, cfg: KHaRConfig, source: str, vocab: Optional[int
         if n > cfg.seq_lens[i]:
             fail(key, f"has {n} frames, more than the checkpoint's seq_lens[{i}]={cfg.seq_lens[i]}",
                  "Cut or resample the sequence as for the training data")
-        length = sample.get(f"{key}_lengths")
-        if length is not None and not 1 <= int(np.asarray(length).reshape(-1)[0]) <= n:
-            fail(f"{key}_lengths", f"is {length}, outside 1..{n}", "Give the real length")
+        if f"{key}_lengths" in sample:
+            check_length(sample[f"{key}_lengths"], n, source, f"{key}_lengths")
+
+
+def check_text_bert(ids: np.ndarray, source: str, vocab: Optional[int] = None,
+                    type_vocab: int = 2, max_positions: Optional[int] = None) -> None:
+    """One sample's ``text_bert`` (3, L): at most ``max_positions`` tokens (the encoder's position
+    table), whole-number token ids in [0, vocab), a 0/1 attention mask and segment ids in
+    [0, type_vocab) (BERT's token-type table), each a :class:`FeatureValidationError` naming the
+    row instead of an IndexError inside BERT."""
+    def fail(problem: str, remedy: str) -> None:
+        raise FeatureValidationError(source, None, "text_bert", problem, remedy)
+
+    if ids.ndim != 2 or ids.shape[0] != 3:
+        fail(f"has shape {ids.shape}, expected (3, L)", "Store ids, mask, segments")
+    if max_positions is not None and ids.shape[1] > max_positions:
+        fail(f"has {ids.shape[1]} tokens, more than the text encoder's {max_positions} positions "
+             f"(max_position_embeddings)", "Truncate the text to the encoder's length")
+    if (ids != np.round(ids)).any():
+        fail("holds values that are not whole numbers", "Tokenize with the checkpoint's tokenizer")
+    if ids[0].min() < 0 or (vocab is not None and ids[0].max() >= vocab):
+        fail(f"token ids (row 0) must be whole numbers in [0, {vocab})",
+             "Tokenize with the checkpoint's tokenizer")
+    if ((ids[1] != 0) & (ids[1] != 1)).any():
+        fail(f"the attention mask (row 1) holds {sorted(int(x) for x in set(ids[1].tolist()) - {0, 1})[:3]}, "
+             f"expected only 0 and 1", "Store ids, mask, segments as the tokenizer returns them")
+    if ids[2].min() < 0 or ids[2].max() >= type_vocab:
+        fail(f"segment ids (row 2) range over [{int(ids[2].min())}, {int(ids[2].max())}], "
+             f"the text encoder knows [0, {type_vocab})", "Store the tokenizer's token_type_ids")
+
+
+def check_length(value: Any, n: int, source: str, key: str) -> int:
+    """One sample's ``audio_lengths`` / ``vision_lengths``: one whole number in 1..n (a scalar or
+    a one-element array).  Returns it; a string, an empty array or a value out of range is a
+    :class:`FeatureValidationError` naming the key."""
+    a = np.asarray(value)
+    if a.size != 1 or a.dtype.kind not in "biuf":
+        raise FeatureValidationError(source, None, key, f"is {value!r}, expected one whole number",
+                                     "Give the number of valid frames of the sample")
+    x = a.reshape(-1)[0]
+    if not np.isfinite(x) or x != np.round(x) or not 1 <= x <= n:
+        raise FeatureValidationError(source, None, key, f"is {x.item()!r}, outside 1..{n} (the sample's "
+                                     f"frames)", "Give the real length")
+    return int(x)
 
 
 def _check_file(data: Mapping[str, Any], cfg: KHaRConfig, source: str) -> None:
@@ -151,6 +191,15 @@ def _vocab(cfg: KHaRConfig, model: KHaR) -> Optional[int]:
     if "t" not in model.harvesters:
         return None
     return int(model.harvesters["t"].encoder.backbone.config.vocab_size)
+
+
+def _text_limits(model: KHaR) -> tuple:
+    """(type_vocab_size, max_position_embeddings) of the text encoder; (2, None) without text."""
+    if "t" not in model.harvesters:
+        return 2, None
+    config = model.harvesters["t"].encoder.backbone.config
+    return (int(getattr(config, "type_vocab_size", 2)),
+            getattr(config, "max_position_embeddings", None))
 
 
 def _tensor(a: Any, device: torch.device) -> torch.Tensor:
@@ -188,9 +237,9 @@ def predict_file(weights_path: Union[str, Path], feature_path: Union[str, Path],
                      for i in range(0, len(d["audio"]), batch_size)]
             out[split] = np.concatenate(preds)
         return out
-    _check_sample(data, cfg, source, _vocab(cfg, model))
-    lengths = {k: [int(np.asarray(data.get(f"{k}_lengths", data[k].shape[0])).reshape(-1)[0])]
-               for k in ("audio", "vision")}
+    _check_sample(data, cfg, source, _vocab(cfg, model), *_text_limits(model))
+    lengths = {k: [check_length(data.get(f"{k}_lengths", data[k].shape[0]), data[k].shape[0],
+                                source, f"{k}_lengths")] for k in ("audio", "vision")}
     pred = _predict(model, data["text_bert"][None], data["audio"][None], data["vision"][None],
                     lengths["audio"], lengths["vision"], device)
     return float(pred[0])

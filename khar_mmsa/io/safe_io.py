@@ -3,7 +3,8 @@
 * :func:`load_pickle` / :func:`load_pickle_stream` read MMSA feature pickles with a restricted
   unpickler: only the globals a dict of numpy arrays needs can be resolved, so a crafted pickle
   cannot run code (``os.system``, ``open``, ``eval`` ...), and no array (or ``bytes``) larger
-  than what the rest of the file can hold is allocated, so a tiny file cannot declare terabytes.
+  than what the rest of the file can hold is allocated, so a tiny file cannot declare terabytes;
+  every array counts against that budget, again each time the pickle references it again.
   ``trusted=True`` falls back to plain :mod:`pickle` for a file the user vouches for.
 * :func:`file_digest` is the content hash (SHA-256) of a file, computed once per process per
   file version; saved adapters and resume files are keyed by it instead of paths or mtimes.
@@ -12,6 +13,16 @@
   :func:`atomic_open` context manager write to a temporary file in the target's directory, flush
   and fsync it, then ``os.replace`` it over the target: readers see the old file or the new one,
   never a truncated one, and the temporary file is removed if anything fails.
+
+Links and modes.  Links in the folders leading to a file are followed (the user made the
+folders so); the files themselves are never opened through a link: the temporary file is created
+with ``O_CREAT | O_EXCL`` (which never follows one), a target that is a symbolic link (dangling or
+not) is refused with :class:`UnsafePathError` -- the link and what it points to stay untouched --
+and :func:`open_lock_file` opens a lock file with ``O_NOFOLLOW``.  An existing target keeps its
+permission bits (0600 stays 0600); a new one gets ``0o666 & ~umask`` (0644 under the usual umask),
+whatever wrote it (results, checkpoints, curves, logs: :func:`new_file_mode`).  An existing target
+without its owner's write bit is read-only: writing it raises :class:`PermissionError`, and
+:func:`check_writable_file` says so before any work is done.
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ import logging
 import math
 import os
 import pickle
+import stat
 import tempfile
 import threading
 import time
@@ -38,6 +50,7 @@ __all__ = [
     "UnsafePickleError", "PickleReadError", "PickleSizeError", "ALLOWED_GLOBALS", "load_pickle",
     "load_pickle_stream", "file_digest",
     "safe_torch_load", "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
+    "UnsafePathError", "check_writable_file", "new_file_mode", "open_lock_file",
 ]
 
 _TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
@@ -143,6 +156,7 @@ class _SizeGuard:
 
     def __init__(self, budget: Optional[int], source: str) -> None:
         self.budget, self.source = budget, source
+        self.used = 0  # bytes of every array declared or referenced again so far
 
     def array(self, shape: Any, dtype: Any, what: str) -> None:
         if self.budget is None:
@@ -162,6 +176,24 @@ class _SizeGuard:
                 f"{self.source}: {what} declares an array of shape {tuple(dims)} and dtype {dt} "
                 f"({size}), but the file holds only {_human(self.budget)}; refusing to allocate it. "
                 f"The file is corrupt or crafted; re-download or regenerate it.")
+        self._count(need, f"{what} of shape {tuple(dims)}")
+
+    def reference(self, arr: Any) -> None:
+        """A memoised array fetched again: whoever stacks or copies the references (validation's
+        ``np.asarray`` of a list of them) allocates it again, so it counts again."""
+        if self.budget is None:
+            return
+        need = arr.size if arr.dtype.hasobject else arr.nbytes
+        self._count(need, f"a shared reference to an array of shape {arr.shape}")
+
+    def _count(self, need: int, what: str) -> None:
+        self.used += need
+        if self.used > self.budget:
+            raise PickleSizeError(
+                f"{self.source}: the arrays this pickle declares, each shared reference counted "
+                f"again, add up to more than {_human(self.used)} (at {what}), but the file holds "
+                f"only {_human(self.budget)}; refusing to allocate them. A feature pickle holds "
+                f"each array once; this one is corrupt or crafted. " + _TRUST_HINT)
 
     def byte_string(self, args: tuple, name: str) -> None:
         if self.budget is not None and args and isinstance(args[0], int) \
@@ -224,6 +256,27 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             self._guard.array(shape, dtype, "an ndarray's state")
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
     dispatch[_BUILD] = load_build
+
+    def _after_get(self) -> None:
+        import numpy
+        top = self.stack[-1] if self.stack else None
+        if isinstance(top, numpy.ndarray):
+            self._guard.reference(top)
+
+    def load_get(self) -> None:
+        pickle._Unpickler.load_get(self)  # type: ignore[attr-defined]
+        self._after_get()
+    dispatch[pickle.GET[0]] = load_get
+
+    def load_binget(self) -> None:
+        pickle._Unpickler.load_binget(self)  # type: ignore[attr-defined]
+        self._after_get()
+    dispatch[pickle.BINGET[0]] = load_binget
+
+    def load_long_binget(self) -> None:
+        pickle._Unpickler.load_long_binget(self)  # type: ignore[attr-defined]
+        self._after_get()
+    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
         mod, nm = module, name
@@ -382,27 +435,108 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class UnsafePathError(OSError):
+    """A file we would write is a symbolic link (or not a regular file): refused, untouched."""
+
+
+def _existing(path: Path) -> Optional[os.stat_result]:
+    """``lstat`` of ``path`` (the link itself, not what it points to); None when absent."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _refuse_unsafe_target(path: Path, st: Optional[os.stat_result]) -> None:
+    if st is None:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(
+            f"{path} is a symbolic link (to {os.readlink(path)!r}); khar-mmsa does not write "
+            f"files through links. Remove the link or point the run at the real path.")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{path} exists and is not a regular file; refusing to replace it.")
+    if not st.st_mode & stat.S_IWUSR:
+        raise PermissionError(
+            f"{path} is read-only (mode {stat.S_IMODE(st.st_mode):04o}); khar-mmsa does not "
+            f"overwrite it. Make it writable (chmod u+w) or write elsewhere.")
+
+
+def new_file_mode(path: PathLike) -> int:
+    """The permission bits a file written to ``path`` gets: an existing regular file's own bits,
+    else ``0o666 & ~umask`` (0644 under umask 022)."""
+    st = _existing(Path(path))
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode)
+    return 0o666 & ~_UMASK
+
+
+def check_writable_file(path: PathLike) -> None:
+    """Raise now, before any work, if a file could not be written at ``path`` later.
+
+    Refused with :class:`UnsafePathError`: ``path`` is a symbolic link (dangling or not) or not a
+    regular file.  :class:`PermissionError`: an existing file without its owner's write bit
+    (checked on the mode bits, so also when running as root), or a folder that is not writable.
+    A missing folder is fine (it is created when the file is written)."""
+    p = Path(path)
+    _refuse_unsafe_target(p, _existing(p))
+    folder = p.parent if str(p.parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir():
+        st = os.stat(folder)
+        if not (st.st_mode & stat.S_IWUSR and os.access(folder, os.W_OK | os.X_OK)):
+            raise PermissionError(f"{p}: its folder {folder} is not writable.")
+    else:
+        raise UnsafePathError(f"{p}: {folder} is not a folder.")
+
+
+def open_lock_file(path: PathLike) -> int:
+    """Open (or create) the lock file ``path`` for ``flock`` and return its descriptor.
+
+    ``O_NOFOLLOW``: a symbolic link at ``path`` (a dangling one too) is refused with
+    :class:`UnsafePathError` instead of creating a file wherever it points.  New lock files get
+    :func:`new_file_mode`'s bits."""
+    p = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(p, flags, 0o666)
+    except OSError as exc:
+        st = _existing(p)
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"{p} is a symbolic link; refusing to use it as a lock file. "
+                                  f"Remove it.") from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{p} is not a regular file; refusing to use it as a lock file.")
+    return fd
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None) -> Iterator[IO]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
 
     ``mode`` is ``'wb'`` or ``'w'`` (text, ``encoding`` defaults to UTF-8).  If the body raises,
     the temporary file is removed and an existing ``path`` is left untouched.  The new file gets
-    the old file's permission bits, or the usual ``0o666 & ~umask`` for a new file.
+    the old file's permission bits, or the usual ``0o666 & ~umask`` for a new file
+    (:func:`new_file_mode`).  A ``path`` that is a symbolic link is refused
+    (:class:`UnsafePathError`), and so is a read-only existing file (:class:`PermissionError`),
+    before anything is written; the target is checked again just before the rename.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open: mode must be 'wb' or 'w', not {mode!r}")
     target = Path(path)
+    _refuse_unsafe_target(target, _existing(target))
     directory = target.parent if str(target.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
+    # mkstemp opens with O_CREAT | O_EXCL: it never follows a link planted at the temporary name.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     tmp = Path(tmp_name)
     try:
-        try:
-            perms = target.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            perms = 0o666 & ~_UMASK
-        os.chmod(tmp, perms)
+        perms = new_file_mode(target)
+        os.fchmod(fd, perms)
         if mode == "wb":
             f: IO = os.fdopen(fd, "wb")
         else:
@@ -412,6 +546,7 @@ def atomic_open(path: PathLike, mode: str = "wb", encoding: Optional[str] = None
             yield f
             f.flush()
             os.fsync(f.fileno())
+        _refuse_unsafe_target(target, _existing(target))  # a link planted while we wrote
         os.replace(tmp, target)
     except BaseException:
         if fd >= 0:

@@ -1,0 +1,338 @@
+"""One loader per kind of state file khar-mmsa reads back, and :func:`set_aside` for damaged ones.
+
+State files are what a run leaves for the next one: checkpoints and their ``.pth.json`` config,
+the per-run seeds file, the adapter cache, the sweep manifest, the tune table and its best-candidate
+marker.  Each loader here reads one kind, checks what is inside (readable at all, the top-level
+type, required and unknown keys, the type of every value) and raises one :class:`StateFileError`
+naming the file and what is wrong -- never a bare ``JSONDecodeError``, ``KeyError`` or PyTorch's
+"failed finding central directory".  A file that is merely absent raises
+:class:`FileNotFoundError`.
+
+A caller whose work the file only records (a finished seed, a cached pretraining, a finished
+sweep run) should not stop on a damaged file: :func:`set_aside` renames it to
+``<name>.damaged-<k>`` (kept for inspection, named in the log) and the work is done again.
+
+Loaders: :func:`load_checkpoint`, :func:`load_checkpoint_config`, :func:`load_seeds_file`,
+:func:`load_adapter_cache`, :func:`parse_manifest_line` / :func:`load_manifest`,
+:func:`load_tune_marker`, :func:`load_tune_table`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+logger = logging.getLogger("MMSA")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["StateFileError", "set_aside", "load_checkpoint", "load_checkpoint_config",
+           "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
+           "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS"]
+
+#: Events a sweep manifest line may record (experiments/sweep.py's Manifest.record).
+MANIFEST_EVENTS = ("start", "done", "failed")
+_MANIFEST_KEYS = {"event", "run_id", "identity", "title", "time", "executor", "outcome", "error"}
+_CHECKPOINT_CONFIG_KEYS = {"model_name": str, "dataset_name": str, "config": dict}
+_SEEDS_KEYS = {"key": str, "results": dict}
+_ADAPTER_KEYS = {"fingerprint": str, "states": dict, "labels": dict, "config": dict}
+_MODALITIES = ("t", "a", "v")
+
+
+class StateFileError(ValueError):
+    """A state file cannot be used: ``"<path>: <what is wrong>"`` (attributes ``path``,
+    ``problem``)."""
+
+    def __init__(self, path: PathLike, problem: str) -> None:
+        self.path, self.problem = Path(path), problem.rstrip(".")
+        super().__init__(f"{self.path}: {self.problem}.")
+
+
+def set_aside(path: PathLike, reason: Union[str, BaseException]) -> Path:
+    """Rename the damaged state file ``path`` to ``<name>.damaged-<k>`` (the first free k >= 1),
+    log a warning on the 'MMSA' logger naming both paths and ``reason``, and return the new path.
+
+    The file is kept, never deleted, and never renamed over an existing file: the new name is
+    claimed with a hard link (which fails if the name exists) before the old name is removed; on a
+    file system without hard links the name is checked with ``lstat`` and renamed."""
+    src = Path(path)
+    k = 1
+    while True:
+        dst = src.with_name(f"{src.name}.damaged-{k}")
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            k += 1
+            continue
+        except OSError:  # no hard links here (or a link as the source): rename to a free name
+            if os.path.lexists(dst):
+                k += 1
+                continue
+            os.rename(src, dst)
+            break
+        os.unlink(src)
+        break
+    why = reason.problem if isinstance(reason, StateFileError) else str(reason)
+    logger.warning(f"{src}: {why}; set aside as {dst} (kept for inspection); the work it "
+                   f"recorded is done again.")
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
+# shared checks
+# --------------------------------------------------------------------------------------------
+_JSON_TYPE_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a string", float: "a number",
+                    int: "an integer", bool: "true/false", type(None): "null"}
+
+
+def _kind(value: Any, json_names: bool = True) -> str:
+    if json_names:
+        for t, name in _JSON_TYPE_NAMES.items():
+            if type(value) is t:
+                return name
+    return f"a {type(value).__name__}"
+
+
+def _read_json(path: PathLike, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: {what} not found")
+    raw = p.read_bytes()
+    if not raw.strip():
+        raise StateFileError(p, f"{what} is empty (truncated when it was written?)")
+    return _parse_json(raw, p, what)
+
+
+def _parse_json(raw: Union[bytes, str], path: PathLike, what: str) -> Any:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise StateFileError(path, f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateFileError(path, f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} "
+                                   f"column {exc.colno}; truncated or corrupt)") from exc
+
+
+def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, type],
+                  optional: Optional[Mapping[str, type]] = None, json_names: bool = True) -> None:
+    """``obj`` is a dict with every ``required`` key, no key outside ``required``/``optional``,
+    and each value of the given type (types named as JSON's unless ``json_names`` is False)."""
+    at = ""
+    if not isinstance(obj, dict):
+        expected = "a JSON object" if json_names else "a dict"
+        raise StateFileError(path, f"{what}{at} is {_kind(obj, json_names)}, expected {expected} "
+                                   f"with keys {sorted(required)}")
+    optional = dict(optional or {})
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise StateFileError(path, f"{what}{at} lacks key(s) {missing}")
+    unknown = sorted(str(k) for k in obj if k not in required and k not in optional)
+    if unknown:
+        raise StateFileError(path, f"{what}{at} has unknown key(s) {unknown} (expected "
+                                   f"{sorted(set(required) | set(optional))})")
+    for key, t in {**required, **optional}.items():
+        if key in obj and not (isinstance(obj[key], t) and not (t is not bool and isinstance(obj[key], bool))):
+            raise StateFileError(path, f"{what}{at}: '{key}' is {_kind(obj[key], json_names)}, expected "
+                                       f"{_JSON_TYPE_NAMES.get(t, t.__name__)}")
+
+
+def _torch_file(path: PathLike, what: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``path``; every failure a :class:`StateFileError`."""
+    from khar_mmsa.io.safe_io import UnsafePickleError, safe_torch_load
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: {what} not found")
+    if p.stat().st_size == 0:
+        raise StateFileError(p, f"{what} is empty (truncated when it was written?)")
+    try:
+        return safe_torch_load(p)
+    except UnsafePickleError as exc:
+        raise StateFileError(p, f"{what} holds objects other than tensors and plain containers; "
+                                f"refused (torch.load(weights_only=True))") from exc
+    except Exception as exc:  # noqa: BLE001 - torch's zip reader: RuntimeError, EOFError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StateFileError(p, f"{what} is truncated or not a PyTorch file ({type(exc).__name__}: "
+                                f"{first})") from exc
+
+
+def _tensor_dict(path: PathLike, obj: Any, what: str) -> Dict[str, Any]:
+    import torch
+    if not isinstance(obj, Mapping):
+        raise StateFileError(path, f"{what} is a {type(obj).__name__}, expected a state_dict "
+                                   f"(names -> tensors)")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise StateFileError(path, f"{what}: entry {key!r} is a {type(value).__name__}, "
+                                       f"expected a tensor named by a string")
+    return dict(obj)
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """A model checkpoint (``.pth``): a state_dict of tensors, read with
+    ``torch.load(weights_only=True)`` on the CPU."""
+    return _tensor_dict(path, _torch_file(path, "checkpoint"), "checkpoint")
+
+
+def load_checkpoint_config(path: PathLike) -> Dict[str, Any]:
+    """A checkpoint's ``<ckpt>.json``: ``{"model_name": str, "dataset_name": str, "config":
+    {KHaRConfig fields}}`` as the KHaR trainer writes it.
+
+    Every ``config`` key must be a KHaRConfig field and the whole must make a valid
+    :class:`~khar_mmsa.config.KHaRConfig` (types, ranges and sizes: ``seq_lens`` of 10**9 is
+    refused here, before any data is read); fields missing from the file (added to KHaRConfig
+    after it was written) take their defaults.  Returns the parsed object."""
+    from khar_mmsa.config import ConfigError, KHaRConfig
+    what = "checkpoint config"
+    obj = _read_json(path, what)
+    _check_object(path, obj, what, _CHECKPOINT_CONFIG_KEYS)
+    fields = {f.name for f in dataclasses.fields(KHaRConfig)}
+    unknown = sorted(k for k in obj["config"] if k not in fields)
+    if unknown:
+        raise StateFileError(path, f"{what}: 'config' has unknown key(s) {unknown} (not KHaRConfig fields)")
+    try:
+        KHaRConfig(**obj["config"])
+    except ConfigError as exc:
+        raise StateFileError(path, f"{what}: {exc}") from exc
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# per-run seeds file
+# --------------------------------------------------------------------------------------------
+def load_seeds_file(path: PathLike) -> Dict[str, Any]:
+    """A run's finished seeds, ``<ckpt>.seeds.json``: ``{"key": str, "results": {"<seed>":
+    {metric: number, ...}, ...}}``.  Every seed is an integer, every seed has at least one
+    metric and every metric is a finite number (a row with no metrics is damage, not a result)."""
+    what = "seeds file"
+    obj = _read_json(path, what)
+    _check_object(path, obj, what, _SEEDS_KEYS)
+    for seed, metrics in obj["results"].items():
+        try:
+            int(seed)
+        except ValueError:
+            raise StateFileError(path, f"{what}: seed {seed!r} is not an integer") from None
+        if not isinstance(metrics, dict) or not metrics:
+            raise StateFileError(path, f"{what}: seed {seed} has {_kind(metrics) if not isinstance(metrics, dict) else 'no metrics'}, "
+                                       f"expected an object of metric values")
+        for name, value in metrics.items():
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise StateFileError(path, f"{what}: seed {seed}'s {name!r} is {value!r}, expected a "
+                                           f"finite number")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# adapter cache
+# --------------------------------------------------------------------------------------------
+def load_adapter_cache(path: PathLike) -> Dict[str, Any]:
+    """Pretrained adapters (``<ckpt stem>-adapters.pt``, training/pretrain.py): ``{"fingerprint":
+    str, "states": {modality: state_dict}, "labels": dict, "config": dict}``, modalities among
+    't', 'a', 'v', every state a dict of tensors."""
+    what = "adapter cache"
+    obj = _torch_file(path, what)
+    _check_object(path, obj, what, _ADAPTER_KEYS, json_names=False)
+    for m, state in obj["states"].items():
+        if m not in _MODALITIES:
+            raise StateFileError(path, f"{what}: 'states' has modality {m!r}, expected one of "
+                                       f"{list(_MODALITIES)}")
+        _tensor_dict(path, state, f"{what}: states[{m!r}]")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# sweep manifest
+# --------------------------------------------------------------------------------------------
+def parse_manifest_line(line: str, path: PathLike, lineno: int) -> Dict[str, Any]:
+    """One record of ``sweep-manifest.jsonl`` (experiments/sweep.py): a JSON object with
+    ``event`` (start, done or failed) and ``run_id`` strings; a ``done`` record carries
+    ``outcome`` = ``{"result": {...}, ...}``, a ``failed`` one an ``error`` string.  Errors name
+    ``path:lineno``."""
+    where = f"{Path(path)}:{lineno}"
+    what = "manifest record"
+    rec = _parse_json(line, where, what)
+    _check_object(where, rec, what, {"event": str, "run_id": str},
+                  {"identity": object, "title": str, "time": str, "executor": str,
+                   "outcome": dict, "error": str})
+    if rec["event"] not in MANIFEST_EVENTS:
+        raise StateFileError(where, f"{what}: event {rec['event']!r}, expected one of {list(MANIFEST_EVENTS)}")
+    if rec["event"] == "done":
+        if "outcome" not in rec:
+            raise StateFileError(where, f"{what}: a 'done' record lacks 'outcome'")
+        if not isinstance(rec["outcome"].get("result"), dict):
+            raise StateFileError(where, f"{what}: the 'done' record's outcome lacks its 'result' object")
+    return rec
+
+
+def load_manifest(path: PathLike) -> Tuple[List[Dict[str, Any]], List[StateFileError]]:
+    """Every usable record of a sweep manifest, in order, and one :class:`StateFileError` per line
+    that is not (a line cut by a killed driver, a list, a record without ``run_id``...), each also
+    logged as a warning.  A run whose only records are damaged counts as never run, so it runs
+    again.  A missing file: ``([], [])``."""
+    p = Path(path)
+    if not p.is_file():
+        return [], []
+    records, damaged = [], []
+    with open(p, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                records.append(parse_manifest_line(raw.decode("utf-8", "replace"), p, n))
+            except StateFileError as exc:
+                logger.warning(f"{exc} Ignored: the run it records runs again.")
+                damaged.append(exc)
+    return records, damaged
+
+
+# --------------------------------------------------------------------------------------------
+# tune files
+# --------------------------------------------------------------------------------------------
+def load_tune_marker(path: PathLike) -> Dict[str, Any]:
+    """The tune search's best-checkpoint marker (``<model>-<dataset>-tune-best.json``,
+    integration/tune.py): ``{"candidate": "<the candidate's JSON>"}``, the candidate itself a JSON
+    object."""
+    what = "tune best-checkpoint marker"
+    obj = _read_json(path, what)
+    _check_object(path, obj, what, {"candidate": str})
+    candidate = _parse_json(obj["candidate"], path, f"{what}'s candidate")
+    if not isinstance(candidate, dict):
+        raise StateFileError(path, f"{what}: the candidate is {_kind(candidate)}, expected a JSON object")
+    return obj
+
+
+def load_tune_table(path: PathLike) -> Any:
+    """The tune CSV (``<res_save_dir>/tune/<dataset>-<model>.csv``) as a pandas DataFrame: it must
+    parse, have a ``candidate`` column whose cells are JSON objects, and ``Valid_*`` columns that
+    are numbers (or empty)."""
+    import pandas as pd
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: tune table not found")
+    try:
+        table = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StateFileError(p, f"tune table is not a readable CSV ({type(exc).__name__}: {first})") from exc
+    if "candidate" not in table.columns:
+        raise StateFileError(p, f"tune table lacks the 'candidate' column (columns: {list(table.columns)})")
+    for i, cell in enumerate(table["candidate"]):
+        try:
+            ok = isinstance(json.loads(str(cell)), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise StateFileError(p, f"tune table row {i + 1}: candidate {cell!r} is not a JSON object")
+    for col in (c for c in table.columns if str(c).startswith("Valid_")):
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            raise StateFileError(p, f"tune table column {col!r} holds non-numbers")
+    return table
