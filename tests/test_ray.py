@@ -1,6 +1,7 @@
 """The Ray paths: benchmark runs as Ray tasks, and the Ray Tune search (needs the ``ray`` extra).
 
-One local Ray instance (``ray.init(num_cpus=2)``, session-scoped) serves every test that needs one;
+One local Ray instance (``ray.init(num_cpus=2)``, session-scoped, all tests on one xdist worker)
+serves every test that needs one;
 the checks that must happen before Ray starts run without it.
 """
 from __future__ import annotations
@@ -24,6 +25,9 @@ if str(REPO) not in sys.path:
 
 import khar_mmsa  # noqa: E402,F401 - registers the patches
 from test_tune_mode import TINY_KHAR, tune_config_file  # noqa: E402
+
+# Under pytest-xdist (--dist=loadgroup) every test here runs on one worker: one Ray instance.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="session")
