@@ -1,8 +1,8 @@
 """The Ray paths: benchmark runs as Ray tasks, and the Ray Tune search (needs the ``ray`` extra).
 
-One local Ray instance (``ray.init(num_cpus=2)``, session-scoped, all tests on one xdist worker)
-serves every test that needs one;
-the checks that must happen before Ray starts run without it.
+One local Ray instance (``ray.init(num_cpus=2)``, session-scoped, every test here on one xdist
+worker) serves every test that needs one; the checks that must happen before Ray starts run
+without it.
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_f
         outcome = ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
                                   custom_feature=str(feature), seed=1, num_samples=4, grace_period=1,
                                   reduction_factor=2, cpus_per_trial=1, out_dir=tmp_path / "tune", search_seed=0,
-                                  progress_interval_s=0.0)
+                                  progress_interval_s=0.0, max_concurrent=1)  # one trial actor, reused: one MMSA import
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray Tune: ") and "trials ended" in r.getMessage()]
     assert progress and progress[-1].startswith("Ray Tune: 4/4 trials ended (0 failed), 0 running, best valid_Loss")
     assert outcome.trials == 4 and outcome.metric == "valid_Loss" and outcome.mode == "min"
