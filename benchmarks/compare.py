@@ -106,7 +106,8 @@ KHAR_QUICK = {"epochs": 30, "early_stop": 2, "batch_size": 16, "learning_rate": 
 KHAR_SMOKE = {"epochs": 1, "early_stop": 1, "batch_size": 8, "pretrain_epochs": 1, "modal_dim": 16,
               "encoder_layers": 1, "encoder_heads": 2, "encoder_ff_dim": 16, "text_adapters": 1, "av_adapters": 1,
               "adapter_heads": 2, "adapter_inner_layers": 1, "expert_hidden_dim": 16, "fine_grained_dim": 8,
-              "fusion_hidden_dim": 16, "latent_dim": 8}
+              "fusion_hidden_dim": 16, "latent_dim": 8,
+              "save_curves": False}  # drawing the PNG takes longer than a smoke run's training
 BASELINE_QUICK = {"tfn": {"early_stop": 2}, "mult": {"early_stop": 2, "update_epochs": 1},
                   "self_mm": {"early_stop": 2, "update_epochs": 1}}
 # Smoke: seconds on a CPU (the tests' setting), so the baselines are shrunk too: TFN's outer product

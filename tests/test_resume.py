@@ -191,7 +191,7 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
             return factory(type(args)(dict(args), callbacks=[InterruptedInSeed2()]))
 
     monkeypatch.setitem(EXTRA_TRAINERS, "khar", WithCallback())
-    config = dict(khar_config, pretrain_adapters=False)
+    config = dict(khar_config, pretrain_adapters=False, save_curves=False)
     kwargs = dict(mmsa_run_kwargs, seeds=SEEDS)
     with pytest.raises(Interrupted):
         MMSA_run("khar", "mosi", config=config, **kwargs)

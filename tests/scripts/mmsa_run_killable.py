@@ -39,6 +39,11 @@ from khar_mmsa.training.pretrain import HarvestTask  # noqa: E402
 from MMSA import MMSA_run  # noqa: E402
 
 MMSA.run.time = types.SimpleNamespace(sleep=lambda s: None, time=time.time)  # skip MMSA's 1 s nap
+try:  # what the runs' curves PNG needs, imported once here (MPLCONFIGDIR is the test's folder)
+    import matplotlib.backends.backend_agg  # noqa: E402,F401
+    import matplotlib.figure  # noqa: E402,F401
+except ImportError:  # matplotlib is optional: the runs then warn and draw nothing
+    pass
 RUN_TIMEOUT_S = 600
 
 
