@@ -105,8 +105,11 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def unregistered() -> Iterator[None]:
-    """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
+    """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after.  MMSA
+    is imported first (khar_mmsa registers as it is imported), so the state restored is the one a
+    test that ran alone would leave too."""
     import logging
+    importlib.import_module("MMSA.run")
     from khar_mmsa.integration import registration as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)
