@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
 from khar_mmsa.integration.configs import config_for
 from khar_mmsa.integration.features import load_features, make_loaders
@@ -129,7 +130,7 @@ def build_args(model_name: str, dataset_name: str, config_file: Any, config: Opt
                              f"asked for, {model_name!r}")
         args.update(config)
     args["verbose_level"], args["log_dir"] = verbose_level, str(log_dir)
-    return args
+    return normalize_bools(args)  # 'no', 'false', '0' are False for every boolean key, else an error
 
 
 def _cuda_available() -> bool:

@@ -28,7 +28,8 @@ from khar_mmsa.config import MODALITIES, KHaRConfig, fingerprint
 from khar_mmsa.io.identity import config_identity
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
-from khar_mmsa.io.safe_io import atomic_torch_save, safe_torch_load
+from khar_mmsa.io.safe_io import atomic_torch_save
+from khar_mmsa.io.state_files import StateFileError, load_adapter_cache, set_aside
 from khar_mmsa.reporting.progress import progress
 from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeights, ProgressBar
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
@@ -150,8 +151,13 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
     match and it holds the adapters of every modality in use."""
     key = pretrain_fingerprint(cfg, seed, data)
     states = None
+    saved = None
     if path.is_file():
-        saved = safe_torch_load(path)
+        try:
+            saved = load_adapter_cache(path)
+        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again
+            set_aside(path, exc)
+    if saved is not None:
         missing = khar.missing_adapters(saved.get("states") or {})
         if saved.get("fingerprint") != key:
             logger.info(f"Pretrained adapters at {path} were made with another config, modalities, seed "
