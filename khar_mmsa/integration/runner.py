@@ -156,7 +156,7 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
     """One seed: seed, MMSA's loaders, model and trainer; train; test the checkpoint it wrote."""
     import torch
 
-    from khar_mmsa.io.safe_io import safe_torch_load
+    from khar_mmsa.io.state_files import load_checkpoint
     mmsa_utils = importlib.import_module("MMSA.utils")
     mmsa_utils.setup_seed(seed)
     args["cur_seed"], args["seed"] = index, seed
@@ -178,7 +178,7 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
             + (" (the file there is from an earlier run and is not tested)" if after is not None else "")
             + f". No epoch improved the validation {args.get('KeyEval')!r} (MMSA starts a 'max' metric's "
               f"best at 0); use KeyEval 'Loss' or check the data and learning rate.")
-    model.load_state_dict(safe_torch_load(checkpoint, map_location=args["device"]))
+    model.load_state_dict(load_checkpoint(checkpoint))  # a damaged file: StateFileError naming it
     result = trainer.do_test(model, loaders["test"], mode="TEST")
     del model, trainer, loaders
     gc.collect()

@@ -86,6 +86,27 @@ def _float32(obj):
     return obj
 
 
+#: Size settings of Table 5 and the fewest training clips they were tuned on (CMU-MOSI's standard
+#: training fold, the smallest of the paper's four datasets, has 1,284 clips).
+PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
+PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
+
+
+def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
+    """Warn (and return True) when the model has the paper's size but the data is far smaller than
+    any dataset the paper tuned it on: such a run usually learns a constant prediction."""
+    defaults = KHaRConfig(dataset_name=cfg.dataset_name)
+    paper_size = all(getattr(cfg, f) == getattr(defaults, f) for f in PAPER_SIZE_FIELDS)
+    if not paper_size or train_clips >= PAPER_SIZE_MIN_TRAIN_CLIPS:
+        return False
+    logger.warning(
+        f"KHaR has the paper's size (Table 5: {', '.join(f'{f}={getattr(cfg, f)}' for f in PAPER_SIZE_FIELDS)}) "
+        f"but trains on {train_clips} clips, fewer than the {PAPER_SIZE_MIN_TRAIN_CLIPS} of the smallest dataset "
+        f"it was tuned on; at this size it usually learns a constant prediction. Shrink it (e.g. "
+        f"--set modal_dim=32 --set encoder_layers=1, as the demo does) or tune it on validation (-t).")
+    return True
+
+
 class KHaRTrainer(Task):
     """MMSA's trainer for ``'khar'``, and the :class:`~khar_mmsa.training.loop.Task` its
     :func:`~khar_mmsa.training.loop.fit` runs.  ``metrics``: MMSA's metric function for the dataset
@@ -175,6 +196,7 @@ class KHaRTrainer(Task):
         khar = unwrap(model)
         show = progress_enabled(self.verbose_level)
         self._data_identity = self.data_identity(dataloader)
+        warn_if_paper_size_on_small_data(cfg, len(dataloader["train"].dataset))
         if cfg.pretrain_adapters:
             path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
                 default_adapter_path(self.save_path)
@@ -212,7 +234,7 @@ class KHaRTrainer(Task):
     def _epoch_line(self, state: TrainingState) -> str:
         cfg = self.cfg
         waited = state.epochs_without_improvement
-        return (f"EPOCH-(khar) seed {self.args.get('cur_seed')} epoch {state.epoch}/{cfg.epochs}: valid "
+        return (f"EPOCH-(khar) seed {self.seed} epoch {state.epoch}/{cfg.epochs}: valid "
                 f"{cfg.key_eval} {state.valid[cfg.key_eval]:.4f} | best {state.best:.4f} at epoch {state.best_epoch}"
                 + (f" | {waited}/{cfg.early_stop} epochs without improvement" if waited else ""))
 
