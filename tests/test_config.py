@@ -164,7 +164,7 @@ def test_numpy_numbers_accepted() -> None:
     assert cfg.batch_size == 32
 
 
-# --- numeric settings: every one named with its value and allowed range (issue 7, item 3) --------
+# --- numeric settings: every one named with its value and allowed range --------
 NAN, INF = float("nan"), float("inf")
 
 
