@@ -21,7 +21,6 @@ Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -32,7 +31,7 @@ from torch import nn
 
 from khar_mmsa.config import KHaRConfig, fingerprint
 from khar_mmsa.data.bucketing import bucketed_loader
-from khar_mmsa.io.identity import config_identity, feature_identity
+from khar_mmsa.io.identity import config_identity, feature_identity, fingerprint_of
 from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.model.khar import KHaR, batch_inputs
 from khar_mmsa.reporting.log_format import log_fields
@@ -176,15 +175,14 @@ class KHaRTrainer(Task):
                             "data": trainer.data_identity(dataloader), "seeds": list(seeds)})
 
     def checkpoint_config(self) -> dict:
-        """The config saved beside the checkpoint (``MMSA_test`` rebuilds the model from it)."""
+        """The config saved beside the checkpoint: its architecture sections
+        (``KHaRConfig.architecture``), what ``MMSA_test`` rebuilds the network from."""
         return {"model_name": "khar", "dataset_name": self.cfg.dataset_name,
-                "config": dataclasses.asdict(self.cfg)}  # real paths: MMSA_test rebuilds from it
+                "config": self.cfg.architecture()}
 
     def _fingerprint(self) -> str:
-        fields = config_identity(self.cfg)
-        fields["seed"] = self.seed
-        fields["data"] = self._data_identity
-        return fingerprint(fields)
+        """The resume state's key: every section of the config, the seed and the data."""
+        return fingerprint_of(self.cfg, seed=self.seed, data=self._data_identity)
 
     def curves_path(self) -> Path:
         """``<log_dir>/khar-<dataset>-curves.png``, beside MMSA's ``khar-<dataset>.log``."""
