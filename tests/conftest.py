@@ -20,6 +20,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # No progress bars in test output (KHaR's and tqdm's own switch; a test that wants bars unsets it).
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Under pytest-xdist each worker gets its share of the cores for torch's threads (read when torch
+# starts): two workers with a thread per core each would run twice as many threads as cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+
+# ---- parallel runs ---------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """pyproject.toml's addopts ask pytest-xdist for two workers; without pytest-xdist (not
+    installed, or ``-p no:xdist``) the suite runs in one process and those options are ignored."""
+    if pluginmanager.has_plugin("xdist"):
+        return
+    group = parser.getgroup("xdist-absent", "pytest-xdist is not installed: its options are ignored")
+    group.addoption("--numprocesses", dest="numprocesses", default=None,
+                    help="ignored without pytest-xdist (pip install -e '.[test]' installs it)")
+    group.addoption("--dist", dest="dist", default="no", help="ignored without pytest-xdist")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): tests that share a worker under pytest-xdist")
 
 # ---- tiny data -------------------------------------------------------------------------------
 TINY_SIZES = (24, 8, 8)          # train / valid / test samples
@@ -83,8 +105,11 @@ def fast_mmsa(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture
 def unregistered() -> Iterator[None]:
-    """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after."""
+    """Run a test with khar_mmsa's MMSA patches removed; restore the previous state after.  MMSA
+    is imported first (khar_mmsa registers as it is imported), so the state restored is the one a
+    test that ran alone would leave too."""
     import logging
+    importlib.import_module("MMSA.run")
     from khar_mmsa.integration import registration as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)

@@ -62,7 +62,7 @@ def setup(tmp_path_factory):
                 text_adapters=1, av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, batch_size=4, device="cpu",
                 KeyEval="Loss", model_save_path=str(tmp_path_factory.mktemp("save") / "k.pth"),
-                length_bucketing=True, length_bucket_pool=5)
+                length_bucketing=True, length_bucket_pool=5, save_curves=False)
     return args, PlantedSplit(data["train"]), data["train"]
 
 

@@ -10,7 +10,12 @@ SMALL = dict(epochs=1, pretrain_epochs=1, modal_dim=16, encoder_heads=2, adapter
              encoder_layers=1, expert_hidden_dim=16, batch_size=8)
 
 
-def test_demo_runs_khar_beside_tfn_in_a_fresh_run_folder(tmp_path, tiny_bert, fast_mmsa):
+#: TFN shrunk as KHaR is: at MMSA's mosi widths its fusion layer alone has 35M parameters.
+SMALL_TFN = dict(demo_mod.TFN_DEMO_CONFIG, early_stop=1, hidden_dims=[16, 8, 16], text_out=16, post_fusion_dim=16)
+
+
+def test_demo_runs_khar_beside_tfn_in_a_fresh_run_folder(tmp_path, tiny_bert, fast_mmsa, monkeypatch):
+    monkeypatch.setattr(demo_mod, "TFN_DEMO_CONFIG", SMALL_TFN)
     (tmp_path / "run-1" / "results").mkdir(parents=True)  # an earlier run stays as it is
     demo = run_demo(tmp_path, seeds=[1], encoder=tiny_bert, sizes=(16, 8, 8), seq_lens=(8, 10, 12),
                     khar_config=SMALL)

@@ -74,64 +74,69 @@ def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Pat
         foreign.rmdir()
 
 
-def test_mmsa_run_bound_before_import_stops_at_once(tmp_path: Path, tiny_features, tiny_bert) -> None:
+def test_mmsa_run_bound_before_import_stops_at_once(tmp_path: Path, tiny_features, tiny_bert, unregistered,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMSA imported and ``from MMSA import MMSA_run`` bound first, then khar_mmsa imported (what
+    ``import khar_mmsa`` runs: :func:`register_with_mmsa`, with MMSA already in ``sys.modules``)."""
+    from khar_mmsa.integration import ImportOrderError
+    from khar_mmsa.integration.deferred import register_with_mmsa
+    from MMSA import MMSA_run  # MMSA's own function: khar_mmsa is not registered yet
+    assert not hasattr(MMSA_run, "__wrapped__")
+    register_with_mmsa()  # import khar_mmsa
+    import MMSA.run
+    assert MMSA.run.MMSA_run is not MMSA_run and MMSA.run.MMSA_run.__wrapped__ is MMSA_run
+    monkeypatch.chdir(tmp_path)
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
-    done = _python(f"""
-        from MMSA import MMSA_run
-        import khar_mmsa
-        try:
-            MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], num_workers=0, verbose_level=0,
-                     model_save_dir='m', res_save_dir='r', log_dir='l')
-        except Exception as exc:
-            print("ERROR", type(exc).__name__, exc)
-    """, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "ERROR ImportOrderError" in done.stdout and "Import khar_mmsa before" in done.stdout
+    with pytest.raises(ImportOrderError, match="Import khar_mmsa before"):
+        MMSA_run('khar', 'mosi', config=config, seeds=[1], num_workers=0, verbose_level=0,
+                 model_save_dir='m', res_save_dir='r', log_dir='l')
     assert not (tmp_path / "m" / "khar-mosi.pth").exists() and not (tmp_path / "r" / "normal").exists()
-
-
-def test_import_khar_first_registers_when_mmsa_is_imported(tmp_path: Path) -> None:
-    done = _python("""
-        import sys, khar_mmsa
-        assert "MMSA" not in sys.modules
-        from MMSA import MMSA_run
-        import MMSA.run
-        print("ROUTED", MMSA_run is MMSA.run.MMSA_run and hasattr(MMSA_run, "__wrapped__"))
-    """, tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "ROUTED True" in done.stdout
 
 
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with khar-mmsa installed from a wheel built from this tree (its
-    dependencies come from the interpreter running the tests)."""
+    dependencies come from the interpreter running the tests).  The wheel is built without build
+    isolation (the build requirements the interpreter has; ``pip install -e .`` checks that the
+    declared ones suffice) and installed by this interpreter's pip into the venv, which has none of
+    its own; ``--ignore-installed``: the editable install of the tree, seen through the system
+    site-packages, must not count as already installed."""
     root = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                             "-w", str(root / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
+                   timeout=120)
     python = venv / "bin" / "python"
     wheel = next((root / "dist").glob("khar_mmsa-*.whl"))
-    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                                "--no-index", "--ignore-installed", str(wheel)],
                                capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr
     return python
 
 
-def test_wheel_trains_khar_through_mmsa_run(wheel_venv: Path, tmp_path: Path, tiny_features, tiny_bert) -> None:
+def test_wheel_imported_first_registers_when_mmsa_is_imported_and_trains_khar(wheel_venv: Path, tmp_path: Path,
+                                                                             tiny_features, tiny_bert) -> None:
+    """In a fresh process: ``import khar_mmsa`` (the wheel's copy) loads no MMSA; ``from MMSA import
+    MMSA_run`` then binds the routed function, which trains 'khar'."""
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
     done = _python(f"""
-        import khar_mmsa
-        from MMSA import MMSA_run
+        import sys, khar_mmsa
         print("FROM", khar_mmsa.__file__)
+        print("MMSA LOADED BY IMPORT", "MMSA" in sys.modules)
+        from MMSA import MMSA_run
+        import MMSA.run
+        print("ROUTED", MMSA_run is MMSA.run.MMSA_run and hasattr(MMSA_run, "__wrapped__"))
         row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], gpu_ids=[], num_workers=0, verbose_level=0,
                        model_save_dir='m', res_save_dir='r', log_dir='l')
         print("MAE", row["MAE"])
     """, tmp_path, python=str(wheel_venv))
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"FROM {wheel_venv.parents[1]}" in done.stdout  # the wheel's copy, not the source tree
+    assert "MMSA LOADED BY IMPORT False" in done.stdout
+    assert "ROUTED True" in done.stdout
     assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()
 
 

@@ -1,7 +1,8 @@
 """The Ray paths: benchmark runs as Ray tasks, and the Ray Tune search (needs the ``ray`` extra).
 
-One local Ray instance (``ray.init(num_cpus=2)``, session-scoped) serves every test that needs one;
-the checks that must happen before Ray starts run without it.
+One local Ray instance (``ray.init(num_cpus=2)``, module-scoped, every test here on one xdist
+worker) serves every test that needs one; the checks that must happen before Ray starts run
+without it.
 """
 from __future__ import annotations
 
@@ -25,10 +26,14 @@ if str(REPO) not in sys.path:
 import khar_mmsa  # noqa: E402,F401 - registers the patches
 from test_tune_mode import TINY_KHAR, tune_config_file  # noqa: E402
 
+# Under pytest-xdist (--dist=loadgroup) every test here runs on one worker: one Ray instance.
+pytestmark = pytest.mark.xdist_group("ray")
 
-@pytest.fixture(scope="session")
+
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One local Ray for the test run; its workers import the test modules (runners named by them)."""
+    """One local Ray for this module's tests (one worker runs them all), shut down after the last:
+    its workers import the test modules (runners named by them)."""
     path = os.pathsep.join([str(REPO / "tests"), str(REPO), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
@@ -96,11 +101,12 @@ def test_address_auto_without_ray_is_one_line(tmp_path, monkeypatch, capsys) -> 
 
 def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_cluster, fast_mmsa) -> None:
     """2 models x 2 seeds: as Ray tasks (feature pickle shipped through the object store) and in a
-    local loop, the same table; only the driver wrote it."""
+    local loop, the same table; only the driver wrote it.  One task in flight: one Ray worker
+    imports MMSA, not two (several workers at once: the finished-run test above)."""
     from benchmarks import compare
     tables = {}
     for executor in ("local", "ray"):
-        extra = ["--data-transfer", "object-store"] if executor == "ray" else []
+        extra = ["--data-transfer", "object-store", "--max-in-flight", "1"] if executor == "ray" else []
         res = compare.main(["--data", "planted", "--smoke", "--out", str(tmp_path / executor), "--encoder", str(tiny_bert),
                             "--models", "tfn", "mult", "--seeds", "1", "2", "--threads", "1",
                             "--executor", executor, *extra])
@@ -127,7 +133,7 @@ def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_f
         outcome = ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
                                   custom_feature=str(feature), seed=1, num_samples=4, grace_period=1,
                                   reduction_factor=2, cpus_per_trial=1, out_dir=tmp_path / "tune", search_seed=0,
-                                  progress_interval_s=0.0)
+                                  progress_interval_s=0.0, max_concurrent=1)  # one trial actor, reused: one MMSA import
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray Tune: ") and "trials ended" in r.getMessage()]
     assert progress and progress[-1].startswith("Ray Tune: 4/4 trials ended (0 failed), 0 running, best valid_Loss")
     assert outcome.trials == 4 and outcome.metric == "valid_Loss" and outcome.mode == "min"

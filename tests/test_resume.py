@@ -1,9 +1,10 @@
 """A killed ``MMSA_run('khar', ...)`` rerun identically finishes with the row of an uninterrupted run.
 
-Each run is a subprocess (tests/scripts/mmsa_run_killable.py) that SIGKILLs itself at a chosen
-point: mid-epoch, during adapter pretraining, in the test pass, or in the second seed after the
-first finished.  HOME, the working directory and TMPDIR are private folders, so the tests also
-see what a killed run leaves behind and what the rerun cleans up.
+Each run is a process of its own (forked by the one server tests/scripts/mmsa_run_killable.py,
+which imports MMSA once) that SIGKILLs itself at a chosen point: mid-epoch, during adapter
+pretraining, in the test pass, or in the second seed after the first finished.  HOME, the working
+directory and TMPDIR are private folders, so the tests also see what a killed run leaves behind
+and what the rerun cleans up.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pandas as pd
 import pytest
@@ -30,47 +31,81 @@ TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim
                  batch_size=8, pretrain_epochs=1, pretrain_adapters=True)
 
 
-def run_script(root: Path, config: Dict[str, Any], kill: Optional[dict] = None,
-               expect_kill: bool = False) -> Optional[Dict[str, Any]]:
-    """Run the script with HOME, cwd and TMPDIR under ``root``; the row it returned, or None."""
-    for name in ("home", "cwd", "tmp"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    spec = {"dataset": "mosi", "config": config, "kill": kill, "events": str(root / "events.jsonl"),
-            "kwargs": dict(seeds=SEEDS, gpu_ids=[0], num_workers=0, verbose_level=0,
-                           **{k: str(root / "out" / k) for k in ("model_save_dir", "res_save_dir",
-                                                                  "log_dir")})}
-    # matplotlib (the run's curves PNG) keeps its font cache in $HOME/.cache and, on a GPU, the CUDA
-    # driver its kernel cache in $HOME/.nv, unless told otherwise: neither is the run's leftover
-    (root / "mplconfig").mkdir(exist_ok=True)
-    env = dict(os.environ, HOME=str(root / "home"), TMPDIR=str(root / "tmp"), HF_HUB_OFFLINE="1",
-               MPLCONFIGDIR=str(root / "mplconfig"), CUDA_CACHE_PATH=str(root / "cuda-cache"),
-               TRANSFORMERS_OFFLINE="1", PYTHONPATH=os.pathsep.join(
-                   [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.run([sys.executable, str(SCRIPT), json.dumps(spec)], cwd=root / "cwd", env=env,
-                          capture_output=True, text=True, timeout=600)
-    if expect_kill:
-        assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-        return None
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")][-1]
-    return json.loads(line[4:])
+class RunServer:
+    """tests/scripts/mmsa_run_killable.py, started once with HOME, TMPDIR and the working folder
+    under ``root``: it imports MMSA once and forks one child per run."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for name in ("home", "cwd", "tmp", "mplconfig"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+        # matplotlib (the run's curves PNG) keeps its font cache in $HOME/.cache and, on a GPU, the
+        # CUDA driver its kernel cache in $HOME/.nv, unless told otherwise: neither is a run's leftover
+        env = dict(os.environ, HOME=str(root / "home"), TMPDIR=str(root / "tmp"), HF_HUB_OFFLINE="1",
+                   MPLCONFIGDIR=str(root / "mplconfig"), CUDA_CACHE_PATH=str(root / "cuda-cache"),
+                   TRANSFORMERS_OFFLINE="1", PYTHONPATH=os.pathsep.join(
+                       [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        self.errors = root / "server-stderr.txt"
+        with self.errors.open("w") as errors:
+            self.proc = subprocess.Popen([sys.executable, str(SCRIPT)], cwd=root / "cwd", env=env, text=True,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+        self.runs = 0
+        assert json.loads(self.proc.stdout.readline() or "{}") == {"ready": True}, self.errors.read_text()[-3000:]
+
+    def run(self, out: Path, config: Dict[str, Any], kill: Optional[dict] = None,
+            expect_kill: bool = False) -> Optional[Dict[str, Any]]:
+        """One run in a forked child, its outputs and events under ``out``; the row it returned, or None."""
+        self.runs += 1
+        files = {k: str(out / f"{k}-{self.runs}.{ext}") for k, ext in (("row", "json"), ("stderr", "txt"))}
+        spec = {"dataset": "mosi", "config": config, "kill": kill, "events": str(out / "events.jsonl"), **files,
+                "kwargs": dict(seeds=SEEDS, gpu_ids=[0], num_workers=0, verbose_level=0,
+                               **{k: str(out / "out" / k) for k in ("model_save_dir", "res_save_dir",
+                                                                     "log_dir")})}
+        self.proc.stdin.write(json.dumps(spec) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline() or "{}")
+        stderr = Path(files["stderr"]).read_text()[-3000:] if Path(files["stderr"]).is_file() else ""
+        assert reply and not reply["timed_out"], f"no answer or timed out: {reply} {stderr}"
+        if expect_kill:
+            assert reply["returncode"] == -signal.SIGKILL, stderr
+            return None
+        assert reply["returncode"] == 0, stderr
+        return json.loads(Path(files["row"]).read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.stdout.close()
 
 
-def events(root: Path) -> List[Dict[str, Any]]:
-    return [json.loads(ln) for ln in (root / "events.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[RunServer]:
+    runs = RunServer(tmp_path_factory.mktemp("killable"))
+    try:
+        yield runs
+    finally:
+        runs.close()
 
 
-def csv_rows(root: Path) -> List[Dict[str, Any]]:
-    return pd.read_csv(root / "out" / "res_save_dir" / "normal" / "mosi.tidy.csv").to_dict("records")
+def events(out: Path) -> List[Dict[str, Any]]:
+    return [json.loads(ln) for ln in (out / "events.jsonl").read_text().splitlines()]
 
 
-def leftovers(root: Path) -> List[str]:
+def csv_rows(out: Path) -> List[Dict[str, Any]]:
+    return pd.read_csv(out / "out" / "res_save_dir" / "normal" / "mosi.tidy.csv").to_dict("records")
+
+
+def leftovers(server: RunServer, out: Path) -> List[str]:
     """Anything a finished run should not leave: temp files and folders, lock, resume state."""
+    root = server.root
     found = [p.name for p in (root / "tmp").iterdir()]  # mmsa-results-*, khar-mmsa-* folders
     found += [f"cwd/{p.name}" for p in (root / "cwd").iterdir()]
     found += [f"home/{p.name}" for p in (root / "home").iterdir()]
-    out = root / "out"
-    found += [str(p.relative_to(out)) for p in out.rglob("*")
+    found += [str(p.relative_to(out / "out")) for p in (out / "out").rglob("*")
               if p.name.endswith((".tmp", ".lock", ".resume", ".seeds.json"))]
     return found
 
@@ -81,11 +116,11 @@ def khar_config(tiny_features, tiny_bert) -> Dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, khar_config) -> Dict[str, Any]:
-    root = tmp_path_factory.mktemp("uninterrupted")
-    row = run_script(root, khar_config)
-    assert csv_rows(root) == [row]
-    assert leftovers(root) == []
+def uninterrupted(tmp_path_factory, server, khar_config) -> Dict[str, Any]:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    row = server.run(out, khar_config)
+    assert csv_rows(out) == [row]
+    assert leftovers(server, out) == []
     return row
 
 
@@ -98,12 +133,12 @@ CHAIN = [
 ]
 
 
-def test_run_killed_at_every_stage_finishes_with_the_uninterrupted_row(tmp_path, khar_config,
+def test_run_killed_at_every_stage_finishes_with_the_uninterrupted_row(tmp_path, server, khar_config,
                                                                         uninterrupted):
     trained_per_run = []
     for where, kill in CHAIN + [("end", None)]:
         before = len(events(tmp_path)) if (tmp_path / "events.jsonl").exists() else 0
-        row = run_script(tmp_path, khar_config, kill=kill, expect_kill=kill is not None)
+        row = server.run(tmp_path, khar_config, kill=kill, expect_kill=kill is not None)
         new = events(tmp_path)[before:]
         if kill is not None:
             assert [(e["seed"], e["at"]) for e in new if e["event"] == "killed"] == \
@@ -114,7 +149,7 @@ def test_run_killed_at_every_stage_finishes_with_the_uninterrupted_row(tmp_path,
 
     assert row == uninterrupted
     assert csv_rows(tmp_path) == [uninterrupted]
-    assert leftovers(tmp_path) == []  # temp folders of the killed processes are swept too
+    assert leftovers(server, tmp_path) == []  # temp folders of the killed processes are swept too
     after_pretrain_kill, after_mid_epoch_kill, after_seed2_kill, after_test_kill = trained_per_run[1:]
     assert (1, "train_epoch", 1) in after_pretrain_kill  # killed before a resume state existed
     assert {e for e in after_mid_epoch_kill if e[0] == 1} == {(1, "train_epoch", 2)}, \
@@ -156,7 +191,7 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
             return factory(type(args)(dict(args), callbacks=[InterruptedInSeed2()]))
 
     monkeypatch.setitem(EXTRA_TRAINERS, "khar", WithCallback())
-    config = dict(khar_config, pretrain_adapters=False)
+    config = dict(khar_config, pretrain_adapters=False, save_curves=False)
     kwargs = dict(mmsa_run_kwargs, seeds=SEEDS)
     with pytest.raises(Interrupted):
         MMSA_run("khar", "mosi", config=config, **kwargs)

@@ -19,6 +19,9 @@ TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim
                  fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=2,
                  batch_size=8, pretrain_epochs=1)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Under pytest-xdist (--dist=loadgroup) the tests here run on one worker: the module's one run
+# (the ``shown`` fixture) is made once.
+pytestmark = pytest.mark.xdist_group("run_outputs")
 #: MMSA's console prefix 'MMSA - ' and its own banner lines are a little longer than ours.
 CONSOLE_LIMIT = LINE_WIDTH + 10
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import multiprocessing
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -72,31 +74,40 @@ def test_progress_line_counts_and_eta() -> None:
     assert progress.line() == "sweep mosi: 2/5 done, 1 running, 1 failed, 1 left, ETA 10 s"
 
 
+def _sweep_driver(args: list, cwd: str) -> None:
+    """``python -m khar_mmsa <args>`` in a forked child of the test process (which has imported
+    MMSA already): the module entry point run as ``python -m`` runs it."""
+    os.chdir(cwd)
+    sys.argv = ["khar_mmsa", *args]
+    runpy.run_module("khar_mmsa", run_name="__main__", alter_sys=True)
+
+
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, tiny_features, fast_mmsa) -> None:
-    """SIGKILL the driver (``python -m khar_mmsa sweep``) after its first finished run; the same
-    command again finishes the sweep and trains each finished run exactly once."""
+    """SIGKILL the driver (``python -m khar_mmsa sweep``, a process of its own) after its first
+    finished run; the same command again finishes the sweep and trains each finished run exactly once."""
     out = tmp_path / "sweep"
     args = ["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "2", "--custom-feature", str(tiny_features("mosi")),
             "--out", str(out), "--threads", "1", *TFN_TINY]
     manifest = out / "sweep-manifest.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "khar_mmsa", *args], env=_env(), cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = multiprocessing.get_context("fork").Process(target=_sweep_driver, args=(args, str(tmp_path)))
+    proc.start()
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
+        while time.monotonic() < deadline and proc.is_alive():
             text = manifest.read_text() if manifest.is_file() else ""
             # kill once the first run is done and the next one has started (not in between:
             # on a busy machine the manifest's fsync makes that gap long enough to hit)
             if '"event": "done"' in text and text.count('"event": "start"') >= 2:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        assert proc.is_alive(), f"the sweep ended (exit code {proc.exitcode}) before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(timeout=30)
+        assert proc.exitcode == -signal.SIGKILL
     finally:
-        if proc.poll() is None:
+        if proc.is_alive():
             proc.kill()
-        proc.stderr.close()
+            proc.join(timeout=30)
     before = Manifest(manifest)
     done_before = [i for i, r in before.last.items() if r["event"] == "done"]
     assert len(done_before) == 1 and any(r["event"] == "start" for r in before.last.values())
@@ -119,7 +130,9 @@ def test_cli_help_lists_mmsa_models_and_ours(capsys) -> None:
         assert name in text, name
 
 
-def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features, tiny_bert) -> None:
+def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features, tiny_bert, fast_mmsa, capsys,
+                                                  monkeypatch) -> None:
+    """``python -m khar_mmsa -m khar ...``: the module entry point, run in-process (runpy)."""
     from khar_mmsa.integration.configs import merged_config
     from test_tune_mode import TINY_KHAR
     config = merged_config("regression")
@@ -127,15 +140,20 @@ def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features,
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config))
     dirs = {d: tmp_path / d for d in ("models", "results", "logs")}
-    cmd = [sys.executable, "-m", "khar_mmsa", "-m", "khar", "-d", "mosi", "-s", "7", "-g", "0", "-c", str(config_file),
-           "--custom-feature", str(tiny_features("mosi")), "-n", "0", "-v", "0", "--set", "epochs=1",
-           "--model-save-dir", str(dirs["models"]), "--res-save-dir", str(dirs["results"]), "--log-dir", str(dirs["logs"])]
-    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = ["-m", "khar", "-d", "mosi", "-s", "7", "-g", "0", "-c", str(config_file),
+            "--custom-feature", str(tiny_features("mosi")), "-n", "0", "-v", "0", "--set", "epochs=1",
+            "--model-save-dir", str(dirs["models"]), "--res-save-dir", str(dirs["results"]), "--log-dir", str(dirs["logs"])]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["khar_mmsa", *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("khar_mmsa", run_name="__main__", alter_sys=True)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 0, err[-3000:]
     table = pd.read_csv(dirs["results"] / "normal" / "mosi.tidy.csv")  # the numeric table beside MMSA's
     assert table["Model"].tolist() == ["khar"] and str(table["seeds"].iloc[0]) == "7"
     assert table["MAE"].notna().all() and (dirs["models"] / "khar-mosi.pth").is_file()
-    assert json.loads(done.stdout)["Model"] == "khar"  # the row, printed
+    assert json.loads(out)["Model"] == "khar"  # the row, printed
     assert "EPOCH-(khar) seed 1 epoch 1/1:" in (dirs["logs"] / "khar-mosi.log").read_text()  # --set epochs=1 reached it
 
 

@@ -61,7 +61,7 @@ def make_args(bert, tmp_path, **kw):
                 seq_lens=list(SEQ), modal_dim=16, encoder_layers=2, encoder_heads=4, encoder_ff_dim=16,
                 adapter_heads=2, expert_hidden_dim=16, fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8,
                 batch_size=8, epochs=3, early_stop=5, learning_rate=3e-3, learning_rate_bert=1e-3,
-                pretrain_epochs=1, device="cpu", cur_seed=1, KeyEval="Loss",
+                pretrain_epochs=1, device="cpu", cur_seed=1, KeyEval="Loss", save_curves=False,
                 model_save_path=str(tmp_path / "khar-sims.pth"))
     args.update(kw)
     return args
