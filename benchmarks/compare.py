@@ -132,7 +132,7 @@ def model_config(model: str, mode: str, encoder: Path, dataset: str) -> Dict[str
             raise ValueError("smoke encoder needs an even hidden size")
         return cfg
     cfg = dict(BASELINE_SMOKE[model] if mode == "smoke" else BASELINE_QUICK[model] if mode == "quick" else {})
-    if model == "self_mm":  # Self-MM's text_out must equal the encoder's hidden size (notes, breakage 6)
+    if model == "self_mm":  # Self-MM's text_out must equal the encoder's hidden size
         cfg.update({"pretrained": str(encoder), "text_out": hidden})
     if model == "mult" and mode == "full":
         cfg.setdefault("update_epochs", 8)

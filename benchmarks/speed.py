@@ -3,6 +3,18 @@ of a KHaR step spent in its own losses.
 
     python -m benchmarks.speed --quick      # MOSI shapes, batch 16, a few steps on the CPU
     python -m benchmarks.speed --full       # MOSI shapes, batch 64, more steps (GPU)
+    python -m benchmarks.speed --full --compile --amp   # the GPU rows: KHaR with/without compile and amp
+
+``--compile`` and ``--amp`` add KHaR rows beside the plain "KHaR" row: "KHaR (compile)" (the model
+wrapped in ``torch.compile``, as the trainer does with ``compile=True``), "KHaR (amp)" (bf16
+autocast of the forward, as ``amp=True``) and, with both, "KHaR (compile, amp)".  A compiled row
+counts its FLOPs on one uncompiled step, as every row does; then the model is wrapped and one step
+is run to compile it (forward and backward); that step's wall time is the row's "compile" figure,
+kept out of the step time; then the warm-up steps (a new shape may compile once more there) and the
+timed steps; graphs compiled during the timed steps are counted and shown beside it.  If
+``torch.compile`` cannot run (no C++ compiler for inductor, or any error while compiling or running
+the compiled step), the row names the error's first line instead of a time.  The own-loss share and
+the scaling table are measured on the plain KHaR row only.
 
 Every model is built through MMSA's ``AMIO`` from ``get_config_regression(<model>, 'mosi')``
 (after ``import khar_mmsa``) with the overrides below, and trained on the *same* batch: MOSI
@@ -57,6 +69,7 @@ logger = logging.getLogger("MMSA")
 
 MODELS = ("khar", "self_mm", "mult", "tfn")
 TITLES = {"khar": "KHaR", "self_mm": "Self-MM", "mult": "MulT", "tfn": "TFN"}
+KHAR_SWITCHES = ("compile", "amp")  # KHaR settings --compile / --amp add rows for, in row-name order
 MOSI_SEQ_LENS = (50, 375, 500)
 MATMUL_N = 2048            # the reference matmul: (N x N) @ (N x N), fp32
 SETTINGS = {
@@ -172,6 +185,7 @@ class Stepper:
         self.criterion = KHaRCriterion(self.cfg)
         self.optimizer = make_adamw(khar_parameter_groups(self.model, khar, self.cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.net = self.model  # what the step runs: the model, or its torch.compile wrapper (compile_model)
         # the trainer's batch helper: cut to the longest real clip on the CPU, then moved
         text, audio, vision, a_len, v_len = batch_inputs(
             {"text": self.cpu_batch["text_bert"], "audio": self.cpu_batch["audio"], "vision": self.cpu_batch["vision"],
@@ -185,7 +199,7 @@ class Stepper:
         b = self.b
         text, audio, vision, a_len, v_len = self.khar_inputs
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp):
-            out = self.model(text, audio, vision, audio_lengths=a_len, vision_lengths=v_len)
+            out = self.net(text, audio, vision, audio_lengths=a_len, vision_lengths=v_len)
         if task_only:
             total = F.l1_loss(out["M"].float(), b["labels"])
         else:
@@ -199,6 +213,13 @@ class Stepper:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
+
+    def compile_model(self) -> float:
+        """Wrap KHaR's model in ``torch.compile`` (as the trainer does with ``compile=True``; same
+        parameters) and run one step, which compiles forward and backward; returns its seconds."""
+        import torch
+        self.net = torch.compile(self.model)
+        return self.step()
 
     # Self-MM --------------------------------------------------------------------------------------
     def _init_self_mm(self) -> None:
@@ -325,7 +346,9 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
             device_name: str, khar_overrides: Optional[Mapping[str, Any]] = None,
             own_loss_share: bool = True) -> Dict[str, Any]:
     """Build one model, warm up, time the steps; its FLOPs, the matmul rate around the timed steps,
-    peak memory; KHaR: the own-loss share."""
+    peak memory; KHaR: the own-loss share.  With ``compile`` in ``khar_overrides``: the model is
+    compiled after the counted step (``compile_s``); if that or a compiled step raises, the result
+    has ``compile_error`` (the error's first line) and no times."""
     import torch
     device = torch.device(device_name)
     on_gpu = device.type == "cuda"
@@ -334,15 +357,30 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stepper = Stepper(model_name, Path(encoder), batch, device, mode, khar_overrides)
-    flops = step_flops(stepper)  # the first warm-up step, counted (counting slows it; it is not timed)
-    for _ in range(settings["warmup"] - 1):
-        stepper.step()
-    stepper.criterion_seconds.clear()
-    rate_before = matmul_rate(device, settings["matmul_n"])
-    times = [stepper.step() for _ in range(settings["steps"])]
-    rate_after = matmul_rate(device, settings["matmul_n"])
-    res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(), "step_times": times,
-                           "step_s": statistics.median(times), "batch": int(batch["labels"].shape[0])}
+    compiles = model_name == "khar" and stepper.cfg.compile
+    res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(),
+                           "batch": int(batch["labels"].shape[0])}
+    flops = step_flops(stepper)  # the first warm-up step, uncompiled, counted (counting slows it; it is not timed)
+    res["gflop_per_step"] = flops / 1e9
+    try:
+        if compiles:  # compiled once, then the full warm-up (a shape change may compile once more)
+            res["compile_s"] = stepper.compile_model()
+        for _ in range(settings["warmup"] - (0 if compiles else 1)):
+            stepper.step()
+        stepper.criterion_seconds.clear()
+        graphs_before = compiled_graphs()
+        rate_before = matmul_rate(device, settings["matmul_n"])
+        times = [stepper.step() for _ in range(settings["steps"])]
+        rate_after = matmul_rate(device, settings["matmul_n"])
+        if compiles:
+            res["graphs_compiled_in_timed_steps"] = compiled_graphs() - graphs_before
+    except Exception as exc:  # noqa: BLE001 - a compiled row reports why torch.compile could not run
+        if not compiles:
+            raise
+        res["compile_error"] = first_line(exc)
+        logger.warning(f"[speed] {model_name} with torch.compile failed: {res['compile_error']}")
+        return res
+    res.update(step_times=times, step_s=statistics.median(times))
     res["samples_per_s"] = res["batch"] / res["step_s"]
     res["matmul_gflops_before"], res["matmul_gflops_after"] = rate_before, rate_after
     res["matmul_gflops"] = (rate_before + rate_after) / 2
@@ -352,7 +390,6 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
     else:
         res["peak_mem_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024  # KiB on Linux
         res["mem_method"] = "ru_maxrss growth"
-    res["gflop_per_step"] = flops / 1e9
     res["achieved_gflops"] = res["gflop_per_step"] / res["step_s"]
     res["share_of_matmul"] = res["achieved_gflops"] / res["matmul_gflops"]
     if model_name == "khar" and own_loss_share:
@@ -367,6 +404,20 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         res["criterion_fwd_s"] = statistics.median(stepper.criterion_seconds)
         res["criterion_fwd_share"] = res["criterion_fwd_s"] / res["share_full_s"]
     return res
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled so far in this process (dynamo's counter)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def first_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception's message; a first line ending in ':' (as torch.compile's
+    "backend='inductor' raised:") is followed by the next non-empty line, which names the cause."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _child(queue: Any, model_name: str, encoder: str, batch: Mapping[str, Any], mode: str,
@@ -448,6 +499,36 @@ def linear_memory_check(rows: Sequence[Mapping[str, Any]]) -> List[tuple]:
     return checks
 
 
+def khar_rows(models: Sequence[str], switches: Sequence[str]) -> List[tuple]:
+    """(row key, KHaR overrides) of the models table, in order: each model, and after "khar" one row
+    per non-empty subset of ``switches`` (e.g. "khar+compile", "khar+amp", "khar+compile+amp")."""
+    import itertools
+    rows = []
+    for model in models:
+        rows.append((model, {}))
+        if model != "khar":
+            continue
+        on = [s for s in KHAR_SWITCHES if s in switches]
+        for k in range(1, len(on) + 1):
+            for subset in itertools.combinations(on, k):
+                rows.append(("+".join(("khar",) + subset), {s: True for s in subset}))
+    return rows
+
+
+def row_title(key: str) -> str:
+    """"khar+compile+amp" -> "KHaR (compile, amp)"; a model's own key -> its title."""
+    model, *switches = key.split("+")
+    return TITLES[model] + (f" ({', '.join(switches)})" if switches else "")
+
+
+def compile_cell(r: Mapping[str, Any]) -> str:
+    """The compile column: seconds of the compiling step, and recompilations inside the timed steps."""
+    if "compile_s" not in r:
+        return "-"
+    again = r.get("graphs_compiled_in_timed_steps", 0)
+    return f"{r['compile_s']:.1f}" + (f" (+{again} graph(s) compiled during the timed steps)" if again else "")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -459,7 +540,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help="also the KHaR scaling table (frames x batch size, one process per point)")
     parser.add_argument("--scaling-only", action="store_true",
                         help="only the KHaR scaling table, in its own RESULTS.md section (speed-scaling-<mode>)")
-    parser.add_argument("--amp", action="store_true", help="KHaR with amp=True (bf16 autocast)")
+    parser.add_argument("--amp", action="store_true",
+                        help='also KHaR with amp=True (bf16 autocast): row "KHaR (amp)" beside "KHaR"')
+    parser.add_argument("--compile", action="store_true",
+                        help='also KHaR with compile=True (torch.compile): row "KHaR (compile)" beside "KHaR", '
+                             'compile time apart from the step time')
     common.add_common_args(parser)
     args = parser.parse_args(argv)
     if args.scaling_only:
@@ -474,22 +559,29 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         settings["steps"] = args.steps
     device_name = "cuda:0" if torch.cuda.is_available() else "cpu"
     in_process = args.in_process or args.mode == "smoke"
-    khar_overrides = {"amp": True} if args.amp else {}
+    switches = [s for s in KHAR_SWITCHES if getattr(args, s)]
+    rows_to_run = khar_rows(args.models, switches)
     machine = common.machine_description()
     with Timer() as total:
         import khar_mmsa  # noqa: F401
         encoder = common.text_encoder(args)
         batch = make_batch(encoder, settings["batch"], settings["seq_lens"]) if args.models else None
         results = {}
-        for model in args.models:
-            logger.info(f"[speed] {model}: batch {settings['batch']}, {settings['warmup']} warm-up + {settings['steps']} timed steps")
-            results[model] = run_one(model, encoder, batch, args.mode, settings, device_name, in_process, khar_overrides)
-            r = results[model]
-            logger.info(f"[speed] {model}: {r['step_s'] * 1000:.0f} ms/step, {r['gflop_per_step']:.1f} GFLOP/step, "
+        for key, overrides in rows_to_run:
+            model = key.split("+")[0]
+            logger.info(f"[speed] {row_title(key)}: batch {settings['batch']}, {settings['warmup']} warm-up + "
+                        f"{settings['steps']} timed steps")
+            r = run_one(model, encoder, batch, args.mode, settings, device_name, in_process, overrides,
+                        own_loss_share=key == "khar")
+            r["model"] = key
+            results[key] = r
+            if "compile_error" in r:
+                continue
+            logger.info(f"[speed] {row_title(key)}: {r['step_s'] * 1000:.0f} ms/step, {r['gflop_per_step']:.1f} GFLOP/step, "
                         f"{r['achieved_gflops']:.1f} GFLOP/s = {100 * r['share_of_matmul']:.1f}% of the matmul rate "
-                        f"{r['matmul_gflops']:.1f} GFLOP/s, peak memory {r['peak_mem_mib']:.0f} MiB ({r['mem_method']})")
-        scaling = scaling_table(encoder, args.mode, settings, device_name, in_process, khar_overrides) \
-            if args.scaling else []
+                        f"{r['matmul_gflops']:.1f} GFLOP/s, peak memory {r['peak_mem_mib']:.0f} MiB ({r['mem_method']})"
+                        + (f"; compile {r['compile_s']:.1f} s" if "compile_s" in r else ""))
+        scaling = scaling_table(encoder, args.mode, settings, device_name, in_process, {}) if args.scaling else []
 
     on_cpu = device_name == "cpu"
     mem_note = ("torch.cuda.max_memory_allocated (MiB)" if not on_cpu else
@@ -498,15 +590,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     header = ["Model", "trainable params (M)", "step (ms, median)", "samples/s", "GFLOP / step",
               "achieved GFLOP/s", "matmul rate (GFLOP/s, same process)", "share of matmul rate",
               f"peak memory: {mem_note}", "step vs Self-MM"]
+    compiled_rows = "compile" in switches and "khar" in args.models
+    if compiled_rows:
+        header.append("compile + first compiled step (s)")
     ref = results.get("self_mm")
     rows = []
-    for m in args.models:
-        r = results[m]
+    for key, _ in rows_to_run:
+        r = results[key]
+        if "compile_error" in r:
+            rows.append([row_title(key), f"{r['params'] / 1e6:.1f}", f"torch.compile failed: {r['compile_error']}",
+                         "-", f"{r['gflop_per_step']:.1f}", "-", "-", "-", "-", "-"] + ["-"] * compiled_rows)
+            continue
         rel = f"{r['step_s'] / ref['step_s']:.2f}x" if ref else "-"
-        rows.append([TITLES[m], f"{r['params'] / 1e6:.1f}", f"{r['step_s'] * 1000:.0f}", f"{r['samples_per_s']:.1f}",
+        rows.append([row_title(key), f"{r['params'] / 1e6:.1f}", f"{r['step_s'] * 1000:.0f}", f"{r['samples_per_s']:.1f}",
                      f"{r['gflop_per_step']:.1f}", f"{r['achieved_gflops']:.1f}",
                      f"{r['matmul_gflops']:.1f} ({r['matmul_gflops_before']:.0f} before, {r['matmul_gflops_after']:.0f} after)",
-                     f"{100 * r['share_of_matmul']:.1f}%", f"{r['peak_mem_mib']:.0f}", rel])
+                     f"{100 * r['share_of_matmul']:.1f}%", f"{r['peak_mem_mib']:.0f}", rel]
+                    + ([compile_cell(r)] if compiled_rows else []))
     table = common.markdown_table(header, rows) if rows else ""
     targets = []
     k = results.get("khar")
@@ -514,6 +614,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         targets.append(("KHaR training step at >= 50% of the measured fp32 matmul rate", k["share_of_matmul"] >= 0.5,
                         f"{k['gflop_per_step']:.1f} GFLOP in {k['step_s'] * 1000:.0f} ms = {k['achieved_gflops']:.1f} GFLOP/s "
                         f"vs matmul {k['matmul_gflops']:.1f} GFLOP/s = {100 * k['share_of_matmul']:.1f}%"))
+        for key, _ in rows_to_run[1:]:
+            v = results[key]
+            if key.startswith("khar+") and "compile_error" not in v:
+                targets.append((f"{row_title(key)} training step at >= 50% of the measured fp32 matmul rate",
+                                v["share_of_matmul"] >= 0.5,
+                                f"{v['gflop_per_step']:.1f} GFLOP in {v['step_s'] * 1000:.0f} ms = "
+                                f"{v['achieved_gflops']:.1f} GFLOP/s vs matmul {v['matmul_gflops']:.1f} GFLOP/s = "
+                                f"{100 * v['share_of_matmul']:.1f}% (plain KHaR: {k['step_s'] * 1000:.0f} ms)"))
         if on_cpu and not in_process and args.mode == "quick" and settings["batch"] == 16:
             targets.append(("KHaR peak memory <= 1/3 of before the fused kernels",
                             k["peak_mem_mib"] <= TODAY_KHAR_PEAK_MIB / 3,
@@ -548,18 +656,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                             late <= 1.25 * early,
                             f"growth {late:.2f} MiB/frame from {f2} to {f3} frames vs {early:.2f} MiB/frame from "
                             f"{f1} to {f2} (quadratic growth would double it; limit 1.25x)"))
-    stem = f"speed-{'scaling-' if args.scaling_only else ''}{args.mode}" + ("-amp" if args.amp else "")
+    stem = f"speed-{'scaling-' if args.scaling_only else ''}{args.mode}" + "".join(f"-{s}" for s in switches)
     csv_path = args.tables_dir / f"{stem}.csv"
     import csv
-    keys = ["model", "params", "batch", "frames", "step_s", "samples_per_s", "gflop_per_step", "achieved_gflops",
+    keys = ["model", "params", "batch", "frames", "compile_s", "compile_error", "graphs_compiled_in_timed_steps", "step_s", "samples_per_s", "gflop_per_step", "achieved_gflops",
             "matmul_gflops", "matmul_gflops_before", "matmul_gflops_after", "share_of_matmul", "peak_mem_mib",
             "mem_method", "own_loss_share", "own_loss_s", "share_full_s", "share_task_only_s", "criterion_fwd_s",
             "criterion_fwd_share"]
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["table"] + keys)
-        for m in args.models:
-            w.writerow(["models"] + [results[m].get(key, "") for key in keys])
+        for key_, _ in rows_to_run:
+            w.writerow(["models"] + [results[key_].get(key, "") for key in keys])
         for r in scaling:
             w.writerow(["scaling"] + [r.get(key, "") for key in keys])
     notes = [] if not args.models else [
@@ -572,7 +680,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     notes += [
         "Models built through MMSA's AMIO from get_config_regression(<model>, 'mosi') (KHaR: the paper's Table 5 config"
         + (", shrunk for the smoke test" if args.mode == "smoke" else "")
-        + (", amp=True (bf16 autocast)" if args.amp else "") + ").",
+        + ")." + ("" if not switches or "khar" not in args.models else
+                  " KHaR's extra rows: " + "; ".join(
+                      {"compile": "(compile) = compile=True: torch.compile of the model (default mode), compiled on "
+                                  "the step after the counted one, that step's wall time in the last column and "
+                                  "not in the step time, then the warm-up steps; its GFLOP counted on the "
+                                  "uncompiled step",
+                       "amp": "(amp) = amp=True: bf16 autocast of the forward pass, losses fp32"}[s]
+                      for s in switches) + "; the own-loss share and the scaling table are plain KHaR's."),
         "GFLOP / step: FlopCounterMode over the first (untimed) warm-up step (CPU flash attention counted as the unfused "
         "path counts attention: backward = 2x forward). Share = achieved GFLOP/s over the fp32 "
         f"{settings['matmul_n']}x{settings['matmul_n']} matmul rate measured in the same process right before and after the timed steps.",
@@ -582,9 +697,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     ]
     body = "\n".join([table, scaling_md, "", *notes, "", "Targets:",
                       *[common.target_line(n, ok, d) for n, ok, d in targets]])
-    title = (f"KHaR scaling: step time and peak memory against frames and batch size ({args.mode}{', amp' if args.amp else ''})"
+    title = (f"KHaR scaling: step time and peak memory against frames and batch size ({args.mode})"
              if args.scaling_only else
-             f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode}{', amp' if args.amp else ''})")
+             f"Speed and memory: one training step on identical MOSI-shaped batches ({args.mode}"
+             + "".join(f", with/without {s}" for s in switches) + ")")
     md_path = args.tables_dir / f"{stem}.md"
     md_path.write_text(f"# {title}\n\n{body}\n")
     text = common.section(title, common.command_line("benchmarks.speed", argv), common.machine_line(machine), [],

@@ -9,6 +9,7 @@ Every coefficient is a field here, with a comment pointing at the paper's equati
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -42,20 +43,47 @@ _TRUE_WORDS = frozenset({"true", "1", "yes"})
 _FALSE_WORDS = frozenset({"false", "0", "no"})
 
 MODALITIES = ("t", "a", "v")
-# Refiners (§3.4; Table 3's ablations; 'none' = the identity) and fusions (§3.5; Table 3's
-# ablations; 'linear' = one Linear layer on the concatenated unimodal vectors).
-REFINER_CHOICES = ("moe", "mlp", "attention", "cnn", "none")
-FUSION_CHOICES = ("mib", "sum", "concat", "attention", "mul", "linear")
 # Fusions that combine the unimodal vectors element-wise (need one width for every modality).
 ELEMENTWISE_FUSIONS = ("sum", "attention", "mul")
 LABEL_RANGES = {"mosi": (-3.0, 3.0), "mosei": (-3.0, 3.0), "sims": (-1.0, 1.0), "simsv2": (-1.0, 1.0)}
 
+#: The config's sections, in the README's order, and what each holds.  Every field names its
+#: section in its ``_f(...)`` call; identities and the checkpoint's JSON are built from sections.
+SECTIONS = {
+    "data": "the dataset and its input shapes (MMSA's loader fills feature_dims and seq_lens)",
+    "model": "the text encoder and the audio/vision encoders (§3.3, eq. 1)",
+    "adapters": "knowledge harvesting: the adapter blocks on the encoders (§3.3, eq. 2-3)",
+    "moe": "knowledge refinement: the per-modality refiner and its gate (§3.4, eq. 4-6)",
+    "fusion": "the unimodal projections and the fusion (§3.5, eq. 8-12)",
+    "losses": "the weights and forms of the loss terms (eq. 6, 12, 13-22)",
+    "optimisation": "the main run's optimiser, schedule, batches and what trains (Appendix B, Table 5)",
+    "pretraining": "the adapter pretraining stage (eq. 2, 'pretrained parameters')",
+    "run": "runtime settings: checkpointing, curves, validation metric, speed switches",
+}
+#: What rebuilds the network from its weights (the checkpoint's ``.pth.json`` holds these).
+ARCHITECTURE_SECTIONS = ("data", "model", "adapters", "moe", "fusion")
+# How a field takes part in a content identity (khar_mmsa.io.identity), besides its plain value:
+# 'path' = left out (where a file lives changes nothing it computes), 'text_encoder' = a local
+# encoder folder by the digest of its files, 'letters' = a set of modality letters in canonical
+# order ('at' and 'ta' build the same model).
+IDENTITY_KINDS = ("path", "text_encoder", "letters")
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a help string (read by the README's configuration reference)."""
+
+def _f(default: Any, help: str, section: str, *, choices: Optional[tuple] = None, also: tuple = (),
+       identity: Optional[str] = None) -> Any:
+    """A config field: its default, help string (the README's configuration reference), section
+    (``also``: further sections that read it too, e.g. pretraining reads ``batch_size``), allowed
+    values (``choices``, checked by ``__post_init__``) and identity kind (:data:`IDENTITY_KINDS`)."""
+    sections = (section, *also)
+    if not set(sections) <= set(SECTIONS):
+        raise ValueError(f"unknown section(s) {sorted(set(sections) - set(SECTIONS))}")
+    if identity is not None and identity not in IDENTITY_KINDS:
+        raise ValueError(f"identity={identity!r}: one of {IDENTITY_KINDS}")
+    metadata = {"help": help, "section": section, "sections": sections,
+                "choices": None if choices is None else tuple(choices), "identity": identity}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 class ConfigError(ValueError):
@@ -103,93 +131,92 @@ def normalize_bools(args: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
 
 @dataclass
 class KHaRConfig:
-    # ---- data (filled from MMSA's args) -------------------------------------------------------
-    dataset_name: str = _f("mosi", "MMSA dataset key: mosi, mosei, sims or simsv2.")
-    feature_dims: list = _f([768, 5, 20], "Input widths (text, audio, vision); MMSA's loader fills them from the pickle.")
-    seq_lens: list = _f([50, 375, 500], "Sequence lengths (text, audio, vision); read from the pickle, never trusted from JSON.")
-    modalities: str = _f("tav", "Modalities used, any subset of 't', 'a', 'v' with at least two (Table 3, 'Role of Each Modality').")
+    """The KHaR settings, one flat dataclass (MMSA's args map onto it key for key); each field
+    names its section (:data:`SECTIONS`), ``cfg.section(name)`` gives a typed view of one."""
 
-    # ---- text encoder (§3.3, eq. 1) -----------------------------------------------------------
-    pretrained: str = _f("bert-base-uncased", "BERT hub name or local folder (bert-base-chinese for SIMS/SIMSv2; Appendix B).")
-    finetune_bert: bool = _f(True, "Fine-tune the text encoder (the paper fine-tunes BERT; Appendix B). MMSA's use_finetune sets it too.")
+    # ---- data: the dataset and its input shapes (MMSA's loader fills feature_dims and seq_lens) ----
+    dataset_name: str = _f("mosi", "MMSA dataset key: mosi, mosei, sims or simsv2.", "data", choices=tuple(LABEL_RANGES))
+    feature_dims: list = _f([768, 5, 20], "Input widths (text, audio, vision); MMSA's loader fills them from the pickle.", "data")
+    seq_lens: list = _f([50, 375, 500], "Sequence lengths (text, audio, vision); read from the pickle, never trusted from JSON.", "data")
+    modalities: str = _f("tav", "Modalities used, any subset of 't', 'a', 'v' with at least two (Table 3, 'Role of Each Modality').", "data", identity="letters")
 
-    # ---- audio / vision encoders (§3.3, eq. 1) -------------------------------------------------
-    modal_dim: int = _f(128, "d_m: width of the audio/vision Transformer encoders and of each refined modality (Table 5: 128, 256 on MOSEI).")
-    encoder_layers: int = _f(4, "Transformer layers of the audio and vision encoders (KuDA's design; paper leaves open).")
-    encoder_heads: int = _f(8, "Attention heads of the audio/vision encoders; modal_dim must be divisible by it.")
-    encoder_ff_dim: int = _f(64, "Feed-forward width of the audio/vision encoder layers (KuDA: 64).")
-    encoder_dropout: float = _f(0.2, "Dropout inside the audio/vision encoders (KuDA: 0.2).")
+    # ---- model: the text encoder and the audio/vision encoders (§3.3, eq. 1) ---------------------
+    pretrained: str = _f("bert-base-uncased", "BERT hub name or local folder (bert-base-chinese for SIMS/SIMSv2; Appendix B).", "model", identity="text_encoder")
+    modal_dim: int = _f(128, "d_m: width of the audio/vision Transformer encoders and of each refined modality (Table 5: 128, 256 on MOSEI).", "model")
+    encoder_layers: int = _f(4, "Transformer layers of the audio and vision encoders (KuDA's design; paper leaves open).", "model")
+    encoder_heads: int = _f(8, "Attention heads of the audio/vision encoders; modal_dim must be divisible by it.", "model")
+    encoder_ff_dim: int = _f(64, "Feed-forward width of the audio/vision encoder layers (KuDA: 64).", "model")
+    encoder_dropout: float = _f(0.2, "Dropout inside the audio/vision encoders (KuDA: 0.2).", "model")
 
-    # ---- knowledge adapters (§3.3, eq. 2-3) ---------------------------------------------------
-    text_adapters: int = _f(4, "Number of chained adapter blocks on the text encoder (KuDA: 4).")
-    av_adapters: int = _f(3, "Number of chained adapter blocks on the audio and vision encoders (KuDA: 3).")
-    adapter_layers_text: Optional[list] = _f(None, "Hidden-state indices (0 = embeddings) feeding the text adapters, len = text_adapters+1. None: evenly spaced over the encoder's depth, last intermediate state included.")
-    adapter_layers_av: Optional[list] = _f(None, "Same for audio/vision encoders (0 = input projection). None: evenly spaced.")
-    adapter_heads: int = _f(4, "Heads of the 2-layer Transformer inside each adapter block (KuDA: 4).")
-    adapter_inner_layers: int = _f(2, "Transformer layers inside one adapter block (KuDA: 2).")
-    adapter_dropout: float = _f(0.1, "Dropout inside adapter blocks.")
+    # ---- adapters: knowledge harvesting: the adapter blocks on the encoders (§3.3, eq. 2-3) ------
+    text_adapters: int = _f(4, "Number of chained adapter blocks on the text encoder (KuDA: 4).", "adapters")
+    av_adapters: int = _f(3, "Number of chained adapter blocks on the audio and vision encoders (KuDA: 3).", "adapters")
+    adapter_layers_text: Optional[list] = _f(None, "Hidden-state indices (0 = embeddings) feeding the text adapters, len = text_adapters+1. None: evenly spaced over the encoder's depth, last intermediate state included.", "adapters")
+    adapter_layers_av: Optional[list] = _f(None, "Same for audio/vision encoders (0 = input projection). None: evenly spaced.", "adapters")
+    adapter_heads: int = _f(4, "Heads of the 2-layer Transformer inside each adapter block (KuDA: 4).", "adapters")
+    adapter_inner_layers: int = _f(2, "Transformer layers inside one adapter block (KuDA: 2).", "adapters")
+    adapter_dropout: float = _f(0.1, "Dropout inside adapter blocks.", "adapters")
+    harvesting: bool = _f(True, "Knowledge harvesting (§3.3, eq. 2-3): adapters read the encoders' intermediate states and X_m = [A_m; O_m]. False: no adapters, X_m = O_m (eq. 3 without A_m); needs pretrain_adapters=False.", "adapters")
 
-    # ---- knowledge harvesting: adapter pretraining (eq. 2, 'pretrained parameters') -----------
-    pretrain_adapters: bool = _f(True, "Run the per-modality adapter pretraining stage before the main run (eq. 2). False: adapters start untrained and train with the model.")
-    pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when its key matches: the pretraining fields of this config, modalities, seed and the data, feature files and a local text encoder by content (SHA-256), never paths or mtimes.")
-    freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their LayerNorm) frozen in the main run (KuDA's knowledge injection), in eval mode too: no dropout on frozen knowledge.")
-    pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE); >= 1 (to skip pretraining set pretrain_adapters=False).")
-    pretrain_learning_rate: float = _f(1e-4, "AdamW learning rate of adapter pretraining (KuDA: 1e-4).")
-    pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).")
+    # ---- moe: knowledge refinement: the per-modality refiner and its gate (§3.4, eq. 4-6) --------
+    refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), the Table 3 ablations 'mlp', 'attention', 'cnn', or 'none' (the identity: X_m goes on unrefined).", "moe", choices=("moe", "mlp", "attention", "cnn", "none"))
+    num_experts: int = _f(3, "s, experts per modality (Table 5: 3).", "moe")
+    top_k: int = _f(2, "k of KeepTopK in eq. 4 (paper leaves open; 2 of 3 keeps the gate sparse and the load term informative).", "moe")
+    expert_hidden_dim: int = _f(256, "Hidden width of each expert MLP.", "moe")
+    moe_noisy_gating: bool = _f(True, "Shazeer et al.'s tunable gate noise in training, needed for the differentiable load L(X) of eq. 6.", "moe")
+    moe_noise_epsilon: float = _f(1e-2, "Floor added to softplus(W_noise x), the gate noise std (Shazeer et al.: 1e-2).", "moe")
+    routing: str = _f("token", "What the gate of eq. 4-5 routes: 'token' = each time step of X_m gets its own top-k experts; 'sample' = one gate vector per sample, from the masked mean of X_m over its real time steps (eq. 5 read as one vector per sample), applied to all its time steps.", "moe", choices=("token", "sample"))
 
-    # ---- knowledge refinement: sparse MoE (§3.4, eq. 4-6) -------------------------------------
-    refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), the Table 3 ablations 'mlp', 'attention', 'cnn', or 'none' (the identity: X_m goes on unrefined).")
-    num_experts: int = _f(3, "s, experts per modality (Table 5: 3).")
-    top_k: int = _f(2, "k of KeepTopK in eq. 4 (paper leaves open; 2 of 3 keeps the gate sparse and the load term informative).")
-    expert_hidden_dim: int = _f(256, "Hidden width of each expert MLP.")
-    moe_noisy_gating: bool = _f(True, "Shazeer et al.'s tunable gate noise in training, needed for the differentiable load L(X) of eq. 6.")
-    moe_noise_epsilon: float = _f(1e-2, "Floor added to softplus(W_noise x), the gate noise std (Shazeer et al.: 1e-2).")
-    moe_balance_weight: float = _f(1e-2, "omega of eq. 6 (paper leaves open; Shazeer et al. use 1e-2).")
-    cv_eps: float = _f(1e-10, "Epsilon in CV^2 = var / (mean^2 + eps) (eq. 6).")
+    # ---- fusion: the unimodal projections and the fusion (§3.5, eq. 8-12) ------------------------
+    fusion: str = _f("mib", "Fusion: 'mib' (eq. 8-12), the Table 3 ablations 'sum', 'concat', 'attention', 'mul', or 'linear' (Dropout and one Linear to the prediction on the concatenated unimodal vectors).", "fusion", choices=("mib", "sum", "concat", "attention", "mul", "linear"))
+    fine_grained_dim: int = _f(50, "Table 5's 'fine-grained dimension': width of each unimodal vector x^m = F^m(X^m) (Algorithm 1), used by the fusion and the contrastive loss (E-MIB's d_l = 50).", "fusion")
+    fusion_hidden_dim: int = _f(128, "Width of the fusion network F^f's output x (Algorithm 1).", "fusion")
+    latent_dim: int = _f(50, "Width of the bottleneck z (eq. 23).", "fusion")
+    mib_sigma_offset: float = _f(-5.0, "Sigma = softplus(W x + offset): a negative offset starts the posterior narrow (E-MIB: -5).", "fusion")
+    dropout: float = _f(0.1, "Dropout before the fusion and the decoder.", "fusion")
+    projection: str = _f("relu", "F^m of Algorithm 1 on the pooled refined sequence: 'relu' = Dropout, Linear(width, fine_grained_dim), ReLU; 'none' = the pooled vector itself goes to the fusion and the contrastive loss (width d_m after the MoE).", "fusion", choices=("relu", "none"))
 
-    # ---- multimodal information bottleneck (§3.5, eq. 8-12, Appendix C) -----------------------
-    fusion: str = _f("mib", "Fusion: 'mib' (eq. 8-12), the Table 3 ablations 'sum', 'concat', 'attention', 'mul', or 'linear' (Dropout and one Linear to the prediction on the concatenated unimodal vectors).")
-    fine_grained_dim: int = _f(50, "Table 5's 'fine-grained dimension': width of each unimodal vector x^m = F^m(X^m) (Algorithm 1), used by the fusion and the contrastive loss (E-MIB's d_l = 50).")
-    fusion_hidden_dim: int = _f(128, "Width of the fusion network F^f's output x (Algorithm 1).")
-    latent_dim: int = _f(50, "Width of the bottleneck z (eq. 23).")
-    mib_beta: float = _f(1e-3, "beta of eq. 8/12 (paper leaves open; E-MIB uses 1e-3 on a per-dimension KL).")
-    mib_kl_reduction: str = _f("mean", "Reduction of eq. 12's KL over the latent_dim dimensions: 'mean' (E-MIB, the source of mib_beta: beta weighs the KL per dimension) or 'sum' (eq. 27-28's closed form). The same pressure needs beta_sum = beta_mean / latent_dim.")
-    mib_sigma_offset: float = _f(-5.0, "Sigma = softplus(W x + offset): a negative offset starts the posterior narrow (E-MIB: -5).")
-    dropout: float = _f(0.1, "Dropout before the fusion and the decoder.")
+    # ---- losses: the weights and forms of the loss terms (eq. 6, 12, 13-22) ----------------------
+    moe_balance_weight: float = _f(1e-2, "omega of eq. 6 (paper leaves open; Shazeer et al. use 1e-2).", "losses")
+    cv_eps: float = _f(1e-10, "Epsilon in CV^2 = var / (mean^2 + eps) (eq. 6).", "losses")
+    mib_beta: float = _f(1e-3, "beta of eq. 8/12 (paper leaves open; E-MIB uses 1e-3 on a per-dimension KL).", "losses")
+    mib_kl_reduction: str = _f("mean", "Reduction of eq. 12's KL over the latent_dim dimensions: 'mean' (E-MIB, the source of mib_beta: beta weighs the KL per dimension) or 'sum' (eq. 27-28's closed form). The same pressure needs beta_sum = beta_mean / latent_dim.", "losses", choices=("mean", "sum"))
+    contrastive_weight: float = _f(1.0, "lambda of eq. 22 (Table 5: SIMS 1, SIMSv2 1, MOSI 0.05, MOSEI 0.45). 0 disables the loss ('w/o CL', Table 3).", "losses")
+    contrastive_kappa: float = _f(0.4, "kappa of eq. 14: |y_i - y_j| <= kappa makes a positive pair, decided on the label grid (gaps rounded to 1e-4 first, so exact-kappa pairs are positive despite float32 labels).", "losses")
+    contrastive_label_scale: str = _f("raw", "Scale kappa applies to: 'raw' = the dataset's own labels ([-3,3] MOSI/MOSEI, [-1,1] SIMS; the paper's example 1.0~1.3 vs 2.0 is on raw MOSI), 'unit' = labels divided by the dataset's max |y| (CLGSI).", "losses", choices=("raw", "unit"))
+    contrastive_temperature: float = _f(0.1, "tau of eq. 21 (paper leaves open; CLGSI uses 0.03, which saturates at batch 64).", "losses")
+    contrastive_on: str = _f("after_relu", "Unimodal vectors eq. 21's similarities are computed on: 'after_relu' = x^m, the fusion's inputs (all entries >= 0, so every cosine >= 0); 'before_relu' = the projection's linear output (cosines in [-1, 1]). The same vectors with projection='none'.", "losses", choices=("after_relu", "before_relu"))
+    mib_beta_warmup_epochs: int = _f(0, "beta of eq. 12 rises linearly from 0 in epoch 1 to mib_beta in epoch mib_beta_warmup_epochs + 1, then stays there (one value per epoch); 0: mib_beta from the first step, as eq. 12.", "losses")
 
-    # ---- intensity contrastive learning (§3.6, eq. 13-21) -------------------------------------
-    contrastive_weight: float = _f(1.0, "lambda of eq. 22 (Table 5: SIMS 1, SIMSv2 1, MOSI 0.05, MOSEI 0.45). 0 disables the loss ('w/o CL', Table 3).")
-    contrastive_kappa: float = _f(0.4, "kappa of eq. 14: |y_i - y_j| <= kappa makes a positive pair, decided on the label grid (gaps rounded to 1e-4 first, so exact-kappa pairs are positive despite float32 labels).")
-    contrastive_label_scale: str = _f("raw", "Scale kappa applies to: 'raw' = the dataset's own labels ([-3,3] MOSI/MOSEI, [-1,1] SIMS; the paper's example 1.0~1.3 vs 2.0 is on raw MOSI), 'unit' = labels divided by the dataset's max |y| (CLGSI).")
-    contrastive_temperature: float = _f(0.1, "tau of eq. 21 (paper leaves open; CLGSI uses 0.03, which saturates at batch 64).")
+    # ---- optimisation: the main run's optimiser, schedule, batches and what trains (Appendix B, Table 5) ----
+    finetune_bert: bool = _f(True, "Fine-tune the text encoder (the paper fine-tunes BERT; Appendix B). MMSA's use_finetune sets it too.", "optimisation")
+    freeze_pretrained_adapters: bool = _f(True, "Keep pretrained adapters (and their LayerNorm) frozen in the main run (KuDA's knowledge injection), in eval mode too: no dropout on frozen knowledge.", "optimisation")
+    epochs: int = _f(70, "Epoch cap (Table 5: 70).", "optimisation")
+    early_stop: int = _f(8, "Stop after this many epochs without a better validation KeyEval (MMSA's convention).", "optimisation", also=("pretraining",))
+    batch_size: int = _f(64, "Batch size, an integer >= 2 (Table 5: 64, 36 on MOSEI).", "optimisation", also=("pretraining",))
+    learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).", "optimisation")
+    learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).", "optimisation")
+    weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.", "optimisation")
+    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).", "optimisation")
+    grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.", "optimisation")
+    freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.", "optimisation")
 
-    # ---- optimisation (Appendix B, Table 5) ---------------------------------------------------
-    epochs: int = _f(70, "Epoch cap (Table 5: 70).")
-    early_stop: int = _f(8, "Stop after this many epochs without a better validation KeyEval (MMSA's convention).")
-    batch_size: int = _f(64, "Batch size, an integer >= 2 (Table 5: 64, 36 on MOSEI).")
-    learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).")
-    learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).")
-    weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.")
-    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).")
-    grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.")
-    save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.")
-    save_curves: bool = _f(True, "Write '<log_dir>/khar-<dataset>-curves.png' when training ends: loss terms per epoch, validation KeyEval with the best epoch marked, expert load per modality (needs matplotlib; off: False).")
-    max_model_memory_gib: float = _f(64.0, "Refuse a config whose estimated training memory (check_size: audio/vision/adapter/expert/fusion weights with their gradients and AdamW moments, plus one batch's activations and attention scores; the text encoder not counted) exceeds this many GiB; checked before any data is read.")
-    key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.")
+    # ---- pretraining: the adapter pretraining stage (eq. 2, 'pretrained parameters') -------------
+    pretrain_adapters: bool = _f(True, "Run the per-modality adapter pretraining stage before the main run (eq. 2). False: adapters start untrained and train with the model.", "pretraining")
+    pretrained_adapters_path: Optional[str] = _f(None, "File of pretrained adapters. None: '<model_save_path stem>-adapters.pt' beside the checkpoint. Reused when its key matches: the fields of the data, model, adapters and pretraining sections, the seed and the data, feature files and a local text encoder by content (SHA-256), never paths or mtimes.", "pretraining", identity="path")
+    pretrain_epochs: int = _f(10, "Epoch cap of each unimodal pretraining run (early stopping on validation MAE); >= 1 (to skip pretraining set pretrain_adapters=False).", "pretraining")
+    pretrain_learning_rate: float = _f(1e-4, "AdamW learning rate of adapter pretraining (KuDA: 1e-4).", "pretraining")
+    pretrain_weight_decay: float = _f(1e-3, "AdamW weight decay of adapter pretraining (KuDA: 1e-3).", "pretraining")
 
-    # ---- speed (no effect on what one clip computes) ------------------------------------------
-    amp: bool = _f(False, "bf16 autocast of the forward pass (torch.autocast; losses and the optimizer stay fp32). Meant for GPUs with bf16 (Ampere or newer); on a CPU it is only faster where the CPU has bf16 matrix units (AMX), and attention stays fp32 there.")
-    length_bucketing: bool = _f(False, "Train on batches of clips of similar length (khar_mmsa/data/bucketing.py): each batch is cut to its longest clip, so less padding is computed. Exact per clip; changes which clips share a batch (seeded by the run's seed).")
-    length_bucket_pool: int = _f(50, "With length_bucketing: batches per sorting pool; a random pool of this many batches is sorted by length, cut into batches, and all batches are shuffled. Larger = less padding, less randomness in batch composition.")
-    compile: bool = _f(False, "torch.compile the model's forward pass for training and evaluation (opt-in: the first steps pay the compilation, and each new batch shape may compile again; checkpoints are unchanged). Helps most on a GPU, where it fuses kernels and cuts launches.")
-
-    # ---- choices where the paper is silent, and the parts benchmarks/walk.py removes ----------
-    harvesting: bool = _f(True, "Knowledge harvesting (§3.3, eq. 2-3): adapters read the encoders' intermediate states and X_m = [A_m; O_m]. False: no adapters, X_m = O_m (eq. 3 without A_m); needs pretrain_adapters=False.")
-    projection: str = _f("relu", "F^m of Algorithm 1 on the pooled refined sequence: 'relu' = Dropout, Linear(width, fine_grained_dim), ReLU; 'none' = the pooled vector itself goes to the fusion and the contrastive loss (width d_m after the MoE).")
-    contrastive_on: str = _f("after_relu", "Unimodal vectors eq. 21's similarities are computed on: 'after_relu' = x^m, the fusion's inputs (all entries >= 0, so every cosine >= 0); 'before_relu' = the projection's linear output (cosines in [-1, 1]). The same vectors with projection='none'.")
-    routing: str = _f("token", "What the gate of eq. 4-5 routes: 'token' = each time step of X_m gets its own top-k experts; 'sample' = one gate vector per sample, from the masked mean of X_m over its real time steps (eq. 5 read as one vector per sample), applied to all its time steps.")
-    mib_beta_warmup_epochs: int = _f(0, "beta of eq. 12 rises linearly from 0 in epoch 1 to mib_beta in epoch mib_beta_warmup_epochs + 1, then stays there (one value per epoch); 0: mib_beta from the first step, as eq. 12.")
-    freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.")
+    # ---- run: runtime settings: checkpointing, curves, validation metric, speed switches ---------
+    save_resume_state: bool = _f(True, "Write '<model_save_path>.resume' (model, optimizer, scheduler, RNG states) after every epoch so a killed run resumes where it stopped; about 3x the model's size on disk, deleted when the run ends.", "run")
+    save_curves: bool = _f(True, "Write '<log_dir>/khar-<dataset>-curves.png' when training ends: loss terms per epoch, validation KeyEval with the best epoch marked, expert load per modality (needs matplotlib; off: False).", "run")
+    max_model_memory_gib: float = _f(64.0, "Refuse a config whose estimated training memory (check_size: audio/vision/adapter/expert/fusion weights with their gradients and AdamW moments, plus one batch's activations and attention scores; the text encoder not counted) exceeds this many GiB; checked before any data is read.", "run")
+    key_eval: str = _f("Loss", "Validation metric for model selection and early stopping; MMSA sets it from its dataset block (KeyEval, 'Loss' = L1 of the prediction). Lower is better for Loss and MAE, higher for the rest.", "run")
+    amp: bool = _f(False, "bf16 autocast of the forward pass (torch.autocast; losses and the optimizer stay fp32). Meant for GPUs with bf16 (Ampere or newer); on a CPU it is only faster where the CPU has bf16 matrix units (AMX), and attention stays fp32 there.", "run")
+    length_bucketing: bool = _f(False, "Train on batches of clips of similar length (khar_mmsa/data/bucketing.py): each batch is cut to its longest clip, so less padding is computed. Exact per clip; changes which clips share a batch (seeded by the run's seed).", "run")
+    length_bucket_pool: int = _f(50, "With length_bucketing: batches per sorting pool; a random pool of this many batches is sorted by length, cut into batches, and all batches are shuffled. Larger = less padding, less randomness in batch composition.", "run")
+    compile: bool = _f(False, "torch.compile the model's forward pass for training and evaluation (opt-in: the first steps pay the compilation, and each new batch shape may compile again; checkpoints are unchanged). Helps most on a GPU, where it fuses kernels and cuts launches.", "run")
 
     def __post_init__(self) -> None:
         # Booleans parse strictly ('no' is False, 'off' an error), then types: a wrong type
@@ -204,21 +231,15 @@ class KHaRConfig:
         self.feature_dims = [int(x) for x in self.feature_dims]
         self.seq_lens = [int(x) for x in self.seq_lens]
         problems = []
-        if self.dataset_name not in LABEL_RANGES:
-            problems.append(f"dataset_name={self.dataset_name!r}: expected one of {sorted(LABEL_RANGES)}")
         if len(self.feature_dims) != 3 or len(self.seq_lens) != 3:
             problems.append("feature_dims and seq_lens need three entries (text, audio, vision)")
         mods = set(self.modalities)
         if not mods <= set(MODALITIES) or len(mods) < 2 or len(mods) != len(self.modalities):
             problems.append(f"modalities={self.modalities!r}: two or three distinct letters of 'tav'")
-        if self.refiner not in REFINER_CHOICES:
-            problems.append(f"refiner={self.refiner!r}: one of {', '.join(REFINER_CHOICES)}")
-        if self.fusion not in FUSION_CHOICES:
-            problems.append(f"fusion={self.fusion!r}: one of {', '.join(FUSION_CHOICES)}")
-        if self.mib_kl_reduction not in ("mean", "sum"):
-            problems.append(f"mib_kl_reduction={self.mib_kl_reduction!r}: 'mean' or 'sum'")
-        if self.contrastive_label_scale not in ("raw", "unit"):
-            problems.append(f"contrastive_label_scale={self.contrastive_label_scale!r}: 'raw' or 'unit'")
+        for f in dataclasses.fields(self):  # allowed values: the field's own choices
+            allowed = f.metadata["choices"]
+            if allowed is not None and getattr(self, f.name) not in allowed:
+                problems.append(f"{f.name}={getattr(self, f.name)!r}: one of {', '.join(allowed)}")
         if not 1 <= self.top_k <= self.num_experts:
             problems.append(f"top_k={self.top_k}: must be between 1 and num_experts={self.num_experts}")
         # Numbers: every float finite (NaN passes no comparison and would silently change
@@ -262,6 +283,32 @@ class KHaRConfig:
     @classmethod
     def field_names(cls) -> list:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def choices(cls, name: str) -> Optional[tuple]:
+        """The allowed values of field ``name`` (None: any value of its type)."""
+        return _FIELDS[name].metadata["choices"]
+
+    def section(self, name: str) -> Any:
+        """Section ``name`` as a frozen, typed dataclass of its fields' values
+        (``cfg.section('moe').top_k``); :data:`SECTION_TYPES` holds the classes."""
+        return SECTION_TYPES[name](**{n: copy.deepcopy(getattr(self, n)) for n in section_fields(name)})
+
+    def architecture(self) -> dict:
+        """The fields of :data:`ARCHITECTURE_SECTIONS`, what rebuilds the network from its weights
+        (the checkpoint's ``.pth.json``).  Paths and values as they are, not by content."""
+        return {n: copy.deepcopy(getattr(self, n)) for n in section_fields(*ARCHITECTURE_SECTIONS, config=self)}
+
+    @classmethod
+    def from_architecture(cls, fields: Mapping[str, Any]) -> "KHaRConfig":
+        """The config that rebuilds a saved network: ``fields`` (its architecture sections, or a whole
+        config as older checkpoints saved it) as given, every other field its default -- except
+        :data:`REBUILD_VALUES`, which only decide how a network trains and would otherwise make
+        some saved architectures refuse the training defaults (``harvesting=False`` with
+        ``pretrain_adapters=True``, say).  Checked as any config."""
+        values = {k: v for k, v in REBUILD_VALUES.items() if k not in fields}
+        values.update(fields)
+        return cls(**values)
 
     @classmethod
     def from_mmsa_args(cls, args: Mapping[str, Any], strict: bool = True) -> "KHaRConfig":
@@ -328,6 +375,38 @@ _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.ty
 _BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.type) == "bool")
 #: Every boolean setting :func:`parse_bool` guards: MMSA's, the runner's and KHaRConfig's.
 BOOL_KEYS = MMSA_BOOL_KEYS | frozenset(_BOOL_FIELDS)
+
+_FIELDS = {f.name: f for f in dataclasses.fields(KHaRConfig)}
+# Allowed values, read from the fields (the one place they are written).
+REFINER_CHOICES = KHaRConfig.choices("refiner")
+FUSION_CHOICES = KHaRConfig.choices("fusion")
+KL_REDUCTIONS = KHaRConfig.choices("mib_kl_reduction")
+assert set(ELEMENTWISE_FUSIONS) <= set(FUSION_CHOICES)
+#: Values a network rebuilt from its saved architecture takes where the saved file does not say:
+#: rebuilding pretrains nothing, computes no contrastive loss and trains on no batch (the memory
+#: estimate counts the smallest one).  None of them changes a prediction.
+REBUILD_VALUES = {"pretrain_adapters": False, "contrastive_weight": 0.0, "batch_size": 2}
+
+
+def section_fields(*sections: str, config: Any = None) -> tuple:
+    """The names of the fields of ``config`` (a KHaRConfig class or instance; KHaRConfig itself
+    when None) in any of ``sections`` (every field when none is given), in the dataclass's order.
+    A field is in its own section and in the ones it names in ``also``."""
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}: one of {', '.join(SECTIONS)}")
+    return tuple(f.name for f in dataclasses.fields(config or KHaRConfig)
+                 if not sections or set(f.metadata["sections"]) & set(sections))
+
+
+def _section_type(name: str) -> type:
+    return dataclasses.make_dataclass(
+        f"{name.capitalize()}Section", [(n, _FIELDS[n].type) for n in section_fields(name)],
+        frozen=True, namespace={"__doc__": f"KHaRConfig's {name!r} section: {SECTIONS[name]}."})
+
+
+#: One frozen dataclass per section (``KHaRConfig.section`` returns instances).
+SECTION_TYPES = {name: _section_type(name) for name in SECTIONS}
 
 
 # Documented bounds (README, "Validation and safe loading"), checked by check_size before the
@@ -414,13 +493,9 @@ def check_size(cfg: "KHaRConfig") -> None:
 
 
 def _open_choice_problems(cfg: KHaRConfig) -> list:
-    """What is wrong with the switches of the choices the paper leaves open and of the parts the
-    walk removes (harvesting, projection, contrastive_on, routing, the warm-up and freeze epochs)."""
+    """What is wrong with combinations of the switches of the choices the paper leaves open and of
+    the parts the walk removes (their allowed values are checked from the fields' choices)."""
     problems = []
-    for name, allowed in (("projection", ("relu", "none")), ("contrastive_on", ("after_relu", "before_relu")),
-                          ("routing", ("token", "sample"))):
-        if getattr(cfg, name) not in allowed:
-            problems.append(f"{name}={getattr(cfg, name)!r}: one of {', '.join(allowed)}")
     if not cfg.harvesting and cfg.pretrain_adapters:
         problems.append("harvesting=False leaves no adapters to pretrain: set pretrain_adapters=False too")
     if cfg.freeze_bert_epochs > 0 and not cfg.finetune_bert:
@@ -497,8 +572,10 @@ def evenly_spaced_layers(num_states: int, num_adapters: int) -> list:
 
 def config_reference_markdown() -> str:
     """The README's configuration reference table, generated from the fields' help strings."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows = ["| key | section | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(KHaRConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        rows.append(f"| `{f.name}` | `{default!r}` | {f.metadata['help'].replace('|', '/')} |")
+        sections = ", ".join(f.metadata["sections"])
+        allowed = f" One of: {', '.join(f'`{c}`' for c in f.metadata['choices'])}." if f.metadata["choices"] else ""
+        rows.append(f"| `{f.name}` | {sections} | `{default!r}` | {f.metadata['help'].replace('|', '/')}{allowed} |")
     return "\n".join(rows)

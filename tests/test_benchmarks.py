@@ -187,6 +187,76 @@ def test_speed_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched)
     assert "KHaR scaling" in _section(only["results_md"], "speed-scaling-smoke")
 
 
+class _FakeCompile:
+    """Stands in for ``torch.compile`` (compiling the real model takes minutes on this CPU): each
+    wrapper runs the model, sleeps ``delay`` s on its first call (the "compilation"), counts the
+    calls of all wrappers, and with ``error`` raises it on the first call as inductor does."""
+
+    def __init__(self, delay: float = 0.0, error: Optional[Exception] = None) -> None:
+        self.delay, self.error, self.calls = delay, error, 0
+
+    def __call__(self, model):
+        import time
+        first = [True]
+
+        def compiled(*args, **kwargs):
+            self.calls += 1
+            if first.pop() if first else False:
+                time.sleep(self.delay)
+                if self.error is not None:
+                    raise self.error
+            return model(*args, **kwargs)
+        return compiled
+
+
+def test_speed_compile_and_amp_rows(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched, monkeypatch) -> None:
+    """--compile --amp: KHaR's four rows; the compilation is timed apart from the steps, FLOPs come
+    from an uncompiled step (the compiled model runs exactly compile + warm-up + timed steps)."""
+    import torch
+
+    from benchmarks import speed
+    fake = _FakeCompile(delay=0.5)
+    monkeypatch.setattr(torch, "compile", fake)
+    res = speed.main(["--smoke", "--models", "khar", "tfn", "--compile", "--amp", "--out", str(tmp_path / "s"),
+                      "--encoder", str(tiny_bert)])
+    keys = ["khar", "khar+compile", "khar+amp", "khar+compile+amp", "tfn"]
+    assert list(res["results"]) == keys
+    s = speed.SETTINGS["smoke"]
+    assert fake.calls == 2 * (1 + s["warmup"] + s["steps"])  # two compiled rows, none counted through it
+    r = res["results"]
+    for key in ("khar+compile", "khar+compile+amp"):
+        assert r[key]["compile_s"] >= 0.5 > max(r[key]["step_times"])
+        assert r[key]["gflop_per_step"] == pytest.approx(r["khar"]["gflop_per_step"], rel=0.01)
+    assert all("compile_s" not in r[k] for k in ("khar", "khar+amp", "tfn"))
+    assert "own_loss_share" in r["khar"] and "own_loss_share" not in r["khar+compile"]
+    table = pd.read_csv(res["table_csv"])
+    assert table[table["table"] == "models"]["model"].tolist() == keys
+    md = res["table_md"].read_text()
+    for title in ("| KHaR |", "| KHaR (compile) |", "| KHaR (amp) |", "| KHaR (compile, amp) |", "| TFN |"):
+        assert title in md
+    assert "compile + first compiled step (s)" in md and res["table_md"].name == "speed-smoke-compile-amp.md"
+
+
+def test_speed_reports_a_failing_compile_in_its_row(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched,
+                                                    monkeypatch) -> None:
+    """torch.compile failing (as inductor without a C++ compiler) gives a row naming the error, no crash."""
+    import torch
+
+    from benchmarks import speed
+    error = RuntimeError("backend='inductor' raised:\nInvalidCxxCompiler: No working C++ compiler found\nmore detail")
+    monkeypatch.setattr(torch, "compile", _FakeCompile(error=error))
+    res = speed.main(["--smoke", "--models", "khar", "--compile", "--out", str(tmp_path / "s"),
+                      "--encoder", str(tiny_bert)])
+    failed = res["results"]["khar+compile"]
+    assert failed["compile_error"] == ("RuntimeError: backend='inductor' raised: "
+                                       "InvalidCxxCompiler: No working C++ compiler found")
+    assert "step_s" not in failed and res["results"]["khar"]["step_s"] > 0
+    assert ("| KHaR (compile) | 0.1 | torch.compile failed: RuntimeError: backend='inductor' raised: "
+            "InvalidCxxCompiler: No working C++ compiler found |") in res["table_md"].read_text()
+    assert [n for n, _, _ in res["targets"]] == ["KHaR training step at >= 50% of the measured fp32 matmul rate",
+                                                 "KHaR's own losses take < 10% of its step"]
+
+
 def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
     """The formulas added for the CPU flash kernels count what the unfused (math) path counts."""
     import torch

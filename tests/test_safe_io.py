@@ -233,7 +233,7 @@ def test_atomic_write_preserves_permissions(tmp_path: Path) -> None:
     assert p.stat().st_mode & 0o777 == 0o640
 
 
-# --- declared sizes the file cannot hold (issue 7, item 7) -------------------------------------
+# --- declared sizes the file cannot hold -------------------------------------
 from numpy._core.multiarray import _reconstruct  # noqa: E402  (numpy 2; pickled by name)
 from numpy._core.numeric import _frombuffer  # noqa: E402
 

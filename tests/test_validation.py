@@ -290,7 +290,7 @@ def test_value_scan_is_vectorised() -> None:
     assert time.perf_counter() - t0 < 1.5
 
 
-# --- clip ids across and inside splits (issue 7, item 7) -------------------------------------
+# --- clip ids across and inside splits -------------------------------------
 def test_clip_id_in_two_splits_is_leakage() -> None:
     data = make_data()
     data["test"]["id"] = list(data["test"]["id"])  # a list: the numpy array's width would truncate
@@ -400,7 +400,7 @@ def test_float64_glove_text_beyond_float32() -> None:
     check_error(data, make_args(use_bert=False), "train", "text", "beyond float32's range")
 
 
-# --- per-modality files: feature_T / feature_A / feature_V (issue 7, item 5) -----------------
+# --- per-modality files: feature_T / feature_A / feature_V -----------------
 def _only(data: Dict[str, Dict[str, Any]], *keys: str) -> Dict[str, Dict[str, Any]]:
     """The per-modality file of ``keys``, with the clip ids that match it to the main file."""
     return {split: {k: d[k] for k in keys + ("id",)} for split, d in data.items()}

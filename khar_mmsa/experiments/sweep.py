@@ -257,25 +257,6 @@ def node_local_copy(data: bytes, folder: Optional[os.PathLike] = None) -> Path:
 # ============================================================================================
 # Manifest
 # ============================================================================================
-def manifest_record_problem(rec: Any) -> Optional[str]:
-    """What is wrong with one parsed manifest line, or None for a well-formed record: a JSON
-    object with a string ``run_id``, an ``event`` of :data:`EVENTS`, and for ``done`` an
-    ``outcome`` object holding a ``result`` object."""
-    if not isinstance(rec, dict):
-        return f"a JSON {type(rec).__name__}, not an object"
-    if not isinstance(rec.get("run_id"), str) or not rec["run_id"]:
-        return "no run_id string"
-    if rec.get("event") not in EVENTS:
-        return f"event {rec.get('event')!r} is not one of {EVENTS}"
-    if rec["event"] == "done":
-        outcome = rec.get("outcome")
-        if not isinstance(outcome, dict):
-            return "a done record without an outcome object"
-        if not isinstance(outcome.get("result"), dict):
-            return "a done record whose outcome has no result object"
-    return None
-
-
 class Manifest:
     """The sweep's record: one JSON object per line, the last record of a run id is its state.
 
@@ -290,25 +271,11 @@ class Manifest:
         self.last: Dict[str, Dict[str, Any]] = {}
         self.records: List[Dict[str, Any]] = []
         self.ignored: List[int] = []
-        if self.path.is_file():
-            with open(self.path, encoding="utf-8", errors="replace") as f:
-                for n, line in enumerate(f, 1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        problem: Optional[str] = "not JSON (a line cut by a killed driver?)"
-                    else:
-                        problem = manifest_record_problem(rec)
-                    if problem is not None:
-                        self.ignored.append(n)
-                        logger.warning(f"{self.path}:{n}: manifest record ignored ({problem}); the run it "
-                                       f"recorded is made again")
-                        continue
-                    self.records.append(rec)
-                    self.last[rec["run_id"]] = rec
+        from khar_mmsa.io.state_files import load_manifest
+        self.records, damaged = load_manifest(self.path)  # damaged lines: logged, their runs made again
+        self.ignored = [int(str(exc.path).rsplit(":", 1)[1]) for exc in damaged]
+        for rec in self.records:
+            self.last[rec["run_id"]] = rec
 
     def state(self, run_id: str) -> Optional[str]:
         rec = self.last.get(run_id)

@@ -51,9 +51,10 @@ def _network_state(weights_path: Path) -> Dict[str, torch.Tensor]:
 def checkpoint_config(weights_path: Union[str, Path], args: Mapping[str, Any],
                       state: Mapping[str, torch.Tensor]) -> KHaRConfig:
     """The KHaR config of a checkpoint: its saved ``.json`` (read by
-    :func:`~khar_mmsa.io.state_files.load_checkpoint_config`), else ``args``; in both cases the
-    audio/vision ``seq_lens`` and ``feature_dims`` are the checkpoint's tensor shapes, never the
-    JSON's."""
+    :func:`~khar_mmsa.io.state_files.load_checkpoint_config`: the architecture sections, or a whole
+    config as older checkpoints saved it; :meth:`KHaRConfig.from_architecture` fills the rest), else
+    ``args``; in both cases the audio/vision ``seq_lens`` and ``feature_dims`` are the checkpoint's
+    tensor shapes, never the JSON's."""
     saved = config_file(weights_path)
     if saved.is_file():
         fields = dict(load_checkpoint_config(saved)["config"])
@@ -71,7 +72,7 @@ def checkpoint_config(weights_path: Union[str, Path], args: Mapping[str, Any],
             dims[i] = int(proj.shape[1])
     fields["feature_dims"], fields["seq_lens"] = dims, lens
     if saved.is_file():
-        return KHaRConfig(**fields)
+        return KHaRConfig.from_architecture(fields)
     logger.warning(f"{saved} not found: KHaR for {weights_path} is built from the config passed to "
                    f"MMSA_test, audio/vision shapes from the checkpoint (seq_lens={lens}).")
     return KHaRConfig.from_mmsa_args(fields, strict=False)

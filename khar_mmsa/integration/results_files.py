@@ -20,7 +20,6 @@ import csv
 import io
 import logging
 import os
-import stat
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -92,18 +91,17 @@ def check_results_files(paths: Sequence[Path]) -> None:
     """Before training: each existing results file is a regular file (not a link), writable,
     and parses as CSV; its folder can be written."""
     import pandas as pd
+
+    from khar_mmsa.io.safe_io import check_writable_file
     for path in paths:
         try:
-            info = os.lstat(path)
-        except FileNotFoundError:
+            check_writable_file(path)
+        except OSError as exc:
+            raise ResultsFileError(f"{path}: the results file cannot be appended to ({exc}); results are "
+                                   f"only appended to a writable regular file, never through a link. Fix "
+                                   f"it or pass another res_save_dir; nothing was trained.") from exc
+        if not path.exists():
             continue
-        if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
-            raise ResultsFileError(f"{path}: the results file is a link or not a regular file; "
-                                   f"results are only appended to a regular file. Move it away or "
-                                   f"pass another res_save_dir; nothing was trained.")
-        if not os.access(path, os.W_OK):
-            raise ResultsFileError(f"{path}: the results file is read-only; make it writable or pass "
-                                   f"another res_save_dir; nothing was trained.")
         try:
             pd.read_csv(path)
         except pd.errors.EmptyDataError:
@@ -172,13 +170,14 @@ class _FileLock:
 
     def __enter__(self) -> "_FileLock":
         import fcntl
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+
+        from khar_mmsa.io.safe_io import open_lock_file
         while True:
             try:
-                fd = os.open(self.lock_path, flags, 0o644)
+                fd = open_lock_file(self.lock_path)
             except OSError as exc:
-                raise ResultsFileError(f"{self.lock_path}: cannot create the lock file ({exc.strerror}); "
-                                       f"a link there is never followed") from exc
+                raise ResultsFileError(f"{self.lock_path}: cannot create the lock file ({exc}); a link "
+                                       f"there is never followed") from exc
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 current = os.lstat(self.lock_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -32,19 +31,6 @@ def run_key(args: Mapping[str, Any], seeds: Sequence[int]) -> str:
                         "data": feature_identity(args), "seeds": [int(s) for s in seeds]})
 
 
-def set_aside(path: Path, reason: str) -> Path:
-    """Rename a damaged state file to ``<name>.damaged-<k>`` (the first free k); log it."""
-    k = 1
-    while True:
-        target = path.with_name(f"{path.name}.damaged-{k}")
-        if not target.exists():
-            break
-        k += 1
-    path.rename(target)
-    logger.warning(f"{path} set aside as {target.name}: {reason}; the work it recorded is done again.")
-    return target
-
-
 class RunState:
     """Finished seeds' test results of one run (see the module docstring)."""
 
@@ -58,12 +44,13 @@ class RunState:
     def _load(self) -> None:
         if not self.path.is_file():
             return
+        from khar_mmsa.io.state_files import StateFileError, load_seeds_file, set_aside
         try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
-            results = _checked(saved)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            set_aside(self.path, f"it cannot be read as a seeds file ({exc})")
+            saved = load_seeds_file(self.path)
+        except StateFileError as exc:
+            set_aside(self.path, exc)
             return
+        results = saved["results"]
         if saved["key"] != self.key:
             logger.info(f"Ignoring {self.path}: it belongs to a run with another config, data or seed "
                         f"list; every seed of this run trains.")
@@ -85,18 +72,3 @@ class RunState:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _checked(saved: Any) -> Dict[str, Dict[str, float]]:
-    """The results of a seeds file, or ValueError saying what is wrong with it."""
-    if not isinstance(saved, dict) or set(saved) != {"key", "results"}:
-        raise ValueError("expected an object with exactly the keys 'key' and 'results'")
-    if not isinstance(saved["key"], str) or not isinstance(saved["results"], dict):
-        raise ValueError("'key' must be a string and 'results' an object")
-    for seed, metrics in saved["results"].items():
-        if not seed.lstrip("-").isdigit() or not isinstance(metrics, dict) or not metrics:
-            raise ValueError(f"seed {seed!r}: expected an integer seed with an object of metrics")
-        for name, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"seed {seed}, {name}: {value!r} is not a finite number")
-    return saved["results"]

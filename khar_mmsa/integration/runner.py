@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
+from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
 from khar_mmsa.integration.configs import config_for
 from khar_mmsa.integration.features import load_features, make_loaders
@@ -129,7 +130,7 @@ def build_args(model_name: str, dataset_name: str, config_file: Any, config: Opt
                              f"asked for, {model_name!r}")
         args.update(config)
     args["verbose_level"], args["log_dir"] = verbose_level, str(log_dir)
-    return args
+    return normalize_bools(args)  # 'no', 'false', '0' are False for every boolean key, else an error
 
 
 def _cuda_available() -> bool:
@@ -155,7 +156,7 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
     """One seed: seed, MMSA's loaders, model and trainer; train; test the checkpoint it wrote."""
     import torch
 
-    from khar_mmsa.io.safe_io import safe_torch_load
+    from khar_mmsa.io.state_files import load_checkpoint
     mmsa_utils = importlib.import_module("MMSA.utils")
     mmsa_utils.setup_seed(seed)
     args["cur_seed"], args["seed"] = index, seed
@@ -177,7 +178,7 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
             + (" (the file there is from an earlier run and is not tested)" if after is not None else "")
             + f". No epoch improved the validation {args.get('KeyEval')!r} (MMSA starts a 'max' metric's "
               f"best at 0); use KeyEval 'Loss' or check the data and learning rate.")
-    model.load_state_dict(safe_torch_load(checkpoint, map_location=args["device"]))
+    model.load_state_dict(load_checkpoint(checkpoint))  # a damaged file: StateFileError naming it
     result = trainer.do_test(model, loaders["test"], mode="TEST")
     del model, trainer, loaders
     gc.collect()

@@ -318,7 +318,7 @@ def _select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[st
     logger.info(f"Selected by validation {key_eval} = {valid[key_eval]:.4f} (best of {len(scored)} candidates): "
                 f"{selected['candidate']}")
     test: Dict[str, Any] = {}
-    saved = json.loads(best_ckpt.with_suffix(".json").read_text()) if best_ckpt.with_suffix(".json").is_file() else {}
+    saved = _best_marker(best_ckpt.with_suffix(".json"))
     if best_ckpt.is_file() and saved.get("candidate") == selected["candidate"]:
         seed_everything(seed)
         dataloader = make_loaders(args, load_features(args), num_workers)
@@ -401,15 +401,26 @@ def write_mmsa_config(path: os.PathLike, args: Mapping[str, Any]) -> Path:
 # Small helpers
 # ============================================================================================
 def _read_tune_csv(csv_file: Path) -> Any:
-    import pandas as pd
+    from khar_mmsa.io.state_files import StateFileError, load_tune_table, set_aside
     if not csv_file.is_file() or csv_file.stat().st_size == 0:
         return None
-    table = pd.read_csv(csv_file)
-    if "candidate" not in table.columns or not any(c.startswith("Valid_") for c in table.columns):
-        from khar_mmsa.integration.run_state import set_aside
-        set_aside(csv_file, "it has no 'candidate' and 'Valid_*' columns, so its rows cannot be reused")
+    try:
+        return load_tune_table(csv_file)
+    except StateFileError as exc:  # damaged: kept aside, the search starts afresh
+        set_aside(csv_file, exc)
         return None
-    return table
+
+
+def _best_marker(path: Path) -> Dict[str, Any]:
+    """Which candidate the best checkpoint holds ({} when unknown; a damaged marker is set aside)."""
+    from khar_mmsa.io.state_files import StateFileError, load_tune_marker, set_aside
+    if not path.is_file():
+        return {}
+    try:
+        return load_tune_marker(path)
+    except StateFileError as exc:
+        set_aside(path, exc)
+        return {}
 
 
 def _best_valid(table: Any, key_eval: str) -> Optional[float]:

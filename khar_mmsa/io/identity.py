@@ -9,20 +9,24 @@ moved, or copied to a temporary folder still matches, while one changed byte doe
   makes of them.
 * :func:`encoder_identity` -- a local text-encoder folder by the digest of its config and weight
   files; a hub name by its name.
-* :func:`config_identity` -- the config's fields with paths replaced by the identities above.
+* :func:`config_identity` / :func:`fingerprint_of` -- the fields of some of the config's sections
+  (``khar_mmsa.config.SECTIONS``), paths by the identities above; each field's metadata says how
+  it takes part (no lists of field names).
 * :func:`data_identity` -- a data file by name and SHA-256 (a sweep run's data).
 * :func:`code_version` -- the package version and a SHA-256 over its sources and config overlays
   (every sweep run's identity holds it, so a rerun after a code change trains again).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
 import re
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
+from khar_mmsa.config import MODALITIES, fingerprint, section_fields
 from khar_mmsa.io.safe_io import file_digest
 
 # MMSA_run's feature files, by role (the main file is custom_feature, else featurePath).
@@ -33,8 +37,6 @@ _MISSING_KEYS = ("missing_rate", "missing_seed")  # only read when data_missing 
 # What AutoModel.from_pretrained reads from a folder (tokenizer files do not change the encoder:
 # token ids come from the feature pickle).
 _ENCODER_FILES = ("config.json", "*.safetensors", "*.bin", "*.index.json")
-# Config fields that name files rather than say how to train.
-PATH_FIELDS = ("pretrained_adapters_path",)
 
 
 def feature_identity(args: Mapping[str, Any]) -> Dict[str, Any]:
@@ -68,16 +70,34 @@ def encoder_identity(pretrained: str) -> Any:
     return {p.name: file_digest(p) for p in files}
 
 
-def config_identity(cfg: Any, fields: Optional[tuple] = None) -> Dict[str, Any]:
-    """``cfg``'s fields (all, or ``fields``) with ``pretrained`` by content and path fields out."""
-    values = dataclasses.asdict(cfg)
-    if fields is not None:
-        values = {k: values[k] for k in fields}
-    for name in PATH_FIELDS:
-        values.pop(name, None)
-    if "pretrained" in values:
-        values["pretrained"] = encoder_identity(cfg.pretrained) if "t" in cfg.modalities else None
+def config_identity(cfg: Any, sections: Iterable[str] = ()) -> Dict[str, Any]:
+    """The values of ``cfg``'s fields in ``sections`` (all fields when none is given), each as its
+    ``identity`` kind says (:data:`~khar_mmsa.config.IDENTITY_KINDS`): paths left out, a local
+    text encoder by content (None when the config has no text), modality letters in canonical order."""
+    values: Dict[str, Any] = {}
+    names = section_fields(*sections, config=cfg)
+    for f in dataclasses.fields(cfg):
+        if f.name not in names:
+            continue
+        kind, value = f.metadata["identity"], getattr(cfg, f.name)
+        if kind == "path":
+            continue
+        if kind == "text_encoder":
+            value = encoder_identity(value) if "t" in cfg.modalities else None
+        elif kind == "letters":
+            value = "".join(m for m in MODALITIES if m in value)
+        values[f.name] = copy.deepcopy(value)
     return values
+
+
+def fingerprint_of(cfg: Any, *sections: str, **extra: Any) -> str:
+    """Hash of exactly the fields of ``sections`` (:func:`config_identity`: paths by content) and
+    the ``extra`` values (a seed, a data identity); every field when no section is given."""
+    values = config_identity(cfg, sections)
+    clash = set(values) & set(extra)
+    if clash:
+        raise ValueError(f"extra value(s) {sorted(clash)} would replace config fields")
+    return fingerprint({**values, **extra})
 
 
 # ============================================================================================

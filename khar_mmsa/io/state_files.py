@@ -185,12 +185,14 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
 
 def load_checkpoint_config(path: PathLike) -> Dict[str, Any]:
     """A checkpoint's ``<ckpt>.json``: ``{"model_name": str, "dataset_name": str, "config":
-    {KHaRConfig fields}}`` as the KHaR trainer writes it.
+    {KHaRConfig fields}}`` as the KHaR trainer writes it: the fields of the architecture sections
+    (``KHaRConfig.architecture``), or every field in files written before the config had sections.
 
     Every ``config`` key must be a KHaRConfig field and the whole must make a valid
-    :class:`~khar_mmsa.config.KHaRConfig` (types, ranges and sizes: ``seq_lens`` of 10**9 is
-    refused here, before any data is read); fields missing from the file (added to KHaRConfig
-    after it was written) take their defaults.  Returns the parsed object."""
+    :class:`~khar_mmsa.config.KHaRConfig` through ``KHaRConfig.from_architecture`` (types, ranges
+    and sizes: ``seq_lens`` of 10**9 is refused here, before any data is read); fields missing from
+    the file (not architecture, or added after it was written) take their defaults.  Returns the
+    parsed object."""
     from khar_mmsa.config import ConfigError, KHaRConfig
     what = "checkpoint config"
     obj = _read_json(path, what)
@@ -200,7 +202,7 @@ def load_checkpoint_config(path: PathLike) -> Dict[str, Any]:
     if unknown:
         raise StateFileError(path, f"{what}: 'config' has unknown key(s) {unknown} (not KHaRConfig fields)")
     try:
-        KHaRConfig(**obj["config"])
+        KHaRConfig.from_architecture(obj["config"])
     except ConfigError as exc:
         raise StateFileError(path, f"{what}: {exc}") from exc
     return obj

@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["KL_REDUCTIONS", "gaussian_kl_to_standard_normal", "reparameterize"]
+from khar_mmsa.config import KL_REDUCTIONS  # the allowed values of mib_kl_reduction
 
-KL_REDUCTIONS = ("mean", "sum")
+__all__ = ["KL_REDUCTIONS", "gaussian_kl_to_standard_normal", "reparameterize"]
 
 
 def gaussian_kl_to_standard_normal(mu: Tensor, sigma: Tensor, reduction: str = "sum") -> Tensor:

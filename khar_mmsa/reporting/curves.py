@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -75,14 +74,9 @@ def save_training_curves(history: Sequence[Mapping], path: os.PathLike, key_eval
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from khar_mmsa.io.safe_io import atomic_open
+    with atomic_open(path, "wb") as f:  # never through a link; an existing file keeps its mode, a new one 0644
+        fig.savefig(f, format="png", dpi=100)
     return True
 
 

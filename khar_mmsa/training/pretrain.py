@@ -24,11 +24,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from khar_mmsa.config import MODALITIES, KHaRConfig, fingerprint
-from khar_mmsa.io.identity import config_identity
+from khar_mmsa.config import KHaRConfig
+from khar_mmsa.io.identity import fingerprint_of
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
-from khar_mmsa.io.safe_io import atomic_torch_save, safe_torch_load
+from khar_mmsa.io.safe_io import atomic_torch_save
+from khar_mmsa.io.state_files import StateFileError, load_adapter_cache, set_aside
 from khar_mmsa.reporting.progress import progress
 from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeights, ProgressBar
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
@@ -36,26 +37,19 @@ from khar_mmsa.training.optim import make_adamw, parameter_groups
 
 logger = logging.getLogger("MMSA")
 
-# Config fields that change what pretraining produces; a saved file is reused only when they match.
-# ``modalities``: which harvesters exist (and so the random initialisation and the order of the
-# unimodal runs); ``dataset_name``: which labels they learn; ``pretrained``: the text encoder, by
-# content (khar_mmsa.io.identity); ``early_stop`` / ``batch_size``: pretraining's stopping and batches.
-# Not here: what only the main run reads (fusion, MoE, losses, learning_rate, epochs ...).
-PRETRAIN_FIELDS = ("dataset_name", "modalities", "feature_dims", "seq_lens", "pretrained", "modal_dim",
-                   "encoder_layers", "encoder_heads", "encoder_ff_dim", "encoder_dropout", "text_adapters",
-                   "av_adapters", "adapter_layers_text", "adapter_layers_av", "adapter_heads",
-                   "adapter_inner_layers", "adapter_dropout", "pretrain_epochs", "pretrain_learning_rate",
-                   "pretrain_weight_decay", "early_stop", "batch_size")
+#: The config sections pretraining depends on: the harvesters' architecture (``model``: the
+#: encoders, ``adapters``: the adapter blocks), the data (``data``: dataset, modalities, shapes) and
+#: ``pretraining`` itself (its epochs, rates, and the ``early_stop`` / ``batch_size`` it shares with
+#: the main run).  Not here: what only the main run reads (MoE, fusion, losses, the main optimiser).
+#: A new field of one of these sections takes part without any further edit.
+PRETRAIN_SECTIONS = ("data", "model", "adapters", "pretraining")
 
 
 def pretrain_fingerprint(cfg: KHaRConfig, seed: object, data: object = None) -> str:
-    """Hash of what pretraining depends on: the fields above (paths by content), the seed and the
-    data's identity (``KHaRTrainer.data_identity``: feature files by content, split sizes)."""
-    fields = config_identity(cfg, PRETRAIN_FIELDS)
-    fields["modalities"] = "".join(m for m in MODALITIES if m in cfg.modalities)  # 'at' == 'ta'
-    fields["seed"] = seed
-    fields["data"] = data
-    return fingerprint(fields)
+    """Hash of what pretraining depends on: the fields of :data:`PRETRAIN_SECTIONS` (paths by
+    content, modality letters in canonical order), the seed and the data's identity
+    (``KHaRTrainer.data_identity``: feature files by content, split sizes)."""
+    return fingerprint_of(cfg, *PRETRAIN_SECTIONS, seed=seed, data=data)
 
 
 def label_key(modality: str, cfg: KHaRConfig) -> str:
@@ -150,8 +144,13 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
     match and it holds the adapters of every modality in use."""
     key = pretrain_fingerprint(cfg, seed, data)
     states = None
+    saved = None
     if path.is_file():
-        saved = safe_torch_load(path)
+        try:
+            saved = load_adapter_cache(path)
+        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again
+            set_aside(path, exc)
+    if saved is not None:
         missing = khar.missing_adapters(saved.get("states") or {})
         if saved.get("fingerprint") != key:
             logger.info(f"Pretrained adapters at {path} were made with another config, modalities, seed "

@@ -21,7 +21,6 @@ Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -32,7 +31,7 @@ from torch import nn
 
 from khar_mmsa.config import KHaRConfig, fingerprint
 from khar_mmsa.data.bucketing import bucketed_loader
-from khar_mmsa.io.identity import config_identity, feature_identity
+from khar_mmsa.io.identity import config_identity, feature_identity, fingerprint_of
 from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.model.khar import KHaR, batch_inputs
 from khar_mmsa.reporting.log_format import log_fields
@@ -84,6 +83,27 @@ def _float32(obj):
     if torch.is_tensor(obj) and obj.is_floating_point():
         return obj.float()
     return obj
+
+
+#: Size settings of Table 5 and the fewest training clips they were tuned on (CMU-MOSI's standard
+#: training fold, the smallest of the paper's four datasets, has 1,284 clips).
+PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
+PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
+
+
+def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
+    """Warn (and return True) when the model has the paper's size but the data is far smaller than
+    any dataset the paper tuned it on: such a run usually learns a constant prediction."""
+    defaults = KHaRConfig(dataset_name=cfg.dataset_name)
+    paper_size = all(getattr(cfg, f) == getattr(defaults, f) for f in PAPER_SIZE_FIELDS)
+    if not paper_size or train_clips >= PAPER_SIZE_MIN_TRAIN_CLIPS:
+        return False
+    logger.warning(
+        f"KHaR has the paper's size (Table 5: {', '.join(f'{f}={getattr(cfg, f)}' for f in PAPER_SIZE_FIELDS)}) "
+        f"but trains on {train_clips} clips, fewer than the {PAPER_SIZE_MIN_TRAIN_CLIPS} of the smallest dataset "
+        f"it was tuned on; at this size it usually learns a constant prediction. Shrink it (e.g. "
+        f"--set modal_dim=32 --set encoder_layers=1, as the demo does) or tune it on validation (-t).")
+    return True
 
 
 class KHaRTrainer(Task):
@@ -155,15 +175,14 @@ class KHaRTrainer(Task):
                             "data": trainer.data_identity(dataloader), "seeds": list(seeds)})
 
     def checkpoint_config(self) -> dict:
-        """The config saved beside the checkpoint (``MMSA_test`` rebuilds the model from it)."""
+        """The config saved beside the checkpoint: its architecture sections
+        (``KHaRConfig.architecture``), what ``MMSA_test`` rebuilds the network from."""
         return {"model_name": "khar", "dataset_name": self.cfg.dataset_name,
-                "config": dataclasses.asdict(self.cfg)}  # real paths: MMSA_test rebuilds from it
+                "config": self.cfg.architecture()}
 
     def _fingerprint(self) -> str:
-        fields = config_identity(self.cfg)
-        fields["seed"] = self.seed
-        fields["data"] = self._data_identity
-        return fingerprint(fields)
+        """The resume state's key: every section of the config, the seed and the data."""
+        return fingerprint_of(self.cfg, seed=self.seed, data=self._data_identity)
 
     def curves_path(self) -> Path:
         """``<log_dir>/khar-<dataset>-curves.png``, beside MMSA's ``khar-<dataset>.log``."""
@@ -175,6 +194,7 @@ class KHaRTrainer(Task):
         khar = unwrap(model)
         show = progress_enabled(self.verbose_level)
         self._data_identity = self.data_identity(dataloader)
+        warn_if_paper_size_on_small_data(cfg, len(dataloader["train"].dataset))
         if cfg.pretrain_adapters:
             path = Path(cfg.pretrained_adapters_path) if cfg.pretrained_adapters_path else \
                 default_adapter_path(self.save_path)
@@ -212,7 +232,7 @@ class KHaRTrainer(Task):
     def _epoch_line(self, state: TrainingState) -> str:
         cfg = self.cfg
         waited = state.epochs_without_improvement
-        return (f"EPOCH-(khar) seed {self.args.get('cur_seed')} epoch {state.epoch}/{cfg.epochs}: valid "
+        return (f"EPOCH-(khar) seed {self.seed} epoch {state.epoch}/{cfg.epochs}: valid "
                 f"{cfg.key_eval} {state.valid[cfg.key_eval]:.4f} | best {state.best:.4f} at epoch {state.best_epoch}"
                 + (f" | {waited}/{cfg.early_stop} epochs without improvement" if waited else ""))
 

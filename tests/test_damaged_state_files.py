@@ -1,0 +1,59 @@
+"""A damaged state file never blocks a run: through ``MMSA_run``, it is set aside (kept, named in the
+log) and the work it recorded is done again."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+import khar_mmsa  # noqa: F401  (registers 'khar')
+from MMSA import MMSA_run
+
+TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
+                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
+                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=1, early_stop=1,
+                 batch_size=8, pretrain_epochs=1, save_curves=False)
+
+
+def _run(tiny_features, tiny_bert, mmsa_run_kwargs, **overrides):
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")), **overrides)
+    MMSA_run("khar", "mosi", config=config, **mmsa_run_kwargs)
+    return pd.read_csv(mmsa_run_kwargs["res_save_dir"] / "normal" / "mosi.tidy.csv")
+
+
+def test_a_damaged_seeds_file_is_set_aside_and_every_seed_trains(tiny_features, tiny_bert, mmsa_run_kwargs,
+                                                                fast_mmsa, caplog):
+    models = mmsa_run_kwargs["model_save_dir"]
+    models.mkdir(parents=True)
+    seeds_file = models / "khar-mosi.pth.seeds.json"
+    seeds_file.write_text('{"key": "x", "results": {"1": {}}}')  # a seed with no metrics
+    with caplog.at_level("WARNING", logger="MMSA"):
+        table = _run(tiny_features, tiny_bert, mmsa_run_kwargs, pretrain_adapters=False)
+    assert math.isfinite(table["MAE"].iloc[0])
+    aside = models / "khar-mosi.pth.seeds.json.damaged-1"
+    assert aside.read_text() == '{"key": "x", "results": {"1": {}}}'
+    assert "set aside as" in caplog.text and str(seeds_file) in caplog.text
+    assert not seeds_file.exists()  # the run's own record is removed once its row is written
+
+
+def test_a_damaged_adapter_cache_is_set_aside_and_the_adapters_pretrained_again(tiny_features, tiny_bert,
+                                                                               mmsa_run_kwargs, fast_mmsa,
+                                                                               caplog):
+    models = mmsa_run_kwargs["model_save_dir"]
+    models.mkdir(parents=True)
+    cache = models / "khar-mosi-adapters.pt"
+    cache.write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level("INFO", logger="MMSA"):
+        table = _run(tiny_features, tiny_bert, mmsa_run_kwargs, pretrain_adapters=True)
+    assert math.isfinite(table["MAE"].iloc[0])
+    assert (models / "khar-mosi-adapters.pt.damaged-1").read_bytes() == b"PK\x03\x04 truncated"
+    assert "Pretraining adapters" in caplog.text and cache.is_file()  # made again
+
+
+def test_a_damaged_tune_table_is_set_aside_and_the_search_starts_afresh(tmp_path, caplog):
+    from khar_mmsa.integration.tune import _read_tune_csv
+    table = tmp_path / "mosi-khar-by-valid.csv"
+    table.write_text("candidate,Valid_Loss\nnot json,0.5\n")
+    with caplog.at_level("WARNING", logger="MMSA"):
+        assert _read_tune_csv(table) is None
+    assert (tmp_path / "mosi-khar-by-valid.csv.damaged-1").is_file() and not table.exists()
