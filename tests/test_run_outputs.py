@@ -118,7 +118,7 @@ def test_log_has_one_results_path_plain_numbers_and_short_lines(shown):
     assert saved == [f"Results saved to {shown.dirs['res_save_dir'] / 'normal' / 'mosi.csv'} (as numbers: mosi.tidy.csv)."]
     assert "np.float" not in shown.log and "PosixPath(" not in shown.log
     assert any(m.startswith("Result for seed 1111: ") and "MAE: " in m for m in messages)
-    assert any(m.startswith("EPOCH-(khar) seed 1 epoch 1/2: valid Loss ") for m in messages)
+    assert any(m.startswith("EPOCH-(khar) seed 1111 epoch 1/2: valid Loss ") for m in messages)
     too_long = [m for m in messages if len(m) > CONSOLE_LIMIT and "feature file:" not in m]
     assert not too_long, too_long
 

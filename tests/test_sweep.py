@@ -154,7 +154,7 @@ def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features,
     assert table["Model"].tolist() == ["khar"] and str(table["seeds"].iloc[0]) == "7"
     assert table["MAE"].notna().all() and (dirs["models"] / "khar-mosi.pth").is_file()
     assert json.loads(out)["Model"] == "khar"  # the row, printed
-    assert "EPOCH-(khar) seed 1 epoch 1/1:" in (dirs["logs"] / "khar-mosi.log").read_text()  # --set epochs=1 reached it
+    assert "EPOCH-(khar) seed 7 epoch 1/1:" in (dirs["logs"] / "khar-mosi.log").read_text()  # --set epochs=1 reached it
 
 
 # ---- identity: data by content, code by version -------------------------------------------------
