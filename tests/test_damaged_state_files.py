@@ -57,3 +57,27 @@ def test_a_damaged_tune_table_is_set_aside_and_the_search_starts_afresh(tmp_path
     with caplog.at_level("WARNING", logger="MMSA"):
         assert _read_tune_csv(table) is None
     assert (tmp_path / "mosi-khar-by-valid.csv.damaged-1").is_file() and not table.exists()
+
+
+def test_a_damaged_best_checkpoint_is_set_aside_and_the_seed_trains_again(tiny_features, tiny_bert,
+                                                                         mmsa_run_kwargs, fast_mmsa, caplog):
+    import pytest
+    from khar_mmsa.training.loop import Callback
+
+    class Stop(Callback):
+        def on_epoch_end(self, state, loop):
+            if state.epoch == 1:
+                raise KeyboardInterrupt("stopped after epoch 1")
+
+    models = mmsa_run_kwargs["model_save_dir"]
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_features, tiny_bert, mmsa_run_kwargs, pretrain_adapters=False, epochs=2, early_stop=2,
+             callbacks=[Stop()])
+    assert (models / "khar-mosi.pth.resume").is_file()
+    best = models / "khar-mosi.pth"
+    best.write_bytes(best.read_bytes()[:100])  # truncated, as by a full disk
+    with caplog.at_level("INFO", logger="MMSA"):
+        table = _run(tiny_features, tiny_bert, mmsa_run_kwargs, pretrain_adapters=False, epochs=2, early_stop=2)
+    assert math.isfinite(table["MAE"].iloc[0])
+    assert (models / "khar-mosi.pth.damaged-1").stat().st_size == 100
+    assert "is damaged; this seed trains from the start" in caplog.text

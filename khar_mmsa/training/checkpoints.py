@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from khar_mmsa.io.safe_io import atomic_torch_save, atomic_write_text, safe_torch_load
+from khar_mmsa.io.state_files import StateFileError, load_checkpoint, set_aside
 
 logger = logging.getLogger("MMSA")
 
@@ -61,19 +62,31 @@ class SeedCheckpoint:
         try:
             saved = safe_torch_load(self.resume_path)
             state = saved["state"]
-        except Exception as exc:  # unreadable or of another format: never fatal, start over
-            reason = f"it cannot be read ({type(exc).__name__}: {exc})"
+        except Exception as exc:  # unreadable or of another format: kept aside, start over
+            set_aside(self.resume_path, f"the resume state cannot be read ({type(exc).__name__}: {exc})")
+            reason = "it could not be read"
         else:
             if saved.get("fingerprint") != fingerprint:
                 reason = "it was written by a run with another config, seed or data"
             elif state.get("best_epoch", 0) > 0 and not self.path.is_file():
                 reason = f"its best checkpoint {self.path.name} is gone"
+            elif state.get("best_epoch", 0) > 0 and not self._best_is_readable():
+                reason = f"its best checkpoint {self.path.name} is damaged"
             else:
                 self.remove_temporary_files()
                 return saved
         self.remove_stale(f"resume state {self.resume_path.name} ignored because {reason}; this "
                           f"seed trains from the start")
         return None
+
+    def _best_is_readable(self) -> bool:
+        """Whether the best checkpoint loads; a damaged one is set aside (kept, named in the log)."""
+        try:
+            load_checkpoint(self.path)
+        except StateFileError as exc:
+            set_aside(self.path, exc)
+            return False
+        return True
 
     def save_best(self, state_dict: Mapping[str, Any]) -> None:
         atomic_torch_save(dict(state_dict), self.path)
