@@ -110,3 +110,18 @@ def test_same_size_rewrite_gets_a_new_digest_at_once(tmp_path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same mtime, as within one tick
     assert data_identity(path)["sha256"] != first["sha256"]
     assert data_identity(path) == {"name": "f.pkl", "sha256": __import__("hashlib").sha256(b"1" * 10).hexdigest()}
+
+
+def test_a_runs_finished_seed_record_knows_the_text_encoder_by_content(tmp_path, tiny_bert, tiny_features):
+    """The runner's run key: the same encoder files in another folder are the same run; other
+    weights are another run (so a rerun never reuses seeds trained with another encoder)."""
+    import shutil
+
+    from khar_mmsa.integration.run_state import run_key
+    from khar_mmsa.model.text_encoders import make_tiny_bert
+    copy = shutil.copytree(tiny_bert, tmp_path / "same-encoder-elsewhere")
+    other = make_tiny_bert(tmp_path / "other", hidden_size=16)
+    args = {"model_name": "khar", "dataset_name": "mosi", "featurePath": str(tiny_features("mosi")), "epochs": 1}
+    key = run_key(dict(args, pretrained=str(tiny_bert)), [1])
+    assert run_key(dict(args, pretrained=str(copy)), [1]) == key
+    assert run_key(dict(args, pretrained=str(other)), [1]) != key

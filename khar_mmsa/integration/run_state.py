@@ -23,10 +23,13 @@ VOLATILE_KEYS = ("model_save_path", "device", "cur_seed", "seed", "custom_featur
 
 
 def run_key(args: Mapping[str, Any], seeds: Sequence[int]) -> str:
-    """A run's identity: model, its settings (without paths), the features' SHA-256, the seeds."""
+    """A run's identity: model, its settings (without paths; a local text encoder by content), the
+    features' SHA-256, the seeds."""
     from khar_mmsa.config import fingerprint
-    from khar_mmsa.io.identity import feature_identity
+    from khar_mmsa.io.identity import encoder_identity, feature_identity
     settings = {k: v for k, v in args.items() if k not in VOLATILE_KEYS}
+    if settings.get("pretrained"):
+        settings["pretrained"] = encoder_identity(str(settings["pretrained"]))
     return fingerprint({"settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
                         "data": feature_identity(args), "seeds": [int(s) for s in seeds]})
 

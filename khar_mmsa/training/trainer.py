@@ -8,7 +8,7 @@ the last completed epoch after an interruption (``<model_save_path>.resume``) an
 run (:mod:`khar_mmsa.reporting.curves`).  The loop is :func:`khar_mmsa.training.loop.fit`; each of
 those is one of its callbacks (:mod:`khar_mmsa.training.callbacks`).  Which files are kept or
 removed is decided by :class:`khar_mmsa.training.checkpoints.SeedCheckpoint`, the one owner of their
-life cycle; :meth:`KHaRTrainer.run_key` keys a whole ``MMSA_run`` call's finished seeds.
+life cycle (a whole run's finished seeds are the runner's: :mod:`khar_mmsa.integration.run_state`).
 
 Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``args``:
 
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from khar_mmsa.config import KHaRConfig, fingerprint
+from khar_mmsa.config import KHaRConfig
 from khar_mmsa.data.bucketing import bucketed_loader
-from khar_mmsa.io.identity import config_identity, feature_identity, fingerprint_of
+from khar_mmsa.io.identity import feature_identity, fingerprint_of
 from khar_mmsa.losses.criterion import KHaRCriterion
 from khar_mmsa.model.khar import KHaR, batch_inputs
 from khar_mmsa.reporting.log_format import log_fields
@@ -111,8 +111,8 @@ class KHaRTrainer(Task):
     :func:`~khar_mmsa.training.loop.fit` runs.  ``metrics``: MMSA's metric function for the dataset
     (``(y_pred, y_true) -> dict``); None: only ``Loss`` (the L1) is reported."""
 
-    #: ``MMSA_run`` leaves checkpoint, resume state and finished seeds to this trainer's
-    #: :class:`SeedCheckpoint` and :meth:`run_key`.
+    #: The runner leaves this seed's checkpoint, resume state and saved config to this trainer's
+    #: :class:`SeedCheckpoint`.
     owns_checkpoint_life_cycle = True
     name = "KHaR"
 
@@ -165,14 +165,6 @@ class KHaRTrainer(Task):
         identity = feature_identity(self.args)
         identity["sizes"] = {k: len(v.dataset) for k, v in dataloader.items() if hasattr(v, "dataset")}
         return identity
-
-    @classmethod
-    def run_key(cls, args: Mapping, dataloader: Mapping, seeds: list) -> str:
-        """What identifies a whole ``MMSA_run`` call: config, data identity and seed list (a rerun
-        with the same key skips the seeds it already finished)."""
-        trainer = cls(args)
-        return fingerprint({"model": "khar", "config": config_identity(trainer.cfg),
-                            "data": trainer.data_identity(dataloader), "seeds": list(seeds)})
 
     def checkpoint_config(self) -> dict:
         """The config saved beside the checkpoint: its architecture sections
