@@ -190,15 +190,23 @@ def text_floor_spec(feature_path: Path, encoder: Path, dataset: str, seed: int, 
                             label=f"text_floor seed {seed}", threads=threads, runner=TEXT_FLOOR_RUNNER)
 
 
-def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
-    """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head, MMSA's metrics."""
+def train_text_floor(spec, feature_path: str) -> Any:
+    """The encoder of ``spec.config['encoder']`` fine-tuned with a linear head on one seed (the GPU
+    when there is one, as ``MMSA_run(gpu_ids=[0])`` gives KHaR and the baselines); its
+    :class:`~khar_mmsa.experiments.textonly.TextOnlyResult`."""
+    import torch
+
     from khar_mmsa.experiments.textonly import TextOnlyConfig, train_text_only
     config = dict(spec.config)
     encoder = config.pop("encoder")
-    import torch  # the GPU when there is one, as MMSA_run(gpu_ids=[0]) gives KHaR and the baselines
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    res = train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config),
-                          device=device)
+    return train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config),
+                           device=device)
+
+
+def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
+    """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head, MMSA's metrics."""
+    res = train_text_floor(spec, feature_path)
     logger.info(f"[text_floor] seed {spec.seed}: best epoch {res.best_epoch}/{res.epochs_run}, "
                 f"test MAE {res.test['MAE']:.4f} Acc-7 {res.test.get('Mult_acc_7', float('nan')):.4f}")
     return {"metrics": dict({k: float(v) for k, v in res.test.items()}, valid_MAE=float(res.valid["MAE"]))}

@@ -48,7 +48,8 @@ import numpy as np
 
 from . import common
 from .common import Timer
-from .compare import KHAR_QUICK, KHAR_SMOKE, MODEL_TITLES, TEXT_FLOOR, TRANSCRIPT_SEEDS, TRANSCRIPT_TEXT_LEN
+from .compare import (KHAR_QUICK, KHAR_SMOKE, MODEL_TITLES, TEXT_FLOOR, TRANSCRIPT_SEEDS, TRANSCRIPT_TEXT_LEN,
+                      train_text_floor)
 
 logger = logging.getLogger("MMSA")
 
@@ -168,14 +169,7 @@ def khar_run(spec, feature_path: str) -> Dict[str, Any]:
 
 def floor_run(spec, feature_path: str) -> Dict[str, Any]:
     """The text-only floor of one seed: test and validation metrics at its best epoch, and its curve."""
-    import torch
-
-    from khar_mmsa.experiments.textonly import TextOnlyConfig, train_text_only
-    config = dict(spec.config)
-    encoder = config.pop("encoder")
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    res = train_text_only(feature_path, encoder, spec.dataset, seed=spec.seed, config=TextOnlyConfig(**config),
-                          device=device)
+    res = train_text_floor(spec, feature_path)
     curve = [{"epoch": h["epoch"], "train_MAE": h["train_l1"], "valid_MAE": h["valid_l1"]} for h in res.history]
     return {"metrics": {k: float(v) for k, v in res.test.items()},
             "valid": {k: float(v) for k, v in res.valid.items()}, "curve": curve, "best_epoch": res.best_epoch,
