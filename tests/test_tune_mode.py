@@ -152,3 +152,16 @@ def test_train_candidate_reports_validation_after_every_epoch(model, tiny_featur
         from khar_mmsa.training.callbacks import EpochHook
         assert "do_test" not in vars(cand.trainer)
         assert [type(cb) for cb in cand.trainer.callbacks] == [EpochHook]
+
+
+def test_tune_candidates_draw_their_curves_beside_the_log(tmp_path, tiny_features, tiny_bert, mmsa_run_kwargs,
+                                                          fast_mmsa):
+    """Candidates get the run's log folder, as a normal run's trainer does (not the checkpoint folder)."""
+    config_file = tune_config_file(tmp_path, "khar", {"learning_rate": [1e-3]})
+    khar_mmsa.run("khar", "mosi", config_file=str(config_file), is_tune=True, tune_times=1,
+                  config=dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=1, save_curves=True),
+                  custom_feature=str(tiny_features("mosi")), **mmsa_run_kwargs)
+    assert (mmsa_run_kwargs["log_dir"] / "khar-mosi-curves.png").is_file()
+    assert not list(mmsa_run_kwargs["model_save_dir"].glob("*.png"))
+    written = json.loads((mmsa_run_kwargs["res_save_dir"] / "tune" / "mosi-khar-best.json").read_text())
+    assert "log_dir" not in written["khar"]["commonParams"] and "log_dir" not in written["khar"]["datasetParams"]["mosi"]

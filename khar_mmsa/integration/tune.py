@@ -63,7 +63,8 @@ logger = logging.getLogger("MMSA")
 LOWER_IS_BETTER = ("Loss", "MAE")
 #: ``args`` keys that describe the run, not the config (left out of the best-config JSON).
 RUNTIME_KEYS = ("model_name", "dataset_name", "model_save_path", "device", "train_mode", "cur_seed",
-                "custom_feature", "feature_T", "feature_A", "feature_V", "d_paras", "featurePath")
+                "custom_feature", "feature_T", "feature_A", "feature_V", "d_paras", "featurePath",
+                "seed", "verbose_level", "log_dir", "callbacks")
 EpochHook = Callable[[int, Mapping[str, Any]], None]
 
 
@@ -255,6 +256,8 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
     base = base_tune_args(model_name, dataset_name, config_file, gpu_ids,
                           model_save_dir / f"{model_name}-{dataset_name}-tune-candidate.pth",
                           custom_feature, feature_T, feature_A, feature_V)
+    # as a normal run: the console level and the log folder (curves beside the log) reach the trainer
+    base["verbose_level"], base["log_dir"] = verbose_level, None if log_dir is None else str(log_dir)
     key_eval = str((config or {}).get("KeyEval", base["KeyEval"]))  # what the trainers early-stop on
     axes = grid_axes(base)
     csv_file = res_dir / f"{dataset_name}-{model_name}-by-valid.csv"
