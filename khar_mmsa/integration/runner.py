@@ -24,7 +24,6 @@ import dataclasses
 import gc
 import importlib
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
@@ -32,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
 from khar_mmsa.integration.configs import config_for
-from khar_mmsa.integration.features import load_features, make_loaders
+from khar_mmsa.integration.features import file_key, load_features, make_loaders
 from khar_mmsa.integration.output_folders import check_output_folders
 from khar_mmsa.integration.registration import check_model_settings, register
 from khar_mmsa.integration.results_files import (MMSA_DEFAULT_SEEDS, check_results_files, results_csv_path,
@@ -167,9 +166,9 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
     model = importlib.import_module("MMSA.models").AMIO(args).to(args["device"])
     trainer = importlib.import_module("MMSA.trains").ATIO().getTrain(args)
     checkpoint = Path(args["model_save_path"])
-    before = _file_state(checkpoint)
+    before = file_key(checkpoint)
     trainer.do_train(model, loaders, return_epoch_results=False)
-    after = _file_state(checkpoint)
+    after = file_key(checkpoint)
     owns = getattr(trainer, "owns_checkpoint_life_cycle", False)  # it removes what it did not write
     if after is None or (after == before and not owns):
         raise MissingCheckpointError(
@@ -185,14 +184,6 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
-
-
-def _file_state(path: Path) -> Optional[tuple]:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def warn_update_epochs(args: Mapping[str, Any], loaders: Mapping[str, Any]) -> None:
