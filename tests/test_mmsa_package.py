@@ -14,6 +14,8 @@ import math
 import multiprocessing
 import os
 import pickle
+import shutil
+import subprocess
 import sys
 import threading
 import types
@@ -226,9 +228,29 @@ def test_dataset_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 def test_missing_config_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(configs, "source_tree_configs", lambda: None)   # as an installed wheel
     monkeypatch.setattr(configs, "CONFIG_PACKAGE", "khar_mmsa.no_such_configs")
     with pytest.raises(configs.ConfigOverlayMissingError, match="reinstall"):
         CONFIG.get_config_regression("tfn", "simsv2")
+
+
+def test_a_source_checkout_reads_its_own_config_files(tmp_path: Path) -> None:
+    """A checkout imported through PYTHONPATH reads the mmsa_configs/ beside it, not the files of
+    whichever khar-mmsa is installed: a copy of the tree with one changed value reads that value."""
+    repo = Path(configs.__file__).resolve().parents[2]
+    copy = tmp_path / "checkout"
+    shutil.copytree(repo / "khar_mmsa", copy / "khar_mmsa", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "mmsa_configs", copy / "mmsa_configs")
+    shutil.copy(repo / "pyproject.toml", copy / "pyproject.toml")
+    path = copy / "mmsa_configs" / "config_regression.json"
+    data = json.loads(path.read_text())
+    data["khar"]["commonParams"]["marker_of_this_checkout"] = 7
+    path.write_text(json.dumps(data))
+    code = ("from khar_mmsa.integration import configs; "
+            "print(configs.overlay('regression')['khar']['commonParams'].get('marker_of_this_checkout'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(copy)})
+    assert out.stdout.strip() == "7"
 
 
 def test_our_config_json_only_adds() -> None:

@@ -1,7 +1,8 @@
 """MMSA's default config files with khar-mmsa's entries added: model ``'khar'``, dataset ``'simsv2'``.
 
 Our entries ship inside the wheel as the package ``khar_mmsa.mmsa_configs`` (the source is the
-top-level ``mmsa_configs/`` folder): ``config_regression.json`` and ``config_tune.json`` hold only
+top-level ``mmsa_configs/`` folder, read directly when khar_mmsa is imported from a source checkout,
+so that a checkout on ``PYTHONPATH`` or a second worktree reads its own files): ``config_regression.json`` and ``config_tune.json`` hold only
 what MMSA's own files lack -- the ``'khar'`` model (the paper's Table 5), the ``'simsv2'`` dataset
 and simsv2 parameters for TFN, MulT and Self-MM.  :func:`merged_config` reads MMSA's JSON and
 deep-merges ours over it, in memory; nothing is written to disk.
@@ -31,15 +32,29 @@ class ConfigOverlayMissingError(FileNotFoundError):
     """khar-mmsa's config JSON is not installed (a broken installation)."""
 
 
+def source_tree_configs() -> Optional[Path]:
+    """The top-level ``mmsa_configs/`` folder when khar_mmsa is imported from a source checkout
+    (its ``pyproject.toml`` beside the package); None for an installed wheel."""
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "mmsa_configs"
+    if (root / "pyproject.toml").is_file() and (folder / "config_regression.json").is_file():
+        return folder
+    return None
+
+
 def mmsa_config_file(kind: str) -> Path:
     """MMSA's own default JSON of ``kind``."""
     return Path(importlib.import_module("MMSA.config").__file__).parent / "config" / f"config_{kind}.json"
 
 
 def overlay(kind: str) -> Dict[str, Any]:
-    """Our JSON of ``kind`` ('regression' or 'tune'), read from the installed package."""
+    """Our JSON of ``kind`` ('regression' or 'tune'): from the source checkout khar_mmsa was
+    imported from, else from the installed package."""
     if kind not in CONFIG_KINDS:
         raise ValueError(f"kind={kind!r}: one of {CONFIG_KINDS}")
+    folder = source_tree_configs()
+    if folder is not None:
+        return json.loads((folder / f"config_{kind}.json").read_text(encoding="utf-8"))
     try:
         text = resources.files(CONFIG_PACKAGE).joinpath(f"config_{kind}.json").read_text(encoding="utf-8")
     except (ModuleNotFoundError, FileNotFoundError) as exc:
