@@ -436,27 +436,6 @@ def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: 
                    runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
 
 
-# the trainer's 'EPOCH-(khar) seed S epoch N/E: valid <KeyEval> <value> | best <value> at epoch B' line
-_KHAR_EPOCH = re.compile(r"EPOCH-\(khar\) seed \S+ epoch (\d+)/\d+: valid (\w+) ([-\d.naif]+) \| best ([-\d.naif]+)")
-
-
-def khar_best_validation(log_path: Path) -> List[float]:
-    """KHaR's best validation KeyEval (MOSI/SIMS: 'Loss' = the prediction's L1, i.e. MAE) of each seed,
-    read from the trainer's per-epoch lines in MMSA's log (a seed's run starts again at epoch 1)."""
-    best: List[float] = []
-    if not Path(log_path).is_file():
-        return best
-    for line in Path(log_path).read_text(errors="replace").splitlines():
-        m = _KHAR_EPOCH.search(line)
-        if m is None:
-            continue
-        if int(m.group(1)) == 1:
-            best.append(float(m.group(4)))
-        elif best:
-            best[-1] = float(m.group(4))
-    return best
-
-
 def read_previous_csv(path: Path) -> Dict[str, Dict[str, Stat]]:
     """Our rows of an earlier table CSV (``write_csv_table``'s format) as ``{row: {metric: Stat}}``."""
     out: Dict[str, Dict[str, Stat]] = {}
@@ -481,11 +460,9 @@ def collect(label: str, model: str, specs: Sequence[Any], outcome: Any,
     """The runs of one table row (one per seed) -> mean ± std over seeds, summed wall time."""
     done = [outcome.results[s.run_id] for s in specs]
     per_seed = [dict(d["result"]["metrics"]) for d in done]
-    for spec, metrics in zip(specs, per_seed):  # KHaR: the best validation MAE, model selection's number
-        if spec.model == "khar" and "valid_MAE" not in metrics:
-            best = khar_best_validation(Path(spec.out_dir) / "log" / f"khar-{spec.dataset}.log")
-            if best:
-                metrics["valid_MAE"] = best[-1]
+    for d, metrics in zip(done, per_seed):  # KHaR: the validation MAE model selection chose by
+        if "MAE" in d["result"].get("valid", {}) and "valid_MAE" not in metrics:
+            metrics["valid_MAE"] = float(d["result"]["valid"]["MAE"])
     keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()  # a metric one seed lacks is left out
     stats = stats_from_runs([{k: v for k, v in m.items() if k in keys} for m in per_seed])
     wall = sum(float(d["wall_s"]) for d in done)

@@ -340,7 +340,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         notes.append(f"Rows '— {args.previous_label}': the earlier table `{args.previous}` (its own data sizes, "
                      "seeds and code), for comparison; the targets use the new rows.")
     notes.append("'valid MAE (selection)': the best validation MAE of each seed, the number model selection used "
-                 "(KHaR: from its per-epoch log; text floor: at its best epoch); '-' where not recorded.")
+                 "(KHaR: recorded by its trainer at the selected epoch; text floor: at its best epoch); '-' where not recorded.")
     if len(seeds) == 1:
         notes.append("One seed: a margin of a few hundredths of MAE or about one point of accuracy between two rows "
                      "is within seed-to-seed variation; the MET/MISSED lines compare the numbers as measured.")

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -101,43 +100,6 @@ FLOOR_RUNNER = "benchmarks.walk:floor_run"
 
 
 # ---- the per-epoch curves of a run ----------------------------------------------------------------
-_TRAIN = re.compile(r"TRAIN-\(khar\) epoch (\d+) >> (.*)$")
-_VALID = re.compile(r"VAL-\(khar\) >> (.*)$")
-_EPOCH = re.compile(r"EPOCH-\(khar\) seed \S+ epoch (\d+)/\d+: .*\| best \S+ at epoch (\d+)")
-_FIELD = re.compile(r"(\w+): (-?[\d.]+(?:e-?\d+)?|nan)")
-
-
-def parse_khar_log(text: str) -> Dict[str, Any]:
-    """The curve of one KHaR seed from MMSA's log: ``{'curve': [{'epoch', 'train_MAE', 'train_Corr',
-    'valid_MAE', 'valid_Corr', ...}], 'best_epoch', 'epochs_run', 'valid': metrics at the best epoch}``.
-
-    Reads the trainer's 'TRAIN-(khar) epoch N >> Key: value' lines, the 'VAL-(khar) >>' lines that
-    follow them and the 'EPOCH-(khar) ... best ... at epoch B' line that closes each epoch.  A log of
-    several seeds (or of a resumed run) keeps the last run that starts at epoch 1."""
-    epochs: Dict[int, Dict[str, float]] = {}
-    best_epoch, current = 0, None
-    for line in text.splitlines():
-        m = _TRAIN.search(line)
-        if m:
-            current = int(m.group(1))
-            if current == 1 and 1 in epochs and "valid_MAE" in epochs[1]:
-                epochs, best_epoch = {}, 0  # a new run
-            fields = epochs.setdefault(current, {"epoch": current})
-            fields.update({f"train_{k}": float(v) for k, v in _FIELD.findall(m.group(2))})
-            continue
-        m = _VALID.search(line)
-        if m and current is not None:
-            epochs[current].update({f"valid_{k}": float(v) for k, v in _FIELD.findall(m.group(1))})
-            continue
-        m = _EPOCH.search(line)
-        if m:
-            best_epoch, current = int(m.group(2)), None
-    curve = [epochs[e] for e in sorted(epochs) if "valid_MAE" in epochs[e]]
-    best = next((r for r in curve if r["epoch"] == best_epoch), None)
-    valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")} if best else {}
-    return {"curve": curve, "best_epoch": best_epoch, "epochs_run": len(curve), "valid": valid}
-
-
 def fit_verdict(curve: Sequence[Mapping[str, float]], best_epoch: int) -> str:
     """One seed's curve in words: 'over-fits' (the train MAE keeps falling after the best validation
     epoch while the validation MAE does not), 'under-fits (cap)' (the last epoch is the best: early
@@ -156,15 +118,14 @@ def fit_verdict(curve: Sequence[Mapping[str, float]], best_epoch: int) -> str:
 
 # ---- runners (called by the sweep where the run executes) ----------------------------------------
 def khar_run(spec, feature_path: str) -> Dict[str, Any]:
-    """One ``MMSA_run`` of KHaR (:func:`khar_mmsa.experiments.sweep.mmsa_run_one`) plus its curve and
-    its validation metrics at the selected epoch, read from the run's MMSA log."""
+    """One ``MMSA_run`` of KHaR (:func:`khar_mmsa.experiments.sweep.mmsa_run_one`) with its curve and
+    its validation metrics at the selected epoch, as its trainer recorded them."""
     from khar_mmsa.experiments.sweep import mmsa_run_one
     result = mmsa_run_one(spec, feature_path)
-    log = Path(spec.out_dir) / "log" / f"khar-{spec.dataset}.log"
-    parsed = parse_khar_log(log.read_text(errors="replace"))
-    if not parsed["valid"]:
-        raise RuntimeError(f"{log}: no validation line at the best epoch; cannot report validation metrics")
-    return {"metrics": result["metrics"], **parsed}
+    if not result.get("valid"):
+        raise RuntimeError(f"{spec.out_dir}: the run trained no epoch in this process (a seed finished by an "
+                           f"earlier, interrupted sweep?); remove that folder to train it again")
+    return {k: v for k, v in result.items() if k != "row"}
 
 
 def floor_run(spec, feature_path: str) -> Dict[str, Any]:

@@ -47,6 +47,11 @@ def pytest_configure(config: pytest.Config) -> None:
 TINY_SIZES = (24, 8, 8)          # train / valid / test samples
 TINY_SEQ_LENS = (8, 10, 12)      # text tokens, audio frames, vision frames
 TINY_BERT_HIDDEN = 32
+#: KHaR at a size that trains on the tiny data in well under a second per epoch; each test module
+#: adds its own epochs, early stopping and pretraining settings.
+TINY_KHAR_SIZE = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
+                      av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
+                      fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, batch_size=8)
 
 
 @pytest.fixture(scope="session")

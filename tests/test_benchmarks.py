@@ -102,6 +102,9 @@ def test_compare_planted_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_
     assert "Noise floor MAE" in body and "paper Table 2" in body and "not comparable" in body
     assert res["floor_mae"] == pytest.approx(0.3 * math.sqrt(2 / math.pi), rel=1e-6)
     assert len(res["targets"]) == 3
+    # KHaR's selection number: its validation MAE at the selected epoch, recorded by its trainer
+    selection = res["results"]["khar"].stats["valid_MAE"]
+    assert math.isfinite(selection.mean) and selection.mean != res["results"]["khar"].stats["MAE"].mean
 
 
 def test_compare_planted_khar_at_other_lengths_and_size(tmp_path: Path, tiny_bert: Path, fast_mmsa,

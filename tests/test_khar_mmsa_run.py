@@ -7,11 +7,9 @@ import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from MMSA import MMSA_run
+from conftest import TINY_KHAR_SIZE
 
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
-                 batch_size=8, pretrain_epochs=1, save_curves=False)  # curves: test_run_outputs.py
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=1, pretrain_epochs=1, save_curves=False)  # curves: test_run_outputs.py
 METRIC = {"mosi": "Mult_acc_7", "mosei": "Mult_acc_7", "sims": "Mult_acc_5", "simsv2": "Mult_acc_5"}
 
 

@@ -14,11 +14,9 @@ import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.io.safe_io import UnsafePickleError, load_pickle
 from khar_mmsa.data.validation import FeatureValidationError
 from MMSA import MMSA_run, MMSA_test
+from conftest import TINY_KHAR_SIZE
 
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
-                 batch_size=8, pretrain_adapters=False)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=1, pretrain_adapters=False)
 
 
 class RunsCode:

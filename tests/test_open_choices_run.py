@@ -14,12 +14,9 @@ import torch
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from MMSA import MMSA_run
+from conftest import TINY_KHAR_SIZE
 
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=2,
-                 batch_size=8, pretrain_epochs=1, pretrain_adapters=False, learning_rate_bert=1e-3,
-                 save_curves=False)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=2, pretrain_epochs=1, pretrain_adapters=False, learning_rate_bert=1e-3, save_curves=False)
 WALK_FLOOR = dict(harvesting=False, refiner="none", projection="none", fusion="linear", contrastive_weight=0.0)
 OPEN_CHOICES = dict(routing="sample", contrastive_on="before_relu", moe_noisy_gating=False,
                     mib_beta_warmup_epochs=2, freeze_bert_epochs=2)

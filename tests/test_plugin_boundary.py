@@ -15,12 +15,10 @@ import pytest
 
 import khar_mmsa  # noqa: F401
 from khar_mmsa.integration import results_files
+from conftest import TINY_KHAR_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=1, early_stop=1,
-                 batch_size=8, pretrain_adapters=False, save_curves=False)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=1, early_stop=1, pretrain_adapters=False, save_curves=False)
 
 
 def _python(code: str, cwd: Path, python: str = sys.executable, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -21,14 +21,12 @@ import pandas as pd
 import pytest
 
 import khar_mmsa
+from conftest import TINY_KHAR_SIZE
 
 SCRIPT = Path(__file__).parent / "scripts" / "mmsa_run_killable.py"
 REPO = Path(khar_mmsa.__file__).resolve().parent.parent
 SEEDS = [1, 2]
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
-                 batch_size=8, pretrain_epochs=1, pretrain_adapters=True)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=1, pretrain_epochs=1, pretrain_adapters=True)
 
 
 class RunServer:

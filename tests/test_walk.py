@@ -1,4 +1,4 @@
-"""benchmarks/walk.py: its log reading and fit verdicts on hand-written curves, and the three tables
+"""benchmarks/walk.py: the recorded curves and fit verdicts on hand-written curves, and the three tables
 end to end in ``--smoke`` mode (tiny BERT, a small synthetic label.csv, one seed) into ``tmp_path``."""
 from __future__ import annotations
 
@@ -17,32 +17,44 @@ if str(REPO) not in sys.path:
 
 from benchmarks import walk  # noqa: E402
 
-LOG = """\
-x - MMSA [INFO] - TRAIN-(khar) epoch 1 >> loss 1.7 (the sum of the weighted terms)
-x - MMSA [INFO] - TRAIN-(khar) epoch 1 >> weighted task=0.80 mib_kl=0.0045
-x - MMSA [INFO] - TRAIN-(khar) epoch 1 >> Mult_acc_5: 0.5417 Mult_acc_7: 0.5417 MAE: 0.9000 Corr: -0.0181
-x - MMSA [INFO] - VAL-(khar) >> Has0_acc_2: 0.5000 Mult_acc_5: 0.1250
-x - MMSA [INFO] - VAL-(khar) >> Mult_acc_7: 0.1250 MAE: 0.8736 Corr: 0.3431 Loss: 0.8736
-x - MMSA [INFO] - EPOCH-(khar) seed 1 epoch 1/9: valid Loss 0.8736 | best 0.8736 at epoch 1
-x - MMSA [INFO] - TRAIN-(khar) epoch 2 >> MAE: 0.7000 Corr: 0.2
-x - MMSA [INFO] - VAL-(khar) >> MAE: 0.8000 Corr: 0.5 Loss: 0.8
-x - MMSA [INFO] - EPOCH-(khar) seed 1 epoch 2/9: valid Loss 0.8000 | best 0.8000 at epoch 2
-x - MMSA [INFO] - TRAIN-(khar) epoch 3 >> MAE: 0.6000 Corr: 0.4
-x - MMSA [INFO] - VAL-(khar) >> MAE: 0.8500 Corr: 0.45 Loss: 0.85
-x - MMSA [INFO] - EPOCH-(khar) seed 1 epoch 3/9: valid Loss 0.8500 | best 0.8000 at epoch 2 | 1/2 epochs without improvement
-x - MMSA [INFO] - TEST-(khar) >> MAE: 0.1 Corr: 0.9
-"""
+def _epoch(epoch, train_mae, valid_mae, valid_corr):
+    """One entry of a trainer's ``state.history`` as TrainingCurves writes it."""
+    return {"epoch": epoch, "valid": valid_mae, "raw": {"task": train_mae}, "expert_load": {},
+            "train_metrics": {"MAE": train_mae, "Corr": 0.1, "Loss": train_mae},
+            "valid_metrics": {"MAE": valid_mae, "Corr": valid_corr, "Loss": valid_mae}}
 
 
-def test_parse_khar_log_reads_the_curve_and_the_selected_epoch():
-    parsed = walk.parse_khar_log(LOG)
+def test_recorded_history_gives_the_curve_and_the_selected_epoch():
+    from types import SimpleNamespace
+    from khar_mmsa.training.callbacks import RecordHistory
+    recorder = RecordHistory()
+    recorder.on_fit_end(SimpleNamespace(history=[{"epoch": 1, "valid": 0.5}], best_epoch=1), None)  # pretraining
+    assert recorder.curve()["valid"] == {} and recorder.curve()["epochs_run"] == 0
+    history = [_epoch(1, 0.9, 0.8736, 0.34), _epoch(2, 0.7, 0.8, 0.5), _epoch(3, 0.6, 0.85, 0.45)]
+    recorder.on_fit_end(SimpleNamespace(history=history, best_epoch=2), None)
+    parsed = recorder.curve()
     assert parsed["best_epoch"] == 2 and parsed["epochs_run"] == 3
     assert [c["train_MAE"] for c in parsed["curve"]] == [0.9, 0.7, 0.6]
     assert [c["valid_MAE"] for c in parsed["curve"]] == [0.8736, 0.8, 0.85]
-    assert parsed["valid"]["MAE"] == 0.8 and parsed["valid"]["Corr"] == 0.5  # never the TEST line
-    # a second run in the same log (a rerun of the seed) replaces the first
-    again = walk.parse_khar_log(LOG + LOG.replace("MAE: 0.8000", "MAE: 0.7000"))
-    assert again["epochs_run"] == 3 and again["valid"]["MAE"] == 0.7
+    assert parsed["valid"] == {"MAE": 0.8, "Corr": 0.5, "Loss": 0.8}
+
+
+def test_a_sweep_run_of_khar_returns_its_curve_from_the_trainer(tmp_path, tiny_features, tiny_bert, fast_mmsa):
+    """The sweep's default runner (through khar-mmsa's runner, MMSA_run's arguments): one curve point
+    per epoch with the training and validation metrics the trainer computed, and the selected
+    epoch's validation metrics, which the tables report as the selection's number."""
+    from conftest import TINY_KHAR_SIZE
+    from khar_mmsa.experiments.sweep import RunSpec, mmsa_run_one
+    spec = RunSpec(model="khar", dataset="mosi", seed=1, feature_path=str(tiny_features("mosi")),
+                   out_dir=str(tmp_path / "run"), config=dict(TINY_KHAR_SIZE, pretrained=str(tiny_bert), epochs=2,
+                                                             early_stop=2, pretrain_adapters=False, save_curves=False))
+    result = mmsa_run_one(spec, spec.feature_path)
+    assert result["epochs_run"] == 2 and result["best_epoch"] in (1, 2)
+    for point in result["curve"]:
+        assert {"train_MAE", "train_Corr", "valid_MAE", "valid_Corr", "valid_Loss"} <= set(point)
+        assert all(math.isfinite(v) for v in point.values())
+    assert result["valid"]["MAE"] == result["curve"][result["best_epoch"] - 1]["valid_MAE"]
+    assert result["valid"]["MAE"] != result["metrics"]["MAE"]  # validation, not the test split
 
 
 @pytest.mark.parametrize("train,best,verdict", [

@@ -204,20 +204,27 @@ def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
     ``feature_path`` into ``spec.out_dir`` (its own checkpoints, logs and results CSV).
 
     Returns ``{"row": <the results-CSV row>, "metrics": {metric: value}}``, ``metrics`` in the
-    natural units ``do_test`` gives (the row's x100 means divided by 100).
+    natural units ``do_test`` gives (the row's x100 means divided by 100).  KHaR's result also has
+    its per-epoch ``curve``, ``best_epoch``, ``epochs_run`` and ``valid`` (the validation metrics
+    of the selected epoch), from a :class:`~khar_mmsa.training.callbacks.RecordHistory` callback.
     """
     from khar_mmsa.integration.runner import run  # MMSA_run's arguments, any model; returns the row
     out = Path(spec.out_dir)
     dirs = {k: out / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    row = run(spec.model, spec.dataset, config=dict(spec.config), seeds=[int(spec.seed)],
+    config, recorder = dict(spec.config), None
+    if spec.model == "khar":
+        from khar_mmsa.training.callbacks import RecordHistory
+        recorder = RecordHistory()
+        config["callbacks"] = [recorder]  # args['callbacks']: not part of the run's identity
+    row = run(spec.model, spec.dataset, config=config, seeds=[int(spec.seed)],
               custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
               **{k: str(v) for k, v in dirs.items()})
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()}
     metrics = {k: float(v) / 100.0 for k, v in row.items()
                if k not in ("Model", "seeds") and not k.endswith("_std") and isinstance(v, (int, float))}
-    return {"row": row, "metrics": metrics}
+    return {"row": row, "metrics": metrics, **(recorder.curve() if recorder is not None else {})}
 
 
 def _resolve_runner(name: str) -> Callable[[RunSpec, str], Dict[str, Any]]:

@@ -160,9 +160,16 @@ class EpochHook(Callback):
         self.hook(state.epoch, state.valid)
 
 
+def _plain_metrics(results: Mapping[str, Any]) -> Dict[str, float]:
+    """The named numbers of an epoch's results (metrics and ``Loss``; no loss-term or load entries)."""
+    return {k: float(v) for k, v in results.items()
+            if "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class TrainingCurves(Callback):
-    """Keeps each epoch's validation value, raw loss terms and expert load in ``state.history``
-    and draws them to ``path`` when training ends (:mod:`khar_mmsa.reporting.curves`)."""
+    """Keeps each epoch's validation value, raw loss terms, expert load and the training and
+    validation metrics in ``state.history`` (saved with the resume state, so a resumed run keeps
+    its whole curve) and draws them to ``path`` when training ends (:mod:`khar_mmsa.reporting.curves`)."""
 
     def __init__(self, path: Path, key_eval: str, title: str, enabled: bool = True) -> None:
         self.path, self.key_eval, self.title, self.enabled = Path(path), key_eval, title, enabled
@@ -170,7 +177,9 @@ class TrainingCurves(Callback):
     def on_epoch_end(self, state: TrainingState, loop: Loop) -> None:
         state.history.append({"epoch": state.epoch, "valid": float(state.valid[self.key_eval]),
                               "raw": {k[4:]: v for k, v in state.train.items() if k.startswith("raw/")},
-                              "expert_load": state.train.get("expert_load", {})})
+                              "expert_load": state.train.get("expert_load", {}),
+                              "train_metrics": _plain_metrics(state.train),
+                              "valid_metrics": _plain_metrics(state.valid)})
 
     def on_fit_end(self, state: TrainingState, loop: Loop) -> None:
         if not self.enabled:
@@ -179,3 +188,27 @@ class TrainingCurves(Callback):
         if save_training_curves(state.history, self.path, key_eval=self.key_eval, best_epoch=state.best_epoch,
                                 title=self.title):
             logger.info(f"Training curves saved to {self.path}")
+
+
+class RecordHistory(Callback):
+    """Keeps a copy of the main training's ``state.history`` (what :class:`TrainingCurves`
+    recorded, each epoch's training and validation metrics included) and its selected epoch when
+    training ends, for code that drives a run and wants its curve (a benchmark's sweep runner)."""
+
+    def __init__(self) -> None:
+        self.history: list = []
+        self.best_epoch = 0
+
+    def on_fit_end(self, state: TrainingState, loop: Loop) -> None:
+        if any("valid_metrics" in h for h in state.history):  # the main training, not adapter pretraining
+            self.history, self.best_epoch = [dict(h) for h in state.history], int(state.best_epoch)
+
+    def curve(self) -> Dict[str, Any]:
+        """``{'curve': [{'epoch', 'train_<metric>', ..., 'valid_<metric>', ...}], 'best_epoch',
+        'epochs_run', 'valid': the validation metrics of the selected epoch ({} if none)}``."""
+        curve = [{"epoch": int(h["epoch"]), **{f"train_{k}": v for k, v in h.get("train_metrics", {}).items()},
+                  **{f"valid_{k}": v for k, v in h.get("valid_metrics", {}).items()}} for h in self.history]
+        best = next((r for r in curve if r["epoch"] == self.best_epoch), None)
+        valid = {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")} if best else {}
+        return {"curve": curve, "best_epoch": self.best_epoch, "epochs_run": len(curve), "valid": valid}
+
