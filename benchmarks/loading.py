@@ -93,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         data = safe_io.load_pickle(path)
         mmsa_args = {"model_name": "khar", "dataset_name": "mosei", "use_bert": True, "need_data_aligned": False}
         results["validate_features"] = best_of(repeats, lambda: validate_features(data, mmsa_args, str(path)))
-        del data
+        data = None  # free it before the next file
 
         def digest() -> None:
             safe_io._DIGESTS.clear()

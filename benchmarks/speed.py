@@ -171,7 +171,6 @@ class Stepper:
 
     # KHaR ----------------------------------------------------------------------------------------
     def _init_khar(self) -> None:
-        import torch
         from khar_mmsa.config import KHaRConfig
         from khar_mmsa.losses.criterion import KHaRCriterion
         from khar_mmsa.model.khar import batch_inputs

@@ -21,14 +21,18 @@ from typing import Any, Mapping, MutableMapping, Optional
 # ignored by the KHaR config; anything else unknown is an error with a suggestion.  MMSA's
 # ``use_finetune`` (the BERT models' "fine-tune the text encoder" switch) is not ignored: it is
 # read as ``finetune_bert`` (see KHaRConfig.from_mmsa_args).
-MMSA_RUNTIME_KEYS = frozenset({
-    "model_name", "dataset_name", "featurePath", "feature_dims", "seq_lens", "train_samples",
-    "num_classes", "language", "KeyEval", "missing_rate", "missing_seed", "need_data_aligned",
-    "need_model_aligned", "need_normalized", "use_bert", "device",
-    "model_save_path", "train_mode", "cur_seed", "custom_feature", "feature_T", "feature_A",
-    "feature_V", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
-    "seed", "log_dir", "verbose_level", "callbacks",
+#: ``args`` keys that say where things are and how this process runs, not what is trained: left
+#: out of a run's identity (:mod:`khar_mmsa.integration.run_state`) and of a tuned config file
+#: (:mod:`khar_mmsa.integration.tune`), each of which adds its own few.
+RUN_PLACE_KEYS = frozenset({
+    "model_save_path", "device", "train_mode", "cur_seed", "seed", "custom_feature", "featurePath",
+    "feature_T", "feature_A", "feature_V", "log_dir", "verbose_level", "callbacks",
 })
+MMSA_RUNTIME_KEYS = RUN_PLACE_KEYS | {
+    "model_name", "dataset_name", "feature_dims", "seq_lens", "train_samples", "num_classes", "language",
+    "KeyEval", "missing_rate", "missing_seed", "need_data_aligned", "need_model_aligned", "need_normalized",
+    "use_bert", "transformers", "data_missing", "d_paras", "early_stop", "trust_pickle",
+}
 
 # Boolean settings of MMSA's own configs (config_regression.json) and of the plug-in's runner.
 # Each is parsed by :func:`parse_bool` wherever it is read; the KHaR fields typed ``bool`` join

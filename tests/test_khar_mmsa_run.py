@@ -1,6 +1,5 @@
 """MMSA_run('khar', d, gpu_ids=[0]) on a CPU-only machine for every dataset, real feature widths."""
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest

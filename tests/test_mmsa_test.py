@@ -7,7 +7,6 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')

@@ -9,7 +9,6 @@ import math
 import re
 
 import pandas as pd
-import pytest
 import torch
 
 import khar_mmsa  # noqa: F401  (registers 'khar')

@@ -2,8 +2,6 @@
 whatever the import order, and a wheel (not an editable install) that trains 'khar'."""
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import subprocess
 import sys

@@ -14,12 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+from khar_mmsa.config import RUN_PLACE_KEYS
+
 logger = logging.getLogger("MMSA")
 
-#: ``args`` keys that say where things are or how this process runs, not what is trained.
-VOLATILE_KEYS = ("model_save_path", "device", "cur_seed", "seed", "custom_feature", "featurePath",
-                 "feature_T", "feature_A", "feature_V", "log_dir", "verbose_level", "callbacks",
-                 "train_mode", "pretrained_adapters_path")
+#: ``args`` keys left out of a run's identity: where things are and how this process runs, and
+#: the pretrained adapters' file path.
+VOLATILE_KEYS = RUN_PLACE_KEYS | {"pretrained_adapters_path"}
 
 
 def run_key(args: Mapping[str, Any], seeds: Sequence[int]) -> str:

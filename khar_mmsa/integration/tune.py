@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from khar_mmsa.config import RUN_PLACE_KEYS
 from khar_mmsa.io.safe_io import atomic_open, atomic_write_text, safe_torch_load
 from khar_mmsa.integration.registration import mmsa_module
 from khar_mmsa.integration.results_files import is_number
@@ -62,9 +63,7 @@ logger = logging.getLogger("MMSA")
 #: KeyEval metrics where lower is better (every other KeyEval: higher is better).
 LOWER_IS_BETTER = ("Loss", "MAE")
 #: ``args`` keys that describe the run, not the config (left out of the best-config JSON).
-RUNTIME_KEYS = ("model_name", "dataset_name", "model_save_path", "device", "train_mode", "cur_seed",
-                "custom_feature", "feature_T", "feature_A", "feature_V", "d_paras", "featurePath",
-                "seed", "verbose_level", "log_dir", "callbacks")
+RUNTIME_KEYS = RUN_PLACE_KEYS | {"model_name", "dataset_name", "d_paras"}
 EpochHook = Callable[[int, Mapping[str, Any]], None]
 
 
