@@ -45,4 +45,33 @@ def test_mmsa_run_khar_with_the_speed_switches(tiny_features, tiny_bert, mmsa_ru
     log = "".join(p.read_text() for p in mmsa_run_kwargs["log_dir"].glob("*.log"))
     assert "Length bucketing:" in log
 
+
+def test_dense_expert_dispatch_through_mmsa_run_reads_no_counts_and_trains_the_same(
+        tmp_path, tiny_features, tiny_bert, fast_mmsa, monkeypatch):
+    """moe_dispatch='dense' through MMSA_run: the MoE refiners read nothing back to the host (sparse
+    dispatch reads its expert counts once per refiner and step) and, without dropout, training ends
+    at the same test scores as sparse dispatch (same gates, same noise draws)."""
+    import traceback
+    import torch
+    tolist = torch.Tensor.tolist
+    reads = []
+
+    def counted(tensor):
+        if traceback.extract_stack()[-2].filename.replace("\\", "/").endswith("khar_mmsa/model/refine.py"):
+            reads.append(tuple(tensor.shape))
+        return tolist(tensor)
+    monkeypatch.setattr(torch.Tensor, "tolist", counted)
+    rows, counts = {}, {}
+    for dispatch in ("sparse", "dense"):
+        dirs = {k: tmp_path / dispatch / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+        config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")),
+                      pretrain_adapters=False, dropout=0.0, moe_dispatch=dispatch)
+        reads.clear()
+        rows[dispatch] = MMSA_run("khar", "mosi", config=config, gpu_ids=[0], seeds=[1], num_workers=0,
+                                  verbose_level=0, **dirs)
+        counts[dispatch] = len(reads)
+    assert counts["sparse"] > 0 and counts["dense"] == 0, counts
+    for metric in ("MAE", "Corr"):
+        assert rows["dense"][metric] == pytest.approx(rows["sparse"][metric], abs=1e-3), metric
+
 # =====================================================================================

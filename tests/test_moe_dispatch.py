@@ -14,8 +14,9 @@ B, N, F_IN, D, E, H = 3, 7, 12, 10, 4, 16
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def moe(k=2, noisy=True, seed=0):
-    cfg = KHaRConfig(num_experts=E, top_k=k, expert_hidden_dim=H, dropout=0.0, moe_noisy_gating=noisy)
+def moe(k=2, noisy=True, seed=0, dispatch="sparse", routing="token"):
+    cfg = KHaRConfig(num_experts=E, top_k=k, expert_hidden_dim=H, dropout=0.0, moe_noisy_gating=noisy,
+                     moe_dispatch=dispatch, routing=routing)
     torch.manual_seed(seed)
     layer = MixtureOfExperts(F_IN, D, cfg)
     with torch.no_grad():  # the gates start at zero (every token would tie); give them a spread
@@ -127,3 +128,30 @@ def test_expert_arithmetic_is_k_of_e(k):
     gate = 2 * B * N * F_IN * E
     per_expert_token = 2 * (F_IN * H + H * D)
     assert counter.get_total_flops() == gate + k * real * per_expert_token
+
+
+@pytest.mark.parametrize("routing", ["token", "sample"])
+@pytest.mark.parametrize("training", [True, False])
+def test_dense_dispatch_gives_the_sparse_outputs_counts_and_gradients(routing, training):
+    """moe_dispatch='dense' (every expert on every token, weighted by the gates) against the sparse
+    layer with the same weights and the same noise draws: outputs, token counts and gradients."""
+    results = {}
+    for dispatch in ("sparse", "dense"):
+        layer = moe(k=2, dispatch=dispatch, routing=routing).train(training)
+        x, mask = inputs()
+        x.requires_grad_(True)
+        torch.manual_seed(2)
+        out, gate, counts = layer(x, mask)
+        (out * torch.linspace(-1, 1, D)).sum().backward()
+        results[dispatch] = (out, counts, x.grad, [p.grad for p in layer.parameters()])
+        assert out[~mask].eq(0).all()
+    (out_s, counts_s, gx_s, gp_s), (out_d, counts_d, gx_d, gp_d) = results["sparse"], results["dense"]
+    torch.testing.assert_close(out_d, out_s, **TOL)
+    assert torch.equal(counts_d, counts_s)
+    torch.testing.assert_close(gx_d, gx_s, **TOL)
+    for a, b in zip(gp_d, gp_s):  # None: not in the graph (w_noise in eval; an expert no token chose, sparse)
+        if a is None or b is None:
+            assert all(g is None or g.eq(0).all() for g in (a, b))
+        else:
+            torch.testing.assert_close(a, b, **TOL)
+

@@ -25,11 +25,12 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequentia
 class MixtureOfExperts(nn.Module):
     """Eq. 4-5: G(X) = Softmax(KeepTopK(W_g X (+ noise), k)); X^ = sum_i G_i E_i(X), token-wise.
 
-    Sparse dispatch (as Mixtral's sparse MoE block): each expert runs only on the real tokens routed
-    to it -- gathered, run, weighted by their gate and added back with ``index_add_`` -- so a token
-    costs k expert evaluations, not e, and padded tokens none.  Equal to the dense sum over all
-    experts (the dropped gates are exactly 0).  Deciding how many tokens each expert gets reads one
-    (e + 1)-vector of counts back to the host per call.
+    ``moe_dispatch='sparse'`` (as Mixtral's sparse MoE block): each expert runs only on the real
+    tokens routed to it -- gathered, run, weighted by their gate and added back with ``index_add_``
+    -- so a token costs k expert evaluations, not e, and padded tokens none.  Deciding how many
+    tokens each expert gets reads one (e + 1)-vector of counts back to the host per call.
+    ``moe_dispatch='dense'``: the eq. 5 sum written out, every expert on every token weighted by its
+    gate (exactly 0 outside the top-k and on padding): the same result, no host read.
 
     ``routing='token'`` gates every time step on its own features; ``routing='sample'`` gates once
     per sample on the masked mean of X_m and gives all its real time steps those experts and gates
@@ -43,6 +44,7 @@ class MixtureOfExperts(nn.Module):
         self.noisy = cfg.moe_noisy_gating
         self.noise_epsilon = cfg.moe_noise_epsilon
         self.out_dim = out_dim
+        self.dense = cfg.moe_dispatch == "dense"
         self.w_gate = nn.Linear(in_dim, cfg.num_experts, bias=False)
         self.w_noise = nn.Linear(in_dim, cfg.num_experts, bias=False)
         nn.init.zeros_(self.w_gate.weight)   # Shazeer et al.: zero-initialised gates
@@ -72,10 +74,14 @@ class MixtureOfExperts(nn.Module):
         gates = gate.gates.expand(b, n, e)                                                 # (b, n, e)
         # slot -> expert; a padded token's slots go to bucket e, which no expert reads
         slot_expert = selected.masked_fill(~mask.unsqueeze(-1), e).reshape(-1)             # (s,)
-        slot_weight = gates.gather(-1, selected).reshape(-1, 1)                            # (s, 1)
-        order = slot_expert.argsort(stable=True)                                           # slots grouped by expert
         counts = torch.zeros(e + 1, dtype=torch.long, device=x.device).index_add_(
             0, slot_expert, torch.ones_like(slot_expert))                                  # (e + 1,)
+        if self.dense:
+            weights = gates * mask.unsqueeze(-1)                                           # (b, n, e)
+            out = sum(expert(x) * weights[..., i:i + 1] for i, expert in enumerate(self.experts))
+            return out, gate, counts[:e]
+        slot_weight = gates.gather(-1, selected).reshape(-1, 1)                            # (s, 1)
+        order = slot_expert.argsort(stable=True)                                           # slots grouped by expert
         tokens = x.reshape(b * n, f)
         out = torch.zeros(b * n, self.out_dim, device=x.device,
                           dtype=torch.promote_types(x.dtype, slot_weight.dtype))
