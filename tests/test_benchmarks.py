@@ -190,6 +190,21 @@ def test_speed_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched)
     assert "KHaR scaling" in _section(only["results_md"], "speed-scaling-smoke")
 
 
+def test_attention_smoke(tmp_path: Path, tiny_bert: Path, fast_mmsa, repo_untouched) -> None:
+    """benchmarks/attention.py: the kernel's rates beside the matmul rate, and its share of a step."""
+    from benchmarks import attention
+    res = attention.main(["--smoke", "--out", str(tmp_path / "a"), "--encoder", str(tiny_bert)])
+    assert [r["shape"] for r in res["rows"]] == [tuple(s) for s in attention.SETTINGS["smoke"]["shapes"]]
+    for r in res["rows"]:
+        assert r["forward_gflops"] > 0 and r["backward_gflops"] > 0 and r["matmul_gflops"] > 0
+        b, h, n, d = r["shape"]
+        assert r["forward_gflops"] == pytest.approx(4 * b * h * n * n * d / 1e9 / r["forward_s"])
+    step = res["step"]
+    assert 0 < step["attention_s"] < step["profiled_s"] and 0 < step["attention_share"] < 1
+    body = _section(res["results_md"], "attention-smoke")
+    assert "share of matmul rate" in body and f"{step['attention_share']:.0%}" in body
+
+
 class _FakeCompile:
     """Stands in for ``torch.compile`` (compiling the real model takes minutes on this CPU): each
     wrapper runs the model, sleeps ``delay`` s on its first call (the "compilation"), counts the

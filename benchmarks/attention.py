@@ -1,0 +1,135 @@
+"""Why a KHaR step on the CPU stays below half of the matmul rate: the attention kernel at KHaR's shapes.
+
+    python -m benchmarks.attention --quick --threads 1    # MOSI shapes, the paper's Table 5 config
+    python -m benchmarks.attention --smoke                # seconds (tests)
+
+Two measurements in one process, each beside the fp32 2048x2048 matmul rate measured right before
+and after it:
+
+* **the kernel**: ``scaled_dot_product_attention`` forward and backward at the shapes KHaR's audio and
+  vision encoders and adapters run at (batch 16; the frames of the speed benchmark's planted MOSI
+  batch after the trainer cuts it to its longest clip; Table 5's heads; a key-padding mask as the
+  model passes it), FLOPs in the math form (4·b·h·n²·d forward, twice that backward);
+* **its share of a step**: one KHaR training step (:class:`benchmarks.speed.Stepper`, the speed
+  benchmark's batch) under ``torch.profiler``: the time inside the attention kernels (forward and
+  backward) over the step's total.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import common
+from .common import Timer
+
+logger = logging.getLogger("MMSA")
+
+SETTINGS = {
+    # (b, h, n, d_head): the attention calls of a KHaR step at MOSI shapes (profiled): audio cut to
+    # 354 frames and vision to 494, adapters with 4 heads and encoders with 8, d_m 128 -> 16 wide
+    "quick": {"shapes": [(16, 8, 494, 16), (16, 4, 494, 16), (16, 8, 354, 16), (16, 4, 354, 16)],
+              "seq_lens": (50, 375, 500), "batch": 16, "repeats": 3},
+    "full": {"shapes": [(16, 8, 494, 16), (16, 4, 494, 16), (16, 8, 354, 16), (16, 4, 354, 16)],
+             "seq_lens": (50, 375, 500), "batch": 16, "repeats": 5},
+    "smoke": {"shapes": [(2, 2, 24, 8)], "seq_lens": (8, 20, 24), "batch": 4, "repeats": 1},
+}
+ATTENTION_OPS = ("scaled_dot_product", "flash_attention")  # profiler op names of the SDPA kernels
+
+
+def attention_rates(shape: Sequence[int], repeats: int) -> Dict[str, float]:
+    """Best-of-``repeats`` forward and backward seconds of masked SDPA at ``shape`` (one warm-up)."""
+    import torch
+    from torch.nn import functional as F
+    b, h, n, d = shape
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(n // 2, n + 1, (b,), generator=g)
+    lengths[0] = n  # the batch is cut to its longest clip
+    mask = (torch.arange(n)[None] < lengths[:, None])[:, None, None, :]
+    qkv = torch.randn(b, n, 3, h, d, generator=g, requires_grad=True)  # packed, as the model's in_proj
+    forward, backward = [], []
+    for _ in range(repeats + 1):
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        t0 = time.perf_counter()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        t1 = time.perf_counter()
+        out.backward(torch.ones_like(out))
+        t2 = time.perf_counter()
+        forward.append(t1 - t0)
+        backward.append(t2 - t1)
+    gflop = 4 * b * h * n * n * d / 1e9
+    fwd, bwd = min(forward[1:]), min(backward[1:])
+    return {"forward_s": fwd, "backward_s": bwd, "forward_gflops": gflop / fwd, "backward_gflops": 2 * gflop / bwd}
+
+
+def step_attention_share(encoder: Any, mode: str, batch_size: int, seq_lens: Sequence[int]) -> Dict[str, float]:
+    """One profiled KHaR training step (after two warm-up steps): total and attention-kernel seconds."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from .speed import Stepper, make_batch
+    batch = make_batch(encoder, batch_size, seq_lens)
+    stepper = Stepper("khar", encoder, batch, torch.device("cpu"), mode)
+    for _ in range(2):
+        stepper.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step_s = stepper.step()
+    events = prof.key_averages()
+    total_us = sum(e.self_cpu_time_total for e in events)
+    attention_us = sum(e.self_cpu_time_total for e in events if any(k in e.key for k in ATTENTION_OPS))
+    return {"step_s": step_s, "profiled_s": total_us / 1e6, "attention_s": attention_us / 1e6,
+            "attention_share": attention_us / total_us if total_us else float("nan")}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    common.setup_cli_logging()
+    common.resolve_paths(args, "attention")
+    from .speed import matmul_rate
+    import torch
+
+    settings = SETTINGS[args.mode]
+    machine = common.machine_description()
+    encoder = common.text_encoder(args)
+    cpu = torch.device("cpu")
+    rows: List[Dict[str, Any]] = []
+    with Timer() as total:
+        for shape in settings["shapes"]:
+            before = matmul_rate(cpu)
+            r = attention_rates(shape, settings["repeats"])
+            rate = (before + matmul_rate(cpu)) / 2
+            rows.append({"shape": tuple(shape), "matmul_gflops": rate, **r})
+            logger.info(f"[attention] {shape}: forward {r['forward_gflops']:.0f}, backward {r['backward_gflops']:.0f} "
+                        f"GFLOP/s; matmul {rate:.0f}")
+        step = step_attention_share(encoder, args.mode, settings["batch"], settings["seq_lens"])
+    table = common.markdown_table(
+        ["(b, h, n, d_head)", "forward (ms)", "forward GFLOP/s", "backward (ms)", "backward GFLOP/s",
+         "matmul GFLOP/s (same process)", "share of matmul rate: forward / backward"],
+        [[str(r["shape"]), f"{r['forward_s'] * 1e3:.1f}", f"{r['forward_gflops']:.1f}", f"{r['backward_s'] * 1e3:.1f}",
+          f"{r['backward_gflops']:.1f}", f"{r['matmul_gflops']:.1f}",
+          f"{r['forward_gflops'] / r['matmul_gflops']:.0%} / {r['backward_gflops'] / r['matmul_gflops']:.0%}"]
+         for r in rows])
+    body = (table + "\n\n"
+            f"One KHaR training step (the speed benchmark's batch: {settings['batch']} clips, text/audio/vision "
+            f"{'/'.join(map(str, settings['seq_lens']))}, {'a tiny BERT and the smoke config' if args.mode == 'smoke' else 'the paper Table 5 config, all-MiniLM-L6-v2'}) "
+            f"under torch.profiler: {step['profiled_s']:.2f} s of operator time, of which the attention kernels "
+            f"(forward and backward) {step['attention_s']:.2f} s = **{step['attention_share']:.0%}** "
+            f"(step wall time {step['step_s']:.2f} s, profiled).\n\n"
+            "FLOPs of attention in the math form (forward 4·b·h·n²·d, backward twice that), as speed.py counts "
+            "them. A key-padding mask as the model passes it ((b, 1, 1, n) bool; lengths drawn between n/2 and n). "
+            "The matmul rate is the mean of one measurement before and one after each shape.")
+    text = common.section("Attention kernel rate at KHaR's shapes, and its share of a training step",
+                          common.command_line("benchmarks.attention", argv), common.machine_line(machine),
+                          [], "random q/k/v at KHaR's attention shapes; the speed benchmark's planted MOSI-shaped batch",
+                          total.seconds, body)
+    common.update_results_md(args.results_md, f"attention-{args.mode}", text)
+    (args.tables_dir / f"attention-{args.mode}.md").write_text(body + "\n")
+    logger.info("\n" + table)
+    return {"rows": rows, "step": step, "results_md": args.results_md}
+
+
+if __name__ == "__main__":
+    main()
