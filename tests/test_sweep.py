@@ -184,6 +184,19 @@ def test_rerun_after_a_code_change_trains_again(tmp_path: Path, monkeypatch) -> 
     assert {r["identity"]["code"] for r in Manifest(manifest).records} == {"0.1.0+aaaa", "0.1.0+bbbb"}
 
 
+def test_a_run_in_another_work_folder_is_the_same_run(tmp_path: Path) -> None:
+    """Where a run's adapter file lives (a path under its --out) is not part of its identity; what
+    it computes is: two folders give one run id, another setting another id."""
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+
+    def spec(folder: str, **config):
+        return RunSpec(model="khar", dataset="mosi", seed=1, feature_path=str(data), out_dir=str(tmp_path / folder),
+                       config={"modal_dim": 64, "pretrained_adapters_path": str(tmp_path / folder / "a.pt"), **config})
+    assert spec("walk").run_id == spec("walk-b").run_id
+    assert spec("walk").run_id != spec("walk", modal_dim=32).run_id
+
+
 def test_same_size_pickle_with_other_content_is_not_reused(tmp_path: Path) -> None:
     data = tmp_path / "features.pkl"
     data.write_bytes(b"0" * 10)

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
-from khar_mmsa.config import fingerprint
+from khar_mmsa.config import PATH_FIELDS, fingerprint
 from khar_mmsa.io import identity as content_identity
 from khar_mmsa.io.safe_io import atomic_write_bytes, atomic_write_text, file_digest
 
@@ -121,11 +121,13 @@ class RunSpec:
     label: str = ""
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two runs the same run: model, dataset, seed, variant, config hash, runner,
+        """What makes two runs the same run: model, dataset, seed, variant, config hash (without
+        the fields that only say where a file lives, such as ``pretrained_adapters_path``), runner,
         the data file by content (name and SHA-256: a pickle rebuilt byte-identical keeps its
         identity, one with other bytes of the same size does not) and the code version."""
+        config = {k: v for k, v in self.config.items() if k not in PATH_FIELDS}
         return {"model": self.model, "dataset": self.dataset, "seed": int(self.seed),
-                "variant": self.variant, "config_hash": fingerprint(dict(self.config)),
+                "variant": self.variant, "config_hash": fingerprint(config),
                 "runner": self.runner, "data": content_identity.data_identity(self.feature_path),
                 "code": content_identity.code_version()}
 
