@@ -205,11 +205,17 @@ def train_text_floor(spec, feature_path: str) -> Any:
 
 
 def text_floor_run(spec, feature_path: str) -> Dict[str, Any]:
-    """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head, MMSA's metrics."""
+    """Runner of :func:`text_floor_spec`: the encoder fine-tuned with a linear head.  Its result has
+    the shape of a KHaR run's (:func:`khar_mmsa.experiments.sweep.mmsa_run_one`): MMSA's test
+    ``metrics``, the ``valid`` metrics of the selected epoch, the per-epoch ``curve``,
+    ``best_epoch`` and ``epochs_run``."""
     res = train_text_floor(spec, feature_path)
     logger.info(f"[text_floor] seed {spec.seed}: best epoch {res.best_epoch}/{res.epochs_run}, "
                 f"test MAE {res.test['MAE']:.4f} Acc-7 {res.test.get('Mult_acc_7', float('nan')):.4f}")
-    return {"metrics": dict({k: float(v) for k, v in res.test.items()}, valid_MAE=float(res.valid["MAE"]))}
+    curve = [{"epoch": h["epoch"], "train_MAE": h["train_l1"], "valid_MAE": h["valid_l1"]} for h in res.history]
+    return {"metrics": {k: float(v) for k, v in res.test.items()},
+            "valid": {k: float(v) for k, v in res.valid.items()}, "curve": curve, "best_epoch": res.best_epoch,
+            "epochs_run": res.epochs_run}
 
 
 def check_targets(data: str, results: Mapping[str, RunResult], floor_mae: Optional[float],

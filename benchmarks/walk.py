@@ -48,7 +48,7 @@ import numpy as np
 from . import common
 from .common import Timer
 from .compare import (KHAR_QUICK, KHAR_SMOKE, MODEL_TITLES, TEXT_FLOOR, TRANSCRIPT_SEEDS, TRANSCRIPT_TEXT_LEN,
-                      train_text_floor)
+                      text_floor_run)
 
 logger = logging.getLogger("MMSA")
 
@@ -129,12 +129,9 @@ def khar_run(spec, feature_path: str) -> Dict[str, Any]:
 
 
 def floor_run(spec, feature_path: str) -> Dict[str, Any]:
-    """The text-only floor of one seed: test and validation metrics at its best epoch, and its curve."""
-    res = train_text_floor(spec, feature_path)
-    curve = [{"epoch": h["epoch"], "train_MAE": h["train_l1"], "valid_MAE": h["valid_l1"]} for h in res.history]
-    return {"metrics": {k: float(v) for k, v in res.test.items()},
-            "valid": {k: float(v) for k, v in res.valid.items()}, "curve": curve, "best_epoch": res.best_epoch,
-            "epochs_run": res.epochs_run}
+    """The text-only floor of one seed (:func:`benchmarks.compare.text_floor_run`): test and
+    validation metrics at its best epoch, and its curve."""
+    return text_floor_run(spec, feature_path)
 
 
 # ---- settings ------------------------------------------------------------------------------------

@@ -382,10 +382,10 @@ _BOOL_FIELDS = tuple(f.name for f in dataclasses.fields(KHaRConfig) if str(f.typ
 BOOL_KEYS = MMSA_BOOL_KEYS | frozenset(_BOOL_FIELDS)
 
 _FIELDS = {f.name: f for f in dataclasses.fields(KHaRConfig)}
-# Allowed values, read from the fields (the one place they are written).
 #: Fields that name where a file lives (identity kind 'path'): left out of every identity, since
 #: where a file lives changes nothing a run computes.
-PATH_FIELDS = frozenset(f.name for f in dataclasses.fields(KHaRConfig) if f.metadata["identity"] == "path")
+PATH_FIELDS = frozenset(name for name, f in _FIELDS.items() if f.metadata["identity"] == "path")
+# Allowed values, read from the fields (the one place they are written).
 REFINER_CHOICES = KHaRConfig.choices("refiner")
 FUSION_CHOICES = KHaRConfig.choices("fusion")
 KL_REDUCTIONS = KHaRConfig.choices("mib_kl_reduction")

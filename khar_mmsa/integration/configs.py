@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from khar_mmsa.io.identity import source_tree_configs
+
 DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
 CONFIG_KINDS = ("regression", "tune")
 #: The package our JSON files ship in (the top-level ``mmsa_configs/`` folder of the source tree).
@@ -30,16 +32,6 @@ CONFIG_PACKAGE = "khar_mmsa.mmsa_configs"
 
 class ConfigOverlayMissingError(FileNotFoundError):
     """khar-mmsa's config JSON is not installed (a broken installation)."""
-
-
-def source_tree_configs() -> Optional[Path]:
-    """The top-level ``mmsa_configs/`` folder when khar_mmsa is imported from a source checkout
-    (its ``pyproject.toml`` beside the package); None for an installed wheel."""
-    root = Path(__file__).resolve().parents[2]
-    folder = root / "mmsa_configs"
-    if (root / "pyproject.toml").is_file() and (folder / "config_regression.json").is_file():
-        return folder
-    return None
 
 
 def mmsa_config_file(kind: str) -> Path:

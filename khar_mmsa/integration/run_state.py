@@ -14,13 +14,13 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from khar_mmsa.config import RUN_PLACE_KEYS
+from khar_mmsa.config import PATH_FIELDS, RUN_PLACE_KEYS
 
 logger = logging.getLogger("MMSA")
 
 #: ``args`` keys left out of a run's identity: where things are and how this process runs, and
-#: the pretrained adapters' file path.
-VOLATILE_KEYS = RUN_PLACE_KEYS | {"pretrained_adapters_path"}
+#: the KHaR fields that name a file's place (the pretrained adapters' file).
+VOLATILE_KEYS = RUN_PLACE_KEYS | PATH_FIELDS
 
 
 def run_key(args: Mapping[str, Any], seeds: Sequence[int]) -> str:

@@ -104,10 +104,22 @@ def fingerprint_of(cfg: Any, *sections: str, **extra: Any) -> str:
 # Code version
 # ============================================================================================
 PACKAGE_DIR: Path = Path(__file__).resolve().parents[1]
+
+
+def source_tree_configs() -> Optional[Path]:
+    """The top-level ``mmsa_configs/`` folder when khar_mmsa is imported from a source checkout
+    (its ``pyproject.toml`` beside the package); None for an installed wheel."""
+    root = PACKAGE_DIR.parent
+    folder = root / "mmsa_configs"
+    if (root / "pyproject.toml").is_file() and (folder / "config_regression.json").is_file():
+        return folder
+    return None
+
+
 #: Our MMSA config JSON (the package ``khar_mmsa.mmsa_configs``): the top-level ``mmsa_configs/``
-#: beside the package in a checkout, ``khar_mmsa/mmsa_configs/`` in an installed wheel.
-CONFIG_OVERLAY_DIR: Path = next((d for d in (PACKAGE_DIR.parent / "mmsa_configs", PACKAGE_DIR / "mmsa_configs")
-                                 if d.is_dir()), PACKAGE_DIR / "mmsa_configs")
+#: beside the package in a checkout, ``khar_mmsa/mmsa_configs/`` in an installed wheel -- the
+#: files :mod:`khar_mmsa.integration.configs` reads.
+CONFIG_OVERLAY_DIR: Path = source_tree_configs() or PACKAGE_DIR / "mmsa_configs"
 
 
 def source_digest(package_dir: Path, config_dir: Optional[Path] = None) -> str:
