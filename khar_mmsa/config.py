@@ -161,6 +161,7 @@ class KHaRConfig:
     adapter_inner_layers: int = _f(2, "Transformer layers inside one adapter block (KuDA: 2).", "adapters")
     adapter_dropout: float = _f(0.1, "Dropout inside adapter blocks.", "adapters")
     harvesting: bool = _f(True, "Knowledge harvesting (§3.3, eq. 2-3): adapters read the encoders' intermediate states and X_m = [A_m; O_m]. False: no adapters, X_m = O_m (eq. 3 without A_m); needs pretrain_adapters=False.", "adapters")
+    harvested_state: str = _f("output", "The second half of X_m = [A_m; H_m] (eq. 3): 'output' = the encoder's final output O_m (eq. 1's comprehensive-level representation); 'last_hidden' = H_m read literally, the last intermediate hidden state the adapters harvest (index adapter_layers_*[-1]). Same width either way; ignored with harvesting=False (X_m = O_m).", "adapters", choices=("output", "last_hidden"))
 
     # ---- moe: knowledge refinement: the per-modality refiner and its gate (§3.4, eq. 4-6) --------
     refiner: str = _f("moe", "Per-modality refinement layer: 'moe' (eq. 4-6), the Table 3 ablations 'mlp', 'attention', 'cnn', or 'none' (the identity: X_m goes on unrefined).", "moe", choices=("moe", "mlp", "attention", "cnn", "none"))

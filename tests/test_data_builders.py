@@ -462,3 +462,36 @@ def test_transcripts_refuse_texts_longer_than_the_encoder(tmp_path, tiny_bert):
                                                      "encoder's 128 positions"):
         build_transcript_dataset(csv, out, tiny_bert, text_len=200, batch_size=2, progress=False)
     assert not out.exists()
+
+
+def test_transcript_pickle_bytes_depend_on_the_inputs_only(tmp_path, tiny_bert, monkeypatch):
+    """Same label CSV and encoder -> the same bytes, whatever folder the pickle goes to and however
+    many CPU threads torch has (the encoder runs on one: a matmul split over threads rounds
+    differently): a pickle's content identity (SHA-256, sweep run keys) must not change with the
+    machine or the work folder, or finished runs are not recognised in the next session."""
+    import hashlib
+
+    import torch
+    from transformers import BertModel
+    forward, seen = BertModel.forward, set()
+
+    def recording(self, *args, **kwargs):
+        seen.add(torch.get_num_threads())
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(BertModel, "forward", recording)
+    csv = _write_csv(tmp_path / "label.csv", False)
+    digests = []
+    threads = torch.get_num_threads()
+    try:
+        for i, n in enumerate((1, 3)):
+            torch.set_num_threads(n)
+            out = tmp_path / f"where-{i}" / "t.pkl"
+            out.parent.mkdir()
+            build_transcript_dataset(csv, out, tiny_bert, text_len=12, batch_size=3, progress=False)
+            digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+            assert torch.get_num_threads() == n  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
+    assert seen == {1}
+    assert not any(str(tmp_path) in str(v) for v in _load(out)["meta"].values())

@@ -155,3 +155,29 @@ def test_dense_dispatch_gives_the_sparse_outputs_counts_and_gradients(routing, t
         else:
             torch.testing.assert_close(a, b, **TOL)
 
+
+
+@pytest.mark.parametrize("routing", ["token", "sample"])
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_in_padding_reaches_neither_dispatch_nor_the_pooled_vector(routing, training):
+    """A NaN (or inf) at a padded position -- what an encoder may leave where every key is masked --
+    is invisible: dense equals sparse, outputs, the masked mean over real positions and every
+    gradient stay finite."""
+    from khar_mmsa.model.harvest import masked_mean
+    results = {}
+    for dispatch in ("sparse", "dense"):
+        layer = moe(k=2, dispatch=dispatch, routing=routing).train(training)
+        x, mask = inputs()
+        x = x.masked_fill(~mask.unsqueeze(-1), float("nan"))
+        x[0, 5, 0] = float("inf")
+        x.requires_grad_(True)
+        torch.manual_seed(2)
+        out, _, counts = layer(x, mask)
+        pooled = masked_mean(out, mask)
+        (pooled * torch.linspace(-1, 1, D)).sum().backward()
+        grads = [p.grad for p in layer.parameters() if p.grad is not None]
+        assert torch.isfinite(pooled).all() and torch.isfinite(out[mask]).all()
+        assert all(torch.isfinite(g).all() for g in grads) and torch.isfinite(x.grad).all()
+        results[dispatch] = (out[mask], pooled, counts, x.grad)
+    for a, b in zip(results["dense"], results["sparse"]):
+        torch.testing.assert_close(a, b, **TOL)

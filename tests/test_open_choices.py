@@ -308,3 +308,43 @@ def test_defaults_are_todays_behaviour():
     cfg = KHaRConfig()
     assert (cfg.harvesting, cfg.projection, cfg.contrastive_on, cfg.routing, cfg.mib_beta_warmup_epochs,
             cfg.freeze_bert_epochs, cfg.moe_noisy_gating) == (True, "relu", "after_relu", "token", 0, 0, True)
+
+
+# ---- eq. 3's H_m: the encoder output O_m or the last harvested hidden state -----------------------
+@pytest.mark.parametrize("modality", ["t", "a"])
+def test_harvested_state_concatenates_the_output_or_the_last_harvested_hidden_state(bert, modality):
+    """X_m = [A_m; H_m]: 'output' puts the encoder's final output after A_m, 'last_hidden' the
+    hidden state at the adapters' last layer index -- checked against the encoder's own states."""
+    from khar_mmsa.model.khar import build_harvester, modality_inputs
+    text, audio, vision, al, vl, _ = batch()
+    inputs = modality_inputs(modality, text, audio, vision, al, vl)
+    xs = {}
+    for state in ("output", "last_hidden"):
+        torch.manual_seed(0)
+        harvester = build_harvester(modality, cfg_of(bert, harvested_state=state, encoder_layers=2)).eval()
+        with torch.no_grad():
+            x, mask, adapted = harvester(*inputs)
+            enc = harvester.encoder(*inputs)
+        width = harvester.encoder.dim
+        torch.testing.assert_close(x[..., :width], adapted)
+        expected = enc.final if state == "output" else enc.hidden[harvester.adapters.layers[-1]]
+        torch.testing.assert_close(x[..., width:], expected)
+        xs[state] = x
+    assert not torch.allclose(xs["output"][..., -1:], xs["last_hidden"][..., -1:])
+
+
+def test_harvested_state_is_checked():
+    with pytest.raises(ConfigError, match="harvested_state"):
+        cfg_of("unused", harvested_state="H_m")
+
+
+def test_masked_mean_ignores_nan_and_inf_at_padding_in_value_and_gradient():
+    x = torch.randn(2, 4, 3, requires_grad=True)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    poisoned = x.masked_fill(~mask.unsqueeze(-1), float("nan"))
+    poisoned = torch.where(torch.arange(4).view(1, 4, 1) == 3, torch.full_like(poisoned, float("inf")), poisoned)
+    mean = masked_mean(poisoned, mask)
+    reference = torch.stack([x[0, :2].mean(0), x[1, :3].mean(0)])
+    torch.testing.assert_close(mean, reference)
+    mean.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[~mask].eq(0).all()

@@ -152,7 +152,6 @@ def _encode(texts: List[str], tokenizer: Any, model: Any, text_len: int, batch_s
             device: str, progress: bool, desc: str) -> Tuple[np.ndarray, np.ndarray, int]:
     """Token ids/mask/segments (N, 3, L) and last hidden states (N, L, H); plus truncation count."""
     import torch
-    from tqdm.auto import tqdm
 
     enc = tokenizer(texts, max_length=text_len, padding="max_length", truncation=True,
                     return_tensors="np", return_token_type_ids=True, return_attention_mask=True)
@@ -165,8 +164,27 @@ def _encode(texts: List[str], tokenizer: Any, model: Any, text_len: int, batch_s
     # attention mask hides padding), a fraction of the compute for short transcripts.
     lengths = mask.sum(axis=1)
     order = np.argsort(lengths, kind="stable")
+    # One CPU thread while encoding: the sums of a matmul split over threads round differently, so
+    # the same transcripts would give other float bits -- and another content identity (SHA-256)
+    # for the pickle -- on a machine with another core count.  On a GPU this changes nothing.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _encode_batches(ids, mask, seg, lengths, order, model, batch_size, device, feats, progress, desc)
+    finally:
+        torch.set_num_threads(threads)
+    text_bert = np.stack([ids, mask, seg], axis=1).astype(np.float32)
+    return text_bert, feats, truncated
+
+
+def _encode_batches(ids: np.ndarray, mask: np.ndarray, seg: np.ndarray, lengths: np.ndarray, order: np.ndarray,
+                    model: Any, batch_size: int, device: str, feats: np.ndarray, progress: bool, desc: str) -> None:
+    """The encoder's last hidden states of every text into ``feats``, batch by batch."""
+    import torch
+    from tqdm.auto import tqdm
+
     with torch.no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress,
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress,
                           unit="batch"):
             rows = order[start:start + batch_size]
             width = int(lengths[rows].max())
@@ -176,8 +194,6 @@ def _encode(texts: List[str], tokenizer: Any, model: Any, text_len: int, batch_s
                         token_type_ids=torch.as_tensor(seg[rows, :width], device=device))
             h = out.last_hidden_state.float().cpu().numpy()
             feats[rows, :width] = h * b_mask[:, :, None]  # exact zeros on padding
-    text_bert = np.stack([ids, mask, seg], axis=1).astype(np.float32)
-    return text_bert, feats, truncated
 
 
 def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_folder: PathLike,
@@ -271,6 +287,9 @@ def build_transcript_dataset(label_csv: PathLike, out_path: PathLike, tokenizer_
         vision_shape=(int(absent_frames), d_v))
     data["meta"] = {
         **info.as_dict(),
+        # names, not paths: the same inputs give the same bytes wherever the pickle is written
+        "path": out_path.name, "label_csv": Path(label_csv).name, "tokenizer": Path(tokenizer_folder).name,
+        "encoder": Path(encoder_folder).name,
         "absent_modalities": ["audio", "vision"],
         "absent_frames": int(absent_frames),
         "absent_length": ABSENT_LENGTH,

@@ -4,7 +4,9 @@ The chained adapters read the encoder's intermediate states H_m through one shar
 (KuDA's design, anchors.md): x = Ad_1(LN(H[l0] + H[l1])), x = Ad_i(LN(x + H[l_i])).  The layers
 ``l_i`` follow the encoder's depth (config ``adapter_layers_*`` or evenly spaced), so a 4-layer
 test BERT, 6-layer MiniLM and 12-layer BERT-base all work.  The harvested representation is
-X_m = [A_m; O_m] (eq. 3; H_m there is read as the encoder output O_m, the only state of width d_m).
+X_m = [A_m; H_m] (eq. 3), where the config's ``harvested_state`` picks H_m: the encoder output O_m
+('output', the default) or the last intermediate state the adapters read ('last_hidden'); every state
+has width d_m.
 """
 from __future__ import annotations
 
@@ -40,14 +42,22 @@ class AdapterStack(nn.Module):
         return x
 
 
-class Harvester(nn.Module):
-    """Encoder + adapters of one modality: returns X_m = [A_m; O_m] (b, n, 2d) and the mask; without
-    adapters (``harvesting=False``) X_m = O_m (b, n, d)."""
+#: What :class:`Harvester` concatenates after A_m (config ``harvested_state``).
+HARVESTED_STATES = ("output", "last_hidden")
 
-    def __init__(self, encoder: nn.Module, adapters: Optional[AdapterStack]) -> None:
+
+class Harvester(nn.Module):
+    """Encoder + adapters of one modality: returns X_m = [A_m; H_m] (b, n, 2d) and the mask, H_m the
+    encoder output O_m (``state='output'``) or the last hidden state the adapters read
+    (``state='last_hidden'``); without adapters (``harvesting=False``) X_m = O_m (b, n, d)."""
+
+    def __init__(self, encoder: nn.Module, adapters: Optional[AdapterStack], state: str = "output") -> None:
         super().__init__()
+        if state not in HARVESTED_STATES:
+            raise ValueError(f"harvested_state={state!r}: one of {HARVESTED_STATES}")
         self.encoder = encoder
         self.adapters = adapters
+        self.state = state
 
     @property
     def width(self) -> int:
@@ -71,10 +81,13 @@ class Harvester(nn.Module):
         if self.adapters is None:
             return enc.final, enc.mask, None
         adapted = self.adapters(enc)
-        return torch.cat([adapted, enc.final], dim=-1), enc.mask, adapted
+        second = enc.final if self.state == "output" else enc.hidden[self.adapters.layers[-1]]
+        return torch.cat([adapted, second], dim=-1), enc.mask, adapted
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x: (b, n, d), mask: (b, n) bool -> (b, d) mean over real positions only."""
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+    """x: (b, n, d), mask: (b, n) bool -> (b, d) mean over real positions only.  Padded positions
+    are selected away, not multiplied by 0, so a NaN or inf there never reaches the mean (nor its
+    gradient)."""
+    m = mask.unsqueeze(-1)
+    return torch.where(m, x, x.new_zeros(())).sum(1) / m.sum(1).clamp_min(1).to(x.dtype)

@@ -35,7 +35,7 @@ def build_harvester(modality: str, cfg: KHaRConfig) -> Harvester:
     if cfg.harvesting:
         adapters = AdapterStack(encoder.dim, encoder.num_hidden_states, num_adapters, layers, cfg.adapter_heads,
                                 cfg.adapter_inner_layers, cfg.adapter_dropout)
-    return Harvester(encoder, adapters)
+    return Harvester(encoder, adapters, cfg.harvested_state)
 
 
 def modality_inputs(modality: str, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,

@@ -61,6 +61,9 @@ class MixtureOfExperts(nn.Module):
         says which samples have a real token)."""
         b, n, f = x.shape
         e = len(self.experts)
+        # Padded tokens enter as zeros: a NaN or inf there would otherwise survive its 0 weight
+        # (0 * NaN) in the dense sum and in the gate's weight gradient, on either dispatch.
+        x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.per_sample:
             routed_x, routed_mask = masked_mean(x, mask).unsqueeze(1), mask.any(1, keepdim=True)  # (b, 1, f), (b, 1)
         else:
