@@ -1,0 +1,514 @@
+"""Does KHaR earn its complexity?  The decision campaign: one protocol, every run recorded, sessions resumed.
+
+    python -m benchmarks.campaign run --worker 0 &      # two single-thread workers on two cores
+    python -m benchmarks.campaign run --worker 1 &
+    python -m benchmarks.campaign status                # how far each table is
+    python -m benchmarks.campaign render                # RESULTS.md sections from the records alone
+    python -m benchmarks.campaign run --smoke --work DIR --records DIR   # seconds, tiny BERT (tests)
+
+The protocol (fixed before any run of it; written in benchmarks/README.md, "The decision campaign")
+---------------------------------------------------------------------------------------------------
+* Every KHaR and floor run trains a **fixed budget** of :data:`BUDGET_EPOCHS` epochs (no early
+  stop) and is scored at its **best validation epoch** (validation L1, MMSA's KeyEval).  The
+  learning rate warms up linearly over the first :data:`WARMUP_RATIO` of the budget's steps and
+  decays linearly to 0 at its end, so every run peaks at epoch ~2 and then has ten epochs of
+  decay: none stops near its peak (the quick protocol stopped runs at the peak).
+* Learning rates: the first table (``lr``) trains the floor and full KHaR at Table 5's rate (3e-5
+  everywhere) and at the quick rate (1e-3 for KHaR's new layers and the floor's head, 5e-5 for the
+  text encoder), 5 seeds each.  **Rule**: each model family takes the rate with the lower mean
+  validation MAE; every later row of that family uses it.
+* MMSA's own TFN, MulT and Self-MM keep their trainers and schedules (they have no epoch cap);
+  they stop after :data:`BASELINE_PATIENCE` epochs without a better validation loss (the paper's
+  patience), so each trains at least as long as KHaR's budget minus a few epochs, and is scored at
+  its best validation epoch too.
+* Seeds 1111-1115 everywhere; quality is read on **validation**; the test split appears only in
+  the ``final`` table (and in ``table3``, on planted data where nothing is chosen).
+* The open choices (``choices``): a switch replaces the default only when its mean validation
+  MAE is lower than the default's by more than the larger of the two stds.  Switches of one field
+  (the temperatures) compete among themselves; the winners of different fields are combined for
+  the final comparison.
+* Data: the real CMU-MOSI transcripts (``../shared/data/mosi/label.csv``, whole folds
+  1284/229/686), text only, all-MiniLM-L6-v2, 32 tokens (the ``text-len-50`` rows: 50); Table 3
+  on planted MOSI-format data (:mod:`khar_mmsa.data.planted`).
+
+Runs that span sessions
+-----------------------
+Each finished run writes one JSON record, ``<records>/<run_id>.json`` (default
+``benchmarks/records/campaign``, committed): its identity (model, seed, variant, config hash,
+runner, data by SHA-256, the library's code version), its settings, its per-epoch curve, its
+selected-epoch validation metrics and test metrics, wall time and host.  ``run`` skips every run
+whose record exists, so the next session resumes where this one stopped; ``render`` builds the
+tables from the records alone.  Runs execute in a checkout of the campaign's library
+(:data:`CAMPAIGN_CODE_VERSION`, see benchmarks/README.md): a record is reused only by the same code.
+
+Workers claim runs through exclusive files in ``<work>/claims``, so any number of ``run``
+processes share the queue; a claim whose process died is taken over.  Tables open in order: the
+``lr`` table's decision gates ``walk``, ``choices`` and ``table3``; ``choices``' decision gates
+``final``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import common
+
+logger = logging.getLogger("MMSA")
+
+# ---- the protocol ---------------------------------------------------------------------------------
+#: The library the campaign's runs use (:func:`khar_mmsa.io.identity.code_version`): ``run`` refuses any
+#: other, so every record of the campaign comes from the same code.  benchmarks/README.md names the
+#: commit to check out for it.
+CAMPAIGN_CODE_VERSION = "0.1.0+56295ca4b86edfa8"
+BUDGET_EPOCHS = 12           # every KHaR / floor run trains exactly this many epochs ...
+WARMUP_RATIO = 0.1           # ... warming up over this fraction of its steps (Appendix B's linear warm-up)
+BASELINE_PATIENCE = 8        # MMSA's TFN / MulT / Self-MM: the paper's early stop (Table 5's runs)
+SEEDS = (1111, 1112, 1113, 1114, 1115)
+TEXT_LEN = 32                # tokens of the transcripts (quick); the text-len-50 rows use LONG_TEXT_LEN
+LONG_TEXT_LEN = 50           # MMSA's MOSI text length
+ENCODER = "all-MiniLM-L6-v2"  # by name: the installed encoder (a run's identity holds no path)
+PROTOCOL = {"epochs": BUDGET_EPOCHS, "early_stop": BUDGET_EPOCHS, "warmup_ratio": WARMUP_RATIO}
+#: KHaR's size and data settings of every transcripts row (compare.py's quick size), before its rate.
+KHAR_BASE = {"batch_size": 16, "pretrain_epochs": 1, "modal_dim": 64, "encoder_layers": 2, "pretrained": ENCODER,
+             **PROTOCOL}
+FLOOR_BASE = {"batch_size": 16, "encoder": ENCODER, **PROTOCOL}
+#: The two rates the lr table compares, per model family (Table 5: 3e-5 for everything).
+RATES: Dict[str, Dict[str, Dict[str, float]]] = {
+    "quick": {"khar": {"learning_rate": 1e-3, "learning_rate_bert": 5e-5},
+              "floor": {"learning_rate": 5e-5, "head_learning_rate": 1e-3}},
+    "table5": {"khar": {"learning_rate": 3e-5, "learning_rate_bert": 3e-5},
+               "floor": {"learning_rate": 3e-5, "head_learning_rate": 3e-5}},
+}
+BASELINES = ("tfn", "mult", "self_mm")
+#: Planted MOSI-format data of Table 3: compare.py / ablations.py's quick sizes, with the text encoder
+#: frozen (fine-tuning MiniLM is most of a CPU step; the rows differ in their Table 3 switch only).
+PLANTED_SIZES, PLANTED_SEQ_LENS = (128, 64, 128), (20, 32, 32)
+PLANTED_BASE = {**KHAR_BASE, "finetune_bert": False}
+
+# Smoke: a tiny BERT and a few clips, for tests.
+SMOKE_SEEDS = (1111, 1112)
+SMOKE_EPOCHS = 2
+SMOKE_SIZES = (16, 8, 8)
+
+TABLES = ("lr", "walk", "choices", "table3", "final")
+KHAR_RUNNER = "benchmarks.campaign:run_khar"
+FLOOR_RUNNER = "benchmarks.campaign:run_floor"
+MMSA_RUNNER = "benchmarks.campaign:run_mmsa"
+RECORDS_DIR = common.BENCH_DIR / "records" / "campaign"
+
+
+# ---- rows -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: ``family`` 'khar' | 'floor' | an MMSA model; ``overrides`` on top of the
+    family's base settings and rate; ``rate`` None = the rate the lr table chose."""
+
+    key: str
+    title: str
+    family: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    rate: Optional[str] = None
+    text_len: int = TEXT_LEN
+    data: str = "transcripts"
+    group: str = ""
+
+
+_NO_CL = {"contrastive_weight": 0.0}
+LR_ROWS = [Row(family, f"{title}, {rate} rate", family, rate=rate)
+           for family, title in (("floor", "Text-only floor"), ("khar", "KHaR")) for rate in ("quick", "table5")]
+WALK_ROWS = [
+    Row("floor", "Text-only floor (encoder + linear head)", "floor"),
+    Row("text-path", "KHaR's text path, linear head", "khar",
+        {"harvesting": False, "pretrain_adapters": False, "refiner": "none", "projection": "none",
+         "fusion": "linear", **_NO_CL}),
+    Row("harvesting", "+ adapters and harvesting", "khar",
+        {"refiner": "none", "projection": "none", "fusion": "linear", **_NO_CL}),
+    Row("mlp", "+ MLP in the refiner slot", "khar", {"refiner": "mlp", "projection": "none", "fusion": "linear",
+                                                     **_NO_CL}),
+    Row("moe", "+ MoE (instead of the MLP)", "khar", {"projection": "none", "fusion": "linear", **_NO_CL}),
+    Row("projection", "+ projection and ReLU", "khar", {"fusion": "linear", **_NO_CL}),
+    Row("mib", "+ MIB fusion", "khar", dict(_NO_CL)),
+    Row("khar", "+ contrastive loss (full KHaR)", "khar"),
+]
+CHOICE_ROWS = [
+    Row("khar", "KHaR, the defaults", "khar"),
+    Row("no-gate-noise", "no gate noise (eq. 4 as written)", "khar", {"moe_noisy_gating": False}, group="gate noise"),
+    Row("last-hidden", "X_m = [A_m; H_m], H_m the last harvested state", "khar", {"harvested_state": "last_hidden"},
+        group="H_m"),
+    Row("before-relu", "contrastive loss before the ReLU", "khar", {"contrastive_on": "before_relu"},
+        group="contrastive on"),
+    Row("tau-0.07", "tau = 0.07", "khar", {"contrastive_temperature": 0.07}, group="tau"),
+    Row("tau-0.2", "tau = 0.2", "khar", {"contrastive_temperature": 0.2}, group="tau"),
+    Row("text-len-50", f"transcripts cut at {LONG_TEXT_LEN} tokens", "khar", text_len=LONG_TEXT_LEN, group="text length"),
+    Row("freeze-bert", "text encoder frozen for the first 2 epochs", "khar", {"freeze_bert_epochs": 2},
+        group="frozen encoder"),
+    Row("floor", "Text-only floor", "floor"),
+    Row("floor-text-len-50", f"Text-only floor, {LONG_TEXT_LEN} tokens", "floor", text_len=LONG_TEXT_LEN,
+        group="floor text length"),
+]
+FINAL_ROWS = [Row("floor", "Text-only floor", "floor"), Row("khar", "KHaR (chosen defaults)", "khar")] + \
+    [Row(m, common_title, m) for m, common_title in (("tfn", "TFN (MMSA)"), ("mult", "MulT (MMSA)"),
+                                                    ("self_mm", "Self-MM (MMSA)"))]
+
+
+def table3_rows() -> List[Row]:
+    from .ablations import VARIANTS
+    return [Row("t3-" + title.split(" ")[0].replace("/", "").replace("+", "").lower(), title, "khar", dict(switch),
+                data="planted", group=group) for group, title, switch in VARIANTS]
+
+
+# ---- what a run is --------------------------------------------------------------------------------
+@dataclass
+class Campaign:
+    """Where the campaign works and what it has recorded."""
+
+    work: Path
+    records: Path
+    smoke: bool = False
+    encoder: Optional[Path] = None   # smoke: a tiny BERT folder; else the installed all-MiniLM-L6-v2
+    _data: Dict[Tuple[str, int], Path] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> Tuple[int, ...]:
+        return SMOKE_SEEDS if self.smoke else SEEDS
+
+    def encoder_setting(self) -> str:
+        return str(self.encoder) if self.smoke else ENCODER
+
+    def load_records(self) -> Dict[str, Dict[str, Any]]:
+        """{run_id: record} of every finished run."""
+        out = {}
+        for path in sorted(self.records.glob("*.json")) if self.records.is_dir() else []:
+            try:
+                rec = json.loads(path.read_text())
+                out[rec["run_id"]] = rec
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning(f"{path}: not a campaign record, ignored ({type(exc).__name__}: {exc})")
+        return out
+
+    # -- data ---------------------------------------------------------------------------------------
+    def data_path(self, row: Row) -> Path:
+        key = (row.data, row.text_len)
+        if key not in self._data:
+            self._data[key] = self._build(row)
+        return self._data[key]
+
+    def _build(self, row: Row) -> Path:
+        folder = self.work / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        if row.data == "planted":
+            sizes = SMOKE_SIZES if self.smoke else PLANTED_SIZES
+            path, _ = common.make_planted(folder, "mosi", sizes, None if self.smoke else PLANTED_SEQ_LENS,
+                                          self.encoder_setting())
+            return path
+        from khar_mmsa.model.text_encoders import local_folder
+        encoder = local_folder(self.encoder_setting())
+        path, _ = common.make_transcripts(folder, encoder, common.MOSI_LABEL_CSV, None, text_len=row.text_len)
+        if self.smoke:
+            from .walk import _first_clips
+            path = _first_clips(path, SMOKE_SIZES)
+        return path
+
+    # -- settings -----------------------------------------------------------------------------------
+    def config(self, row: Row, rate: str, chosen: Mapping[str, Any] = ()) -> Dict[str, Any]:
+        """The ``MMSA_run(config=...)`` overrides of a row at ``rate`` (plus ``chosen`` switches)."""
+        if row.family == "khar":
+            base = dict(PLANTED_BASE if row.data == "planted" else KHAR_BASE, pretrained=self.encoder_setting())
+            cfg = {**base, **RATES[rate]["khar"], **dict(chosen), **row.overrides}
+        elif row.family == "floor":
+            cfg = {**FLOOR_BASE, "encoder": self.encoder_setting(), **RATES[rate]["floor"], **row.overrides}
+        else:
+            from .compare import BASELINE_QUICK, BASELINE_SMOKE
+            cfg = dict((BASELINE_SMOKE if self.smoke else BASELINE_QUICK)[row.family])
+            cfg["early_stop"] = SMOKE_EPOCHS if self.smoke else BASELINE_PATIENCE
+            if row.family == "self_mm":
+                cfg.update({"pretrained": self.encoder_setting(), "text_out": self._hidden_size()})
+        if self.smoke and row.family in ("khar", "floor"):
+            cfg.update(epochs=SMOKE_EPOCHS, early_stop=SMOKE_EPOCHS)
+            if row.family == "khar":
+                from .compare import KHAR_SMOKE
+                cfg.update({k: v for k, v in KHAR_SMOKE.items() if k not in ("epochs", "early_stop")})
+        return cfg
+
+    def _hidden_size(self) -> int:
+        from khar_mmsa.model.text_encoders import local_folder
+        return common.encoder_hidden_size(local_folder(self.encoder_setting()))
+
+    def spec(self, row: Row, seed: int, rate: str, chosen: Mapping[str, Any] = (), variant: Optional[str] = None):
+        """The run of ``row`` with ``seed``; its variant names the settings (shared rows share runs)."""
+        cfg = self.config(row, rate, chosen)
+        variant = variant or (f"{row.key}@{rate}" if row.family in ("khar", "floor") else row.key)
+        data = self.data_path(row)
+        if row.family == "khar" and cfg.get("harvesting", True) and cfg.get("pretrain_adapters", True):
+            # one adapter file per seed and data; harvested_state changes its key, so its own file
+            own = "-" + row.key if "harvested_state" in row.overrides else ""
+            cfg["pretrained_adapters_path"] = str(self.work / "adapters" / f"{data.stem}-seed{seed}{own}.pt")
+        runner = {"khar": KHAR_RUNNER, "floor": FLOOR_RUNNER}.get(row.family, MMSA_RUNNER)
+        model = {"khar": "khar", "floor": "text_floor"}.get(row.family, row.family)
+        return common.mmsa_spec(model, "mosi", data, seed, self.work / "runs" / variant / f"seed{seed}", cfg,
+                                variant=variant, label=f"{variant} seed {seed}", threads=1, runner=runner)
+
+
+# ---- decisions (rules fixed before any run; see the module docstring) --------------------------------
+def valid_maes(records: Mapping[str, Dict[str, Any]], specs: Sequence[Any]) -> Optional[np.ndarray]:
+    """The validation MAEs of ``specs`` when every one is recorded, else None."""
+    if not specs or any(s.run_id not in records for s in specs):
+        return None
+    return np.array([records[s.run_id]["outcome"]["result"]["valid"]["MAE"] for s in specs], dtype=float)
+
+
+def chosen_rates(camp: Campaign, records: Mapping[str, Dict[str, Any]]) -> Optional[Dict[str, str]]:
+    """{'khar': rate, 'floor': rate} by the lr rule, or None while the lr table is incomplete."""
+    chosen = {}
+    for family in ("floor", "khar"):
+        means = {}
+        for rate in RATES:
+            row = next(r for r in LR_ROWS if r.family == family and r.rate == rate)
+            maes = valid_maes(records, [camp.spec(row, s, rate) for s in camp.seeds])
+            if maes is None:
+                return None
+            means[rate] = float(maes.mean())
+        chosen[family] = min(means, key=lambda r: (means[r], r != "quick"))
+    return chosen
+
+
+def beats(maes: np.ndarray, reference: np.ndarray) -> bool:
+    """The choices rule: a lower mean validation MAE by more than the larger population std."""
+    return float(reference.mean() - maes.mean()) > max(float(maes.std()), float(reference.std()))
+
+
+def chosen_switches(camp: Campaign, records: Mapping[str, Dict[str, Any]],
+                    rates: Mapping[str, str]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """{'khar': {field: value, 'text_len': n}, 'floor': {'text_len': n}} by the choices rule, or None
+    while the choices table is incomplete."""
+    maes = {}
+    for row in CHOICE_ROWS:
+        rate = rates[row.family]
+        maes[row.key] = valid_maes(records, [camp.spec(row, s, rate) for s in camp.seeds])
+        if maes[row.key] is None:
+            return None
+    out: Dict[str, Dict[str, Any]] = {"khar": {}, "floor": {}}
+    groups: Dict[str, List[Row]] = {}
+    for row in CHOICE_ROWS:
+        if row.group:
+            groups.setdefault(row.group, []).append(row)
+    for rows in groups.values():
+        reference = maes["floor" if rows[0].family == "floor" else "khar"]
+        winners = [r for r in rows if beats(maes[r.key], reference)]
+        if winners:
+            best = min(winners, key=lambda r: maes[r.key].mean())
+            out[best.family].update(best.overrides)
+            if best.text_len != TEXT_LEN:
+                out[best.family]["text_len"] = best.text_len
+    return out
+
+
+# ---- the tables' runs -----------------------------------------------------------------------------
+def table_specs(camp: Campaign, table: str, records: Mapping[str, Dict[str, Any]]) -> Optional[List[Tuple[Row, Any]]]:
+    """(row, spec) of every run of ``table``, seed-major; None while the table's gate is closed."""
+    if table == "lr":
+        return [(row, camp.spec(row, s, row.rate)) for s in camp.seeds for row in LR_ROWS]
+    rates = chosen_rates(camp, records)
+    if rates is None:
+        return None
+    if table in ("walk", "choices", "table3"):
+        rows = {"walk": WALK_ROWS, "choices": CHOICE_ROWS, "table3": table3_rows()}[table]
+        return [(row, camp.spec(row, s, rates[row.family])) for s in camp.seeds for row in rows]
+    switches = chosen_switches(camp, records, rates)
+    if switches is None:
+        return None
+    out = []
+    khar_len = switches["khar"].get("text_len", TEXT_LEN)  # MMSA's models read KHaR's transcripts
+    for s in camp.seeds:
+        for row in FINAL_ROWS:
+            if row.family in ("khar", "floor"):
+                chosen = dict(switches[row.family])
+                text_len = chosen.pop("text_len", TEXT_LEN)
+                final_row = dataclasses.replace(row, text_len=text_len)
+                tag = "+".join(f"{k}={v}" for k, v in sorted(chosen.items())) + (
+                    f"+text_len={text_len}" if text_len != TEXT_LEN else "")
+                # without switches the variant is the walk's row: the same runs
+                variant = f"{row.key}@{rates[row.family]}" + (f"+{tag}" if tag else "")
+                out.append((final_row, camp.spec(final_row, s, rates[row.family], chosen, variant=variant)))
+            else:
+                row = dataclasses.replace(row, text_len=khar_len)
+                out.append((row, camp.spec(row, s, "quick")))
+    return out
+
+
+# ---- runners (the record is written where the run executes) ----------------------------------------
+def _with_local_encoder(spec):
+    """The spec with the encoder alias ('all-MiniLM-L6-v2') as its folder, for code that needs a path;
+    the record keeps the spec as it was (its identity has no path)."""
+    from khar_mmsa.model.text_encoders import local_folder
+    config = dict(spec.config)
+    for key in ("encoder", "pretrained"):
+        if key in config and local_folder(str(config[key])) is not None:
+            config[key] = str(local_folder(str(config[key])))
+    return dataclasses.replace(spec, config=config)
+
+
+def run_khar(spec, feature_path: str) -> Dict[str, Any]:
+    from .walk import khar_run
+    return khar_run(spec, feature_path)
+
+
+def run_floor(spec, feature_path: str) -> Dict[str, Any]:
+    from .compare import text_floor_run
+    return text_floor_run(_with_local_encoder(spec), feature_path)
+
+
+def run_mmsa(spec, feature_path: str) -> Dict[str, Any]:
+    from khar_mmsa.experiments.sweep import mmsa_run_one
+    return mmsa_run_one(_with_local_encoder(spec), feature_path)
+
+
+def write_record(records: Path, spec, outcome: Mapping[str, Any]) -> Path:
+    from khar_mmsa.io.identity import code_version
+    from khar_mmsa.io.safe_io import atomic_write_text
+    from khar_mmsa.config import PATH_FIELDS
+    rec = {"run_id": spec.run_id, "identity": spec.identity(), "title": spec.title, "variant": spec.variant,
+           "seed": spec.seed, "model": spec.model,
+           "config": {k: v for k, v in spec.config.items() if k not in PATH_FIELDS},
+           "data": Path(spec.feature_path).name, "code_version": code_version(), "git": _git_commit(),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outcome": dict(outcome)}
+    records.mkdir(parents=True, exist_ok=True)
+    path = records / f"{spec.run_id}.json"
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
+    return path
+
+
+def _git_commit() -> Optional[str]:
+    import subprocess
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=common.REPO_DIR, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---- the queue ------------------------------------------------------------------------------------
+def _claim(folder: Path, run_id: str) -> bool:
+    """Take ``run_id`` for this process (an exclusive file); a claim whose process is gone is taken over."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / run_id
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+                alive = host != socket.gethostname() or _alive(int(pid))
+            except (OSError, ValueError):
+                alive = False
+            if alive:
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pending(camp: Campaign, tables: Sequence[str]) -> List[Tuple[str, Row, Any]]:
+    records = camp.load_records()
+    out, seen = [], set()
+    for table in tables:
+        specs = table_specs(camp, table, records)
+        for row, spec in specs or []:
+            if spec.run_id not in records and spec.run_id not in seen:
+                seen.add(spec.run_id)
+                out.append((table, row, spec))
+    return out
+
+
+def run_queue(camp: Campaign, tables: Sequence[str], max_runs: Optional[int] = None) -> int:
+    """Run what is pending, one run at a time, until nothing runnable is left; returns runs made."""
+    from khar_mmsa.experiments.sweep import execute
+    from khar_mmsa.io.identity import code_version
+    if not camp.smoke and code_version() != CAMPAIGN_CODE_VERSION:
+        raise SystemExit(f"this library is {code_version()}, the campaign's is {CAMPAIGN_CODE_VERSION}: run the "
+                         f"campaign from a checkout of its commit (benchmarks/README.md, 'The decision campaign')")
+    failed: set = set()
+    made = 0
+    while max_runs is None or made < max_runs:
+        todo = [t for t in pending(camp, tables) if t[2].run_id not in failed]
+        spec = next((s for _, _, s in todo if _claim(camp.work / "claims", s.run_id)), None)
+        if spec is None:
+            break
+        logger.info(f"campaign: {spec.title} ({len(todo)} runnable left, this one included)")
+        try:
+            outcome = execute(spec)
+        except Exception:  # noqa: BLE001 - logged; the queue goes on, the run stays pending
+            failed.add(spec.run_id)
+            logger.error(f"campaign: {spec.title} failed:\n{traceback.format_exc()}")
+        else:
+            path = write_record(camp.records, spec, outcome)
+            made += 1
+            logger.info(f"campaign: {spec.title} done in {outcome['wall_s']:.0f} s -> {path.name}")
+        finally:
+            (camp.work / "claims" / spec.run_id).unlink(missing_ok=True)
+    return made
+
+
+# ---- main -----------------------------------------------------------------------------------------
+def make_campaign(args: argparse.Namespace) -> Campaign:
+    work = Path(args.work or (common.DEFAULT_WORK_DIR / ("campaign-smoke" if args.smoke else "campaign")))
+    records = Path(args.records) if args.records else (work / "records" if args.smoke else RECORDS_DIR)
+    encoder = None
+    if args.smoke:
+        from khar_mmsa.model.text_encoders import make_tiny_bert
+        encoder = work / "tiny-bert"
+        if not (encoder / "config.json").is_file():
+            make_tiny_bert(encoder, hidden_size=32)
+    return Campaign(work=work, records=records, smoke=args.smoke, encoder=encoder)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=("run", "status", "render"))
+    parser.add_argument("--tables", nargs="+", choices=TABLES, default=list(TABLES))
+    parser.add_argument("--work", default=None, help="work folder: data, adapters, run folders, claims "
+                                                     "(default /tmp/khar-bench/campaign)")
+    parser.add_argument("--records", default=None, help="finished-run records (default benchmarks/records/campaign)")
+    parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny BERT, a few clips, 2 epochs, 2 seeds (tests)")
+    parser.add_argument("--results-md", default=None, help="render: RESULTS.md to update (default benchmarks/)")
+    parser.add_argument("--tables-dir", default=None, help="render: folder of the table files")
+    args = parser.parse_args(argv)
+    common.setup_cli_logging()
+    camp = make_campaign(args)
+    if args.command == "run":
+        import torch
+        torch.set_num_threads(1)
+        return run_queue(camp, args.tables, args.max_runs)
+    from .campaign_report import render, status
+    if args.command == "status":
+        return status(camp, args.tables)
+    return render(camp, args)
+
+
+if __name__ == "__main__":
+    main()
