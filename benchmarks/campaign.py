@@ -41,6 +41,9 @@ whose record exists, so the next session resumes where this one stopped; ``rende
 tables from the records alone.  Runs execute in a checkout of the campaign's library
 (:data:`CAMPAIGN_CODE_VERSION`, see benchmarks/README.md): a record is reused only by the same code.
 
+This file and ``campaign_report.py`` travel into that checkout (benchmarks/README.md): keep them
+runnable against the campaign's library and its ``benchmarks/common.py`` / ``walk.py`` / ``compare.py``.
+
 Workers claim runs through exclusive files in ``<work>/claims``, so any number of ``run``
 processes share the queue; a claim whose process died is taken over.  Tables open in order: the
 ``lr`` table's decision gates ``walk``, ``choices`` and ``table3``; ``choices``' decision gates
@@ -70,7 +73,7 @@ logger = logging.getLogger("MMSA")
 #: The library the campaign's runs use (:func:`khar_mmsa.io.identity.code_version`): ``run`` refuses any
 #: other, so every record of the campaign comes from the same code.  benchmarks/README.md names the
 #: commit to check out for it.
-CAMPAIGN_CODE_VERSION = "0.1.0+56295ca4b86edfa8"
+CAMPAIGN_CODE_VERSION = "0.1.0+56295ca4b86edfa8"  # commit 103168e
 BUDGET_EPOCHS = 12           # every KHaR / floor run trains exactly this many epochs ...
 WARMUP_RATIO = 0.1           # ... warming up over this fraction of its steps (Appendix B's linear warm-up)
 BASELINE_PATIENCE = 8        # MMSA's TFN / MulT / Self-MM: the paper's early stop (Table 5's runs)
@@ -177,6 +180,7 @@ class Campaign:
     records: Path
     smoke: bool = False
     encoder: Optional[Path] = None   # smoke: a tiny BERT folder; else the installed all-MiniLM-L6-v2
+    labels: Path = common.MOSI_LABEL_CSV  # the CMU-MOSI label.csv (read at run time, never committed)
     _data: Dict[Tuple[str, int], Path] = field(default_factory=dict)
 
     @property
@@ -214,7 +218,7 @@ class Campaign:
             return path
         from khar_mmsa.model.text_encoders import local_folder
         encoder = local_folder(self.encoder_setting())
-        path, _ = common.make_transcripts(folder, encoder, common.MOSI_LABEL_CSV, None, text_len=row.text_len)
+        path, _ = common.make_transcripts(folder, encoder, self.labels, None, text_len=row.text_len)
         if self.smoke:
             from .walk import _first_clips
             path = _first_clips(path, SMOKE_SIZES)
@@ -245,37 +249,93 @@ class Campaign:
         from khar_mmsa.model.text_encoders import local_folder
         return common.encoder_hidden_size(local_folder(self.encoder_setting()))
 
-    def spec(self, row: Row, seed: int, rate: str, chosen: Mapping[str, Any] = (), variant: Optional[str] = None):
-        """The run of ``row`` with ``seed``; its variant names the settings (shared rows share runs)."""
-        cfg = self.config(row, rate, chosen)
-        variant = variant or (f"{row.key}@{rate}" if row.family in ("khar", "floor") else row.key)
+    def spec(self, slot: "Slot"):
+        """The sweep run of a slot (its data built on first use)."""
+        row, seed = slot.row, slot.seed
+        cfg = self.config(row, slot.rate, slot.chosen)
         data = self.data_path(row)
         if row.family == "khar" and cfg.get("harvesting", True) and cfg.get("pretrain_adapters", True):
             # one adapter file per seed and data; harvested_state changes its key, so its own file
             own = "-" + row.key if "harvested_state" in row.overrides else ""
             cfg["pretrained_adapters_path"] = str(self.work / "adapters" / f"{data.stem}-seed{seed}{own}.pt")
-        runner = {"khar": KHAR_RUNNER, "floor": FLOOR_RUNNER}.get(row.family, MMSA_RUNNER)
-        model = {"khar": "khar", "floor": "text_floor"}.get(row.family, row.family)
-        return common.mmsa_spec(model, "mosi", data, seed, self.work / "runs" / variant / f"seed{seed}", cfg,
-                                variant=variant, label=f"{variant} seed {seed}", threads=1, runner=runner)
+        return common.mmsa_spec(slot.model, "mosi", data, seed, self.work / "runs" / slot.variant / f"seed{seed}", cfg,
+                                variant=slot.variant, label=f"{slot.variant} seed {seed}", threads=1,
+                                runner=slot.runner)
+
+    # -- records ------------------------------------------------------------------------------------
+    def finder(self, records: Mapping[str, Dict[str, Any]], exact: bool) -> "Finder":
+        """How a slot's record is found: ``exact`` by run id (the data's SHA-256 and the library's code
+        version included: what ``run`` reuses), else by settings among the campaign's code version's
+        records (what ``render`` and ``status`` read, without building any data)."""
+        if exact:
+            return lambda slot: records.get(self.spec(slot).run_id)
+        from khar_mmsa.config import PATH_FIELDS
+        index: Dict[Tuple[str, str, int, str], List[Dict[str, Any]]] = {}
+        for rec in records.values():
+            ident = rec["identity"]
+            if self.smoke or ident["code"] == CAMPAIGN_CODE_VERSION:
+                index.setdefault((ident["model"], ident["variant"], int(ident["seed"]), ident["runner"]), []).append(rec)
+
+        def find(slot: "Slot") -> Optional[Dict[str, Any]]:
+            config = {k: v for k, v in self.config(slot.row, slot.rate, slot.chosen).items() if k not in PATH_FIELDS}
+            config = json.loads(json.dumps(config))  # as the record holds it (tuples as lists)
+            found = [r for r in index.get((slot.model, slot.variant, slot.seed, slot.runner), [])
+                     if r["config"] == config]
+            return max(found, key=lambda r: r["finished"]) if found else None
+        return find
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One run of a table: a row at a rate (with the chosen switches) and a seed.  Its variant names
+    the settings, so that rows of several tables with the same settings are the same run."""
+
+    row: Row
+    seed: int
+    rate: str
+    chosen: Tuple[Tuple[str, Any], ...] = ()
+    variant_name: Optional[str] = None
+
+    @property
+    def variant(self) -> str:
+        if self.variant_name:
+            return self.variant_name
+        return f"{self.row.key}@{self.rate}" if self.row.family in ("khar", "floor") else self.row.key
+
+    @property
+    def model(self) -> str:
+        return {"khar": "khar", "floor": "text_floor"}.get(self.row.family, self.row.family)
+
+    @property
+    def runner(self) -> str:
+        return {"khar": KHAR_RUNNER, "floor": FLOOR_RUNNER}.get(self.row.family, MMSA_RUNNER)
+
+
+Finder = Any  # Callable[[Slot], Optional[record]]
 
 
 # ---- decisions (rules fixed before any run; see the module docstring) --------------------------------
-def valid_maes(records: Mapping[str, Dict[str, Any]], specs: Sequence[Any]) -> Optional[np.ndarray]:
-    """The validation MAEs of ``specs`` when every one is recorded, else None."""
-    if not specs or any(s.run_id not in records for s in specs):
-        return None
-    return np.array([records[s.run_id]["outcome"]["result"]["valid"]["MAE"] for s in specs], dtype=float)
+def metric_values(find: Finder, slots: Sequence[Slot], split: str = "valid", key: str = "MAE") -> Optional[np.ndarray]:
+    """``key`` of ``split`` ('valid': the selected epoch's; 'test': ``metrics``) of every slot when every
+    one is recorded, else None."""
+    values = []
+    for slot in slots:
+        rec = find(slot)
+        if rec is None:
+            return None
+        result = rec["outcome"]["result"]
+        values.append(result["valid" if split == "valid" else "metrics"][key])
+    return np.array(values, dtype=float) if values else None
 
 
-def chosen_rates(camp: Campaign, records: Mapping[str, Dict[str, Any]]) -> Optional[Dict[str, str]]:
-    """{'khar': rate, 'floor': rate} by the lr rule, or None while the lr table is incomplete."""
+def chosen_rates(camp: Campaign, find: Finder) -> Optional[Dict[str, str]]:
+    """{'floor': rate, 'khar': rate} by the lr rule, or None while the lr table is incomplete."""
     chosen = {}
     for family in ("floor", "khar"):
         means = {}
         for rate in RATES:
             row = next(r for r in LR_ROWS if r.family == family and r.rate == rate)
-            maes = valid_maes(records, [camp.spec(row, s, rate) for s in camp.seeds])
+            maes = metric_values(find, [Slot(row, s, rate) for s in camp.seeds])
             if maes is None:
                 return None
             means[rate] = float(maes.mean())
@@ -288,14 +348,12 @@ def beats(maes: np.ndarray, reference: np.ndarray) -> bool:
     return float(reference.mean() - maes.mean()) > max(float(maes.std()), float(reference.std()))
 
 
-def chosen_switches(camp: Campaign, records: Mapping[str, Dict[str, Any]],
-                    rates: Mapping[str, str]) -> Optional[Dict[str, Dict[str, Any]]]:
-    """{'khar': {field: value, 'text_len': n}, 'floor': {'text_len': n}} by the choices rule, or None
-    while the choices table is incomplete."""
+def chosen_switches(camp: Campaign, find: Finder, rates: Mapping[str, str]) -> Optional[Dict[str, Dict[str, Any]]]:
+    """{'khar': {field: value, ['text_len': n]}, 'floor': {['text_len': n]}} by the choices rule, or
+    None while the choices table is incomplete."""
     maes = {}
     for row in CHOICE_ROWS:
-        rate = rates[row.family]
-        maes[row.key] = valid_maes(records, [camp.spec(row, s, rate) for s in camp.seeds])
+        maes[row.key] = metric_values(find, [Slot(row, s, rates[row.family]) for s in camp.seeds])
         if maes[row.key] is None:
             return None
     out: Dict[str, Dict[str, Any]] = {"khar": {}, "floor": {}}
@@ -315,17 +373,17 @@ def chosen_switches(camp: Campaign, records: Mapping[str, Dict[str, Any]],
 
 
 # ---- the tables' runs -----------------------------------------------------------------------------
-def table_specs(camp: Campaign, table: str, records: Mapping[str, Dict[str, Any]]) -> Optional[List[Tuple[Row, Any]]]:
-    """(row, spec) of every run of ``table``, seed-major; None while the table's gate is closed."""
+def table_slots(camp: Campaign, table: str, find: Finder) -> Optional[List[Slot]]:
+    """Every run of ``table``, seed-major; None while the table's gate is closed."""
     if table == "lr":
-        return [(row, camp.spec(row, s, row.rate)) for s in camp.seeds for row in LR_ROWS]
-    rates = chosen_rates(camp, records)
+        return [Slot(row, s, row.rate) for s in camp.seeds for row in LR_ROWS]
+    rates = chosen_rates(camp, find)
     if rates is None:
         return None
     if table in ("walk", "choices", "table3"):
         rows = {"walk": WALK_ROWS, "choices": CHOICE_ROWS, "table3": table3_rows()}[table]
-        return [(row, camp.spec(row, s, rates[row.family])) for s in camp.seeds for row in rows]
-    switches = chosen_switches(camp, records, rates)
+        return [Slot(row, s, rates[row.family]) for s in camp.seeds for row in rows]
+    switches = chosen_switches(camp, find, rates)
     if switches is None:
         return None
     out = []
@@ -335,15 +393,14 @@ def table_specs(camp: Campaign, table: str, records: Mapping[str, Dict[str, Any]
             if row.family in ("khar", "floor"):
                 chosen = dict(switches[row.family])
                 text_len = chosen.pop("text_len", TEXT_LEN)
-                final_row = dataclasses.replace(row, text_len=text_len)
                 tag = "+".join(f"{k}={v}" for k, v in sorted(chosen.items())) + (
                     f"+text_len={text_len}" if text_len != TEXT_LEN else "")
                 # without switches the variant is the walk's row: the same runs
                 variant = f"{row.key}@{rates[row.family]}" + (f"+{tag}" if tag else "")
-                out.append((final_row, camp.spec(final_row, s, rates[row.family], chosen, variant=variant)))
+                out.append(Slot(dataclasses.replace(row, text_len=text_len), s, rates[row.family],
+                                tuple(sorted(chosen.items())), variant))
             else:
-                row = dataclasses.replace(row, text_len=khar_len)
-                out.append((row, camp.spec(row, s, "quick")))
+                out.append(Slot(dataclasses.replace(row, text_len=khar_len), s, "quick"))
     return out
 
 
@@ -382,11 +439,16 @@ def write_record(records: Path, spec, outcome: Mapping[str, Any]) -> Path:
            "seed": spec.seed, "model": spec.model,
            "config": {k: v for k, v in spec.config.items() if k not in PATH_FIELDS},
            "data": Path(spec.feature_path).name, "code_version": code_version(), "git": _git_commit(),
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outcome": dict(outcome)}
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "outcome": dict(outcome)}
     records.mkdir(parents=True, exist_ok=True)
     path = records / f"{spec.run_id}.json"
     atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
     return path
+
+
+def _machine() -> str:
+    """The machine as the records show it: CPU, cores, torch threads, GPU, versions."""
+    return common.machine_line(common.machine_description())
 
 
 def _git_commit() -> Optional[str]:
@@ -432,15 +494,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def pending(camp: Campaign, tables: Sequence[str]) -> List[Tuple[str, Row, Any]]:
+def pending(camp: Campaign, tables: Sequence[str]) -> List[Any]:
+    """The specs of every run of ``tables`` whose gate is open and that has no record yet."""
     records = camp.load_records()
+    find = camp.finder(records, exact=True)
     out, seen = [], set()
     for table in tables:
-        specs = table_specs(camp, table, records)
-        for row, spec in specs or []:
+        for slot in table_slots(camp, table, find) or []:
+            spec = camp.spec(slot)
             if spec.run_id not in records and spec.run_id not in seen:
                 seen.add(spec.run_id)
-                out.append((table, row, spec))
+                out.append(spec)
     return out
 
 
@@ -454,8 +518,8 @@ def run_queue(camp: Campaign, tables: Sequence[str], max_runs: Optional[int] = N
     failed: set = set()
     made = 0
     while max_runs is None or made < max_runs:
-        todo = [t for t in pending(camp, tables) if t[2].run_id not in failed]
-        spec = next((s for _, _, s in todo if _claim(camp.work / "claims", s.run_id)), None)
+        todo = [s for s in pending(camp, tables) if s.run_id not in failed]
+        spec = next((s for s in todo if _claim(camp.work / "claims", s.run_id)), None)
         if spec is None:
             break
         logger.info(f"campaign: {spec.title} ({len(todo)} runnable left, this one included)")
@@ -483,7 +547,7 @@ def make_campaign(args: argparse.Namespace) -> Campaign:
         encoder = work / "tiny-bert"
         if not (encoder / "config.json").is_file():
             make_tiny_bert(encoder, hidden_size=32)
-    return Campaign(work=work, records=records, smoke=args.smoke, encoder=encoder)
+    return Campaign(work=work, records=records, smoke=args.smoke, encoder=encoder, labels=Path(args.labels))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Any:
@@ -493,6 +557,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Any:
     parser.add_argument("--work", default=None, help="work folder: data, adapters, run folders, claims "
                                                      "(default /tmp/khar-bench/campaign)")
     parser.add_argument("--records", default=None, help="finished-run records (default benchmarks/records/campaign)")
+    parser.add_argument("--labels", default=str(common.MOSI_LABEL_CSV), help="CMU-MOSI label.csv")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs")
     parser.add_argument("--smoke", action="store_true", help="tiny BERT, a few clips, 2 epochs, 2 seeds (tests)")
     parser.add_argument("--results-md", default=None, help="render: RESULTS.md to update (default benchmarks/)")

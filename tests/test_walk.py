@@ -79,22 +79,6 @@ def test_close_pairs_use_the_larger_std():
 
 
 # ---- the script end to end ------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def labels(tmp_path_factory) -> Path:
-    """A small MMSA-style label.csv: 16/8/8 clips with words of the tiny BERT's vocabulary."""
-    import random
-    rng = random.Random(0)
-    words = "good bad fine movie really not great plot acting boring".split()
-    lines = ["id,text,label,mode"]
-    for split, n in (("train", 16), ("valid", 8), ("test", 8)):
-        for i in range(n):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
-            lines.append(f"clip{split}{i},{text},{rng.uniform(-3, 3):.2f},{split}")
-    path = tmp_path_factory.mktemp("labels") / "label.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 PROTECTED = [REPO / "benchmarks" / "RESULTS.md"]
 
 

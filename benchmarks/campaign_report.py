@@ -1,0 +1,271 @@
+"""The decision campaign's tables, from its records alone (``python -m benchmarks.campaign status|render``).
+
+Nothing here trains or builds data: each table's runs are found among the records by their
+settings (:meth:`benchmarks.campaign.Campaign.finder`), so a fresh checkout renders RESULTS.md
+from the committed ``benchmarks/records/campaign/`` folder.  Rows with fewer seeds than the
+campaign's are shown with their count; a table whose gate is still closed is listed as waiting.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import common
+from .campaign import (BASELINE_PATIENCE, BUDGET_EPOCHS, CAMPAIGN_CODE_VERSION, LR_ROWS, RATES, TABLES, TEXT_LEN,
+                       WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches, table_slots)
+from .walk import curve_summary, fit_verdict, verdict_summary
+
+logger = logging.getLogger("MMSA")
+
+TITLES = {"lr": "Learning rate: Table 5's and the quick one, floor and full KHaR",
+          "walk": "Walk from the text-only floor to full KHaR",
+          "choices": "Open choices, each against the default",
+          "table3": "Table 3 on planted MOSI-format data",
+          "final": "Final comparison on the test split"}
+#: Why each Table 3 row moved, one sentence per row, written once its runs are in (row key -> text).
+TABLE3_WHY: Dict[str, str] = {}
+
+
+# ---- one row's numbers ----------------------------------------------------------------------------
+def found(find: Finder, slots: Sequence[Slot]) -> List[Dict[str, Any]]:
+    return [rec for rec in (find(s) for s in slots) if rec is not None]
+
+
+def values(records: Sequence[Mapping[str, Any]], split: str, key: str) -> np.ndarray:
+    field = "valid" if split == "valid" else "metrics"
+    return np.array([r["outcome"]["result"][field].get(key, np.nan) for r in records], dtype=float)
+
+
+def fmt(arr: np.ndarray, digits: int = 3, scale: float = 1.0) -> str:
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        return "-"
+    arr = arr * scale
+    return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}" if arr.size > 1 else f"{arr.mean():.{digits}f}"
+
+
+def paired_delta(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> Tuple[float, float, int]:
+    """Mean and population std of the per-seed validation-MAE differences a - b over the seeds both have."""
+    by_seed = {r["seed"]: r["outcome"]["result"]["valid"]["MAE"] for r in b}
+    diffs = [r["outcome"]["result"]["valid"]["MAE"] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
+    if not diffs:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(diffs)), float(np.std(diffs)), len(diffs)
+
+
+def effect(a: np.ndarray, b: np.ndarray) -> str:
+    """What a row's change does to the validation MAE, by the campaign's rule (larger std)."""
+    if a.size == 0 or b.size == 0:
+        return "-"
+    gap, spread = float(a.mean() - b.mean()), max(float(a.std()), float(b.std()))
+    if gap < -spread:
+        return "lowers the MAE by more than the larger std: pays for itself"
+    if gap > spread:
+        return "raises the MAE by more than the larger std: costs"
+    return "within the larger std: no measurable effect"
+
+
+def fit_column(records: Sequence[Mapping[str, Any]]) -> Tuple[str, str, str]:
+    results = [r["outcome"]["result"] for r in records]
+    best = " ".join(str(r.get("best_epoch", "-")) for r in results)
+    curve = curve_summary(results) if results and all(r.get("curve") for r in results) else "-"
+    verdicts = verdict_summary([fit_verdict(r.get("curve") or [], int(r.get("best_epoch") or 0)) for r in results])
+    return best, curve, verdicts or "-"
+
+
+def wall(records: Sequence[Mapping[str, Any]]) -> float:
+    return float(sum(float(r["outcome"].get("wall_s", 0.0)) for r in records))
+
+
+def switch_text(overrides: Mapping[str, Any], text_len: Optional[int] = None) -> str:
+    parts = [f"{k}={v!r}" for k, v in overrides.items()]
+    if text_len:
+        parts.append(f"text_len={text_len}")
+    return "`" + ", ".join(parts) + "`" if parts else "default"
+
+
+# ---- tables ---------------------------------------------------------------------------------------
+def _slots_by_row(slots: Sequence[Slot]) -> List[Tuple[Any, List[Slot]]]:
+    rows: Dict[Tuple[str, str], Tuple[Any, List[Slot]]] = {}
+    for slot in slots:
+        rows.setdefault((slot.row.key, slot.variant), (slot.row, []))[1].append(slot)
+    return list(rows.values())
+
+
+def lr_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
+    header = ["Row", "rates", "seeds", "valid MAE", "valid Corr", "best epoch per seed", "MAE curve (1 → best → last)",
+              "fit per seed", "wall"]
+    lines = []
+    for row in LR_ROWS:
+        recs = found(find, [Slot(row, s, row.rate) for s in camp.seeds])
+        best, curve, fits = fit_column(recs)
+        lines.append([row.title, switch_text(RATES[row.rate][row.family]), f"{len(recs)}/{len(camp.seeds)}",
+                      fmt(values(recs, "valid", "MAE")), fmt(values(recs, "valid", "Corr")), best, curve, fits,
+                      common.fmt_seconds(wall(recs))])
+    rates = chosen_rates(camp, find)
+    notes = [f"Decision (the rule: the lower mean validation MAE): floor at the {rates['floor']} rate, KHaR at the "
+             f"{rates['khar']} rate; every later row uses them." if rates else
+             "Decision pending: the rule needs all five seeds of the four rows."]
+    return common.markdown_table(header, lines), notes
+
+
+def walk_like_table(camp: Campaign, find: Finder, table: str) -> Tuple[str, List[str]]:
+    slots = table_slots(camp, table, find) or []
+    rows = _slots_by_row(slots)
+    header = ["Row", "switch", "seeds", "valid MAE", "valid Corr",
+              "Δ valid MAE " + ("vs row above" if table == "walk" else "vs default") + " (paired, ± std)",
+              "what it supports", "best epoch per seed", "MAE curve (1 → best → last)", "fit per seed", "wall"]
+    lines, previous, defaults = [], None, {}
+    for row, row_slots in rows:
+        recs = found(find, row_slots)
+        maes = values(recs, "valid", "MAE")
+        # the walk reads each row against the row above; a choice against its family's default row
+        reference = previous if table == "walk" else (None if row.key == row.family else defaults.get(row.family))
+        if reference is not None and recs:
+            d, sd, n = paired_delta(recs, reference[0])
+            delta = f"{d:+.3f} ± {sd:.3f} ({n} seeds)" if n else "-"
+            words = effect(maes, reference[1])
+            if table == "choices" and reference[1].size and maes.size:
+                words = ("adopted: " if beats(maes, reference[1]) else "kept the default: ") + words
+        else:
+            delta, words = "-", "-"
+        best, curve, fits = fit_column(recs)
+        if row.family == "khar":
+            switch = switch_text(row.overrides, row.text_len if row.text_len != TEXT_LEN else None)
+        else:
+            switch = "text floor" + (f", text_len={row.text_len}" if row.text_len != TEXT_LEN else "")
+        lines.append([row.title, switch, f"{len(recs)}/{len(camp.seeds)}", fmt(maes), fmt(values(recs, "valid", "Corr")),
+                      delta, words, best, curve, fits, common.fmt_seconds(wall(recs))])
+        previous = (recs, maes)
+        if row.key == row.family:
+            defaults[row.family] = (recs, maes)
+    notes = []
+    if table == "choices":
+        rates = chosen_rates(camp, find)
+        switches = chosen_switches(camp, find, rates) if rates else None
+        notes.append("Rule: a switch replaces the default only when its mean validation MAE is lower by more than "
+                     "the larger std; switches of one field compete, winners of different fields are combined.")
+        notes.append(f"Decision: KHaR {switches['khar'] or 'keeps every default'}; floor "
+                     f"{switches['floor'] or 'keeps 32 tokens'}." if switches else
+                     "Decision pending: the rule needs all five seeds of every row.")
+    return common.markdown_table(header, lines), notes
+
+
+def table3_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
+    from .ablations import PAPER_TABLE3
+    slots = table_slots(camp, "table3", find) or []
+    header = ["Group", "Row", "seeds", "test MAE", "test Corr", "test Acc-7", "valid MAE", "Δ test MAE vs KHaR",
+              "paper (real MOSI): MAE / Corr / Acc-7", "why it moved"]
+    rows = _slots_by_row(slots)
+    full = next((found(find, s) for r, s in rows if r.title.startswith("V+A+T")), [])
+    lines = []
+    for row, row_slots in rows:
+        recs = found(find, row_slots)
+        test_mae = values(recs, "test", "MAE")
+        delta = "-"
+        if full and recs and not row.title.startswith("V+A+T"):
+            ref = {r["seed"]: r["outcome"]["result"]["metrics"]["MAE"] for r in full}
+            diffs = [r["outcome"]["result"]["metrics"]["MAE"] - ref[r["seed"]] for r in recs if r["seed"] in ref]
+            delta = f"{np.mean(diffs):+.3f} ± {np.std(diffs):.3f}" if diffs else "-"
+        paper = PAPER_TABLE3["mosi"].get(row.title)
+        lines.append([row.group, row.title, f"{len(recs)}/{len(camp.seeds)}", fmt(test_mae),
+                      fmt(values(recs, "test", "Corr")), fmt(values(recs, "test", "Mult_acc_7"), 2, 100.0),
+                      fmt(values(recs, "valid", "MAE")), delta,
+                      f"*{paper[0]:.3f} / {paper[1]:.3f} / {paper[2]:.2f}*" if paper else "-",
+                      TABLE3_WHY.get(row.key, "-")])
+    notes = ["Planted-signal data (khar_mmsa.data.planted): a known signal in each modality and a known label "
+             "noise, so moves are read against that design, not against the paper's real-feature numbers (in "
+             "italics, not comparable). Nothing is chosen on this table, so it reports the test split."]
+    return common.markdown_table(header, lines), notes
+
+
+def final_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
+    slots = table_slots(camp, "final", find)
+    if slots is None:
+        return "", ["Waiting: the final comparison opens when the lr and choices tables are complete."]
+    columns = [("MAE", "MAE", 3, 1.0), ("Corr", "Corr", 3, 1.0), ("Has0_acc_2", "Acc-2 has0", 2, 100.0),
+               ("Non0_acc_2", "Acc-2 non0", 2, 100.0), ("Mult_acc_7", "Acc-7", 2, 100.0)]
+    header = ["Model", "settings", "seeds"] + [t for _, t, _, _ in columns] + ["valid MAE (selection)", "wall"]
+    lines = []
+    for row, row_slots in _slots_by_row(slots):
+        recs = found(find, row_slots)
+        lines.append([row.title, row_slots[0].variant, f"{len(recs)}/{len(camp.seeds)}"]
+                     + [fmt(values(recs, "test", k), d, sc) for k, _, d, sc in columns]
+                     + [fmt(values(recs, "valid", "MAE")) if row.family in ("khar", "floor") else "-",
+                        common.fmt_seconds(wall(recs))])
+    return common.markdown_table(header, lines), [
+        "The only table on the test split; every setting was chosen on validation (the lr and choices tables). "
+        f"MMSA's models: their own trainers, early stop after {BASELINE_PATIENCE} epochs without a better "
+        "validation loss, on the same transcripts pickle."]
+
+
+BUILDERS = {"lr": lr_table, "walk": lambda c, f: walk_like_table(c, f, "walk"),
+            "choices": lambda c, f: walk_like_table(c, f, "choices"), "table3": table3_table, "final": final_table}
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+def table_records(camp: Campaign, find: Finder, table: str) -> List[Dict[str, Any]]:
+    if table == "lr":
+        slots = [Slot(row, s, row.rate) for s in camp.seeds for row in LR_ROWS]
+    else:
+        slots = table_slots(camp, table, find) or []
+    return found(find, slots)
+
+
+def status(camp: Campaign, tables: Sequence[str]) -> Dict[str, Tuple[int, int]]:
+    """Per table: (runs recorded, runs in all); logged one line each (a closed gate says so)."""
+    find = camp.finder(camp.load_records(), exact=False)
+    out = {}
+    for table in tables:
+        slots = table_slots(camp, table, find)
+        if slots is None:
+            logger.info(f"{table}: waiting for its gate ({'lr' if table != 'final' else 'lr and choices'} incomplete)")
+            out[table] = (0, 0)
+            continue
+        done = len(found(find, slots))
+        out[table] = (done, len(slots))
+        logger.info(f"{table}: {done}/{len(slots)} runs recorded")
+    return out
+
+
+def render(camp: Campaign, args: argparse.Namespace) -> Dict[str, Path]:
+    """Each table with at least one record as a RESULTS.md section and results/campaign-<table>.md."""
+    records = camp.load_records()
+    find = camp.finder(records, exact=False)
+    results_md = Path(args.results_md) if args.results_md else (
+        camp.work / "RESULTS.md" if camp.smoke else common.RESULTS_MD)
+    tables_dir = Path(args.tables_dir) if args.tables_dir else (camp.work if camp.smoke else common.TABLES_DIR)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for table in args.tables:
+        recs = table_records(camp, find, table)
+        if not recs:
+            continue
+        body, notes = BUILDERS[table](camp, find)
+        versions = sorted({r["identity"]["code"] for r in recs})
+        data = sorted({f"{r['identity']['data']['name']} (SHA-256 {r['identity']['data']['sha256'][:12]})" for r in recs})
+        machines = sorted({r.get("machine") or r["outcome"].get("host", "?") for r in recs})
+        text = (f"{body}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+                f"- Protocol: {BUDGET_EPOCHS} epochs for every KHaR and floor run, scored at the best validation "
+                f"epoch; linear warm-up over {WARMUP_RATIO:.0%} of the steps, then linear decay to 0 "
+                "(benchmarks/README.md, 'The decision campaign').\n"
+                f"- Code version of the runs: {', '.join(versions)} (the campaign's: {CAMPAIGN_CODE_VERSION}); "
+                f"{len(recs)} records in benchmarks/records/campaign/.\n"
+                f"- Data: {'; '.join(data)}.\n"
+                f"- Machine(s): {'; '.join(machines)}.")
+        stem = f"campaign-{table}"
+        md = tables_dir / f"{stem}.md"
+        md.write_text(f"# {TITLES[table]}\n\n{text}\n")
+        section = common.section(f"{TITLES[table]} (decision campaign)", "python -m benchmarks.campaign render",
+                                 "; ".join(machines), sorted({r["seed"] for r in recs}), "; ".join(data),
+                                 wall(recs), text)
+        common.update_results_md(results_md, stem, section)
+        written[table] = md
+        logger.info(f"{stem}: {len(recs)} records -> {md}")
+    return written
+
+
+__all__ = ["status", "render", "TABLES"]

@@ -1,0 +1,161 @@
+"""benchmarks/campaign.py: the decision rules on hand-made numbers, the work queue's claims, and the
+campaign end to end in ``--smoke`` mode through its command line (tiny BERT, a small label.csv, two
+seeds, two epochs): one record per finished run, a rerun that trains nothing, tables rendered from
+the records alone."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import campaign  # noqa: E402
+from benchmarks.campaign import CHOICE_ROWS, LR_ROWS, Campaign, Slot  # noqa: E402
+
+
+# ---- the rules ------------------------------------------------------------------------------------
+def test_a_switch_beats_the_default_only_by_more_than_the_larger_std():
+    reference = np.array([0.80, 0.82, 0.84])            # mean 0.82, std 0.0163
+    assert campaign.beats(np.array([0.78, 0.79, 0.80]), reference)        # 0.79: 0.03 lower
+    assert not campaign.beats(np.array([0.80, 0.81, 0.81]), reference)    # 0.807: 0.013 lower, within
+    assert not campaign.beats(np.array([0.70, 0.80, 0.90]), reference)    # lower mean, but std 0.08
+    assert not campaign.beats(reference + 0.05, reference)                # worse
+
+
+def _finder(maes):
+    """A finder over hand-made validation MAEs: {variant: [one per seed]}."""
+    def find(slot):
+        seeds = maes.get(slot.variant)
+        if seeds is None:
+            return None
+        return {"seed": slot.seed, "outcome": {"result": {"valid": {"MAE": seeds[slot.seed - 1]}}}}
+    return find
+
+
+SMALL = Campaign(work=Path("unused"), records=Path("unused"))
+SMALL_SEEDS = (1, 2, 3)
+
+
+@pytest.fixture(autouse=True)
+def _three_seeds(monkeypatch):
+    monkeypatch.setattr(campaign, "SEEDS", SMALL_SEEDS)
+
+
+def test_the_lr_table_chooses_each_familys_lower_mean_and_waits_for_every_seed():
+    maes = {"floor@quick": [0.86, 0.87, 0.85], "floor@table5": [0.90, 0.91, 0.92],
+            "khar@quick": [0.85, 0.90, 0.88], "khar@table5": [0.84, 0.86, 0.85]}
+    assert campaign.chosen_rates(SMALL, _finder(maes)) == {"floor": "quick", "khar": "table5"}
+    maes["khar@table5"] = maes["khar@table5"][:2] + [None]
+    missing = dict(maes)
+
+    def find(slot):
+        rec = _finder(missing)(slot)
+        return None if rec is None or rec["outcome"]["result"]["valid"]["MAE"] is None else rec
+    assert campaign.chosen_rates(SMALL, find) is None
+    assert campaign.table_slots(SMALL, "walk", find) is None and campaign.table_slots(SMALL, "final", find) is None
+    assert len(campaign.table_slots(SMALL, "lr", find)) == len(LR_ROWS) * len(SMALL_SEEDS)
+
+
+def test_choices_adopt_only_clear_winners_the_best_of_a_field_and_combine_fields():
+    base = [0.85, 0.86, 0.87]
+    maes = {f"{r.key}@quick": base for r in CHOICE_ROWS}
+    maes["tau-0.07@quick"] = [0.80, 0.81, 0.80]      # clear winner
+    maes["tau-0.2@quick"] = [0.78, 0.79, 0.78]       # clearer winner of the same field
+    maes["text-len-50@quick"] = [0.82, 0.83, 0.82]   # clear winner of another field
+    maes["no-gate-noise@quick"] = [0.845, 0.855, 0.86]  # within the std: not adopted
+    maes["floor-text-len-50@quick"] = [0.80, 0.80, 0.80]  # the floor's own switch, against the floor
+    chosen = campaign.chosen_switches(SMALL, _finder(maes), {"khar": "quick", "floor": "quick"})
+    assert chosen == {"khar": {"contrastive_temperature": 0.2, "text_len": 50}, "floor": {"text_len": 50}}
+    final = campaign.table_slots(SMALL, "final", _finder({**maes, **{f"{f}@{r}": base for f in ("floor", "khar")
+                                                                    for r in ("quick", "table5")}}))
+    khar = [s for s in final if s.row.family == "khar"]
+    assert {s.variant for s in khar} == {"khar@quick+contrastive_temperature=0.2+text_len=50"}
+    assert all(s.row.text_len == 50 and dict(s.chosen) == {"contrastive_temperature": 0.2} for s in khar)
+    assert all(s.row.text_len == 50 for s in final if s.row.family not in ("khar", "floor"))  # KHaR's data
+
+
+def test_rows_with_the_same_settings_are_the_same_run_across_tables():
+    """The lr table's run at the chosen rate is the walk's and the choices' row: same variant, same
+    config, so the queue trains it once."""
+    lr = Slot(next(r for r in LR_ROWS if r.family == "khar" and r.rate == "quick"), 1, "quick")
+    walk = Slot(campaign.WALK_ROWS[-1], 1, "quick")
+    choice = Slot(CHOICE_ROWS[0], 1, "quick")
+    assert lr.variant == walk.variant == choice.variant == "khar@quick"
+    assert SMALL.config(lr.row, "quick") == SMALL.config(walk.row, "quick") == SMALL.config(choice.row, "quick")
+
+
+def test_no_setting_of_a_real_run_is_a_path_so_identities_hold_across_machines():
+    """The encoder goes by name ('all-MiniLM-L6-v2'), never by the folder it is installed in: a run's
+    identity (config hash) and its record's settings are the same in any checkout or venv."""
+    rows = LR_ROWS + campaign.WALK_ROWS + CHOICE_ROWS + campaign.table3_rows()
+    configs = [SMALL.config(row, rate) for row in rows for rate in campaign.RATES]
+    assert configs and all(not str(v).startswith(os.sep) for cfg in configs for v in cfg.values())
+    assert {cfg.get("pretrained", cfg.get("encoder")) for cfg in configs} == {campaign.ENCODER}
+
+
+# ---- claims ---------------------------------------------------------------------------------------
+def test_a_claim_blocks_other_workers_until_its_process_is_gone(tmp_path):
+    assert campaign._claim(tmp_path, "run1")
+    assert not campaign._claim(tmp_path, "run1")            # this (live) process holds it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run2").write_text(f"{os.uname().nodename} {int(dead.stdout)}\n")
+    assert campaign._claim(tmp_path, "run2")                # a dead process's claim is taken over
+    assert (tmp_path / "run2").read_text().split()[1] == str(os.getpid())
+
+
+# ---- end to end through the command line ----------------------------------------------------------
+def _cli(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "benchmarks.campaign", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path, labels):
+    work, records = tmp_path / "work", tmp_path / "records"
+    common = ["--smoke", "--work", str(work), "--records", str(records), "--labels", str(labels)]
+    first = _cli("run", "--tables", "lr", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    files = sorted(records.glob("*.json"))
+    assert len(files) == len(LR_ROWS) * len(campaign.SMOKE_SEEDS)
+    rec = json.loads(files[0].read_text())
+    assert rec["run_id"] == files[0].stem and rec["identity"]["code"] == rec["code_version"]
+    result = rec["outcome"]["result"]
+    assert result["epochs_run"] == campaign.SMOKE_EPOCHS == len(result["curve"])   # the fixed budget
+    assert set(result["valid"]) >= {"MAE", "Corr"} and "MAE" in result["metrics"]
+
+    again = _cli("run", "--tables", "lr", *common)     # everything recorded: nothing trains
+    assert again.returncode == 0 and "done in" not in again.stderr, again.stderr[-2000:]
+    gated = _cli("status", *common)    # lr complete: the walk's gate is open, its floor and KHaR rows are shared
+    assert "lr: 8/8 runs recorded" in gated.stderr and "walk: 4/16 runs recorded" in gated.stderr, gated.stderr
+    assert "final: waiting for its gate" in gated.stderr
+
+    import shutil
+    shutil.rmtree(work / "data")                        # render needs the records only
+    md = tmp_path / "RESULTS.md"
+    shown = _cli("render", *common, "--results-md", str(md), "--tables-dir", str(tmp_path / "tables"))
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    table = (tmp_path / "tables" / "campaign-lr.md").read_text()
+    assert table.count("| 2/2 |") == len(LR_ROWS) and "Decision (the rule" in table
+    assert "campaign-lr" in md.read_text() and not (work / "data").exists()
+
+
+def test_campaign_run_refuses_another_library(tmp_path, monkeypatch):
+    monkeypatch.setattr(campaign, "CAMPAIGN_CODE_VERSION", "0.0.0+not-this-code")
+    camp = Campaign(work=tmp_path, records=tmp_path / "records")
+    with pytest.raises(SystemExit, match="the campaign's is 0.0.0"):
+        campaign.run_queue(camp, ["lr"])
+    assert not (tmp_path / "records").exists()
+
+
+def test_make_campaign_defaults_write_records_into_the_repository_only_outside_smoke(tmp_path):
+    args = argparse.Namespace(work=str(tmp_path), records=None, smoke=False, labels="x")
+    assert campaign.make_campaign(args).records == campaign.RECORDS_DIR
