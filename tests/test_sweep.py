@@ -4,20 +4,24 @@ Ray's executor and Ray Tune are in ``test_ray.py`` (skipped without Ray).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pandas as pd
+import psutil
 import pytest
 
 from khar_mmsa import cli
@@ -251,24 +255,33 @@ def test_lock_file_planted_as_a_link_is_not_followed(tmp_path: Path) -> None:
 
 
 _FAKE_RAY_DRIVER = """
-import importlib.util, subprocess, sys, time, types
+import importlib.util, shutil, subprocess, sys, time, types
 spec = importlib.util.find_spec("khar_mmsa")  # the package without its MMSA registration: a fast start
 pkg = types.ModuleType("khar_mmsa"); pkg.__path__ = list(spec.submodule_search_locations)
 sys.modules["khar_mmsa"] = pkg
 from khar_mmsa.experiments.sweep import RayProcessRecord
 record = RayProcessRecord(sys.argv[1])
-record.before_start()
-children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]
+record.before_start()  # the token goes into the environment the 'Ray' processes inherit
+# stand-ins for Ray's idle workers: their command line is what Ray's is (ray::IDLE)
+children = [subprocess.Popen(["ray::IDLE", "120"], executable=shutil.which("sleep")) for _ in range(2)]
 record.update()
 print("ready", flush=True)
 time.sleep(120)
 """
 
 
+def _alive_as_recorded(pid: int, start: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - start) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: Path) -> None:
     """A driver records the processes its Ray started; SIGKILLed, it leaves them running; the next
-    sweep on the same folder stops them before it starts (here two stand-ins for Ray's processes)."""
-    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME, _start_time
+    sweep on the same folder stops them before it starts (here two stand-ins for Ray's workers)."""
+    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME
     out = tmp_path / "sweep"
     out.mkdir()
     driver = subprocess.Popen([sys.executable, "-c", _FAKE_RAY_DRIVER, str(out)], env=_env(),
@@ -282,12 +295,91 @@ def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: 
             driver.kill()
         driver.stdout.close()
     recorded = json.loads((out / RAY_RECORD_NAME).read_text())["processes"]
-    assert len(recorded) == 2 and all(_start_time(p["pid"]) == p["start"] for p in recorded)  # orphaned, alive
+    assert len(recorded) == 2 and all(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # orphaned
     data = tmp_path / "features.pkl"
     data.write_bytes(b"0" * 10)
     run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
-    assert all(_start_time(p["pid"]) != p["start"] for p in recorded)  # stopped
+    assert not any(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # stopped
     assert not (out / RAY_RECORD_NAME).exists()
+
+
+# ---- a crafted record: nothing but the driver's own Ray processes is ever stopped -----------------
+def _sleeper(argv0: str = "sleep", token: Optional[str] = None) -> subprocess.Popen:
+    """``sleep 120`` with the command line ``<argv0> 120``, the sweep's token in its environment or not."""
+    from khar_mmsa.experiments.sweep.processes import TOKEN_ENV
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    if token is not None:
+        env[TOKEN_ENV] = token
+    return subprocess.Popen([argv0, "120"], executable=shutil.which("sleep"), env=env)
+
+
+def _user_shell() -> list:
+    """A user's shell and the ``sleep`` it waits for."""
+    shell = subprocess.Popen(["sh", "-c", "sleep 120 & wait"])
+    deadline = time.monotonic() + 30
+    while not psutil.Process(shell.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [shell.pid] + [c.pid for c in psutil.Process(shell.pid).children()]
+
+
+# case: (what the record lists, what the record says about itself, the reason logged); "genuine" is stopped
+CRAFTED = {
+    "user's shell and its sleep": ("shell", {}, "its command line is not a Ray process's"),
+    "a Ray-titled process without the token": ("ray-no-token", {}, "does not carry the recording driver's token"),
+    "the token but not a Ray command line": ("plain-token", {}, "its command line is not a Ray process's"),
+    "recorded for another --out": ("ray-token", {"out": "elsewhere"}, "written for another folder"),
+    "another start time (a reused pid)": ("ray-token", {"shift": 100.0}, "not the recorded process"),
+    "its driver still running": ("ray-token", {"live_driver": True}, "is still running"),
+    "genuine": ("ray-token", {}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_ray_record_stops_only_the_drivers_own_ray_processes(case: str, tmp_path: Path, caplog) -> None:
+    """``sweep-ray-processes.json`` listing pids that are not Ray processes this --out's driver
+    started: the next sweep leaves them running and logs why; a genuine leftover is stopped."""
+    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME
+    what, record_says, reason = CRAFTED[case]
+    token = "0123456789abcdef0123456789abcdef"
+    out = tmp_path / "sweep"
+    out.mkdir()
+    spawned: list = []
+    helper: list = []
+    try:
+        if what == "shell":
+            pids = _user_shell()
+            spawned = [psutil.Process(p) for p in pids]
+        else:
+            argv0 = "sleep" if what == "plain-token" else "ray::IDLE"
+            proc = _sleeper(argv0, token if what in ("ray-token", "plain-token") else None)
+            spawned = [psutil.Process(proc.pid)]
+        helper = _user_shell() if record_says.get("live_driver") else []
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        driver = (helper[0], psutil.Process(helper[0]).create_time()) if helper else (dead.pid, 0.0)
+        record = {"driver": driver[0], "driver_start": driver[1], "host": socket.gethostname(),
+                  "out": str(tmp_path / "elsewhere") if record_says.get("out") else str(out.resolve()),
+                  "token": token,
+                  "processes": [{"pid": p.pid, "start": p.create_time() - record_says.get("shift", 0.0),
+                                 "cmdline": p.cmdline()} for p in spawned]}
+        (out / RAY_RECORD_NAME).write_text(json.dumps(record))
+        data = tmp_path / "features.pkl"
+        data.write_bytes(b"0" * 10)
+        with caplog.at_level("INFO", logger="MMSA"):
+            run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
+        alive = [_alive_as_recorded(p.pid, p.create_time()) for p in spawned]
+        if reason is None:
+            assert not any(alive), "a genuine leftover Ray process of a killed driver was not stopped"
+            assert "stopped 1 Ray process(es) that an earlier sweep driver" in caplog.text
+        else:
+            assert all(alive), f"{case}: a process that is not this driver's Ray was stopped"
+            assert reason in caplog.text and "left alone" in caplog.text
+            assert "stopped" not in caplog.text
+        assert not (out / RAY_RECORD_NAME).exists()
+    finally:
+        for pid in [p.pid for p in spawned] + helper:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
 
 
 # ---- manifest lines that are not records ---------------------------------------------------------
