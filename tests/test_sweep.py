@@ -556,3 +556,48 @@ print("light" if not heavy else heavy)
 """
     done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("light"), done.stderr[-2000:]
+
+
+# ---- the first hour's stumbles: the rerun's tables, the progress line -----------------------------
+def _metrics_in_runner_order(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
+    """Metrics in the order a trainer gives them (not by name), as MMSA's do_test does."""
+    return {"metrics": {"MAE": 0.7 + spec.seed / 1000, "Corr": 0.5, "Mult_acc_2": 0.6}}
+
+
+def test_a_rerun_writes_the_tables_with_the_first_runs_columns(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The rerun reads finished runs back from the manifest (stored with sorted keys): its
+    results.csv and summary.csv have the first run's header, also with a new seed mixed in."""
+    from khar_mmsa.experiments import sweep
+    monkeypatch.setattr(sweep, "mmsa_run_one", _metrics_in_runner_order)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "-m", "tfn", "-d", "mosi", "--custom-feature", str(data), "--out", str(out)]
+    with caplog.at_level("INFO", logger="MMSA"):
+        assert cli.main(argv + ["-s", "1"]) == 0
+    headers = {name: (out / name).read_text().splitlines()[0] for name in ("results.csv", "summary.csv")}
+    assert cli.main(argv + ["-s", "1"]) == 0  # every run reused from the manifest
+    assert {name: (out / name).read_text().splitlines()[0] for name in headers} == headers
+    assert cli.main(argv + ["-s", "1", "2"]) == 0  # one reused, one made now
+    assert {name: (out / name).read_text().splitlines()[0] for name in headers} == headers
+    assert pd.read_csv(out / "results.csv")["seed"].tolist() == [1, 2]
+    # the progress line and the messages name the sweep once
+    assert "sweep sweep" not in caplog.text
+    assert any(r.getMessage().startswith("sweep mosi: 1/1 done") for r in caplog.records)
+
+
+def test_a_lock_file_link_stops_the_sweep_before_any_work(tmp_path: Path, capsys) -> None:
+    """``sweep.lock`` planted as a link: one line naming it, and nothing made -- no manifest, no run
+    folder, nothing where the link points."""
+    from khar_mmsa.experiments.sweep import LOCK_NAME
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    target = tmp_path / "journal.txt"
+    (out / LOCK_NAME).symlink_to(target)
+    code = cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "--custom-feature", str(data), "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / LOCK_NAME} is a symbolic link" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME] and not target.exists()
