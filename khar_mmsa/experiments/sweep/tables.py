@@ -33,7 +33,7 @@ def _is_number(value: Any) -> bool:
 
 def spec_table(specs: Sequence[RunSpec], outcome: "SweepOutcome") -> List[Dict[str, Any]]:
     """One row per finished spec: identity, wall time, host and the run's metrics in MMSA's scale
-    (x100, as in MMSA's results CSV), metrics by name; specs that did not finish are left out."""
+    (x100, as in MMSA's results CSV); specs that did not finish are left out."""
     rows = []
     for spec in specs:
         done = outcome.results.get(spec.run_id)
@@ -41,9 +41,7 @@ def spec_table(specs: Sequence[RunSpec], outcome: "SweepOutcome") -> List[Dict[s
             continue
         row = {"model": spec.model, "dataset": spec.dataset, "variant": spec.variant, "seed": spec.seed,
                "run_id": spec.run_id, "wall_s": done.get("wall_s"), "host": done.get("host")}
-        metrics = done["result"].get("metrics", {})
-        for key in sorted(metrics):
-            value = metrics[key]
+        for key, value in done["result"].get("metrics", {}).items():
             row[key] = round(float(value) * MMSA_SCALE, RUN_DECIMALS) if _is_number(value) else value
         rows.append(row)
     return rows
@@ -64,7 +62,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             summary["variant"] = variant
         summary["seeds"] = " ".join(str(r["seed"]) for r in members)
         summary["n_seeds"] = len(members)
-        for key in sorted(k for k in members[0] if k not in RUN_COLUMNS):
+        for key in [k for k in members[0] if k not in RUN_COLUMNS]:
             values = [r.get(key) for r in members]
             if not all(_is_number(v) for v in values):
                 continue
