@@ -601,3 +601,15 @@ def test_a_lock_file_link_stops_the_sweep_before_any_work(tmp_path: Path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{out / LOCK_NAME} is a symbolic link" in err[0]
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME] and not target.exists()
+
+
+@pytest.mark.parametrize("size", [1, 7, 4095, 4096, 4097, 8192, 8193, 11664, 6377292000])
+def test_preflight_checks_every_grid_point_up_to_the_limit_and_never_more(size: int) -> None:
+    """Ray Tune's preflight (no Ray needed to pick the points): all points up to
+    PREFLIGHT_MAX_POINTS, else at most that many, first point included."""
+    from khar_mmsa.experiments.ray_tune import PREFLIGHT_MAX_POINTS, preflight_indices
+    indices = preflight_indices(size)
+    assert len(indices) == min(size, PREFLIGHT_MAX_POINTS) or size > PREFLIGHT_MAX_POINTS >= len(indices)
+    assert len(indices) <= PREFLIGHT_MAX_POINTS and indices[0] == 0 and indices[-1] < size
+    if size <= PREFLIGHT_MAX_POINTS:
+        assert list(indices) == list(range(size))
