@@ -262,8 +262,10 @@ sys.modules["khar_mmsa"] = pkg
 from khar_mmsa.experiments.sweep import RayProcessRecord
 record = RayProcessRecord(sys.argv[1])
 record.before_start()  # the token goes into the environment the 'Ray' processes inherit
-# stand-ins for Ray's idle workers: their command line is what Ray's is (ray::IDLE)
+# stand-ins for Ray's idle workers: their command line is what Ray's is (ray::IDLE), and for one of
+# Ray's agents, whose retitling leaves its environment empty
 children = [subprocess.Popen(["ray::IDLE", "120"], executable=shutil.which("sleep")) for _ in range(2)]
+children.append(subprocess.Popen(["ray::DashboardAgent", "120"], executable=shutil.which("sleep"), env={}))
 record.update()
 print("ready", flush=True)
 time.sleep(120)
@@ -280,7 +282,8 @@ def _alive_as_recorded(pid: int, start: float) -> bool:
 
 def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: Path) -> None:
     """A driver records the processes its Ray started; SIGKILLed, it leaves them running; the next
-    sweep on the same folder stops them before it starts (here two stand-ins for Ray's workers)."""
+    sweep on the same folder stops them before it starts (here stand-ins for two Ray workers and
+    an agent)."""
     from khar_mmsa.experiments.sweep import RAY_RECORD_NAME
     out = tmp_path / "sweep"
     out.mkdir()
@@ -295,7 +298,7 @@ def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: 
             driver.kill()
         driver.stdout.close()
     recorded = json.loads((out / RAY_RECORD_NAME).read_text())["processes"]
-    assert len(recorded) == 2 and all(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # orphaned
+    assert len(recorded) == 3 and all(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # orphaned
     data = tmp_path / "features.pkl"
     data.write_bytes(b"0" * 10)
     run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
@@ -330,6 +333,7 @@ CRAFTED = {
     "recorded for another --out": ("ray-token", {"out": "elsewhere"}, "written for another folder"),
     "another start time (a reused pid)": ("ray-token", {"shift": 100.0}, "not the recorded process"),
     "its driver still running": ("ray-token", {"live_driver": True}, "is still running"),
+    "an empty environment under a live Ray process": ("ray-under-ray", {}, "is a running Ray process"),
     "genuine": ("ray-token", {}, None),
 }
 
@@ -349,14 +353,23 @@ def test_a_crafted_ray_record_stops_only_the_drivers_own_ray_processes(case: str
         if what == "shell":
             pids = _user_shell()
             spawned = [psutil.Process(p) for p in pids]
+        elif what == "ray-under-ray":  # another Ray instance's agent: its parent is a live Ray process
+            code = ("import shutil, subprocess, time; c = subprocess.Popen(['ray::DashboardAgent', '120'], "
+                    "executable=shutil.which('sleep'), env={}); print(c.pid, flush=True); time.sleep(120)")
+            parent = subprocess.Popen(["ray::raylet", "-c", code], executable=sys.executable, stdout=subprocess.PIPE,
+                                      text=True)
+            helper.append(parent.pid)
+            spawned = [psutil.Process(int(parent.stdout.readline()))]
+            parent.stdout.close()
         else:
             argv0 = "sleep" if what == "plain-token" else "ray::IDLE"
             proc = _sleeper(argv0, token if what in ("ray-token", "plain-token") else None)
             spawned = [psutil.Process(proc.pid)]
-        helper = _user_shell() if record_says.get("live_driver") else []
+        live_driver = _user_shell() if record_says.get("live_driver") else []
+        helper += live_driver
         dead = subprocess.Popen(["true"])
         dead.wait()
-        driver = (helper[0], psutil.Process(helper[0]).create_time()) if helper else (dead.pid, 0.0)
+        driver = (live_driver[0], psutil.Process(live_driver[0]).create_time()) if live_driver else (dead.pid, 0.0)
         record = {"driver": driver[0], "driver_start": driver[1], "host": socket.gethostname(),
                   "out": str(tmp_path / "elsewhere") if record_says.get("out") else str(out.resolve()),
                   "token": token,

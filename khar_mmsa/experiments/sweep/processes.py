@@ -15,10 +15,14 @@ these hold; anything else is left alone, with a warning saying which check it fa
 3. its command line is a Ray process's (:func:`is_ray_process`): a ``ray::`` worker title, or an
    executable or script inside the installed ``ray`` package (``raylet``, ``gcs_server``,
    ``default_worker.py``...);
-4. its environment holds the record's token: the driver's Ray started it.
+4. its environment holds the record's token: the driver's Ray started it.  Ray's agents
+   (``ray::DashboardAgent``...) retitle themselves in a way that leaves ``/proc/<pid>/environ``
+   empty; such a process, whose environment says nothing, is taken as the driver's only when it is
+   an orphan -- its parent is no running Ray process (the Ray instance that started it is gone) --
+   so the agents of another, live Ray instance are never touched.
 
-A verified process's descendants that carry the token are stopped with it.  Process facts come
-from ``psutil``.
+A verified process's descendants are stopped with it when they carry the token or are Ray
+processes themselves.  Process facts come from ``psutil``.
 """
 from __future__ import annotations
 
@@ -82,10 +86,9 @@ def is_ray_process(cmdline: Sequence[str], ray_dir: Optional[str] = None) -> boo
     ray_dir = ray_dir if ray_dir is not None else ray_package_dir()
     if not ray_dir:
         return False
-    for arg in cmdline[:2]:  # the executable, or the script an interpreter runs
-        if arg and os.path.isabs(arg) and os.path.realpath(arg).startswith(ray_dir + os.sep):
-            return True
-    return False
+    script = next((arg for arg in cmdline[1:] if not arg.startswith("-")), "")  # what an interpreter runs
+    return any(arg and os.path.isabs(arg) and os.path.realpath(arg).startswith(ray_dir + os.sep)
+               for arg in (cmdline[0], script))
 
 
 def _process(pid: int, start: float) -> Optional[psutil.Process]:
@@ -115,10 +118,24 @@ def _running(proc: psutil.Process) -> bool:
 
 
 def _carries(proc: psutil.Process, token: str) -> bool:
+    return bool(token) and (_environ(proc) or {}).get(TOKEN_ENV) == token
+
+
+def _environ(proc: psutil.Process) -> Optional[Dict[str, str]]:
+    """The process's environment; None when it cannot be read or is empty (a retitled process)."""
     try:
-        return bool(token) and proc.environ().get(TOKEN_ENV) == token
+        return proc.environ() or None
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-        return False
+        return None
+
+
+def _ray_parent(proc: psutil.Process) -> Optional[psutil.Process]:
+    """The process's parent when that is a running Ray process; None for an orphan."""
+    try:
+        parent = proc.parent()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return parent if parent is not None and is_ray_process(_cmdline(parent)) else None
 
 
 def _cmdline(proc: psutil.Process) -> List[str]:
@@ -229,9 +246,9 @@ class RayProcessRecord:
 
     def stop_leftovers(self, own: bool = False) -> int:
         """Stop the recorded processes that pass every check of the module docstring, with their
-        descendants that carry the token; SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`.  At a
-        driver's start they are what a killed driver left; ``own``: this driver's, after
-        ``ray.shutdown``.  Returns how many were stopped; the record is removed."""
+        descendants that carry the token or are Ray's; SIGTERM, then SIGKILL after
+        :data:`STOP_GRACE_S`.  At a driver's start they are what a killed driver left; ``own``: this
+        driver's, after ``ray.shutdown``.  Returns how many were stopped; the record is removed."""
         if not self.path.is_file():
             if own:
                 self.clear()
@@ -246,29 +263,7 @@ class RayProcessRecord:
                            f"{why}")
             self.clear()
             return 0
-        targets: Dict[int, psutil.Process] = {}
-        ancestors = {p.pid for p in psutil.Process().parents()} | {os.getpid()}
-        for pid, start in record["processes"]:
-            proc = _process(pid, start)
-            if proc is None:
-                if _alive(pid):
-                    logger.warning(f"{self.path}: pid {pid} is left alone: it is not the recorded process "
-                                   f"(it started at another time; the pid was reused)")
-                continue
-            cmdline = _cmdline(proc)
-            if pid in ancestors:
-                reason = "it is this driver or one of its parents"
-            elif not is_ray_process(cmdline):
-                reason = "its command line is not a Ray process's"
-            elif not _carries(proc, record["token"]):
-                reason = "it does not carry the recording driver's token, so that driver's Ray did not start it"
-            else:
-                targets[pid] = proc
-                for child in _descendants(proc):
-                    if child.pid not in ancestors and _carries(child, record["token"]):
-                        targets.setdefault(child.pid, child)
-                continue
-            logger.warning(f"{self.path}: pid {pid} ({_shown(cmdline)}) is left alone: {reason}")
+        targets = self._targets(record)
         stopped = self._stop(list(targets.values()))
         if stopped and own:
             logger.info(f"stopped {stopped} Ray process(es) still running after ray.shutdown()")
@@ -277,6 +272,47 @@ class RayProcessRecord:
                            f"started and left running when it died (recorded in {self.path})")
         self.clear()
         return stopped
+
+    def _targets(self, record: Dict[str, Any]) -> Dict[int, psutil.Process]:
+        """The processes of ``record`` that may be stopped (checks 2-4 of the module docstring) and
+        their descendants that carry the token or are Ray's; every other recorded process that is
+        alive is named in a warning with the check it failed."""
+        ancestors = {p.pid for p in psutil.Process().parents()} | {os.getpid()}
+        verified: Dict[int, psutil.Process] = {}
+        refused: Dict[int, str] = {}
+        for pid, start in record["processes"]:
+            proc = _process(pid, start)
+            if proc is None:
+                if _alive(pid):
+                    refused[pid] = "it is not the recorded process (it started at another time; the pid was reused)"
+                continue
+            cmdline = _cmdline(proc)
+            if pid in ancestors:
+                refused[pid] = f"({_shown(cmdline)}) it is this driver or one of its parents"
+            elif not is_ray_process(cmdline):
+                refused[pid] = f"({_shown(cmdline)}) its command line is not a Ray process's"
+            elif _environ(proc) is not None and not _carries(proc, record["token"]):
+                refused[pid] = (f"({_shown(cmdline)}) it does not carry the recording driver's token, so that "
+                                f"driver's Ray did not start it")
+            elif _environ(proc) is None and _ray_parent(proc) is not None:
+                parent = _ray_parent(proc)
+                refused[pid] = (f"({_shown(cmdline)}) its environment cannot be read and its parent, pid "
+                                f"{parent.pid if parent else '?'}, is a running Ray process: it belongs to that "
+                                f"Ray instance")
+            else:
+                verified[pid] = proc
+        # below a verified process: its Ray children (Ray's agents get an environment of their own)
+        # and whatever carries the token (a task's own subprocesses)
+        targets = dict(verified)
+        for proc in verified.values():
+            for child in _descendants(proc):
+                if child.pid not in ancestors and (_carries(child, record["token"])
+                                                   or is_ray_process(_cmdline(child))):
+                    targets.setdefault(child.pid, child)
+        for pid, reason in refused.items():
+            if pid not in targets:
+                logger.warning(f"{self.path}: pid {pid} is left alone: {reason}")
+        return targets
 
     @staticmethod
     def _stop(procs: List[psutil.Process]) -> int:
