@@ -626,3 +626,26 @@ def test_preflight_checks_every_grid_point_up_to_the_limit_and_never_more(size: 
     assert len(indices) <= PREFLIGHT_MAX_POINTS and indices[0] == 0 and indices[-1] < size
     if size <= PREFLIGHT_MAX_POINTS:
         assert list(indices) == list(range(size))
+
+
+RAY_DIR = "/venv/lib/python3.11/site-packages/ray"
+RAY_COMMANDS = [  # the command lines of a local Ray instance's processes (ray 2.x), its folder RAY_DIR
+    [f"{RAY_DIR}/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/ray/session_x/logs"],
+    [f"{RAY_DIR}/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/ray/session_x/sockets/raylet"],
+    ["/venv/bin/python", "-u", f"{RAY_DIR}/autoscaler/_private/monitor.py", "--logs-dir=/tmp/ray"],
+    ["/venv/bin/python", f"{RAY_DIR}/dashboard/dashboard.py", "--host=127.0.0.1"],
+    ["/venv/bin/python", "-u", f"{RAY_DIR}/_private/log_monitor.py", "--session-dir=/tmp/ray/session_x"],
+    ["/venv/bin/python", f"{RAY_DIR}/_private/workers/default_worker.py", "--node-ip-address=127.0.0.1"],
+    ["ray::IDLE"], ["ray::execute"], ["ray::DashboardAgent"],
+]
+NOT_RAY_COMMANDS = [
+    ["sleep", "120"], ["/bin/bash"], ["sh", "-c", "sleep 120 & wait"], ["/venv/bin/python", "-c", "import ray"],
+    ["/venv/bin/python", "/home/user/ray/train.py"], ["/usr/local/bin/raylet", "--fake"], ["python", "-m", "ray"],
+    ["/venv/bin/python", "-u", "/home/user/x.py", f"{RAY_DIR}/dashboard/dashboard.py"], [], [""],
+]
+
+
+@pytest.mark.parametrize("cmdline", RAY_COMMANDS + NOT_RAY_COMMANDS)
+def test_a_ray_process_is_told_by_its_command_line(cmdline) -> None:
+    from khar_mmsa.experiments.sweep import is_ray_process
+    assert is_ray_process(cmdline, ray_dir=RAY_DIR) == (cmdline in RAY_COMMANDS)
