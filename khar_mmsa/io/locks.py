@@ -10,7 +10,8 @@ the callers promise:
   be that very file (same device and inode), else it tries again.  :func:`check_lock_path` makes
   the same refusal before any work, without creating anything;
 * ``wait=False``: a held lock raises :class:`LockHeld` at once, naming the holder from the note the
-  holder wrote into the lock file (``holder_note``), read before this process touches the file;
+  holder wrote into the lock file (``holder_note``), read before ``filelock`` opens the file (and
+  put back if that open emptied it, as ``filelock`` before 4.0 does with ``O_TRUNC``);
 * ``remove_on_release=True``: the lock file is removed while still held, so nothing is left next to
   the user's files; a waiter that then gets the lock on the removed file sees that the path is no
   longer its file and locks the new one instead.
@@ -105,6 +106,8 @@ class ExclusiveLock:
             try:
                 lock.acquire()
             except filelock.Timeout:
+                if note and os.fstat(fd).st_size == 0:  # filelock < 4 opens with O_TRUNC: put the note back
+                    os.pwrite(fd, f"{note}\n".encode(), 0)
                 os.close(fd)
                 raise LockHeld(self.path, note or "another process") from None
             except BaseException:
