@@ -191,12 +191,14 @@ class RayProcessRecord:
         me = psutil.Process()
         fresh: Dict[int, Dict[str, Any]] = {}
         for proc in _descendants(me):
-            if proc.pid in self._before or proc.pid in self._known:
+            if proc.pid in self._before:
                 continue
             try:
-                fresh[proc.pid] = {"pid": proc.pid, "start": proc.create_time(), "cmdline": _cmdline(proc)}
+                start = proc.create_time()
             except psutil.NoSuchProcess:
                 continue
+            if self._known.get(proc.pid, {}).get("start") != start:  # new, or a reused pid
+                fresh[proc.pid] = {"pid": proc.pid, "start": start, "cmdline": _cmdline(proc)}
         if not fresh:
             return
         self._known.update(fresh)
