@@ -386,7 +386,7 @@ def test_a_results_file_with_other_columns_is_refused_and_kept(dummy_khar: Path,
     assert mmsa_csv.read_text() == "Model,Acc\nx,1\n"
 
 
-@pytest.mark.parametrize("damage", ["unparsable", "read-only", "symlink"])
+@pytest.mark.parametrize("damage", ["unparsable", "read-only", "symlink", "lock-symlink"])
 def test_a_bad_results_file_fails_before_training(damage: str, dummy_khar: Path, mmsa_run_kwargs,
                                                   tmp_path: Path) -> None:
     mmsa_csv = results_files.results_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi")
@@ -401,11 +401,12 @@ def test_a_bad_results_file_fails_before_training(damage: str, dummy_khar: Path,
     else:
         secret = tmp_path / "secret.txt"
         secret.write_text("user,password\n")
-        mmsa_csv.symlink_to(secret)
+        link = mmsa_csv if damage == "symlink" else mmsa_csv.with_name(mmsa_csv.name + ".lock")
+        link.symlink_to(secret)
     with pytest.raises(results_files.ResultsFileError):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
     assert DummyTrainer.events == []
-    if damage == "symlink":
+    if damage.endswith("symlink"):
         assert (tmp_path / "secret.txt").read_text() == "user,password\n"
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -75,6 +76,31 @@ def test_ray_tune_search_that_must_fail_stops_before_ray_starts(tmp_path, tiny_f
     with pytest.raises(ray_tune.TuneSetupError, match=r"the data cannot be used.*missing\.pkl"):
         ray_tune.search("khar", "mosi", config_file=str(config_file), config=dict(overrides, modal_dim=16),
                         custom_feature=str(tmp_path / "missing.pkl"), num_samples=4, out_dir=tmp_path / "tune")
+
+
+class _RayStarted(Exception):
+    """Raised where Ray would start: what happened before is all a test needs."""
+
+
+def test_ray_tune_checks_at_most_the_limit_of_grid_points_and_says_so(tmp_path, tiny_features, tiny_bert,
+                                                                      monkeypatch, caplog) -> None:
+    """``python -m khar_mmsa tune -m khar``: KHaR's grid is larger than the preflight limit; the log
+    names how many points were checked (at most the limit) out of the grid's size."""
+    from khar_mmsa import cli
+    from khar_mmsa.experiments import ray_tune, sweep
+
+    def start_ray(*args, **kwargs):
+        raise _RayStarted()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(sweep, "ray_init", start_ray)
+    with caplog.at_level("INFO", logger="MMSA"), pytest.raises(_RayStarted):
+        cli.main(["tune", "-m", "khar", "-d", "mosi", "--custom-feature", str(tiny_features("mosi")),
+                  "--set", f"pretrained={tiny_bert}", "--out", str(tmp_path / "tune")])
+    lines = [r.getMessage() for r in caplog.records if "points checked before Ray starts" in r.getMessage()]
+    assert len(lines) == 1, caplog.text[-2000:]
+    checked, size = (int(w) for w in re.match(r"Ray Tune: (\d+) of the grid's (\d+) points", lines[0]).groups())
+    assert size > ray_tune.PREFLIGHT_MAX_POINTS >= checked == len(ray_tune.preflight_indices(size))
+    assert f"at most {ray_tune.PREFLIGHT_MAX_POINTS}" in lines[0]
 
 
 def test_address_auto_without_ray_is_one_line(tmp_path, monkeypatch, capsys) -> None:

@@ -387,8 +387,8 @@ def test_one_shared_reference_within_the_budget_loads(tmp_path: Path) -> None:
 
 
 # --- links and modes ---------------------------------------------------------------------------
-from khar_mmsa.io.safe_io import (UnsafePathError, check_writable_file, new_file_mode,  # noqa: E402
-                                  open_lock_file)
+from khar_mmsa.io.locks import open_lock_file  # noqa: E402
+from khar_mmsa.io.safe_io import UnsafePathError, check_writable_file, new_file_mode  # noqa: E402
 
 
 def test_atomic_write_refuses_a_symlink_target_and_leaves_both_untouched(tmp_path: Path) -> None:

@@ -4,20 +4,24 @@ Ray's executor and Ray Tune are in ``test_ray.py`` (skipped without Ray).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import multiprocessing
 import os
 import runpy
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pandas as pd
+import psutil
 import pytest
 
 from khar_mmsa import cli
@@ -251,24 +255,36 @@ def test_lock_file_planted_as_a_link_is_not_followed(tmp_path: Path) -> None:
 
 
 _FAKE_RAY_DRIVER = """
-import importlib.util, subprocess, sys, time, types
+import importlib.util, shutil, subprocess, sys, time, types
 spec = importlib.util.find_spec("khar_mmsa")  # the package without its MMSA registration: a fast start
 pkg = types.ModuleType("khar_mmsa"); pkg.__path__ = list(spec.submodule_search_locations)
 sys.modules["khar_mmsa"] = pkg
 from khar_mmsa.experiments.sweep import RayProcessRecord
 record = RayProcessRecord(sys.argv[1])
-record.before_start()
-children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) for _ in range(2)]
+record.before_start()  # the token goes into the environment the 'Ray' processes inherit
+# stand-ins for Ray's idle workers: their command line is what Ray's is (ray::IDLE), and for one of
+# Ray's agents, whose retitling leaves its environment empty
+children = [subprocess.Popen(["ray::IDLE", "120"], executable=shutil.which("sleep")) for _ in range(2)]
+children.append(subprocess.Popen(["ray::DashboardAgent", "120"], executable=shutil.which("sleep"), env={}))
 record.update()
 print("ready", flush=True)
 time.sleep(120)
 """
 
 
+def _alive_as_recorded(pid: int, start: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - start) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: Path) -> None:
     """A driver records the processes its Ray started; SIGKILLed, it leaves them running; the next
-    sweep on the same folder stops them before it starts (here two stand-ins for Ray's processes)."""
-    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME, _start_time
+    sweep on the same folder stops them before it starts (here stand-ins for two Ray workers and
+    an agent)."""
+    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME
     out = tmp_path / "sweep"
     out.mkdir()
     driver = subprocess.Popen([sys.executable, "-c", _FAKE_RAY_DRIVER, str(out)], env=_env(),
@@ -282,12 +298,101 @@ def test_ray_processes_of_a_killed_driver_are_stopped_by_the_next_one(tmp_path: 
             driver.kill()
         driver.stdout.close()
     recorded = json.loads((out / RAY_RECORD_NAME).read_text())["processes"]
-    assert len(recorded) == 2 and all(_start_time(p["pid"]) == p["start"] for p in recorded)  # orphaned, alive
+    assert len(recorded) == 3 and all(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # orphaned
     data = tmp_path / "features.pkl"
     data.write_bytes(b"0" * 10)
     run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
-    assert all(_start_time(p["pid"]) != p["start"] for p in recorded)  # stopped
+    assert not any(_alive_as_recorded(p["pid"], p["start"]) for p in recorded)  # stopped
     assert not (out / RAY_RECORD_NAME).exists()
+
+
+# ---- a crafted record: nothing but the driver's own Ray processes is ever stopped -----------------
+def _sleeper(argv0: str = "sleep", token: Optional[str] = None) -> subprocess.Popen:
+    """``sleep 120`` with the command line ``<argv0> 120``, the sweep's token in its environment or not."""
+    from khar_mmsa.experiments.sweep.processes import TOKEN_ENV
+    env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+    if token is not None:
+        env[TOKEN_ENV] = token
+    return subprocess.Popen([argv0, "120"], executable=shutil.which("sleep"), env=env)
+
+
+def _user_shell() -> list:
+    """A user's shell and the ``sleep`` it waits for."""
+    shell = subprocess.Popen(["sh", "-c", "sleep 120 & wait"])
+    deadline = time.monotonic() + 30
+    while not psutil.Process(shell.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [shell.pid] + [c.pid for c in psutil.Process(shell.pid).children()]
+
+
+# case: (what the record lists, what the record says about itself, the reason logged); "genuine" is stopped
+CRAFTED = {
+    "user's shell and its sleep": ("shell", {}, "its command line is not a Ray process's"),
+    "a Ray-titled process without the token": ("ray-no-token", {}, "does not carry the recording driver's token"),
+    "the token but not a Ray command line": ("plain-token", {}, "its command line is not a Ray process's"),
+    "recorded for another --out": ("ray-token", {"out": "elsewhere"}, "written for another folder"),
+    "another start time (a reused pid)": ("ray-token", {"shift": 100.0}, "not the recorded process"),
+    "its driver still running": ("ray-token", {"live_driver": True}, "is still running"),
+    "an empty environment under a live Ray process": ("ray-under-ray", {}, "is a running Ray process"),
+    "genuine": ("ray-token", {}, None),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_a_crafted_ray_record_stops_only_the_drivers_own_ray_processes(case: str, tmp_path: Path, caplog) -> None:
+    """``sweep-ray-processes.json`` listing pids that are not Ray processes this --out's driver
+    started: the next sweep leaves them running and logs why; a genuine leftover is stopped."""
+    from khar_mmsa.experiments.sweep import RAY_RECORD_NAME
+    what, record_says, reason = CRAFTED[case]
+    token = "0123456789abcdef0123456789abcdef"
+    out = tmp_path / "sweep"
+    out.mkdir()
+    spawned: list = []
+    helper: list = []
+    try:
+        if what == "shell":
+            pids = _user_shell()
+            spawned = [psutil.Process(p) for p in pids]
+        elif what == "ray-under-ray":  # another Ray instance's agent: its parent is a live Ray process
+            code = ("import shutil, subprocess, time; c = subprocess.Popen(['ray::DashboardAgent', '120'], "
+                    "executable=shutil.which('sleep'), env={}); print(c.pid, flush=True); time.sleep(120)")
+            parent = subprocess.Popen(["ray::raylet", "-c", code], executable=sys.executable, stdout=subprocess.PIPE,
+                                      text=True)
+            helper.append(parent.pid)
+            spawned = [psutil.Process(int(parent.stdout.readline()))]
+            parent.stdout.close()
+        else:
+            argv0 = "sleep" if what == "plain-token" else "ray::IDLE"
+            proc = _sleeper(argv0, token if what in ("ray-token", "plain-token") else None)
+            spawned = [psutil.Process(proc.pid)]
+        live_driver = _user_shell() if record_says.get("live_driver") else []
+        helper += live_driver
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        driver = (live_driver[0], psutil.Process(live_driver[0]).create_time()) if live_driver else (dead.pid, 0.0)
+        record = {"driver": driver[0], "driver_start": driver[1], "host": socket.gethostname(),
+                  "out": str(tmp_path / "elsewhere") if record_says.get("out") else str(out.resolve()),
+                  "token": token,
+                  "processes": [{"pid": p.pid, "start": p.create_time() - record_says.get("shift", 0.0),
+                                 "cmdline": p.cmdline()} for p in spawned]}
+        (out / RAY_RECORD_NAME).write_text(json.dumps(record))
+        data = tmp_path / "features.pkl"
+        data.write_bytes(b"0" * 10)
+        with caplog.at_level("INFO", logger="MMSA"):
+            run_sweep(_specs(out, data, seeds=(1,)), manifest_path=out / "sweep-manifest.jsonl", stream=io.StringIO())
+        alive = [_alive_as_recorded(p.pid, p.create_time()) for p in spawned]
+        if reason is None:
+            assert not any(alive), "a genuine leftover Ray process of a killed driver was not stopped"
+            assert "stopped 1 Ray process(es) that an earlier sweep driver" in caplog.text
+        else:
+            assert all(alive), f"{case}: a process that is not this driver's Ray was stopped"
+            assert reason in caplog.text and "left alone" in caplog.text
+            assert "stopped" not in caplog.text
+        assert not (out / RAY_RECORD_NAME).exists()
+    finally:
+        for pid in [p.pid for p in spawned] + helper:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).kill()
 
 
 # ---- manifest lines that are not records ---------------------------------------------------------
@@ -464,3 +569,83 @@ print("light" if not heavy else heavy)
 """
     done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("light"), done.stderr[-2000:]
+
+
+# ---- the first hour's stumbles: the rerun's tables, the progress line -----------------------------
+def _metrics_in_runner_order(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
+    """Metrics in the order a trainer gives them (not by name), as MMSA's do_test does."""
+    return {"metrics": {"MAE": 0.7 + spec.seed / 1000, "Corr": 0.5, "Mult_acc_2": 0.6}}
+
+
+def test_a_rerun_writes_the_tables_with_the_first_runs_columns(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The rerun reads finished runs back from the manifest (stored with sorted keys): its
+    results.csv and summary.csv have the first run's header, also with a new seed mixed in."""
+    from khar_mmsa.experiments import sweep
+    monkeypatch.setattr(sweep, "mmsa_run_one", _metrics_in_runner_order)
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    argv = ["sweep", "-m", "tfn", "-d", "mosi", "--custom-feature", str(data), "--out", str(out)]
+    with caplog.at_level("INFO", logger="MMSA"):
+        assert cli.main(argv + ["-s", "1"]) == 0
+    headers = {name: (out / name).read_text().splitlines()[0] for name in ("results.csv", "summary.csv")}
+    assert cli.main(argv + ["-s", "1"]) == 0  # every run reused from the manifest
+    assert {name: (out / name).read_text().splitlines()[0] for name in headers} == headers
+    assert cli.main(argv + ["-s", "1", "2"]) == 0  # one reused, one made now
+    assert {name: (out / name).read_text().splitlines()[0] for name in headers} == headers
+    assert pd.read_csv(out / "results.csv")["seed"].tolist() == [1, 2]
+    # the progress line and the messages name the sweep once
+    assert "sweep sweep" not in caplog.text
+    assert any(r.getMessage().startswith("sweep mosi: 1/1 done") for r in caplog.records)
+
+
+def test_a_lock_file_link_stops_the_sweep_before_any_work(tmp_path: Path, capsys) -> None:
+    """``sweep.lock`` planted as a link: one line naming it, and nothing made -- no manifest, no run
+    folder, nothing where the link points."""
+    from khar_mmsa.experiments.sweep import LOCK_NAME
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    target = tmp_path / "journal.txt"
+    (out / LOCK_NAME).symlink_to(target)
+    code = cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "--custom-feature", str(data), "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out / LOCK_NAME} is a symbolic link" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME] and not target.exists()
+
+
+@pytest.mark.parametrize("size", [1, 7, 4095, 4096, 4097, 8192, 8193, 11664, 6377292000])
+def test_preflight_checks_every_grid_point_up_to_the_limit_and_never_more(size: int) -> None:
+    """Ray Tune's preflight (no Ray needed to pick the points): all points up to
+    PREFLIGHT_MAX_POINTS, else at most that many, first point included."""
+    from khar_mmsa.experiments.ray_tune import PREFLIGHT_MAX_POINTS, preflight_indices
+    indices = preflight_indices(size)
+    assert len(indices) == min(size, PREFLIGHT_MAX_POINTS) or size > PREFLIGHT_MAX_POINTS >= len(indices)
+    assert len(indices) <= PREFLIGHT_MAX_POINTS and indices[0] == 0 and indices[-1] < size
+    if size <= PREFLIGHT_MAX_POINTS:
+        assert list(indices) == list(range(size))
+
+
+RAY_DIR = "/venv/lib/python3.11/site-packages/ray"
+RAY_COMMANDS = [  # the command lines of a local Ray instance's processes (ray 2.x), its folder RAY_DIR
+    [f"{RAY_DIR}/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/ray/session_x/logs"],
+    [f"{RAY_DIR}/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/ray/session_x/sockets/raylet"],
+    ["/venv/bin/python", "-u", f"{RAY_DIR}/autoscaler/_private/monitor.py", "--logs-dir=/tmp/ray"],
+    ["/venv/bin/python", f"{RAY_DIR}/dashboard/dashboard.py", "--host=127.0.0.1"],
+    ["/venv/bin/python", "-u", f"{RAY_DIR}/_private/log_monitor.py", "--session-dir=/tmp/ray/session_x"],
+    ["/venv/bin/python", f"{RAY_DIR}/_private/workers/default_worker.py", "--node-ip-address=127.0.0.1"],
+    ["ray::IDLE"], ["ray::execute"], ["ray::DashboardAgent"],
+]
+NOT_RAY_COMMANDS = [
+    ["sleep", "120"], ["/bin/bash"], ["sh", "-c", "sleep 120 & wait"], ["/venv/bin/python", "-c", "import ray"],
+    ["/venv/bin/python", "/home/user/ray/train.py"], ["/usr/local/bin/raylet", "--fake"], ["python", "-m", "ray"],
+    ["/venv/bin/python", "-u", "/home/user/x.py", f"{RAY_DIR}/dashboard/dashboard.py"], [], [""],
+]
+
+
+@pytest.mark.parametrize("cmdline", RAY_COMMANDS + NOT_RAY_COMMANDS)
+def test_a_ray_process_is_told_by_its_command_line(cmdline) -> None:
+    from khar_mmsa.experiments.sweep import is_ray_process
+    assert is_ray_process(cmdline, ray_dir=RAY_DIR) == (cmdline in RAY_COMMANDS)

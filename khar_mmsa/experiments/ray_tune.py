@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -113,10 +114,17 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     train_candidate(args, num_workers=0, on_epoch_end=report)
 
 
-def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[int, int]:
+def preflight_indices(size: int, limit: int = PREFLIGHT_MAX_POINTS) -> range:
+    """The grid points :func:`preflight` checks: all ``size`` when they are at most ``limit``, else
+    at most ``limit`` of them spread evenly (every ``ceil(size / limit)``-th point)."""
+    step = max(1, math.ceil(size / limit))
+    return range(0, size, step)
+
+
+def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[int, int, int]:
     """Check the grid's configs and the data once, before any trial (see the module docstring).
 
-    Returns ``(grid points checked, invalid ones)``; raises :class:`TuneSetupError` when every
+    Returns ``(grid points checked, invalid ones, grid size)``; raises :class:`TuneSetupError` when every
     checked point is invalid or the feature file cannot be read or does not fit the config.
     """
     from khar_mmsa.integration.features import load_features
@@ -124,11 +132,10 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
     from khar_mmsa.integration.tune import candidate_args, grid_axes, grid_point, grid_size
     axes = grid_axes(base)
     size = grid_size(axes)
-    step = max(1, size // PREFLIGHT_MAX_POINTS)
     checked, invalid = 0, 0
     problems: Dict[str, Any] = {}  # first grid point of each distinct error
     first_valid = None
-    for index in range(0, size, step):
+    for index in preflight_indices(size):
         point = grid_point(axes, index)
         args = candidate_args(base, point, overrides)
         checked += 1
@@ -154,7 +161,7 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
     except Exception as exc:  # noqa: BLE001 - missing, unreadable or mismatched data: every trial would fail
         raise TuneSetupError(f"the data cannot be used, so every trial would fail; Ray was not started: "
                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
-    return checked, invalid
+    return checked, invalid, size
 
 
 def absolute_paths(args: Mapping[str, Any]) -> Dict[str, Any]:
@@ -273,9 +280,10 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     space = search_space(base)
     if not space:
         raise ValueError(f"{model} on {dataset}: the tune config has no d_paras grid to search")
-    checked, invalid = preflight(base, overrides)
-    logger.info(f"Ray Tune: {checked - invalid} of {checked} grid points checked are valid configs; the data "
-                f"was read and validated once")
+    checked, invalid, size = preflight(base, overrides)
+    logger.info(f"Ray Tune: {checked} of the grid's {size} points checked before Ray starts (all of them up to "
+                f"{PREFLIGHT_MAX_POINTS}, else at most {PREFLIGHT_MAX_POINTS} spread over the grid), "
+                f"{checked - invalid} of them valid configs; the data was read and validated once")
     from khar_mmsa.experiments.sweep import ray_init
     own_cluster = not ray.is_initialized()
     if own_cluster:

@@ -10,9 +10,10 @@ with an error naming both).
 (space separated), then ``<Metric>`` (mean) and ``<Metric>_std`` (population std), both x100 and
 rounded to two decimals; ``pd.read_csv`` gives float columns.
 
-Both files are appended under an exclusive ``flock`` on ``<file>.lock`` (created without following
-a link, removed on release), so runs finishing together never lose a row.  :func:`check_results_files`
-runs before training: an existing file must parse and be writable, and must not be a link.
+Both files are appended under an exclusive lock on ``<file>.lock`` (:mod:`khar_mmsa.io.locks`: never
+through a link, removed on release), so runs finishing together never lose a row.  :func:`check_results_files`
+runs before training: an existing file must parse and be writable, and neither it nor its lock
+file may be a link.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ import io
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger("MMSA")
 
@@ -89,13 +91,15 @@ def _header(path: Path) -> Optional[List[str]]:
 
 def check_results_files(paths: Sequence[Path]) -> None:
     """Before training: each existing results file is a regular file (not a link), writable,
-    and parses as CSV; its folder can be written."""
+    and parses as CSV; its folder can be written; its lock file, if there, is not a link."""
     import pandas as pd
 
+    from khar_mmsa.io.locks import check_lock_path
     from khar_mmsa.io.safe_io import check_writable_file
     for path in paths:
         try:
             check_writable_file(path)
+            check_lock_path(lock_path(path))
         except OSError as exc:
             raise ResultsFileError(f"{path}: the results file cannot be appended to ({exc}); results are "
                                    f"only appended to a writable regular file, never through a link. Fix "
@@ -120,7 +124,7 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
     A new file gets a header; an existing file's rows are left byte for byte; a row whose columns
     differ from the file's header is refused (:class:`ResultsFileError`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, _FileLock(path.with_name(path.name + ".lock")):
+    with _THREAD_LOCK, _results_lock(path):
         header = _header(path)
         columns = list(row)
         if header is not None and header != columns:
@@ -160,40 +164,25 @@ def write_run_row(res_save_dir: os.PathLike, dataset_name: str, row: Mapping[str
     return mmsa_csv
 
 
-class _FileLock:
-    """Exclusive ``flock`` on a sidecar file, created without following a link and removed on
-    release.  A process that locked a file the previous holder already removed opens it again."""
+def lock_path(path: Path) -> Path:
+    """The sidecar lock file of a results file: ``<file>.lock``."""
+    return path.with_name(path.name + ".lock")
 
-    def __init__(self, lock_path: Path) -> None:
-        self.lock_path = lock_path
-        self._fd: Optional[int] = None
 
-    def __enter__(self) -> "_FileLock":
-        import fcntl
-
-        from khar_mmsa.io.safe_io import open_lock_file
-        while True:
-            try:
-                fd = open_lock_file(self.lock_path)
-            except OSError as exc:
-                raise ResultsFileError(f"{self.lock_path}: cannot create the lock file ({exc}); a link "
-                                       f"there is never followed") from exc
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.lstat(self.lock_path)
-            except FileNotFoundError:
-                current = None
-            held = os.fstat(fd)
-            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-                self._fd = fd
-                return self
-            os.close(fd)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fd is not None:
-            self.lock_path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
+@contextmanager
+def _results_lock(path: Path) -> Iterator[None]:
+    """The exclusive lock on ``<path>.lock`` (:class:`~khar_mmsa.io.locks.ExclusiveLock`: never
+    through a link, removed on release); a link there is a :class:`ResultsFileError`."""
+    from khar_mmsa.io.locks import ExclusiveLock
+    try:
+        lock = ExclusiveLock(lock_path(path), remove_on_release=True).__enter__()
+    except OSError as exc:
+        raise ResultsFileError(f"{lock_path(path)}: cannot create the lock file ({exc}); a link "
+                               f"there is never followed") from exc
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def read_results_table(path: os.PathLike) -> Any:

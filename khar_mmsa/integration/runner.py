@@ -24,9 +24,8 @@ import dataclasses
 import gc
 import importlib
 import logging
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
@@ -37,6 +36,7 @@ from khar_mmsa.integration.registration import check_model_settings, register
 from khar_mmsa.integration.results_files import (MMSA_DEFAULT_SEEDS, check_results_files, results_csv_path,
                                                  summarize, tidy_csv_path, write_run_row)
 from khar_mmsa.integration.run_state import RunState, run_key
+from khar_mmsa.reporting.run_log import run_log
 
 logger = logging.getLogger("MMSA")
 
@@ -199,33 +199,7 @@ def warn_update_epochs(args: Mapping[str, Any], loaders: Mapping[str, Any]) -> N
             f"config={{'update_epochs': {max(batches, 1)}}} or a smaller batch_size.")
 
 
-# -- logging -----------------------------------------------------------------------------------
-@contextmanager
-def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Optional[int]) -> Iterator[None]:
-    """MMSA's two handlers for one run (``<log_dir>/<model>-<dataset>.log`` at DEBUG, the console at
-    ``verbose_level``: 0 errors, 1 info, 2 debug), removed again when the run returns."""
-    mmsa_logger = logging.getLogger("MMSA")
-    level = mmsa_logger.level
-    mmsa_logger.setLevel(logging.DEBUG)
-    file_handler = logging.FileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")
-    file_handler.setLevel(logging.DEBUG)
-    file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
-    console = logging.StreamHandler()
-    console.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(
-        verbose_level if verbose_level is not None else 1, logging.INFO))
-    console.setFormatter(logging.Formatter("%(name)s - %(message)s"))
-    handlers = (file_handler, console)
-    for handler in handlers:
-        mmsa_logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            mmsa_logger.removeHandler(handler)
-            handler.close()
-        mmsa_logger.setLevel(level)
-
-
+# -- logging (the run's two handlers: khar_mmsa.reporting.run_log) -----------------------------------
 #: Keys shown on lines of their own, first.
 _FILE_KEYS = ("custom_feature", "featurePath", "feature_T", "feature_A", "feature_V")
 #: Keys of MMSA's dataset block that no trainer reads.

@@ -18,7 +18,7 @@ Links and modes.  Links in the folders leading to a file are followed (the user 
 folders so); the files themselves are never opened through a link: the temporary file is created
 with ``O_CREAT | O_EXCL`` (which never follows one), a target that is a symbolic link (dangling or
 not) is refused with :class:`UnsafePathError` -- the link and what it points to stay untouched --
-and :func:`open_lock_file` opens a lock file with ``O_NOFOLLOW``.  An existing target keeps its
+and lock files are opened with ``O_NOFOLLOW`` (:mod:`khar_mmsa.io.locks`).  An existing target keeps its
 permission bits (0600 stays 0600); a new one gets ``0o666 & ~umask`` (0644 under the usual umask),
 whatever wrote it (results, checkpoints, curves, logs: :func:`new_file_mode`).  An existing target
 without its owner's write bit is read-only: writing it raises :class:`PermissionError`, and
@@ -50,7 +50,7 @@ __all__ = [
     "UnsafePickleError", "PickleReadError", "PickleSizeError", "ALLOWED_GLOBALS", "load_pickle",
     "load_pickle_stream", "file_digest",
     "safe_torch_load", "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
-    "UnsafePathError", "check_writable_file", "new_file_mode", "open_lock_file",
+    "UnsafePathError", "check_writable_file", "new_file_mode",
 ]
 
 _TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
@@ -489,29 +489,6 @@ def check_writable_file(path: PathLike) -> None:
             raise PermissionError(f"{p}: its folder {folder} is not writable.")
     else:
         raise UnsafePathError(f"{p}: {folder} is not a folder.")
-
-
-def open_lock_file(path: PathLike) -> int:
-    """Open (or create) the lock file ``path`` for ``flock`` and return its descriptor.
-
-    ``O_NOFOLLOW``: a symbolic link at ``path`` (a dangling one too) is refused with
-    :class:`UnsafePathError` instead of creating a file wherever it points.  New lock files get
-    :func:`new_file_mode`'s bits."""
-    p = Path(path)
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(p, flags, 0o666)
-    except OSError as exc:
-        st = _existing(p)
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            raise UnsafePathError(f"{p} is a symbolic link; refusing to use it as a lock file. "
-                                  f"Remove it.") from exc
-        raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise UnsafePathError(f"{p} is not a regular file; refusing to use it as a lock file.")
-    return fd
 
 
 @contextlib.contextmanager
