@@ -25,8 +25,6 @@ until a command runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
 import re
@@ -34,20 +32,21 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, MMSA_DEFAULT_SEEDS, default_folder
+
 SUBCOMMANDS = ("tune", "sweep")
 PROG = "python -m khar_mmsa"
-DEFAULT_SWEEP_SEEDS = [1111, 1112, 1113, 1114, 1115]  # MMSA's default seeds
+
 logger = logging.getLogger("MMSA")
 
 
 def _config_keys() -> Dict[str, List[str]]:
     """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
-    (MMSA's file found with ``importlib.util.find_spec``: MMSA itself is not imported)."""
-    from khar_mmsa.integration.configs import overlay
+    (MMSA's file found without importing MMSA)."""
+    from khar_mmsa.integration.configs import installed_mmsa_config_file, overlay
     configs = [overlay("regression")]
-    spec = importlib.util.find_spec("MMSA")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "config" / "config_regression.json"
+    path = installed_mmsa_config_file("regression")
+    if path is not None:
         configs.append(json.loads(path.read_text(encoding="utf-8")))
     models, datasets = set(), set()
     for config in configs:
@@ -67,6 +66,16 @@ def known_datasets() -> List[str]:
 
 
 # ---- shared options ----------------------------------------------------------------------------
+def subcommand_parser(name: str, description: str, models: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m khar_mmsa <name>`` with its model and dataset flags: ``-m/--model``
+    (one), or with ``models='+'`` ``-m/--models`` (one or more); ``-d/--dataset``."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
+    parser.add_argument("-m", "--models" if models else "--model", type=str.lower, required=True,
+                        choices=known_models(), metavar="MODEL", **({"nargs": models} if models else {}))
+    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    return parser
+
+
 def add_threads_arg(parser: argparse.ArgumentParser, help_text: str = "torch CPU threads "
                     "(torch.set_num_threads; default: torch's own; 1 is often fastest on a busy CPU)") -> None:
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=help_text)
@@ -159,14 +168,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="Tune hyper parameters (selects on the validation split). Default: False")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="Number of candidates to tune. Default: 50")
     parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
-                        help="Random seed; repeat for several. Default: [1111, 1112, 1113, 1114, 1115]")
+                        help=f"Random seed; repeat for several. Default: {list(MMSA_DEFAULT_SEEDS)}")
     parser.add_argument("-n", "--num-workers", type=int, default=None,
                         help="Data loader workers. Default: MMSA's 4 with CUDA, 0 without")
     parser.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Verbose level of stdout: 0 error, 1 info, 2 debug. Default: 1")
-    parser.add_argument("--model-save-dir", type=str, default="", help='Default: "~/MMSA/saved_models"')
-    parser.add_argument("--res-save-dir", type=str, default="", help='Default: "~/MMSA/results"')
-    parser.add_argument("--log-dir", type=str, default="", help='Default: "~/MMSA/logs"')
+    parser.add_argument("--model-save-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["model_save_dir"]}"')
+    parser.add_argument("--res-save-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["res_save_dir"]}"')
+    parser.add_argument("--log-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["log_dir"]}"')
     parser.add_argument("-g", "--gpu-ids", action="append", type=int, default=[],
                         help="GPU to use (one). Empty: the most memory-free GPU; the CPU without CUDA. Default: []")
     parser.add_argument("-Ft", "--feature-T", type=str, default="", help="Custom text feature file. Default: \"\"")
@@ -192,7 +201,7 @@ def train_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     check_distinct_seeds(parser, args.seeds)
     apply_threads(args.threads)
-    _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or Path.home() / "MMSA" / "logs") / \
+    _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
     MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
@@ -214,12 +223,9 @@ def train_main(argv: Sequence[str]) -> int:
 # python -m khar_mmsa tune
 # ============================================================================================
 def tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} tune",
-        description="Ray Tune search over the model's config_tune.json grid, scored per epoch on the validation "
-                    "KeyEval (ASHA stops poor trials early); writes the best config as an MMSA config file.")
-    parser.add_argument("-m", "--model", type=str.lower, required=True, choices=known_models(), metavar="MODEL")
-    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    parser = subcommand_parser(
+        "tune", "Ray Tune search over the model's config_tune.json grid, scored per epoch on the validation "
+                "KeyEval (ASHA stops poor trials early); writes the best config as an MMSA config file.")
     parser.add_argument("-c", "--config", default="", help="tune config file in MMSA's schema (default: ours merged with MMSA's)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="fixed override of one config key in every trial (VALUE read as JSON)")
@@ -267,15 +273,12 @@ def tune_main(argv: Sequence[str]) -> int:
 # ============================================================================================
 def sweep_parser() -> argparse.ArgumentParser:
     from khar_mmsa.experiments.sweep import add_executor_args
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} sweep",
-        description="MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
-                    "--out makes it resumable; the driver writes one results table.")
-    parser.add_argument("-m", "--models", type=str.lower, nargs="+", required=True, choices=known_models(), metavar="MODEL")
-    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    parser = subcommand_parser(
+        "sweep", "MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
+                 "--out makes it resumable; the driver writes one results table.", models="+")
     parser.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
                         help="seeds: -s 1111 -s 1112 (MMSA's way) or -s 1111 1112; each distinct "
-                             f"(default: {' '.join(map(str, DEFAULT_SWEEP_SEEDS))})")
+                             f"(default: {' '.join(map(str, MMSA_DEFAULT_SEEDS))})")
     parser.add_argument("--custom-feature", required=True, help="feature pickle with all modalities (every run reads it)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="MODEL:KEY=VALUE",
                         help="config override for one model (or KEY=VALUE for all); VALUE read as JSON")
@@ -288,7 +291,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 def sweep_main(argv: Sequence[str]) -> int:
     parser = sweep_parser()
     args = parser.parse_args(argv)
-    seeds = args.seeds if args.seeds else list(DEFAULT_SWEEP_SEEDS)
+    seeds = args.seeds if args.seeds else list(MMSA_DEFAULT_SEEDS)
     check_distinct_seeds(parser, seeds)
     apply_threads(args.threads)
     from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
