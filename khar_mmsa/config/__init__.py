@@ -27,12 +27,13 @@ from khar_mmsa.config.khar_config import (BOOL_KEYS, FUSION_CHOICES, KL_REDUCTIO
                                           section_fields)
 from khar_mmsa.config.mmsa_args import MMSA_BOOL_KEYS, MMSA_RUNTIME_KEYS, RUN_PLACE_KEYS, mmsa_kwargs
 from khar_mmsa.config.reference import config_reference_markdown
-from khar_mmsa.config.size import MAX_DEPTH, MAX_SEQ_LEN, MAX_WIDTH, check_size, memory_estimate
+from khar_mmsa.config.size import (MAX_DEPTH, MAX_SEQ_LEN, MAX_WIDTH, PAPER_SIZE_FIELDS, PAPER_SIZE_MIN_TRAIN_CLIPS,
+                                   SMALL_DATA_SIZE, check_size, memory_estimate)
 
 __all__ = ["ARCHITECTURE_SECTIONS", "BOOL_KEYS", "ConfigError", "ConfigTypeError", "ELEMENTWISE_FUSIONS",
            "FALSE_WORDS", "FUSION_CHOICES", "IDENTITY_KINDS", "KHaRConfig", "KL_REDUCTIONS", "LABEL_RANGES",
            "MAX_DEPTH", "MAX_SEQ_LEN", "MAX_WIDTH", "MMSA_BOOL_KEYS", "MMSA_RUNTIME_KEYS", "MODALITIES",
-           "NUMERIC_RANGES", "PATH_FIELDS", "RANGES", "REBUILD_VALUES", "REFINER_CHOICES", "RUN_PLACE_KEYS",
-           "SECTIONS", "SECTION_TYPES", "TRUE_WORDS", "bool_word", "check_size", "check_types",
+           "NUMERIC_RANGES", "PAPER_SIZE_FIELDS", "PAPER_SIZE_MIN_TRAIN_CLIPS", "PATH_FIELDS", "RANGES", "REBUILD_VALUES", "REFINER_CHOICES", "RUN_PLACE_KEYS",
+           "SECTIONS", "SECTION_TYPES", "SMALL_DATA_SIZE", "TRUE_WORDS", "bool_word", "check_size", "check_types",
            "config_field", "config_reference_markdown", "env_flag", "field_types", "fingerprint",
            "memory_estimate", "mmsa_kwargs", "normalize_bools", "parse_bool", "section_fields"]

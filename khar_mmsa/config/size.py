@@ -86,3 +86,12 @@ def check_size(cfg: Any) -> None:
             f"max_model_memory_gib={cfg.max_model_memory_gib:g}; the largest part, {_gib(parts[key])}, "
             f"comes from {key}={getattr(cfg, key)} (batch_size={cfg.batch_size}). Lower it, or raise "
             f"max_model_memory_gib if the machine really has the memory.")
+
+
+#: Size settings of Table 5 and the fewest training clips they were tuned on (CMU-MOSI's standard
+#: training fold, the smallest of the paper's four datasets, has 1,284 clips).
+PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
+PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
+#: The smaller model the demo trains on its 192 clips (khar_mmsa/demo.py): what the paper-size
+#: hint suggests on small data.
+SMALL_DATA_SIZE = {"modal_dim": 64, "encoder_layers": 2}

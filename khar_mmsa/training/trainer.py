@@ -21,6 +21,7 @@ Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from khar_mmsa.config import KHaRConfig
+from khar_mmsa.config.size import PAPER_SIZE_FIELDS, PAPER_SIZE_MIN_TRAIN_CLIPS, SMALL_DATA_SIZE
 from khar_mmsa.data.bucketing import bucketed_loader
 from khar_mmsa.io.identity import feature_identity, fingerprint_of
 from khar_mmsa.losses.criterion import KHaRCriterion, float32_outputs
@@ -75,24 +77,20 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if device.type == "cpu" else None
 
 
-#: Size settings of Table 5 and the fewest training clips they were tuned on (CMU-MOSI's standard
-#: training fold, the smallest of the paper's four datasets, has 1,284 clips).
-PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
-PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
-
-
 def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
-    """Warn (and return True) when the model has the paper's size but the data is far smaller than
-    any dataset the paper tuned it on: such a run usually learns a constant prediction."""
-    defaults = KHaRConfig(dataset_name=cfg.dataset_name)
-    paper_size = all(getattr(cfg, f) == getattr(defaults, f) for f in PAPER_SIZE_FIELDS)
+    """Warn (and return True) when the model has the paper's size (:data:`PAPER_SIZE_FIELDS` at their
+    defaults) but the data is far smaller than any dataset the paper tuned it on: such a run usually
+    learns a constant prediction.  The hint suggests the demo's smaller size (:data:`SMALL_DATA_SIZE`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(KHaRConfig)}
+    paper_size = all(getattr(cfg, f) == defaults[f] for f in PAPER_SIZE_FIELDS)
     if not paper_size or train_clips >= PAPER_SIZE_MIN_TRAIN_CLIPS:
         return False
+    smaller = " ".join(f"--set {k}={v}" for k, v in SMALL_DATA_SIZE.items())
     logger.warning(
         f"KHaR has the paper's size (Table 5: {', '.join(f'{f}={getattr(cfg, f)}' for f in PAPER_SIZE_FIELDS)}) "
         f"but trains on {train_clips} clips, fewer than the {PAPER_SIZE_MIN_TRAIN_CLIPS} of the smallest dataset "
         f"it was tuned on; at this size it usually learns a constant prediction. Shrink it (e.g. "
-        f"--set modal_dim=32 --set encoder_layers=1, as the demo does) or tune it on validation (-t).")
+        f"{smaller}, as the demo does) or tune it on validation (-t).")
     return True
 
 
