@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from khar_mmsa.cli_errors import ERROR_LOG, USER_ERRORS, cli_message, report, user_error  # noqa: F401  (cli.USER_ERRORS)
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, MMSA_DEFAULT_SEEDS, default_folder
 
 SUBCOMMANDS = ("tune", "sweep")
@@ -190,10 +190,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _mmsa_run() -> Any:
-    """khar-mmsa's runner (``MMSA_run``'s arguments, any model; returns the numeric results row),
-    imported here so that ``--help`` stays light."""
-    from khar_mmsa.integration.runner import run
-    return run
+    """khar-mmsa's runner (``khar_mmsa.run``: ``MMSA_run``'s arguments, any model; returns the
+    numeric results row), looked up here so that ``--help`` stays light."""
+    import khar_mmsa
+    return khar_mmsa.run
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -201,7 +201,7 @@ def train_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     check_distinct_seeds(parser, args.seeds)
     apply_threads(args.threads)
-    _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
+    ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
     MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
@@ -325,77 +325,13 @@ def sweep_main(argv: Sequence[str]) -> int:
     return 0
 
 
-# ============================================================================================
-# One-line errors
-# ============================================================================================
-#: Errors a user causes and can fix (by class name anywhere in the MRO, so nothing is imported to
-#: tell them): one line instead of a traceback.
-USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
-               "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
-               "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
-               "ImportOrderError", "FileNotFoundError",
-               "PermissionError", "IsADirectoryError", "NotADirectoryError")
-# Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
-_PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")
-_ERROR_LOG: Dict[str, Optional[Path]] = {"file": None}  # the run's log file, once the command knows it
-
-
-def user_error(exc: BaseException) -> Optional[BaseException]:
-    """The first error in ``exc``'s chain (``__cause__`` / ``__context__``) that a user causes."""
-    seen = set()
-    todo: Optional[BaseException] = exc
-    while todo is not None and id(todo) not in seen:
-        seen.add(id(todo))
-        if any(cls.__name__ in USER_ERRORS for cls in type(todo).__mro__):
-            return todo
-        todo = todo.__cause__ or todo.__context__
-    return None
-
-
-def cli_message(exc: BaseException) -> str:
-    """``exc``'s message on one line in command-line spelling: a setting written as Python
-    (``pretrained='all-MiniLM-L6-v2'``) becomes ``--set pretrained=all-MiniLM-L6-v2``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if any(cls.__name__ in ("ConfigError", "TextEncoderNotFoundError", "FeatureValidationError")
-           for cls in type(exc).__mro__):
-        # the setting a message is about stays a name (at the start); advice to pass one gets --set
-        text = _PY_SETTING.sub(lambda m: f"{m.group(1)}={m.group(3)}" if m.start() == 0
-                               else f"--set {m.group(1)}={m.group(3)}", text)
-        text = text.replace("khar_mmsa.model.text_encoders.minilm_path() = ", "")
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}"
-    return text
-
-
-def _report(message: str) -> None:
-    """The error line on stderr, and in the 'MMSA' log's files: the run's log file when the
-    command knows it, and any file handler already on the logger (console handlers skip it)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    handler: Optional[logging.Handler] = None
-    path = _ERROR_LOG["file"]
-    if path is not None and Path(path).parent.is_dir():
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
-        logger.addHandler(handler)
-    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
-    try:
-        if files:
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
-            for h in files:
-                h.handle(record)
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; a user error (:data:`USER_ERRORS`) ends as one line and exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
     logger.setLevel(logging.INFO)
-    _ERROR_LOG["file"] = None
+    ERROR_LOG["file"] = None
     handler: Optional[logging.Handler] = None
     try:
         if argv and argv[0] in SUBCOMMANDS:
@@ -409,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cause = user_error(exc)
         if cause is None or traceback_wanted:
             raise
-        _report(cli_message(cause))
+        report(cli_message(cause), PROG)
         return 1
     finally:
         if handler is not None:

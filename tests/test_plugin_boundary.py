@@ -37,6 +37,21 @@ def test_light_modules_do_not_load_mmsa_or_torch(tmp_path: Path) -> None:
     assert "HEAVY []" in done.stdout
 
 
+def test_looking_mmsa_up_without_loading_it_does_not_use_up_the_registration(tmp_path: Path) -> None:
+    """``importlib.util.find_spec('MMSA')`` (what ``--help`` does to list MMSA's keys) between
+    ``import khar_mmsa`` and the first real import of MMSA: MMSA is still registered when it loads."""
+    done = _python("""
+        import importlib.util, sys
+        import khar_mmsa
+        from khar_mmsa.integration import registration
+        assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules
+        import MMSA.run
+        print("REGISTERED", registration.is_registered(), hasattr(MMSA.run.MMSA_run, "__wrapped__"))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REGISTERED True True" in done.stdout
+
+
 def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Path, tiny_features,
                                                                    mmsa_run_kwargs, fast_mmsa,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
