@@ -103,7 +103,7 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
 
 
 def select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[str, Any],
-                     config: Optional[Mapping[str, Any]], best_ckpt: Path, seed: int, num_workers: int,
+                    config: Optional[Mapping[str, Any]], best_ckpt: Path, seed: int, num_workers: int,
                     model_name: str, dataset_name: str) -> Dict[str, Any]:
     """Select the row with the best validation ``key_eval``, write its config file and score its
     checkpoint on the test split (the only test score of the search)."""
