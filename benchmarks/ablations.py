@@ -21,6 +21,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS
+
 from . import common
 from .common import RunResult, Timer
 from .compare import KHAR_QUICK, KHAR_SMOKE
@@ -57,7 +59,7 @@ PAPER_TABLE3: Dict[str, Dict[str, Tuple[float, float, float]]] = {
 
 SIZES = {"smoke": (16, 8, 8), "quick": (128, 64, 128), "full": None}
 SEQ_LENS = {"smoke": (8, 10, 12), "quick": (20, 32, 32), "full": None}
-SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": [1111, 1112, 1113, 1114, 1115]}
+SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": list(MMSA_DEFAULT_SEEDS)}
 # Quick mode trains 12 variants: the text encoder is frozen in all of them (fine-tuning MiniLM is
 # ~2/3 of a CPU step) and 5 epochs; the variants still differ only in their Table 3 switch.
 KHAR_QUICK_ABLATION = dict(KHAR_QUICK, epochs=5, finetune_bert=False)
@@ -87,11 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--dataset", default="mosi", choices=("mosi", "mosei", "sims", "simsv2"))
     parser.add_argument("--variants", nargs="+", default=None,
                         help="row titles to run (default: all of Table 3)")
-    common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    common.setup_cli_logging()
-    run_name = f"ablations-{args.data}-{args.dataset}"
-    common.resolve_paths(args, run_name)
+    args, run_name = common.parse_cli(parser, argv, lambda a: f"ablations-{a.data}-{a.dataset}")
     seeds = args.seeds or SEEDS[args.mode]
     machine = common.machine_description()
     variants = [v for v in VARIANTS if args.variants is None or v[1] in args.variants]

@@ -36,7 +36,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from khar_mmsa.mmsa_conventions import SPLITS
 
 # Offline by design; progress bars of MMSA's trainers would flood the logs of background runs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,12 +113,11 @@ def fmt_paper(key: str, value: Optional[float]) -> str:
 def stats_from_runs(per_seed: Sequence[Mapping[str, float]]) -> Dict[str, Stat]:
     """Per-seed metric dicts (natural units, as ``do_test`` returns them) -> Stats in MMSA's
     convention: mean and population std (``np.std``) x100, rounded to 2 decimals like MMSA."""
-    import numpy as np
+    from khar_mmsa.integration.results_files import mean_std_x100
     out: Dict[str, Stat] = {}
     for key in per_seed[0]:
         values = [float(r[key]) for r in per_seed]
-        out[key] = Stat(round(float(np.mean(values)) * 100, 2), round(float(np.std(values)) * 100, 2),
-                        len(values))
+        out[key] = Stat(*mean_std_x100(values), len(values))
     return out
 
 
@@ -257,6 +258,18 @@ def add_common_args(parser: argparse.ArgumentParser, default_seeds: Optional[Seq
     add_executor_args(parser)
 
 
+def parse_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+              run_name: Callable[[argparse.Namespace], str]) -> Tuple[argparse.Namespace, str]:
+    """A benchmark's start: the common flags added and parsed, logging on stderr, the run's name
+    (``run_name(args)``) and its paths resolved (:func:`resolve_paths`)."""
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    setup_cli_logging()
+    name = run_name(args)
+    resolve_paths(args, name)
+    return args, name
+
+
 def resolve_paths(args: argparse.Namespace, run_name: str) -> None:
     """Fill ``args.out``, ``args.results_md`` and ``args.tables_dir`` from the mode; apply --threads."""
     if getattr(args, "threads", None):
@@ -383,7 +396,7 @@ def _inputs_key(label_csv: Path, tokenizer: Path) -> str:
 def split_sizes(path: Path) -> Tuple[int, int, int]:
     from khar_mmsa.io.safe_io import load_pickle
     data = load_pickle(path)
-    return tuple(len(data[s]["regression_labels"]) for s in ("train", "valid", "test"))  # type: ignore[return-value]
+    return tuple(len(data[s]["regression_labels"]) for s in SPLITS)  # type: ignore[return-value]
 
 
 # ---- MMSA runs ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, SPLITS
+
 from . import common
 from .common import RunResult, Timer
 
@@ -88,8 +90,8 @@ def paper_rows(dataset: str) -> List[Tuple[str, Mapping[str, Optional[float]]]]:
 # ---- settings per mode -----------------------------------------------------------------------
 PLANTED_SIZES = {"smoke": (16, 8, 8), "quick": (256, 64, 128), "full": None}   # None: the real sizes
 PLANTED_SEQ_LENS = {"smoke": (8, 10, 12), "quick": (20, 32, 32), "full": None}  # None: the real lengths
-DEFAULT_SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": [1111, 1112, 1113, 1114, 1115]}
-TRANSCRIPT_SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": [1111, 1112, 1113, 1114, 1115]}
+DEFAULT_SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": list(MMSA_DEFAULT_SEEDS)}
+TRANSCRIPT_SEEDS = {"smoke": [1111], "quick": [1111, 1112, 1113], "full": list(MMSA_DEFAULT_SEEDS)}
 # quick mode trains on MOSI's whole training fold (1,281 clips): with a 512-clip subset and one seed,
 # KHaR's margin over the text-only floor could not be told from seed noise
 TRANSCRIPT_TRAIN_SUBSET = {"smoke": 16, "quick": None, "full": None}
@@ -171,7 +173,7 @@ def _smoke_subset(path: Path, out: Path) -> Path:
     from khar_mmsa.io.safe_io import load_pickle
     data = load_pickle(path)
     small = out / "transcripts-smoke.pkl"
-    for split, n in zip(("train", "valid", "test"), SMOKE_TRANSCRIPT_SIZES):
+    for split, n in zip(SPLITS, SMOKE_TRANSCRIPT_SIZES):
         data[split] = {k: v[:n] for k, v in data[split].items()}
     with open(small, "wb") as f:
         pickle.dump(data, f)
@@ -280,11 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                         help="an earlier table CSV of this comparison: its rows are shown beside the new ones")
     parser.add_argument("--previous-label", default="before",
                         help="what the --previous rows were (printed in their row titles)")
-    common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    common.setup_cli_logging()
-    run_name = f"compare-{args.data}-{args.dataset}"
-    common.resolve_paths(args, run_name)
+    args, run_name = common.parse_cli(parser, argv, lambda a: f"compare-{a.data}-{a.dataset}")
     seeds = args.seeds or (TRANSCRIPT_SEEDS if args.data == "transcripts" else DEFAULT_SEEDS)[args.mode]
     machine = common.machine_description()
     logger.info(f"{run_name} ({args.mode}) on {common.machine_line(machine)}")

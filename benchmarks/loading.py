@@ -25,6 +25,8 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from khar_mmsa.mmsa_conventions import SPLITS
+
 from . import common
 from .common import Timer
 
@@ -42,7 +44,7 @@ def make_pickle(path: Path, sizes: Sequence[int], text: int, audio: Sequence[int
                 vision: Sequence[int], seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     data: Dict[str, Any] = {}
-    for split, n in zip(("train", "valid", "test"), sizes):
+    for split, n in zip(SPLITS, sizes):
         tb = np.zeros((n, 3, text))
         tb[:, 0] = rng.integers(100, 30000, size=(n, text))
         tb[:, 1] = 1

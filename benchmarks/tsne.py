@@ -49,11 +49,11 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     import khar_mmsa  # noqa: F401  - registers 'khar' and our config before MMSA's config is read
     from MMSA.config import get_config_regression
     from MMSA.data_loader import MMDataLoader
-    from MMSA.utils.functions import setup_seed
 
     from khar_mmsa.integration import metrics_for
     from khar_mmsa.model.khar import KHaR
     from khar_mmsa.io.safe_io import safe_torch_load
+    from khar_mmsa.training.seeding import seed_everything
     from khar_mmsa.training.trainer import KHaRTrainer
 
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
                  "feature_A": None, "feature_V": None, "device": torch.device("cpu"),
                  "train_mode": "regression", "cur_seed": 1, "model_save_path": out / f"khar-{dataset}.pth"})
     args.update(dict(overrides))
-    setup_seed(seed)
+    seed_everything(seed)
     loaders = MMDataLoader(args, 0)           # fills feature_dims / seq_lens from the pickle
     model = KHaR(args)
     trainer = KHaRTrainer(args, metrics=metrics_for(dataset))

@@ -45,6 +45,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from khar_mmsa.mmsa_conventions import SPLITS
+
 from . import common
 from .common import Timer
 from .compare import (KHAR_QUICK, KHAR_SMOKE, MODEL_TITLES, TEXT_FLOOR, TRANSCRIPT_SEEDS, TRANSCRIPT_TEXT_LEN,
@@ -169,7 +171,7 @@ def _first_clips(path: Path, sizes: Sequence[int]) -> Path:
     small = path.with_name(f"{path.stem}-first{'x'.join(map(str, sizes))}.pkl")
     if not small.is_file():
         data = load_pickle(path)
-        for split, n in zip(("train", "valid", "test"), sizes):
+        for split, n in zip(SPLITS, sizes):
             data[split] = {k: v[:n] for k, v in data[split].items()}
         with atomic_open(small) as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)

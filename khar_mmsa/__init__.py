@@ -9,7 +9,7 @@ only when something needs it: if it is not imported yet, registration happens th
 (validation, safe loading, resume, tuning on validation); ``khar_mmsa.test(...)`` is
 ``MMSA_test`` with safe loading, for any model.
 """
-from typing import Any
+from typing import Any, Optional
 
 from khar_mmsa.config import ConfigError, KHaRConfig
 from khar_mmsa.integration.deferred import register_with_mmsa
@@ -23,12 +23,15 @@ __all__ = ["KHaRConfig", "ConfigError", "register", "unregister", "is_registered
 def run(model_name: str, dataset_name: str, **kwargs: Any) -> Any:
     """``MMSA_run``'s arguments, for any model, through khar-mmsa's runner (see the README)."""
     from khar_mmsa.integration.runner import run as _run
+    register()
     return _run(model_name, dataset_name, **kwargs)
 
 
-def test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0) -> Any:
-    """``MMSA_test``'s arguments, for any model, with the feature file read safely and checked."""
+def test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optional[int] = None) -> Any:
+    """``MMSA_test``'s arguments, for any model, with the feature file read safely and checked
+    (``gpu_id=None``: MMSA's default 0)."""
     from khar_mmsa.integration.mmsa_test import mmsa_test
+    register()
     return mmsa_test(config, weights_path, feature_path, gpu_id)
 
 

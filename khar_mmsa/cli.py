@@ -25,29 +25,28 @@ until a command runs, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from khar_mmsa.cli_errors import ERROR_LOG, USER_ERRORS, cli_message, report, user_error  # noqa: F401  (cli.USER_ERRORS)
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, MMSA_DEFAULT_SEEDS, default_folder
+
 SUBCOMMANDS = ("tune", "sweep")
 PROG = "python -m khar_mmsa"
-DEFAULT_SWEEP_SEEDS = [1111, 1112, 1113, 1114, 1115]  # MMSA's default seeds
+
 logger = logging.getLogger("MMSA")
 
 
 def _config_keys() -> Dict[str, List[str]]:
     """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
-    (MMSA's file found with ``importlib.util.find_spec``: MMSA itself is not imported)."""
-    from khar_mmsa.integration.configs import overlay
+    (MMSA's file found without importing MMSA)."""
+    from khar_mmsa.integration.configs import installed_mmsa_config_file, overlay
     configs = [overlay("regression")]
-    spec = importlib.util.find_spec("MMSA")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(list(spec.submodule_search_locations)[0]) / "config" / "config_regression.json"
+    path = installed_mmsa_config_file("regression")
+    if path is not None:
         configs.append(json.loads(path.read_text(encoding="utf-8")))
     models, datasets = set(), set()
     for config in configs:
@@ -67,6 +66,16 @@ def known_datasets() -> List[str]:
 
 
 # ---- shared options ----------------------------------------------------------------------------
+def subcommand_parser(name: str, description: str, models: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of ``python -m khar_mmsa <name>`` with its model and dataset flags: ``-m/--model``
+    (one), or with ``models='+'`` ``-m/--models`` (one or more); ``-d/--dataset``."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=description)
+    parser.add_argument("-m", "--models" if models else "--model", type=str.lower, required=True,
+                        choices=known_models(), metavar="MODEL", **({"nargs": models} if models else {}))
+    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    return parser
+
+
 def add_threads_arg(parser: argparse.ArgumentParser, help_text: str = "torch CPU threads "
                     "(torch.set_num_threads; default: torch's own; 1 is often fastest on a busy CPU)") -> None:
     parser.add_argument("--threads", type=_positive_int, default=None, metavar="N", help=help_text)
@@ -159,14 +168,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="Tune hyper parameters (selects on the validation split). Default: False")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="Number of candidates to tune. Default: 50")
     parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
-                        help="Random seed; repeat for several. Default: [1111, 1112, 1113, 1114, 1115]")
+                        help=f"Random seed; repeat for several. Default: {list(MMSA_DEFAULT_SEEDS)}")
     parser.add_argument("-n", "--num-workers", type=int, default=None,
                         help="Data loader workers. Default: MMSA's 4 with CUDA, 0 without")
     parser.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Verbose level of stdout: 0 error, 1 info, 2 debug. Default: 1")
-    parser.add_argument("--model-save-dir", type=str, default="", help='Default: "~/MMSA/saved_models"')
-    parser.add_argument("--res-save-dir", type=str, default="", help='Default: "~/MMSA/results"')
-    parser.add_argument("--log-dir", type=str, default="", help='Default: "~/MMSA/logs"')
+    parser.add_argument("--model-save-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["model_save_dir"]}"')
+    parser.add_argument("--res-save-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["res_save_dir"]}"')
+    parser.add_argument("--log-dir", type=str, default="", help=f'Default: "~/{MMSA_DEFAULT_FOLDERS["log_dir"]}"')
     parser.add_argument("-g", "--gpu-ids", action="append", type=int, default=[],
                         help="GPU to use (one). Empty: the most memory-free GPU; the CPU without CUDA. Default: []")
     parser.add_argument("-Ft", "--feature-T", type=str, default="", help="Custom text feature file. Default: \"\"")
@@ -181,10 +190,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def _mmsa_run() -> Any:
-    """khar-mmsa's runner (``MMSA_run``'s arguments, any model; returns the numeric results row),
-    imported here so that ``--help`` stays light."""
-    from khar_mmsa.integration.runner import run
-    return run
+    """khar-mmsa's runner (``khar_mmsa.run``: ``MMSA_run``'s arguments, any model; returns the
+    numeric results row), looked up here so that ``--help`` stays light."""
+    import khar_mmsa
+    return khar_mmsa.run
 
 
 def train_main(argv: Sequence[str]) -> int:
@@ -192,7 +201,7 @@ def train_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     check_distinct_seeds(parser, args.seeds)
     apply_threads(args.threads)
-    _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or Path.home() / "MMSA" / "logs") / \
+    ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
     MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
@@ -214,12 +223,9 @@ def train_main(argv: Sequence[str]) -> int:
 # python -m khar_mmsa tune
 # ============================================================================================
 def tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} tune",
-        description="Ray Tune search over the model's config_tune.json grid, scored per epoch on the validation "
-                    "KeyEval (ASHA stops poor trials early); writes the best config as an MMSA config file.")
-    parser.add_argument("-m", "--model", type=str.lower, required=True, choices=known_models(), metavar="MODEL")
-    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    parser = subcommand_parser(
+        "tune", "Ray Tune search over the model's config_tune.json grid, scored per epoch on the validation "
+                "KeyEval (ASHA stops poor trials early); writes the best config as an MMSA config file.")
     parser.add_argument("-c", "--config", default="", help="tune config file in MMSA's schema (default: ours merged with MMSA's)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="fixed override of one config key in every trial (VALUE read as JSON)")
@@ -267,15 +273,12 @@ def tune_main(argv: Sequence[str]) -> int:
 # ============================================================================================
 def sweep_parser() -> argparse.ArgumentParser:
     from khar_mmsa.experiments.sweep import add_executor_args
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} sweep",
-        description="MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
-                    "--out makes it resumable; the driver writes one results table.")
-    parser.add_argument("-m", "--models", type=str.lower, nargs="+", required=True, choices=known_models(), metavar="MODEL")
-    parser.add_argument("-d", "--dataset", type=str.lower, required=True, choices=known_datasets(), metavar="DATASET")
+    parser = subcommand_parser(
+        "sweep", "MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
+                 "--out makes it resumable; the driver writes one results table.", models="+")
     parser.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
                         help="seeds: -s 1111 -s 1112 (MMSA's way) or -s 1111 1112; each distinct "
-                             f"(default: {' '.join(map(str, DEFAULT_SWEEP_SEEDS))})")
+                             f"(default: {' '.join(map(str, MMSA_DEFAULT_SEEDS))})")
     parser.add_argument("--custom-feature", required=True, help="feature pickle with all modalities (every run reads it)")
     parser.add_argument("--set", dest="overrides", action="append", metavar="MODEL:KEY=VALUE",
                         help="config override for one model (or KEY=VALUE for all); VALUE read as JSON")
@@ -288,7 +291,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 def sweep_main(argv: Sequence[str]) -> int:
     parser = sweep_parser()
     args = parser.parse_args(argv)
-    seeds = args.seeds if args.seeds else list(DEFAULT_SWEEP_SEEDS)
+    seeds = args.seeds if args.seeds else list(MMSA_DEFAULT_SEEDS)
     check_distinct_seeds(parser, seeds)
     apply_threads(args.threads)
     from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
@@ -322,77 +325,13 @@ def sweep_main(argv: Sequence[str]) -> int:
     return 0
 
 
-# ============================================================================================
-# One-line errors
-# ============================================================================================
-#: Errors a user causes and can fix (by class name anywhere in the MRO, so nothing is imported to
-#: tell them): one line instead of a traceback.
-USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
-               "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
-               "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
-               "ImportOrderError", "FileNotFoundError",
-               "PermissionError", "IsADirectoryError", "NotADirectoryError")
-# Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
-_PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")
-_ERROR_LOG: Dict[str, Optional[Path]] = {"file": None}  # the run's log file, once the command knows it
-
-
-def user_error(exc: BaseException) -> Optional[BaseException]:
-    """The first error in ``exc``'s chain (``__cause__`` / ``__context__``) that a user causes."""
-    seen = set()
-    todo: Optional[BaseException] = exc
-    while todo is not None and id(todo) not in seen:
-        seen.add(id(todo))
-        if any(cls.__name__ in USER_ERRORS for cls in type(todo).__mro__):
-            return todo
-        todo = todo.__cause__ or todo.__context__
-    return None
-
-
-def cli_message(exc: BaseException) -> str:
-    """``exc``'s message on one line in command-line spelling: a setting written as Python
-    (``pretrained='all-MiniLM-L6-v2'``) becomes ``--set pretrained=all-MiniLM-L6-v2``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if any(cls.__name__ in ("ConfigError", "TextEncoderNotFoundError", "FeatureValidationError")
-           for cls in type(exc).__mro__):
-        # the setting a message is about stays a name (at the start); advice to pass one gets --set
-        text = _PY_SETTING.sub(lambda m: f"{m.group(1)}={m.group(3)}" if m.start() == 0
-                               else f"--set {m.group(1)}={m.group(3)}", text)
-        text = text.replace("khar_mmsa.model.text_encoders.minilm_path() = ", "")
-    if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in text:
-        text = f"{text}: {exc.filename}"
-    return text
-
-
-def _report(message: str) -> None:
-    """The error line on stderr, and in the 'MMSA' log's files: the run's log file when the
-    command knows it, and any file handler already on the logger (console handlers skip it)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    handler: Optional[logging.Handler] = None
-    path = _ERROR_LOG["file"]
-    if path is not None and Path(path).parent.is_dir():
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
-        logger.addHandler(handler)
-    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
-    try:
-        if files:
-            record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
-            for h in files:
-                h.handle(record)
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; a user error (:data:`USER_ERRORS`) ends as one line and exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
     logger.setLevel(logging.INFO)
-    _ERROR_LOG["file"] = None
+    ERROR_LOG["file"] = None
     handler: Optional[logging.Handler] = None
     try:
         if argv and argv[0] in SUBCOMMANDS:
@@ -406,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cause = user_error(exc)
         if cause is None or traceback_wanted:
             raise
-        _report(cli_message(cause))
+        report(cli_message(cause), PROG)
         return 1
     finally:
         if handler is not None:

@@ -300,6 +300,11 @@ def test_gpu_ids_on_cpu_falls_back_with_one_warning(dummy_khar: Path, mmsa_run_k
     caplog.clear()
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, gpu_ids=[]))
     assert not [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
+    # no gpu_ids given: MMSA_run's default [0] is no request for a GPU, so nothing to warn about
+    caplog.clear()
+    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar),
+                  **{k: v for k, v in mmsa_run_kwargs.items() if k != "gpu_ids"})
+    assert not [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
 
 
 def test_set_device_fails_on_cpu_without_registration(mmsa_run_kwargs, unregistered: None) -> None:
@@ -374,6 +379,39 @@ def test_rows_already_in_the_results_file_stay_byte_for_byte(dummy_khar: Path, m
     text = mmsa_csv.read_text()
     assert text.startswith(old) and text[len(old):] == 'khar,"(50.0, 0.0)","(70.0, 0.0)","(10.0, 0.0)"\n'
     assert mmsa_csv.stat().st_mode & 0o777 == 0o600
+
+
+def test_numeric_rows_already_in_the_tidy_file_stay_byte_for_byte(dummy_khar: Path, mmsa_run_kwargs,
+                                                                  fast_mmsa) -> None:
+    """Old rows written as numbers in spellings pandas would not write back (``50``, ``75.00``,
+    ``1e1``, an empty std): an append that read them into a table and wrote it out would change them."""
+    tidy = results_files.tidy_csv_path(mmsa_run_kwargs["res_save_dir"], "mosi")
+    tidy.parent.mkdir(parents=True)
+    old = ("Model,seeds,Has0_acc_2,Has0_acc_2_std,MAE,MAE_std,Corr,Corr_std\n"
+           "tfn,1111,50,0,75.00,,1e1,0.10\n"
+           "khar,1 2,49.5,1.25,70,5e-1,10.0,0\n")
+    tidy.write_text(old)
+    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+    text = tidy.read_text()
+    assert text.startswith(old) and text[len(old):] == "khar,1,50.0,0.0,70.0,0.0,10.0,0.0\n"
+
+
+@pytest.mark.parametrize("table", ["mmsa", "tidy"])
+def test_a_results_file_without_a_final_newline_gets_the_row_on_a_line_of_its_own(
+        table: str, dummy_khar: Path, mmsa_run_kwargs, fast_mmsa) -> None:
+    """A last row without its newline (a file edited by hand) is complete: it is kept as it is and
+    the new row starts on the next line."""
+    res_dir = mmsa_run_kwargs["res_save_dir"]
+    path = results_files.results_csv_path(res_dir, "mosi") if table == "mmsa" else \
+        results_files.tidy_csv_path(res_dir, "mosi")
+    path.parent.mkdir(parents=True)
+    old = ('Model,Has0_acc_2,MAE,Corr\ntfn,"(50.0, 0.0)","(71.5, 1.25)","(60.0, 0.0)"' if table == "mmsa" else
+           "Model,seeds,Has0_acc_2,Has0_acc_2_std,MAE,MAE_std,Corr,Corr_std\ntfn,1111,50.0,0.0,71.5,1.25,60.0,0.0")
+    path.write_text(old)
+    MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
+    new = 'khar,"(50.0, 0.0)","(70.0, 0.0)","(10.0, 0.0)"' if table == "mmsa" else "khar,1,50.0,0.0,70.0,0.0,10.0,0.0"
+    assert path.read_text() == old + "\n" + new + "\n"
+    assert len(pd.read_csv(path)) == 2
 
 
 def test_a_results_file_with_other_columns_is_refused_and_kept(dummy_khar: Path, mmsa_run_kwargs,

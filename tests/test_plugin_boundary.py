@@ -3,6 +3,7 @@ whatever the import order, and a wheel (not an editable install) that trains 'kh
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,21 @@ def test_light_modules_do_not_load_mmsa_or_torch(tmp_path: Path) -> None:
     """, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
+
+
+def test_looking_mmsa_up_without_loading_it_does_not_use_up_the_registration(tmp_path: Path) -> None:
+    """``importlib.util.find_spec('MMSA')`` (what ``--help`` does to list MMSA's keys) between
+    ``import khar_mmsa`` and the first real import of MMSA: MMSA is still registered when it loads."""
+    done = _python("""
+        import importlib.util, sys
+        import khar_mmsa
+        from khar_mmsa.integration import registration
+        assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules
+        import MMSA.run
+        print("REGISTERED", registration.is_registered(), hasattr(MMSA.run.MMSA_run, "__wrapped__"))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REGISTERED True True" in done.stdout
 
 
 def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Path, tiny_features,
@@ -92,7 +108,11 @@ def test_mmsa_run_bound_before_import_stops_at_once(tmp_path: Path, tiny_feature
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with khar-mmsa installed from a wheel built from this tree (its
-    dependencies come from the interpreter running the tests).  The wheel is built without build
+    dependencies come from the interpreter running the tests: its site-packages listed in a
+    ``.pth`` file of the new venv -- ``--system-site-packages`` would give the *base* Python's,
+    which lacks MMSA when the suite itself runs in a virtual environment, as the README tells users
+    to; a ``.pth`` line adds a folder without running the ``.pth`` files in it, so the tree's
+    editable install there stays out).  The wheel is built without build
     isolation (the build requirements the interpreter has; ``pip install -e .`` checks that the
     declared ones suffice) and installed by this interpreter's pip into the venv, which has none of
     its own; ``--ignore-installed``: the editable install of the tree, seen through the system
@@ -102,9 +122,11 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             "-w", str(root / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    Path(purelib, "_test_interpreter_site.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     wheel = next((root / "dist").glob("khar_mmsa-*.whl"))
     installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
                                 "--no-index", "--ignore-installed", str(wheel)],

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_readme_configuration_reference_is_current():
     readme = (ROOT / "README.md").read_text()
     assert config_reference_markdown() in readme, (
-        "README's configuration reference is stale: regenerate it from khar_mmsa/config.py")
+        "README's configuration reference is stale: regenerate it with khar_mmsa.config.config_reference_markdown()")
 
 
 def test_ci_runs_the_readme_test_command():

@@ -170,7 +170,6 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
                                                                  monkeypatch, caplog):
     import torch
     from MMSA import MMSA_run
-    from khar_mmsa.integration import EXTRA_TRAINERS
     from khar_mmsa.training.loop import Callback
     trained, interrupt = [], [True]
 
@@ -180,16 +179,8 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
             if interrupt[0] and (torch.initial_seed(), state.epoch) == (2, 2):
                 raise Interrupted
 
-    factory = EXTRA_TRAINERS["khar"]
-
-    class WithCallback:  # the registered factory, with the callback in args['callbacks']
-        resolve = factory.resolve
-
-        def __call__(self, args):
-            return factory(type(args)(dict(args), callbacks=[InterruptedInSeed2()]))
-
-    monkeypatch.setitem(EXTRA_TRAINERS, "khar", WithCallback())
-    config = dict(khar_config, pretrain_adapters=False, save_curves=False)
+    # the trainer runs the callbacks of config['callbacks'] (a run setting: no part of the config's identity)
+    config = dict(khar_config, pretrain_adapters=False, save_curves=False, callbacks=[InterruptedInSeed2()])
     kwargs = dict(mmsa_run_kwargs, seeds=SEEDS)
     with pytest.raises(Interrupted):
         MMSA_run("khar", "mosi", config=config, **kwargs)

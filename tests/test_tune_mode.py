@@ -163,3 +163,50 @@ def test_tune_candidates_draw_their_curves_beside_the_log(tmp_path, tiny_feature
     assert not list(mmsa_run_kwargs["model_save_dir"].glob("*.png"))
     written = json.loads((mmsa_run_kwargs["res_save_dir"] / "tune" / "mosi-khar-best.json").read_text())
     assert "log_dir" not in written["khar"]["commonParams"] and "log_dir" not in written["khar"]["datasetParams"]["mosi"]
+
+
+def test_tune_example_without_data_stops_before_the_first_candidate(tmp_path, monkeypatch, capsys):
+    """The README's literal tune command on a machine without the data: one line naming the missing
+    feature file, before any candidate starts; no tune CSV, so nothing is recorded as tried."""
+    from khar_mmsa import cli
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("MMSA_DATASET_ROOT", raising=False)
+    assert cli.main(["-m", "khar", "-d", "mosi", "-t", "-tt", "30"]) == 1
+    err = capsys.readouterr().err
+    assert "feature file not found" in err and "Traceback" not in err
+    log = (tmp_path / "MMSA" / "logs" / "khar-mosi.log").read_text()
+    assert "Tuning [1/" not in log and "Candidate:" not in log
+    assert not (tmp_path / "MMSA" / "results" / "tune" / "mosi-khar-by-valid.csv").exists()
+
+
+def test_a_candidate_stopped_by_the_machine_is_not_recorded_and_runs_again(
+        tmp_path, tiny_features, mmsa_run_kwargs, fast_mmsa, monkeypatch):
+    """A full disk (or any failure that is not the candidate's settings) stops the search and leaves
+    the candidate untried; the next call trains it.  A non-finite loss is the candidate's own
+    failure: recorded with its error and not tried again."""
+    disk_full = [True]
+
+    def planted_do_test(self, model_, dataloader, mode="VAL", return_sample_results=False):
+        lr = float(self.args["learning_rate"])
+        if lr == 2e-3 and disk_full[0]:
+            raise OSError(28, "No space left on device")
+        if lr == FAILING_LR:
+            raise FloatingPointError("planted: non-finite loss")
+        return {"Loss": lr, "MAE": lr, "Corr": 0.0, "Has0_acc_2": 0.5}
+
+    monkeypatch.setattr(importlib.import_module("MMSA.trains.singleTask.TFN").TFN, "do_test", planted_do_test)
+    config_file = tune_config_file(tmp_path, "tfn", {"learning_rate": [1e-3, 2e-3, FAILING_LR, 3e-3]})
+    call = dict(config_file=str(config_file), config={"early_stop": 1, "batch_size": 8}, is_tune=True,
+                tune_times=10, custom_feature=str(tiny_features("mosi")), **mmsa_run_kwargs)
+    with pytest.raises(OSError, match="No space left"):
+        khar_mmsa.run("tfn", "mosi", **call)
+    csv_file = mmsa_run_kwargs["res_save_dir"] / "tune" / "mosi-tfn-by-valid.csv"
+    assert pd.read_csv(csv_file)["learning_rate"].tolist() == [1e-3]
+    disk_full[0] = False
+    result = khar_mmsa.run("tfn", "mosi", **call)
+    table = pd.read_csv(csv_file)
+    assert table["learning_rate"].tolist() == [1e-3, 2e-3, FAILING_LR, 3e-3]
+    assert table["error"].notna().tolist() == [False, False, True, False]
+    assert result["selected"] == {"learning_rate": 1e-3}
+    khar_mmsa.run("tfn", "mosi", **call)  # everything tried: the failed candidate is not retried
+    assert pd.read_csv(csv_file)["learning_rate"].tolist() == [1e-3, 2e-3, FAILING_LR, 3e-3]

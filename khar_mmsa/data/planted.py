@@ -102,13 +102,13 @@ import numpy as np
 
 from khar_mmsa.data.validation import FeatureValidationError, builder_args, validate_features
 from khar_mmsa.io.safe_io import atomic_open
+from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger("MMSA")
 
 __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset", "planted_data",
            "noise_floor_mae", "main"]
 
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -540,9 +540,16 @@ def main(argv: Optional[Sequence[str]] = None) -> PlantedInfo:
                         help="audio/vision length distribution (long_tailed: like real CMU-MOSI clips)")
     args = parser.parse_args(argv)
     _cli_logging()
+    return build_from_cli(parser, lambda: make_planted_dataset(
+        args.out, args.dataset, args.sizes, args.seed, args.noise_sigma, args.seq_lens, args.tokenizer,
+        args.text_feature_dim, args.lengths))
+
+
+def build_from_cli(parser: Any, build: Any) -> Any:
+    """A data builder's command line: ``build()``, a refused result as one error line (exit 2,
+    nothing written), else the written file and what it holds logged; returns ``build()``'s info."""
     try:
-        info = make_planted_dataset(args.out, args.dataset, args.sizes, args.seed, args.noise_sigma,
-                                    args.seq_lens, args.tokenizer, args.text_feature_dim, args.lengths)
+        info = build()
     except FeatureValidationError as exc:
         parser.exit(2, f"{parser.prog}: error: nothing written, MMSA_run would refuse this data: {exc}\n")
     logger.info(f"wrote {info.path}")

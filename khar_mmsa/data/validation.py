@@ -19,13 +19,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from khar_mmsa.config import LABEL_RANGES, parse_bool
+from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger("MMSA")
 
 __all__ = ["FeatureValidationError", "validate_features", "required_keys", "main_file_ids", "SPLITS",
            "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]
 
-SPLITS = ("train", "valid", "test")
 ROLES = ("T", "A", "V")  # MMSA_run's feature_T / feature_A / feature_V files
 # float32 is what MMSA's loader converts every feature and label array to (``.astype(np.float32)``).
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -128,7 +128,7 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
     checked point is invalid or the feature file cannot be read or does not fit the config.
     """
     from khar_mmsa.integration.features import load_features
-    from khar_mmsa.integration.registration import check_model_settings
+    from khar_mmsa.integration.extra_models import check_model_settings
     from khar_mmsa.integration.tune import candidate_args, grid_axes, grid_point, grid_size
     axes = grid_axes(base)
     size = grid_size(axes)
@@ -266,7 +266,8 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
 
     from khar_mmsa.integration import register
     register()
-    from khar_mmsa.integration.tune import LOWER_IS_BETTER, base_tune_args, candidate_args, write_mmsa_config
+    from khar_mmsa.integration.tune import base_tune_args, candidate_args, write_mmsa_config
+    from khar_mmsa.training.loop import LOWER_IS_BETTER
     model, dataset = model.lower(), dataset.lower()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

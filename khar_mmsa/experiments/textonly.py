@@ -31,12 +31,12 @@ from khar_mmsa.training.callbacks import EarlyStopping, KeepBestWeights
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay_scheduler
 from khar_mmsa.training.seeding import seed_everything
+from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger("MMSA")
 
 __all__ = ["TextOnlyConfig", "TextOnlyResult", "TextRegressor", "train_text_only"]
 
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass

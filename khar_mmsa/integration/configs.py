@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from khar_mmsa.io.identity import source_tree_configs
+from khar_mmsa.mmsa_conventions import DATASET_ROOT_ENV
 
-DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
 CONFIG_KINDS = ("regression", "tune")
 #: The package our JSON files ship in (the top-level ``mmsa_configs/`` folder of the source tree).
 CONFIG_PACKAGE = "khar_mmsa.mmsa_configs"
@@ -37,6 +37,16 @@ class ConfigOverlayMissingError(FileNotFoundError):
 def mmsa_config_file(kind: str) -> Path:
     """MMSA's own default JSON of ``kind``."""
     return Path(importlib.import_module("MMSA.config").__file__).parent / "config" / f"config_{kind}.json"
+
+
+def installed_mmsa_config_file(kind: str) -> Optional[Path]:
+    """MMSA's own default JSON of ``kind`` found without importing MMSA (``importlib.util.find_spec``:
+    the command line's ``--help`` lists its keys cheaply); None when MMSA is not installed."""
+    import importlib.util
+    spec = importlib.util.find_spec("MMSA")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "config" / f"config_{kind}.json"
 
 
 def overlay(kind: str) -> Dict[str, Any]:

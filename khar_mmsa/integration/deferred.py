@@ -5,7 +5,7 @@ command line's ``--help``) should not load MMSA, torch and transformers.  So: if
 imported, :func:`register_with_mmsa` registers at once; otherwise it puts a finder first on
 ``sys.meta_path`` that, when the package ``MMSA`` is next imported, lets Python's own finders load
 it and registers right after its ``__init__`` has run -- before ``from MMSA import MMSA_run`` binds
-the name.  The finder removes itself after that one use.
+the name.  The finder removes itself when MMSA is loaded (not when it is only looked up).
 """
 from __future__ import annotations
 
@@ -23,22 +23,24 @@ class _RegisterAfterMMSA(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target: Any = None) -> Any:
         if fullname != "MMSA":
             return None
-        self.remove()
         spec = None
         for finder in sys.meta_path:  # Python's own finders, in their order
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
         if spec is None or spec.loader is None:
             return spec
-        loader, register = spec.loader, self.register
+        # The finder stays until MMSA is really loaded: a find_spec that loads nothing
+        # (importlib.util.find_spec, as the command line's --help does) must not use it up.
+        loader, register, hook = spec.loader, self.register, self
 
         class _Loader(importlib.abc.Loader):
             def create_module(self, spec: Any) -> Any:
                 return loader.create_module(spec)
 
             def exec_module(self, module: Any) -> None:
+                hook.remove()
                 loader.exec_module(module)
                 register()
 

@@ -20,9 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from khar_mmsa.mmsa_conventions import DATASET_ROOT_ENV, SPLITS
+
 logger = logging.getLogger("MMSA")
 
-DATASET_ROOT_ENV = "MMSA_DATASET_ROOT"
 _MODALITY_FILES = (("feature_T", "T"), ("feature_A", "A"), ("feature_V", "V"))
 FileKey = Tuple[str, int, int, int, int]
 
@@ -79,7 +80,7 @@ def missing_feature_message(path: str, args: Mapping[str, Any]) -> str:
 
 def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
     try:
-        return {split: len(data[split]["regression_labels"]) for split in ("train", "valid", "test")}
+        return {split: len(data[split]["regression_labels"]) for split in SPLITS}
     except (KeyError, TypeError, IndexError):
         return None
 

@@ -1,7 +1,9 @@
-"""The fixes without which MMSA 2.2.1's own models cannot run on today's torch, numpy and a CPU.
+"""Registration's second step: the fixes without which MMSA 2.2.1's own models cannot run on
+today's torch, numpy and a CPU (:func:`fix_mmsa`).
 
 Each replaces one name in one MMSA module, for that module only (``torch`` itself is never
-touched); :mod:`.registration` applies them and records the originals.
+touched), through :func:`.replacements.replace`, which records the originals.  These are the only
+replacements that change what MMSA's own models do.
 
 ========================================  ====================================================
 MMSA line                                 fix
@@ -26,6 +28,8 @@ from __future__ import annotations
 import builtins
 import logging
 from typing import Any
+
+from khar_mmsa.integration.replacements import mmsa_module, replace
 
 logger = logging.getLogger("MMSA")
 
@@ -85,3 +89,13 @@ class ReduceLROnPlateauWithoutVerbose:
 
     def __repr__(self) -> str:
         return "<ReduceLROnPlateau without verbose= (khar_mmsa)>"
+
+
+def fix_mmsa() -> None:
+    """Apply the fixes of the table above to MMSA's modules."""
+    import torch
+    run = mmsa_module("MMSA.run")
+    replace(run, "torch", TorchForMMSARun(torch))
+    replace(run, "round", plain_round)
+    for name in VERBOSE_PLATEAU_MODULES:
+        replace(mmsa_module(name), "ReduceLROnPlateau", ReduceLROnPlateauWithoutVerbose())

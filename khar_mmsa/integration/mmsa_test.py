@@ -18,13 +18,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Any, Mapping, Optional
 
 from khar_mmsa.config import normalize_bools
+from khar_mmsa.integration.devices import cuda_available
+from khar_mmsa.integration.extra_models import EXTRA_MODELS, is_extra_model
+from khar_mmsa.integration.replacements import mmsa_module, require_registration
+from khar_mmsa.integration.samples import check_sample
 
 logger = logging.getLogger("MMSA")
+
+#: ``MMSA_test``'s ``gpu_id`` when the caller gives none.
+MMSA_DEFAULT_GPU_ID = 0
 
 
 def _test_args(config: Any) -> Mapping[str, Any]:
@@ -44,50 +49,19 @@ def _test_args(config: Any) -> Mapping[str, Any]:
 
 
 def _extra_models() -> tuple:
-    from khar_mmsa.integration.registration import EXTRA_MODELS
     return tuple(EXTRA_MODELS)
 
 
-def check_sample(sample: Any, source: str) -> None:
-    """MMSA_test's sample for MMSA's own models: a dict of finite 2-D numeric arrays; ``text_bert``
-    (3, L) with whole-number ids, a 0/1 mask and 0/1 segment ids; ``*_lengths``, when given, one
-    whole number within the sequence."""
-    from khar_mmsa.data.validation import FeatureValidationError
-    if not isinstance(sample, Mapping):
-        raise FeatureValidationError(source, None, None, f"the pickle holds a "
-                                     f"{type(sample).__name__}, not a dict",
-                                     "Pass one sample {'text', 'audio', 'vision', ...}")
-    for key in ("text", "text_bert", "audio", "vision"):
-        a = sample.get(key)
-        if a is None:
-            continue
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf" or a.ndim != 2:
-            raise FeatureValidationError(source, None, key, f"is not a 2-D numeric array "
-                                         f"({type(a).__name__} {getattr(a, 'shape', '')})",
-                                         "Pass one sample as MMSA-FET writes it")
-        if not np.isfinite(a).all():
-            raise FeatureValidationError(source, None, key, "holds NaN or infinite values",
-                                         "Replace them before testing")
-    from khar_mmsa.integration.predict import check_length, check_text_bert
-    if sample.get("text_bert") is not None:
-        check_text_bert(sample["text_bert"], source)
-    for key in ("audio", "vision"):
-        if sample.get(f"{key}_lengths") is not None and isinstance(sample.get(key), np.ndarray):
-            check_length(sample[f"{key}_lengths"], sample[key].shape[0], source, f"{key}_lengths")
-
-
-def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0) -> Any:
-    """``MMSA_test`` with the feature file read safely and checked, for every model (see above)."""
-    import importlib
-
-    import torch
-
+def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optional[int] = None) -> Any:
+    """``MMSA_test`` with the feature file read safely and checked, for every model (see above).
+    ``gpu_id=None``: MMSA's default 0, on the CPU without a warning where there is no CUDA."""
     from khar_mmsa.integration.features import file_key
-    from khar_mmsa.integration.registration import is_extra_model, register
     from khar_mmsa.io.safe_io import load_pickle
-    register()
-    if gpu_id >= 0 and not torch.cuda.is_available():
-        logger.warning(f"CUDA is not available: MMSA_test runs on the CPU (gpu_id={gpu_id}).")
+    require_registration()
+    asked, gpu_id = gpu_id is not None, MMSA_DEFAULT_GPU_ID if gpu_id is None else int(gpu_id)
+    if gpu_id >= 0 and not cuda_available():
+        if asked:
+            logger.warning(f"CUDA is not available: MMSA_test runs on the CPU (gpu_id={gpu_id}).")
         gpu_id = -1
     test_args = normalize_bools(dict(_test_args(config)))  # 'no' is False, 'off' an error
     trusted = test_args.get("trust_pickle") or False
@@ -97,7 +71,7 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: int = 0
         return predict_file(weights_path, feature_path, test_args, device=device, trusted=trusted)
     sample = load_pickle(feature_path, trusted=trusted)
     check_sample(sample, str(feature_path))
-    run = importlib.import_module("MMSA.run")
+    run = mmsa_module("MMSA.run")
     original = getattr(run.MMSA_test, "__wrapped__", run.MMSA_test)
     with run.pickle.serving({file_key(feature_path): sample}):
         return original(config, weights_path,

@@ -13,10 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-#: ``MMSA_run``'s defaults in MMSA 2.2.1 (``MMSA/run.py``), relative to the home folder.
-MMSA_DEFAULT_FOLDERS = {"model_save_dir": Path("MMSA") / "saved_models",
-                        "res_save_dir": Path("MMSA") / "results",
-                        "log_dir": Path("MMSA") / "logs"}
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, default_folder
+
 
 
 class OutputFolderError(OSError):
@@ -26,7 +24,7 @@ class OutputFolderError(OSError):
 def output_folder(call: Mapping[str, Any], key: str) -> Path:
     """The folder ``MMSA_run`` uses for ``key`` (MMSA's default when the value is None)."""
     value = call.get(key)
-    return Path(value) if value is not None else Path.home() / MMSA_DEFAULT_FOLDERS[key]
+    return Path(value) if value is not None else default_folder(key)
 
 
 def check_output_folders(call: Mapping[str, Any]) -> Dict[str, Path]:

@@ -28,7 +28,9 @@ from khar_mmsa.config import KHaRConfig
 from khar_mmsa.model.khar import KHaR
 from khar_mmsa.io.safe_io import load_pickle
 from khar_mmsa.io.state_files import load_checkpoint, load_checkpoint_config
-from khar_mmsa.data.validation import SPLITS, FeatureValidationError, validate_features
+from khar_mmsa.data.validation import FeatureValidationError, validate_features
+from khar_mmsa.integration.samples import check_length, check_sample
+from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger("MMSA")
 
@@ -96,81 +98,18 @@ def load_model(weights_path: Union[str, Path], args: Mapping[str, Any],
 
 def _check_sample(sample: Any, cfg: KHaRConfig, source: str, vocab: Optional[int],
                   type_vocab: int = 2, max_positions: Optional[int] = None) -> None:
-    """One sample in MMSA_test's format, against the checkpoint's config."""
-    def fail(key: Optional[str], problem: str, remedy: str) -> None:
-        raise FeatureValidationError(source, None, key, problem, remedy)
-
-    if not isinstance(sample, Mapping):
-        fail(None, f"the pickle holds a {type(sample).__name__}, not a dict",
-             "Pass one sample {'text_bert', 'audio', 'vision'} or an MMSA feature pickle")
-    for key in MODAL_KEYS:
-        if key not in sample:
-            fail(key, "missing" + (" (KHaR reads BERT token ids, not text features)"
-                                   if key == "text_bert" else ""),
-                 "Store the sample as MMSA-FET writes it")
-        a = sample[key]
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
-            fail(key, f"is a {type(a).__name__} of {getattr(a, 'dtype', '?')}",
-                 "Store a numeric numpy array")
-        if a.ndim != 2 or 0 in a.shape:
-            fail(key, f"has shape {a.shape}, expected 2-D "
-                 + ("(3, L): ids, mask, segments" if key == "text_bert" else "(length, width)"),
-                 "Pass one sample, not a batch")
-        if not np.isfinite(a).all():
-            fail(key, "holds NaN or infinite values", "Replace them before predicting")
-    check_text_bert(sample["text_bert"], source, vocab, type_vocab, max_positions)
+    """One sample in MMSA_test's format (:func:`.samples.check_sample`, the three arrays KHaR reads
+    required), then its widths and lengths against the checkpoint's config."""
+    check_sample(sample, source, MODAL_KEYS, vocab, type_vocab, max_positions)
     for i, key in ((1, "audio"), (2, "vision")):
         n, width = sample[key].shape
         if width != cfg.feature_dims[i]:
-            fail(key, f"has feature width {width}, the checkpoint was trained with "
-                 f"{cfg.feature_dims[i]}", "Extract features as for the training data")
+            raise FeatureValidationError(source, None, key, f"has feature width {width}, the checkpoint was "
+                                         f"trained with {cfg.feature_dims[i]}", "Extract features as for the training data")
         if n > cfg.seq_lens[i]:
-            fail(key, f"has {n} frames, more than the checkpoint's seq_lens[{i}]={cfg.seq_lens[i]}",
-                 "Cut or resample the sequence as for the training data")
-        if f"{key}_lengths" in sample:
-            check_length(sample[f"{key}_lengths"], n, source, f"{key}_lengths")
-
-
-def check_text_bert(ids: np.ndarray, source: str, vocab: Optional[int] = None,
-                    type_vocab: int = 2, max_positions: Optional[int] = None) -> None:
-    """One sample's ``text_bert`` (3, L): at most ``max_positions`` tokens (the encoder's position
-    table), whole-number token ids in [0, vocab), a 0/1 attention mask and segment ids in
-    [0, type_vocab) (BERT's token-type table), each a :class:`FeatureValidationError` naming the
-    row instead of an IndexError inside BERT."""
-    def fail(problem: str, remedy: str) -> None:
-        raise FeatureValidationError(source, None, "text_bert", problem, remedy)
-
-    if ids.ndim != 2 or ids.shape[0] != 3:
-        fail(f"has shape {ids.shape}, expected (3, L)", "Store ids, mask, segments")
-    if max_positions is not None and ids.shape[1] > max_positions:
-        fail(f"has {ids.shape[1]} tokens, more than the text encoder's {max_positions} positions "
-             f"(max_position_embeddings)", "Truncate the text to the encoder's length")
-    if (ids != np.round(ids)).any():
-        fail("holds values that are not whole numbers", "Tokenize with the checkpoint's tokenizer")
-    if ids[0].min() < 0 or (vocab is not None and ids[0].max() >= vocab):
-        fail(f"token ids (row 0) must be whole numbers in [0, {vocab})",
-             "Tokenize with the checkpoint's tokenizer")
-    if ((ids[1] != 0) & (ids[1] != 1)).any():
-        fail(f"the attention mask (row 1) holds {sorted(int(x) for x in set(ids[1].tolist()) - {0, 1})[:3]}, "
-             f"expected only 0 and 1", "Store ids, mask, segments as the tokenizer returns them")
-    if ids[2].min() < 0 or ids[2].max() >= type_vocab:
-        fail(f"segment ids (row 2) range over [{int(ids[2].min())}, {int(ids[2].max())}], "
-             f"the text encoder knows [0, {type_vocab})", "Store the tokenizer's token_type_ids")
-
-
-def check_length(value: Any, n: int, source: str, key: str) -> int:
-    """One sample's ``audio_lengths`` / ``vision_lengths``: one whole number in 1..n (a scalar or
-    a one-element array).  Returns it; a string, an empty array or a value out of range is a
-    :class:`FeatureValidationError` naming the key."""
-    a = np.asarray(value)
-    if a.size != 1 or a.dtype.kind not in "biuf":
-        raise FeatureValidationError(source, None, key, f"is {value!r}, expected one whole number",
-                                     "Give the number of valid frames of the sample")
-    x = a.reshape(-1)[0]
-    if not np.isfinite(x) or x != np.round(x) or not 1 <= x <= n:
-        raise FeatureValidationError(source, None, key, f"is {x.item()!r}, outside 1..{n} (the sample's "
-                                     f"frames)", "Give the real length")
-    return int(x)
+            raise FeatureValidationError(source, None, key, f"has {n} frames, more than the checkpoint's "
+                                         f"seq_lens[{i}]={cfg.seq_lens[i]}",
+                                         "Cut or resample the sequence as for the training data")
 
 
 def _check_file(data: Mapping[str, Any], cfg: KHaRConfig, source: str) -> None:

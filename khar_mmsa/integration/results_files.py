@@ -24,12 +24,10 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 logger = logging.getLogger("MMSA")
 
-#: Default seeds of ``MMSA_run``.
-MMSA_DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
 
 
 class ResultsFileError(OSError):
@@ -57,18 +55,31 @@ def is_number(value: Any) -> bool:
 
 def summarize(model_name: str, results: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> Dict[str, Any]:
     """The numeric row: ``Model``, ``seeds``, then ``<Metric>`` and ``<Metric>_std`` per metric
-    (x100, two decimals, MMSA's convention).  Metric keys come from the first seed."""
-    import numpy as np
+    (x100, two decimals, MMSA's convention: :func:`mean_std_x100`).  Metric keys come from the
+    first seed."""
     if not results:
         raise ValueError(f"{model_name}: no per-seed results to summarise")
     row: Dict[str, Any] = {"Model": model_name, "seeds": " ".join(str(s) for s in seeds)}
     for key, first in results[0].items():
         if not is_number(first):
             continue
-        values = np.array([float(r[key]) for r in results], dtype=np.float64)
-        row[key] = round(float(np.mean(values)) * 100, 2)
-        row[f"{key}_std"] = round(float(np.std(values)) * 100, 2)
+        row[key], row[f"{key}_std"] = mean_std_x100([float(r[key]) for r in results])
     return row
+
+
+#: Decimals MMSA keeps of a x100 summary (``round(np.mean(values) * 100, 2)``, ``MMSA/run.py``).
+SUMMARY_DECIMALS = 2
+
+
+def mean_std_x100(values: Sequence[float], scale: float = 100.0) -> Tuple[float, float]:
+    """MMSA's summary of one metric over seeds: the mean and the population std (``np.std``),
+    each times ``scale`` (100: MMSA's CSV convention for values in natural units; 1 for values
+    already x100) and then rounded to :data:`SUMMARY_DECIMALS` -- the one place this is computed
+    (the results tables, the sweep's summary, the benchmarks)."""
+    import numpy as np
+    array = np.asarray(values, dtype=np.float64)
+    return (round(float(np.mean(array)) * scale, SUMMARY_DECIMALS),
+            round(float(np.std(array)) * scale, SUMMARY_DECIMALS))
 
 
 def mmsa_row(row: Mapping[str, Any]) -> Dict[str, str]:

@@ -2,19 +2,22 @@
 
 ``MMSA_run('khar', ...)`` (after ``import khar_mmsa``), ``khar_mmsa.run(...)``, the command line,
 sweeps and Ray Tune all reach :func:`run`, which takes ``MMSA_run``'s arguments and works with
-MMSA's public pieces -- its config getters, ``MMDataLoader``, ``AMIO``, ``ATIO``, ``setup_seed``,
-``assign_gpu`` -- in this order:
+MMSA's public pieces -- its config getters, ``MMDataLoader``, ``AMIO``, ``ATIO`` (for MMSA's own
+models), ``assign_gpu`` -- in this order:
 
 1. check the seeds and the output folders, and open the run's log file;
 2. tuning (``is_tune=True``) goes to :func:`.tune.tune_by_validation`, which selects on validation;
 3. build the config once (MMSA's default JSON with ours, a ``config_file``, ``config`` overrides)
-   and check the model's settings before any file is read;
+   and check the model's settings before any file is read ('khar': the one typed
+   :class:`~khar_mmsa.config.KHaRConfig` of the run, passed down to the model and trainer);
 4. check the results files (they must parse and be writable) before anything trains;
-5. choose the device (the CPU, with one warning, when a GPU was asked for and there is none);
+5. choose the device (the CPU, with one warning, when a GPU was asked for and there is none;
+   :mod:`.devices`), with a one-line hint when torch has more threads than free cores;
 6. read every feature file once, with the restricted unpickler, and validate it;
 7. for each seed: skip it if an earlier, killed run of the same config, data and seeds finished
    it (:mod:`.run_state`); else seed, build MMSA's loaders from the read features, build the
-   model and trainer, train, load the checkpoint this training wrote, test;
+   model and trainer (:func:`.model_and_trainer.build_model_and_trainer`: ``KHaR`` and
+   ``KHaRTrainer`` for 'khar'), train, load the checkpoint this training wrote, test;
 8. write one row to MMSA's results table and the numeric table beside it
    (:mod:`.results_files`), remove the finished-seeds record, return the numeric row.
 """
@@ -22,21 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import importlib
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
 from khar_mmsa.integration.configs import config_for
+from khar_mmsa.integration.devices import choose_device, cuda_available, log_thread_hint
+from khar_mmsa.integration.extra_models import check_model_settings
 from khar_mmsa.integration.features import file_key, load_features, make_loaders
+from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
 from khar_mmsa.integration.output_folders import check_output_folders
-from khar_mmsa.integration.registration import check_model_settings, register
-from khar_mmsa.integration.results_files import (MMSA_DEFAULT_SEEDS, check_results_files, results_csv_path,
-                                                 summarize, tidy_csv_path, write_run_row)
+from khar_mmsa.integration.replacements import require_registration
+from khar_mmsa.integration.results_files import (check_results_files, results_csv_path, summarize,
+                                                 tidy_csv_path, write_run_row)
 from khar_mmsa.integration.run_state import RunState, run_key
 from khar_mmsa.reporting.run_log import run_log
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS
 
 logger = logging.getLogger("MMSA")
 
@@ -48,20 +54,21 @@ class SeedError(ValueError):
 def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
         config: Optional[Mapping[str, Any]] = None, seeds: Sequence[int] = (), is_tune: bool = False,
         tune_times: int = 50, custom_feature: Optional[str] = None, feature_T: Optional[str] = None,
-        feature_A: Optional[str] = None, feature_V: Optional[str] = None, gpu_ids: Sequence[int] = (0,),
+        feature_A: Optional[str] = None, feature_V: Optional[str] = None, gpu_ids: Optional[Sequence[int]] = None,
         num_workers: Optional[int] = None, verbose_level: int = 1, model_save_dir: Any = None,
         res_save_dir: Any = None, log_dir: Any = None) -> Dict[str, Any]:
     """Train and test ``model_name`` on ``dataset_name`` over ``seeds``; ``MMSA_run``'s arguments.
 
     Returns the numeric results row (``Model``, ``seeds``, ``<Metric>`` and ``<Metric>_std`` x100);
     with ``is_tune=True``, what :func:`.tune.tune_by_validation` returns.  ``num_workers=None``:
-    0 loader workers without CUDA, else MMSA's 4."""
-    register()
+    0 loader workers without CUDA, else MMSA's 4.  ``gpu_ids=None``: MMSA's default ``[0]``
+    (on a machine without CUDA the CPU, without the warning given GPU ids get)."""
+    require_registration()
     model_name, dataset_name = str(model_name).lower(), str(dataset_name).lower()
     seeds = checked_seeds(seeds)
     folders = check_output_folders({"model_save_dir": model_save_dir, "res_save_dir": res_save_dir,
                                     "log_dir": log_dir})
-    cuda = _cuda_available()
+    cuda = cuda_available()
     workers = (4 if cuda else 0) if num_workers is None else int(num_workers)
     with run_log(folders["log_dir"], model_name, dataset_name, verbose_level):
         logger.info(f"{'=' * 40} {model_name} on {dataset_name} {'=' * 40}")
@@ -79,6 +86,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
         res_dir = folders["res_save_dir"]
         check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)])
         args["device"] = choose_device(gpu_ids, cuda)
+        log_thread_hint(args["device"])
         features = load_features(args)
         state = RunState(args["model_save_path"], run_key(args, seeds))
         results: List[Dict[str, Any]] = []
@@ -89,7 +97,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
                 logger.info(f"Seed {seed} finished in an earlier run of this config (recorded in "
                             f"{state.path.name}): using its test results, not training it again.")
             else:
-                result = train_and_test(args, seed, index, features, workers, settings)
+                result, settings = train_and_test(args, seed, index, features, workers, settings)
                 state.record(seed, result)
             log_seed_result(seed, result)
             results.append(result)
@@ -132,39 +140,22 @@ def build_args(model_name: str, dataset_name: str, config_file: Any, config: Opt
     return normalize_bools(args)  # 'no', 'false', '0' are False for every boolean key, else an error
 
 
-def _cuda_available() -> bool:
-    import torch
-    return bool(torch.cuda.is_available())
-
-
-def choose_device(gpu_ids: Sequence[int], cuda: bool) -> Any:
-    """MMSA's ``assign_gpu`` with CUDA; the CPU without it (one warning if a GPU was asked for)."""
-    import torch
-    if not cuda:
-        if gpu_ids:
-            logger.warning(f"CUDA is not available: running on the CPU (gpu_ids={list(gpu_ids)} asked "
-                           f"for a GPU).")
-        return torch.device("cpu")
-    device = importlib.import_module("MMSA.utils").assign_gpu(list(gpu_ids))
-    torch.cuda.set_device(device)
-    return device
-
-
 def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any], num_workers: int,
-                   settings: Any = None) -> Dict[str, Any]:
-    """One seed: seed, MMSA's loaders, model and trainer; train; test the checkpoint it wrote."""
+                   settings: Any = None) -> Tuple[Dict[str, Any], Any]:
+    """One seed: seed, MMSA's loaders, model and trainer; train; test the checkpoint it wrote.
+    Returns the test results and the settings the model was built from ('khar': the run's config
+    with the data's shapes, passed on to the next seed; None for MMSA's models)."""
     import torch
 
     from khar_mmsa.io.state_files import load_checkpoint
-    mmsa_utils = importlib.import_module("MMSA.utils")
-    mmsa_utils.setup_seed(seed)
+    from khar_mmsa.training.seeding import seed_everything
+    seed_everything(seed)
     args["cur_seed"], args["seed"] = index, seed
     loaders = make_loaders(args, features, num_workers)
     if index == 1:
         log_run_args(args, settings)
     warn_update_epochs(args, loaders)
-    model = importlib.import_module("MMSA.models").AMIO(args).to(args["device"])
-    trainer = importlib.import_module("MMSA.trains").ATIO().getTrain(args)
+    model, trainer, settings = build_model_and_trainer(args, settings)
     checkpoint = Path(args["model_save_path"])
     before = file_key(checkpoint)
     trainer.do_train(model, loaders, return_epoch_results=False)
@@ -183,7 +174,7 @@ def train_and_test(args: Any, seed: int, index: int, features: Mapping[Any, Any]
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return result
+    return result, settings
 
 
 def warn_update_epochs(args: Mapping[str, Any], loaders: Mapping[str, Any]) -> None:

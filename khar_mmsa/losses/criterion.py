@@ -63,16 +63,17 @@ def active_terms(cfg: KHaRConfig) -> Tuple[str, ...]:
     return tuple(t for t in TERMS if keep[t])
 
 
-def _float32(obj):
-    """Floating tensors of a (nested) raw output -- dicts, NamedTuples, lists -- as float32."""
+def float32_outputs(obj):
+    """Floating tensors of a (nested) raw output -- dicts, NamedTuples, lists -- as float32: the one
+    cast of a bf16 forward's outputs (the criterion's inputs here, the evaluation's in the trainer)."""
     if torch.is_tensor(obj):
         return obj.float() if obj.is_floating_point() else obj
     if isinstance(obj, Mapping):
-        return {k: _float32(v) for k, v in obj.items()}
+        return {k: float32_outputs(v) for k, v in obj.items()}
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_float32(v) for v in obj))
+        return type(obj)(*(float32_outputs(v) for v in obj))
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_float32(v) for v in obj)
+        return type(obj)(float32_outputs(v) for v in obj)
     return obj
 
 
@@ -140,7 +141,7 @@ class KHaRCriterion:
         :data:`TERMS` in float32 (0 for a term this configuration does not keep)."""
         device = outputs["M"].device
         with torch.autocast(device.type, enabled=False):
-            out = _float32(outputs)
+            out = float32_outputs(outputs)
             y = labels.reshape(-1, 1).to(device=device, dtype=torch.float32)
             zero = y.new_zeros(())
             terms = {}

@@ -13,12 +13,11 @@ two are the same loss with beta_sum = beta_mean / latent_dim.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from khar_mmsa.config import KL_REDUCTIONS  # the allowed values of mib_kl_reduction
+from khar_mmsa.model.fusion import reparameterize  # eq. 24 is the model's sampling; re-exported here
 
 __all__ = ["KL_REDUCTIONS", "gaussian_kl_to_standard_normal", "reparameterize"]
 
@@ -36,21 +35,3 @@ def gaussian_kl_to_standard_normal(mu: Tensor, sigma: Tensor, reduction: str = "
         raise ValueError(f"reduction={reduction!r}: one of {KL_REDUCTIONS}")
     per_dim = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * sigma.log() - 1.0)
     return per_dim.sum(dim=-1) if reduction == "sum" else per_dim.mean(dim=-1)
-
-
-def reparameterize(mu: Tensor, sigma: Tensor, training: bool, noise: Optional[Tensor] = None) -> Tensor:
-    """Eq. 24: ``z = mu + sigma * eps`` with eps ~ N(0, I) in training; ``mu`` itself at evaluation.
-
-    Shapes: b batch, z latent width.  ``mu``, ``sigma`` (b, z); ``noise`` (b, z) optional eps
-    sample (for tests), drawn with ``randn_like`` when omitted; returns (b, z).  At evaluation the
-    sample is not drawn at all (E-MIB samples at test time too; that is the pitfall avoided here).
-    """
-    if mu.shape != sigma.shape:
-        raise ValueError(f"mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)} differ in shape")
-    if not training:
-        return mu
-    if noise is None:
-        noise = torch.randn_like(mu)
-    elif noise.shape != mu.shape:
-        raise ValueError(f"noise {tuple(noise.shape)} and mu {tuple(mu.shape)} differ in shape")
-    return mu + sigma * noise

@@ -10,14 +10,31 @@ from them) and the fused representation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from khar_mmsa.config import KHaRConfig
-from khar_mmsa.losses.information_bottleneck import reparameterize
+
+
+def reparameterize(mu: Tensor, sigma: Tensor, training: bool, noise: Optional[Tensor] = None) -> Tensor:
+    """Eq. 24: ``z = mu + sigma * eps`` with eps ~ N(0, I) in training; ``mu`` itself at evaluation.
+
+    Shapes: b batch, z latent width.  ``mu``, ``sigma`` (b, z); ``noise`` (b, z) optional eps
+    sample (for tests), drawn with ``randn_like`` when omitted; returns (b, z).  At evaluation the
+    sample is not drawn at all (E-MIB samples at test time too; that is the pitfall avoided here).
+    """
+    if mu.shape != sigma.shape:
+        raise ValueError(f"mu {tuple(mu.shape)} and sigma {tuple(sigma.shape)} differ in shape")
+    if not training:
+        return mu
+    if noise is None:
+        noise = torch.randn_like(mu)
+    elif noise.shape != mu.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} and mu {tuple(mu.shape)} differ in shape")
+    return mu + sigma * noise
 
 
 @dataclass
@@ -61,20 +78,38 @@ class _PlainFusion(nn.Module):
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:  # (b, m, f) -> (b, in_dim)
         raise NotImplementedError
 
+    def join(self, unimodal: List[torch.Tensor]) -> torch.Tensor:  # m x (b, f) -> (b, in_dim)
+        return self.combine(torch.stack(unimodal, dim=1))
+
     def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
-        h = self.hidden(self.combine(torch.stack(list(unimodal), dim=1)))
+        h = self.hidden(self.join(list(unimodal)))
         pred = self.head(h)
         return FusionOutput(pred=pred, pred_sampled=pred, fused=h)
 
 
-class SumFusion(_PlainFusion):
-    """Table 3 'SUM'."""
+class _ElementwiseFusion(_PlainFusion):
+    """A Table 3 ablation on vectors of one width, reduced over the modality axis by ``reduce``."""
+
+    name = ""
+    reduce = staticmethod(torch.sum)
 
     def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
-        super().__init__(_one_width(widths, "sum"), cfg)
+        super().__init__(_one_width(widths, self.name), cfg)
 
     def combine(self, stacked: torch.Tensor) -> torch.Tensor:
-        return stacked.sum(1)
+        return self.reduce(stacked, 1)
+
+
+class SumFusion(_ElementwiseFusion):
+    """Table 3 'SUM'."""
+
+    name, reduce = "sum", staticmethod(torch.sum)
+
+
+class MultiplyFusion(_ElementwiseFusion):
+    """Table 3 'MUL': element-wise product of the modality vectors."""
+
+    name, reduce = "mul", staticmethod(torch.prod)
 
 
 class ConcatFusion(_PlainFusion):
@@ -83,20 +118,8 @@ class ConcatFusion(_PlainFusion):
     def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
         super().__init__(sum(widths), cfg)
 
-    def forward(self, unimodal: Sequence[torch.Tensor]) -> FusionOutput:
-        h = self.hidden(torch.cat(list(unimodal), dim=-1))  # concatenation: the widths may differ
-        pred = self.head(h)
-        return FusionOutput(pred=pred, pred_sampled=pred, fused=h)
-
-
-class MultiplyFusion(_PlainFusion):
-    """Table 3 'MUL': element-wise product of the modality vectors."""
-
-    def __init__(self, widths: Sequence[int], cfg: KHaRConfig) -> None:
-        super().__init__(_one_width(widths, "mul"), cfg)
-
-    def combine(self, stacked: torch.Tensor) -> torch.Tensor:
-        return stacked.prod(1)
+    def join(self, unimodal: List[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(unimodal, dim=-1)  # concatenation: the widths may differ
 
 
 class AttentionFusion(_PlainFusion):

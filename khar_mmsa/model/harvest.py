@@ -15,9 +15,21 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from khar_mmsa.config import evenly_spaced_layers
 from khar_mmsa.model.adapter import AdapterBlock
 from khar_mmsa.model.encoders import EncoderOutput
+
+
+def evenly_spaced_layers(num_states: int, num_adapters: int) -> list:
+    """Hidden-state indices feeding ``num_adapters`` chained adapters.
+
+    ``num_states`` counts the states an encoder exposes (embeddings/input projection included, the
+    final output excluded when it is also O_m).  The first adapter takes two states, every further
+    one takes one: ``num_adapters + 1`` indices spread evenly from 0 to ``num_states - 1``.  For a
+    12-layer BERT (13 states, 12 intermediate ones: 0..11) and 4 adapters this gives
+    [0, 3, 6, 8, 11] -- KuDA's [0, 3, 6, 9, 11] up to rounding.
+    """
+    last = num_states - 1
+    return [round(i * last / num_adapters) for i in range(num_adapters + 1)]
 
 
 class AdapterStack(nn.Module):

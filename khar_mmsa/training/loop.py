@@ -63,6 +63,10 @@ class TrainingState:
                 setattr(self, name, saved[name])
 
 
+#: Validation metrics (MMSA's KeyEval) where lower is better; every other KeyEval: higher is better.
+LOWER_IS_BETTER = ("Loss", "MAE")
+
+
 @dataclass(frozen=True)
 class Monitor:
     """The validation value that selects the best epoch: one rule for every training."""

@@ -9,10 +9,15 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random as MMSA's ``setup_seed`` does (numpy takes 32 bits)."""
+    """Seed torch, numpy and random and make cuDNN deterministic, as MMSA's ``setup_seed`` does
+    for every seed of ``MMSA_run`` (numpy takes 32 bits): the one seeding function of every run,
+    tuning candidate and pretraining stage."""
+    seed = int(seed)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def rng_state() -> dict:

@@ -21,6 +21,7 @@ Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -30,23 +31,23 @@ import torch
 from torch import nn
 
 from khar_mmsa.config import KHaRConfig
+from khar_mmsa.config.size import PAPER_SIZE_FIELDS, PAPER_SIZE_MIN_TRAIN_CLIPS, SMALL_DATA_SIZE
 from khar_mmsa.data.bucketing import bucketed_loader
 from khar_mmsa.io.identity import feature_identity, fingerprint_of
-from khar_mmsa.losses.criterion import KHaRCriterion
+from khar_mmsa.losses.criterion import KHaRCriterion, float32_outputs
 from khar_mmsa.model.khar import KHaR, batch_inputs
 from khar_mmsa.reporting.log_format import log_fields
 from khar_mmsa.reporting.progress import progress, progress_enabled
 from khar_mmsa.training.callbacks import (BestCheckpoint, EarlyStopping, EpochLog, EpochResults, ProgressBar,
                                           ResumeState, TrainingCurves)
 from khar_mmsa.training.checkpoints import SeedCheckpoint
-from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
+from khar_mmsa.training.loop import LOWER_IS_BETTER, Callback, Monitor, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import make_adamw, parameter_groups, warmup_linear_decay_scheduler
 from khar_mmsa.training.pretrain import default_adapter_path, harvest_knowledge
 from khar_mmsa.training.seeding import seed_everything
 
 logger = logging.getLogger("MMSA")
 
-LOWER_IS_BETTER = ("Loss", "MAE")
 #: ``args`` keys the runner adds for the trainer (not KHaR config fields).
 RUNNER_KEYS = ("seed", "verbose_level", "log_dir", "callbacks")
 #: MMSA's metric function: ``(y_pred, y_true) -> {name: value}``.
@@ -76,33 +77,20 @@ def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if device.type == "cpu" else None
 
 
-def _float32(obj):
-    """Floating tensors of a (nested) output dict as fp32: losses are computed outside autocast."""
-    if isinstance(obj, dict):
-        return {k: _float32(v) for k, v in obj.items()}
-    if torch.is_tensor(obj) and obj.is_floating_point():
-        return obj.float()
-    return obj
-
-
-#: Size settings of Table 5 and the fewest training clips they were tuned on (CMU-MOSI's standard
-#: training fold, the smallest of the paper's four datasets, has 1,284 clips).
-PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
-PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
-
-
 def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
-    """Warn (and return True) when the model has the paper's size but the data is far smaller than
-    any dataset the paper tuned it on: such a run usually learns a constant prediction."""
-    defaults = KHaRConfig(dataset_name=cfg.dataset_name)
-    paper_size = all(getattr(cfg, f) == getattr(defaults, f) for f in PAPER_SIZE_FIELDS)
+    """Warn (and return True) when the model has the paper's size (:data:`PAPER_SIZE_FIELDS` at their
+    defaults) but the data is far smaller than any dataset the paper tuned it on: such a run usually
+    learns a constant prediction.  The hint suggests the demo's smaller size (:data:`SMALL_DATA_SIZE`)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(KHaRConfig)}
+    paper_size = all(getattr(cfg, f) == defaults[f] for f in PAPER_SIZE_FIELDS)
     if not paper_size or train_clips >= PAPER_SIZE_MIN_TRAIN_CLIPS:
         return False
+    smaller = " ".join(f"--set {k}={v}" for k, v in SMALL_DATA_SIZE.items())
     logger.warning(
         f"KHaR has the paper's size (Table 5: {', '.join(f'{f}={getattr(cfg, f)}' for f in PAPER_SIZE_FIELDS)}) "
         f"but trains on {train_clips} clips, fewer than the {PAPER_SIZE_MIN_TRAIN_CLIPS} of the smallest dataset "
         f"it was tuned on; at this size it usually learns a constant prediction. Shrink it (e.g. "
-        f"--set modal_dim=32 --set encoder_layers=1, as the demo does) or tune it on validation (-t).")
+        f"{smaller}, as the demo does) or tune it on validation (-t).")
     return True
 
 
@@ -116,9 +104,11 @@ class KHaRTrainer(Task):
     owns_checkpoint_life_cycle = True
     name = "KHaR"
 
-    def __init__(self, args: Mapping, metrics: Optional[Metrics] = None) -> None:
+    def __init__(self, args: Mapping, metrics: Optional[Metrics] = None, config: Optional[KHaRConfig] = None) -> None:
         self.args = args
-        self.cfg = KHaRConfig.from_mmsa_args({k: v for k, v in args.items() if k not in RUNNER_KEYS})
+        #: the run's checked config (the runner passes the one it built); from ``args`` when not given
+        self.cfg = config if config is not None else \
+            KHaRConfig.from_mmsa_args({k: v for k, v in args.items() if k not in RUNNER_KEYS})
         self.criterion = KHaRCriterion(self.cfg)
         self.metrics = metrics
         self.device = torch.device(args.get("device", "cpu"))
@@ -138,11 +128,12 @@ class KHaRTrainer(Task):
 
     # -- batches ---------------------------------------------------------------------------------
     def _forward(self, model: nn.Module, batch: Mapping) -> dict:
+        """The raw outputs of one batch (bf16 under ``amp``: the criterion casts what it reads,
+        :func:`~khar_mmsa.losses.criterion.float32_outputs`, and so does evaluation)."""
         text, audio, vision, audio_lengths, vision_lengths = batch_inputs(batch, self.device)
         net = self._compiled_model(model)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            outputs = net(text, audio, vision, audio_lengths=audio_lengths, vision_lengths=vision_lengths)
-        return _float32(outputs) if self.amp_dtype is not None else outputs
+            return net(text, audio, vision, audio_lengths=audio_lengths, vision_lengths=vision_lengths)
 
     def _compiled_model(self, model: nn.Module) -> nn.Module:
         """``model``, or with ``compile=True`` its ``torch.compile`` wrapper (made once per model;
@@ -243,7 +234,7 @@ class KHaRTrainer(Task):
         total, raw, weighted = self.criterion(outputs, labels)
         for m, counts in (outputs.get("expert_load") or {}).items():
             self._expert_load[m] = self._expert_load.get(m, 0) + counts
-        self._preds.append(outputs["M"].detach())
+        self._preds.append(outputs["M"].detach().float())
         self._trues.append(labels)
         terms = {"total": total, **{f"raw/{k}": v for k, v in raw.items()},
                  **{f"weighted/{k}": v for k, v in weighted.items()}}
@@ -291,7 +282,7 @@ class KHaRTrainer(Task):
         features: Dict[str, list] = {"Feature_t": [], "Feature_a": [], "Feature_v": [], "Feature_f": []}
         with torch.no_grad():
             for batch in progress(dataloader, f"KHaR {mode}", progress_enabled(self.verbose_level)):
-                outputs = self._forward(model, batch)
+                outputs = float32_outputs(self._forward(model, batch))
                 preds.append(outputs["M"])  # stays on the device until the pass ends
                 trues.append(batch["labels"]["M"].view(-1, 1))
                 if return_sample_results:

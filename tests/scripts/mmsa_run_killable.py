@@ -16,8 +16,8 @@ process as a separate ``python`` run would be.  A spec::
 Every training epoch and pretraining epoch of every seed is appended to ``events`` (JSON lines),
 so a test can tell what was trained again after a kill; the returned row is written as JSON to
 ``row``, the child's standard error to ``stderr``.  The kill point is a training callback, given to
-the trainer in ``args['callbacks']`` by wrapping the registered ``'khar'`` trainer factory; nothing
-in khar_mmsa knows.  HOME, TMPDIR and the working folder are the server's (the test sets them).
+the trainer in ``config['callbacks']`` (which the runner hands to KHaRTrainer), and a kill point
+before the test pass wraps ``KHaRTrainer.do_test`` in the child; nothing in khar_mmsa knows.  HOME, TMPDIR and the working folder are the server's (the test sets them).
 """
 import json
 import os
@@ -33,9 +33,9 @@ torch.set_num_threads(1)  # same arithmetic in every process of a test
 
 import khar_mmsa  # noqa: E402,F401  (registers 'khar')
 import MMSA.run  # noqa: E402
-from khar_mmsa.integration import EXTRA_TRAINERS  # noqa: E402
 from khar_mmsa.training.loop import Callback  # noqa: E402
 from khar_mmsa.training.pretrain import HarvestTask  # noqa: E402
+from khar_mmsa.training.trainer import KHaRTrainer  # noqa: E402
 from MMSA import MMSA_run  # noqa: E402
 
 MMSA.run.time = types.SimpleNamespace(sleep=lambda s: None, time=time.time)  # skip MMSA's 1 s nap
@@ -78,30 +78,15 @@ def run_one(spec):
             if isinstance(loop.task, HarvestTask):  # in the validation pass of that modality's first epoch
                 die_if("pretrain", modality=loop.task.modality)
 
-    factory = EXTRA_TRAINERS["khar"]
+    do_test = KHaRTrainer.do_test
 
-    class WithKillPoint:
-        """The registered 'khar' trainer factory, with :class:`KillPoint` in ``args['callbacks']``
-        and a kill point before the test pass."""
+    def killable_do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
+        if mode == "TEST":
+            die_if("test")
+        return do_test(self, model, dataloader, mode, return_sample_results)
+    KHaRTrainer.do_test = killable_do_test  # this child only: it runs one MMSA_run and exits
 
-        def resolve(self):
-            return factory.resolve()
-
-        def __call__(self, args):
-            args = type(args)(dict(args))
-            args["callbacks"] = [KillPoint()]
-            trainer = factory(args)
-            do_test = trainer.do_test
-
-            def killable_do_test(model, dataloader, mode="VAL", return_sample_results=False):
-                if mode == "TEST":
-                    die_if("test")
-                return do_test(model, dataloader, mode, return_sample_results)
-            trainer.do_test = killable_do_test
-            return trainer
-
-    EXTRA_TRAINERS["khar"] = WithKillPoint()
-    row = MMSA_run("khar", spec["dataset"], config=spec["config"], **spec["kwargs"])
+    row = MMSA_run("khar", spec["dataset"], config=dict(spec["config"], callbacks=[KillPoint()]), **spec["kwargs"])
     with open(spec["row"], "w", encoding="utf-8") as f:
         json.dump(row, f)
 

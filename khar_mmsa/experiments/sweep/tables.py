@@ -21,8 +21,6 @@ if TYPE_CHECKING:
 MMSA_SCALE = 100.0
 #: Decimals of a metric in the per-run table (MMSA's x100 scale).
 RUN_DECIMALS = 4
-#: Decimals of the mean and std over seeds, as MMSA rounds its results table.
-SUMMARY_DECIMALS = 2
 #: The per-run table's identity columns, first and in this order.
 RUN_COLUMNS = ("model", "dataset", "variant", "seed", "run_id", "wall_s", "host")
 
@@ -51,7 +49,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """:func:`spec_table`'s rows per model and variant as MMSA's results CSV has them: ``Model``,
     ``seeds`` (the seeds, space-separated), ``n_seeds``, then each metric's mean and
     ``<metric>_std`` (population std, ``np.std``), rounded to 2 decimals as MMSA does."""
-    import numpy as np
+    from khar_mmsa.integration.results_files import mean_std_x100
     groups: Dict[tuple, List[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["model"], row.get("variant", "default")), []).append(row)
@@ -66,8 +64,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             values = [r.get(key) for r in members]
             if not all(_is_number(v) for v in values):
                 continue
-            summary[key] = round(float(np.mean(values)), SUMMARY_DECIMALS)
-            summary[f"{key}_std"] = round(float(np.std(values)), SUMMARY_DECIMALS)
+            summary[key], summary[f"{key}_std"] = mean_std_x100(values, scale=1.0)  # rows are x100 already
         out.append(summary)
     return out
 

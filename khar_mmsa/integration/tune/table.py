@@ -1,0 +1,98 @@
+"""The tune CSV: one row per candidate, and the marker of the best checkpoint so far.
+
+``<res_save_dir>/tune/<dataset>-<model>-by-valid.csv`` (beside MMSA's): the ``d_paras`` values,
+``candidate`` (their JSON), ``Valid_<metric>`` columns, ``selected_by``, ``selected`` and
+``Test_<metric>`` on the selected row only; a candidate that failed for a reason of its own has an
+``error`` cell (:data:`CANDIDATE_FAILURES`).  A damaged file or marker is set aside.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from khar_mmsa.io.safe_io import atomic_open
+from khar_mmsa.training.loop import LOWER_IS_BETTER
+
+#: Failures that belong to a candidate's settings, not to the machine or the data: such a
+#: candidate is recorded with its ``error`` and not tried again.  Any other failure (data, disk,
+#: memory, a missing package) stops the search and leaves the candidate untried.
+CANDIDATE_FAILURES = ("ConfigError", "ConfigTypeError", "FloatingPointError", "NonFiniteLossError",
+                      "MissingCheckpointError")
+
+
+def tune_csv_path(res_dir: Path, dataset_name: str, model_name: str) -> Path:
+    return Path(res_dir) / f"{dataset_name}-{model_name}-by-valid.csv"
+
+
+def is_candidate_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure of the candidate's own settings (:data:`CANDIDATE_FAILURES`)."""
+    return any(cls.__name__ in CANDIDATE_FAILURES for cls in type(exc).__mro__)
+
+
+def done_candidates(table: Any) -> set:
+    """The candidates of the table that need no new try: validated ones and those that failed for
+    a reason of their own (an ``error`` cell naming one of :data:`CANDIDATE_FAILURES`); a row
+    whose error was the machine's or the data's (written by an older version) is tried again."""
+    if table is None:
+        return set()
+    done = set()
+    errors = table["error"] if "error" in table.columns else [None] * len(table)
+    for key, error in zip(table["candidate"], errors):
+        if not isinstance(error, str) or error.partition(":")[0].strip() in CANDIDATE_FAILURES:
+            done.add(key)
+    return done
+
+
+def read_tune_csv(csv_file: Path) -> Any:
+    """The tune CSV as a DataFrame (None when absent or empty; a damaged one is set aside)."""
+    from khar_mmsa.io.state_files import StateFileError, load_tune_table, set_aside
+    if not csv_file.is_file() or csv_file.stat().st_size == 0:
+        return None
+    try:
+        table = load_tune_table(csv_file)
+    except StateFileError as exc:  # damaged: kept aside, the search starts afresh
+        set_aside(csv_file, exc)
+        return None
+    retried = set(table["candidate"]) - done_candidates(table)
+    return table[~table["candidate"].isin(retried)].reset_index(drop=True) if retried else table
+
+
+def best_marker(path: Path) -> Dict[str, Any]:
+    """Which candidate the best checkpoint holds ({} when unknown; a damaged marker is set aside)."""
+    from khar_mmsa.io.state_files import StateFileError, load_tune_marker, set_aside
+    if not path.is_file():
+        return {}
+    try:
+        return load_tune_marker(path)
+    except StateFileError as exc:
+        set_aside(path, exc)
+        return {}
+
+
+def best_valid(table: Any, key_eval: str) -> Optional[float]:
+    col = f"Valid_{key_eval}"
+    if table is None or col not in table.columns or table[col].dropna().empty:
+        return None
+    values = table[col].dropna().astype(float)
+    return float(values.min() if key_eval in LOWER_IS_BETTER else values.max())
+
+
+def append_row(table: Any, row: Mapping[str, Any]) -> Any:
+    import pandas as pd
+    new = pd.DataFrame([dict(row)])
+    if table is None or table.empty:
+        return new
+    return pd.concat([table, new], ignore_index=True)
+
+
+def write_tune_csv(table: Any, csv_file: Path, key_eval: str) -> None:
+    if "selected_by" not in table.columns:
+        table["selected_by"] = f"valid {key_eval}"
+    with atomic_open(csv_file, "w") as f:
+        table.to_csv(f, index=False)
+
+
+def atomic_copy(src: Path, dst: Path) -> None:
+    with open(src, "rb") as source, atomic_open(dst, "wb") as target:
+        shutil.copyfileobj(source, target)
