@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from khar_mmsa.config import (ARCHITECTURE_SECTIONS, FUSION_CHOICES, REFINER_CHOICES, SECTIONS, ConfigError,
-                              KHaRConfig, _f, config_reference_markdown, section_fields)
+                              KHaRConfig, config_field, config_reference_markdown, section_fields)
 from khar_mmsa.integration.predict import checkpoint_config as rebuild_config
 from khar_mmsa.io.identity import config_identity, fingerprint_of
 from khar_mmsa.io.state_files import StateFileError, load_checkpoint_config
@@ -38,7 +38,7 @@ def test_every_field_has_a_known_section() -> None:
 
 def test_field_helper_refuses_an_unknown_section() -> None:
     with pytest.raises(ValueError, match=r"unknown section\(s\) \['modle'\]"):
-        _f(1, "help", "modle")
+        config_field(1, "help", "modle")
 
 
 def test_allowed_values_are_the_fields_own() -> None:
@@ -97,8 +97,8 @@ def test_pretraining_depends_on_harvester_data_and_pretraining_sections() -> Non
 @dataclasses.dataclass
 class _Extended(KHaRConfig):
     """KHaRConfig with two fields added the way a new one would be: no list edited anywhere."""
-    adapter_gain: float = _f(1.0, "A new adapter setting.", "adapters")
-    momentum: float = _f(0.9, "A new main-run optimiser setting.", "optimisation")
+    adapter_gain: float = config_field(1.0, "A new adapter setting.", "adapters")
+    momentum: float = config_field(0.9, "A new main-run optimiser setting.", "optimisation")
 
 
 def test_a_new_field_joins_the_pretraining_key_by_its_section() -> None:

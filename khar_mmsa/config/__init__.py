@@ -20,7 +20,7 @@ from khar_mmsa.config.booleans import FALSE_WORDS, TRUE_WORDS, bool_word, env_fl
 from khar_mmsa.config.checks import NUMERIC_RANGES, RANGES, check_types, field_types
 from khar_mmsa.config.errors import ConfigError, ConfigTypeError
 from khar_mmsa.config.fields import (ARCHITECTURE_SECTIONS, ELEMENTWISE_FUSIONS, IDENTITY_KINDS, LABEL_RANGES,
-                                     MODALITIES, SECTIONS, _f, config_field)
+                                     MODALITIES, SECTIONS, config_field)
 from khar_mmsa.config.hashing import fingerprint
 from khar_mmsa.config.khar_config import (BOOL_KEYS, FUSION_CHOICES, KL_REDUCTIONS, PATH_FIELDS, REBUILD_VALUES,
                                           REFINER_CHOICES, SECTION_TYPES, KHaRConfig, normalize_bools,

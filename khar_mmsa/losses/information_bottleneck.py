@@ -13,7 +13,6 @@ two are the same loss with beta_sum = beta_mean / latent_dim.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from khar_mmsa.config import KL_REDUCTIONS  # the allowed values of mib_kl_reduction
