@@ -191,6 +191,8 @@ def train_main(argv: Sequence[str]) -> int:
     parser = train_parser()
     args = parser.parse_args(argv)
     check_distinct_seeds(parser, args.seeds)
+    from khar_mmsa.io.names import check_run_names
+    check_run_names(args.model, args.dataset)  # before the error log's name is made of them
     apply_threads(args.threads)
     _ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or Path.home() / "MMSA" / "logs") / \
         f"{args.model}-{args.dataset}.log"
@@ -330,7 +332,8 @@ def sweep_main(argv: Sequence[str]) -> int:
 USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
                "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
                "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
-               "ImportOrderError", "FileNotFoundError",
+               "ImportOrderError", "FileNotFoundError", "ConfigFileError", "UnsafeNameError", "StateFileError",
+               "UnsafePathError",
                "PermissionError", "IsADirectoryError", "NotADirectoryError")
 # Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
 _PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")
@@ -371,7 +374,12 @@ def _report(message: str) -> None:
     handler: Optional[logging.Handler] = None
     path = _ERROR_LOG["file"]
     if path is not None and Path(path).parent.is_dir():
-        handler = logging.FileHandler(path)
+        from khar_mmsa.io.safe_io import NoFollowFileHandler
+        try:
+            handler = NoFollowFileHandler(path)  # a link at the log's place is not followed
+        except OSError:
+            handler = None
+    if handler is not None:
         handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
         logger.addHandler(handler)
     files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]

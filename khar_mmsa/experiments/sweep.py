@@ -298,10 +298,8 @@ class Manifest:
         rec = {"event": event, "run_id": spec.run_id, "identity": spec.identity(), "title": spec.title,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        from khar_mmsa.io.state_files import append_manifest_record
+        append_manifest_record(self.path, rec)  # a whole line of its own, never through a link
         self.records.append(rec)
         self.last[spec.run_id] = rec
 
@@ -564,6 +562,9 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
     """
     options = options or ExecutorOptions()
     specs = list(specs)
+    from khar_mmsa.io.names import check_run_names
+    for spec in specs:  # names become file names: refused before the manifest or any folder is written
+        check_run_names(spec.model, spec.dataset)
     ids = [s.run_id for s in specs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

@@ -5,11 +5,13 @@ sweeps and Ray Tune all reach :func:`run`, which takes ``MMSA_run``'s arguments 
 MMSA's public pieces -- its config getters, ``MMDataLoader``, ``AMIO``, ``ATIO``, ``setup_seed``,
 ``assign_gpu`` -- in this order:
 
-1. check the seeds and the output folders, and open the run's log file;
+1. check the model and dataset names (:func:`khar_mmsa.io.names.check_run_names`: they become file
+   names), the seeds and the output folders, and open the run's log file (never through a link);
 2. tuning (``is_tune=True``) goes to :func:`.tune.tune_by_validation`, which selects on validation;
 3. build the config once (MMSA's default JSON with ours, a ``config_file``, ``config`` overrides)
    and check the model's settings before any file is read;
-4. check the results files (they must parse and be writable) before anything trains;
+4. check every file the run will write (:mod:`.run_files`: checkpoint, resume state, adapters,
+   curves, the results tables with their headers and lock files) before anything is read or trained;
 5. choose the device (the CPU, with one warning, when a GPU was asked for and there is none);
 6. read every feature file once, with the restricted unpickler, and validate it;
 7. for each seed: skip it if an earlier, killed run of the same config, data and seeds finished
@@ -34,8 +36,9 @@ from khar_mmsa.integration.configs import config_for
 from khar_mmsa.integration.features import file_key, load_features, make_loaders
 from khar_mmsa.integration.output_folders import check_output_folders
 from khar_mmsa.integration.registration import check_model_settings, register
-from khar_mmsa.integration.results_files import (MMSA_DEFAULT_SEEDS, check_results_files, results_csv_path,
-                                                 summarize, tidy_csv_path, write_run_row)
+from khar_mmsa.integration.results_files import MMSA_DEFAULT_SEEDS, summarize, tidy_csv_path, write_run_row
+from khar_mmsa.integration.run_files import check_run_files
+from khar_mmsa.io.names import check_run_names
 from khar_mmsa.integration.run_state import RunState, run_key
 
 logger = logging.getLogger("MMSA")
@@ -57,6 +60,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
     with ``is_tune=True``, what :func:`.tune.tune_by_validation` returns.  ``num_workers=None``:
     0 loader workers without CUDA, else MMSA's 4."""
     register()
+    check_run_names(model_name, dataset_name)  # they become file names: refused before anything is written
     model_name, dataset_name = str(model_name).lower(), str(dataset_name).lower()
     seeds = checked_seeds(seeds)
     folders = check_output_folders({"model_save_dir": model_save_dir, "res_save_dir": res_save_dir,
@@ -77,7 +81,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
                           custom_feature, feature_T, feature_A, feature_V, verbose_level, folders["log_dir"])
         settings = check_model_settings(args)
         res_dir = folders["res_save_dir"]
-        check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)])
+        check_run_files(args, settings, res_dir, dataset_name, folders["log_dir"])
         args["device"] = choose_device(gpu_ids, cuda)
         features = load_features(args)
         state = RunState(args["model_save_path"], run_key(args, seeds))
@@ -204,10 +208,11 @@ def warn_update_epochs(args: Mapping[str, Any], loaders: Mapping[str, Any]) -> N
 def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Optional[int]) -> Iterator[None]:
     """MMSA's two handlers for one run (``<log_dir>/<model>-<dataset>.log`` at DEBUG, the console at
     ``verbose_level``: 0 errors, 1 info, 2 debug), removed again when the run returns."""
+    from khar_mmsa.io.safe_io import NoFollowFileHandler
     mmsa_logger = logging.getLogger("MMSA")
     level = mmsa_logger.level
     mmsa_logger.setLevel(logging.DEBUG)
-    file_handler = logging.FileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")
+    file_handler = NoFollowFileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")  # a link: refused
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
     console = logging.StreamHandler()

@@ -56,6 +56,7 @@ from khar_mmsa.config import RUN_PLACE_KEYS
 from khar_mmsa.io.safe_io import atomic_open, atomic_write_text, safe_torch_load
 from khar_mmsa.integration.registration import mmsa_module
 from khar_mmsa.integration.results_files import is_number
+from khar_mmsa.io.state_files import WRITTEN_BY
 from khar_mmsa.training.checkpoints import SeedCheckpoint
 
 logger = logging.getLogger("MMSA")
@@ -289,7 +290,8 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
             if is_better(value, best_valid, key_eval):
                 best_valid = value
                 _atomic_copy(Path(args["model_save_path"]), best_ckpt)
-                atomic_write_text(best_ckpt.with_suffix(".json"), json.dumps({"candidate": candidate_key(point)}))
+                atomic_write_text(best_ckpt.with_suffix(".json"), json.dumps({
+                    "written_by": f"{WRITTEN_BY} tune marker", "candidate": candidate_key(point)}))
             row.update({f"Valid_{k}": v for k, v in cand.valid.items() if is_number(v)})
             del cand
         SeedCheckpoint(args["model_save_path"]).remove_stale("a tuning candidate's own files")
