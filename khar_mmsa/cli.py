@@ -247,6 +247,8 @@ def tune_parser() -> argparse.ArgumentParser:
 
 def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
+    from khar_mmsa.io.names import check_run_names
+    check_run_names(args.model, args.dataset)
     from khar_mmsa.experiments import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
@@ -292,6 +294,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds else list(DEFAULT_SWEEP_SEEDS)
     check_distinct_seeds(parser, seeds)
+    from khar_mmsa.io.names import check_run_names
+    for model in args.models:
+        check_run_names(model, args.dataset)
     apply_threads(args.threads)
     from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
