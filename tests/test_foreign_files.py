@@ -176,3 +176,14 @@ def test_a_swapped_in_checkpoint_is_not_resumed_from(tiny_features, tiny_bert, m
     assert "is not the file this seed's run wrote" in caplog.text
     assert "Resuming KHaR" not in caplog.text
     assert "EPOCH-(khar) seed 1 epoch 1/2" in caplog.text  # trained from the start
+
+
+def test_the_command_line_refuses_an_unsafe_name_before_writing(tmp_path: Path) -> None:
+    """The train command's -d takes only the config files' dataset keys (argparse), and its name
+    check runs before the error log's name is made of them."""
+    root = tmp_path / "a" / "b" / "c"
+    done = _cli(["-m", "khar", "-d", UNSAFE, "--log-dir", str(root / "logs"), "--model-save-dir",
+                 str(root / "m"), "--res-save-dir", str(root / "r")], tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr and UNSAFE in done.stderr
+    _nothing_outside(tmp_path)
+    assert not root.exists()
