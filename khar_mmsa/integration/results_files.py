@@ -98,9 +98,9 @@ def is_tidy(path: Path) -> bool:
 
 def _first_line(path: Path) -> Optional[bytes]:
     """The raw first line of ``path`` (None when the file is absent or empty); never through a link."""
-    from khar_mmsa.io.safe_io import _open_no_follow
+    from khar_mmsa.io.safe_io import open_no_follow
     try:
-        fd = _open_no_follow(path, os.O_RDONLY, "read")
+        fd = open_no_follow(path, os.O_RDONLY, "read")
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:

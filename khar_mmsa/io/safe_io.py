@@ -52,7 +52,7 @@ __all__ = [
     "load_pickle_stream", "file_digest",
     "safe_torch_load", "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
     "UnsafePathError", "check_writable_file", "new_file_mode", "open_lock_file",
-    "append_whole", "truncate_back", "ends_with_newline", "repair_torn_last_line", "NoFollowFileHandler",
+    "append_whole", "truncate_back", "open_no_follow", "repair_torn_last_line", "NoFollowFileHandler",
 ]
 
 _TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
@@ -606,7 +606,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def _open_no_follow(path: Path, flags: int, what: str) -> int:
+def open_no_follow(path: Path, flags: int, what: str) -> int:
     """``os.open(path, flags | O_NOFOLLOW | O_CLOEXEC)``; a link there is :class:`UnsafePathError`
     (the link and its target untouched), a non-regular file too."""
     try:
@@ -651,7 +651,7 @@ def append_whole(path: PathLike, data: bytes, own_line: bool = False) -> int:
     length before the append (what :func:`truncate_back` takes to undo it).
     """
     p = Path(path)
-    fd = _open_no_follow(p, os.O_RDWR | os.O_APPEND | os.O_CREAT, "append to")  # read: the last byte
+    fd = open_no_follow(p, os.O_RDWR | os.O_APPEND | os.O_CREAT, "append to")  # read: the last byte
     try:
         st = os.fstat(fd)
         if not st.st_mode & stat.S_IWUSR:
@@ -677,20 +677,10 @@ def append_whole(path: PathLike, data: bytes, own_line: bool = False) -> int:
 def truncate_back(path: PathLike, length: int) -> None:
     """Undo an :func:`append_whole` that returned ``length`` (when a second file of the same
     record could not be written): the file is cut back to ``length`` bytes and fsynced."""
-    fd = _open_no_follow(Path(path), os.O_WRONLY, "truncate")
+    fd = open_no_follow(Path(path), os.O_WRONLY, "truncate")
     try:
         os.ftruncate(fd, length)
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ends_with_newline(path: PathLike) -> bool:
-    """Whether the file is empty or its last byte is a newline (read without following a link)."""
-    fd = _open_no_follow(Path(path), os.O_RDONLY, "read")
-    try:
-        size = os.fstat(fd).st_size
-        return size == 0 or os.pread(fd, 1, size - 1) == b"\n"
     finally:
         os.close(fd)
 
@@ -710,7 +700,7 @@ def repair_torn_last_line(path: PathLike, ours: Any, what: str) -> Optional[byte
     under which the file is appended.  A link at ``path`` is refused (:class:`UnsafePathError`).
     """
     p = Path(path)
-    fd = _open_no_follow(p, os.O_RDWR, "repair")
+    fd = open_no_follow(p, os.O_RDWR, "repair")
     try:
         size = os.fstat(fd).st_size
         if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
@@ -749,5 +739,5 @@ class NoFollowFileHandler(logging.FileHandler):
         super().__init__(filename, mode="a", encoding=encoding, delay=False)
 
     def _open(self) -> IO[str]:  # noqa: D401 - logging API
-        fd = _open_no_follow(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT, "log to")
+        fd = open_no_follow(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT, "log to")
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
