@@ -10,7 +10,10 @@ naming the file and what is wrong -- never a bare ``JSONDecodeError``, ``KeyErro
 
 A caller whose work the file only records (a finished seed, a cached pretraining, a finished
 sweep run) should not stop on a damaged file: :func:`set_aside` renames it to
-``<name>.damaged-<k>`` (kept for inspection, named in the log) and the work is done again.
+``<name>.damaged-<k>`` (kept for inspection, named in the log) and the work is done again -- only
+when khar-mmsa wrote it (:func:`written_by_us`: our JSON and PyTorch state files carry
+``"written_by": "khar-mmsa <kind>"`` as their first key, found even in a cut copy); any other file
+at that place is a :class:`ForeignFileError` naming it, and stays untouched.
 
 Loaders: :func:`load_checkpoint`, :func:`load_checkpoint_config`, :func:`load_seeds_file`,
 :func:`load_adapter_cache`, :func:`parse_manifest_line` / :func:`load_manifest`,
@@ -32,8 +35,8 @@ logger = logging.getLogger("MMSA")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "set_aside", "load_checkpoint", "load_checkpoint_config",
-           "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
+__all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "set_aside", "load_checkpoint",
+           "load_checkpoint_config", "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
            "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS", "manifest_line",
            "append_manifest_record"]
 
@@ -63,7 +66,8 @@ WRITTEN_BY = "khar-mmsa"
 #: How much of a file's start :func:`written_by_us` reads: the marker is the first key, within the
 #: first hundred bytes of a JSON file and of a PyTorch zip (its ``data.pkl`` entry comes first).
 MARKER_WINDOW_BYTES = 512
-_MARKER = re.compile(rb'^(\{\s*"written_by":\s*"khar-mmsa|PK\x03\x04.{0,400}written_by.{0,16}khar-mmsa)', re.S)
+_MARKER = re.compile(rb'^(\{\s*"written_by":\s*"%s|PK\x03\x04.{0,400}written_by.{0,16}%s)'
+                     % (re.escape(WRITTEN_BY.encode()), re.escape(WRITTEN_BY.encode())), re.S)
 #: The columns that make a CSV the tune table of ours (integration/tune.py writes both).
 _TUNE_TABLE_COLUMNS = (b"candidate", b"selected_by")
 
