@@ -200,6 +200,8 @@ def train_main(argv: Sequence[str]) -> int:
     parser = train_parser()
     args = parser.parse_args(argv)
     check_distinct_seeds(parser, args.seeds)
+    from khar_mmsa.io.names import check_run_names
+    check_run_names(args.model, args.dataset)  # before the error log's name is made of them
     apply_threads(args.threads)
     ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
@@ -251,6 +253,8 @@ def tune_parser() -> argparse.ArgumentParser:
 
 def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
+    from khar_mmsa.io.names import check_run_names
+    check_run_names(args.model, args.dataset)
     from khar_mmsa.experiments import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
@@ -293,6 +297,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds else list(MMSA_DEFAULT_SEEDS)
     check_distinct_seeds(parser, seeds)
+    from khar_mmsa.io.names import check_run_names
+    for model in args.models:
+        check_run_names(model, args.dataset)
     apply_threads(args.threads)
     from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}

@@ -15,7 +15,8 @@ logger = logging.getLogger("MMSA")
 USER_ERRORS = ("TextEncoderNotFoundError", "ConfigError", "FeatureValidationError", "PickleReadError",
                "UnsafePickleError", "FeatureFileNotFoundError", "OutputFolderError", "ConfigOverlayMissingError",
                "SweepLocked", "SweepFailed", "RayUnavailable", "TuneSetupError", "SeedError", "ResultsFileError",
-               "ImportOrderError", "FileNotFoundError",
+               "ImportOrderError", "FileNotFoundError", "ConfigFileError", "UnsafeNameError", "StateFileError",
+               "UnsafePathError",
                "PermissionError", "IsADirectoryError", "NotADirectoryError")
 # Python spelling of a config value in messages (pretrained='x') -> the command line's (--set pretrained=x).
 _PY_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=(['\"])([^'\"]*)\2")
@@ -56,7 +57,12 @@ def report(message: str, prog: str) -> None:
     handler: Optional[logging.Handler] = None
     path = ERROR_LOG["file"]
     if path is not None and Path(path).parent.is_dir():
-        handler = logging.FileHandler(path)
+        from khar_mmsa.io.safe_io import NoFollowFileHandler
+        try:
+            handler = NoFollowFileHandler(path)  # a link at the log's place is not followed
+        except OSError:
+            handler = None
+    if handler is not None:
         handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
         logger.addHandler(handler)
     files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]

@@ -236,14 +236,15 @@ def test_tune_table(tmp_path: Path) -> None:
 # --- set_aside -------------------------------------------------------------------------------------
 def test_set_aside_keeps_the_file_and_logs(tmp_path: Path, caplog) -> None:
     path = tmp_path / "khar-mosi.pth.seeds.json"
-    path.write_text("{broken")
+    broken = '{"written_by": "khar-mmsa seeds file", "key": "x", "resu'  # ours, cut off
+    path.write_text(broken)
     (tmp_path / "khar-mosi.pth.seeds.json.damaged-1").write_text("an earlier one")
     with caplog.at_level(logging.WARNING, logger="MMSA"):
         try:
             load_seeds_file(path)
         except StateFileError as exc:
             new = set_aside(path, exc)
-    assert new.name == "khar-mosi.pth.seeds.json.damaged-2" and new.read_text() == "{broken"
+    assert new.name == "khar-mosi.pth.seeds.json.damaged-2" and new.read_text() == broken
     assert not path.exists()
     assert (tmp_path / "khar-mosi.pth.seeds.json.damaged-1").read_text() == "an earlier one"
     assert str(path) in caplog.text and str(new) in caplog.text and "not valid JSON" in caplog.text

@@ -9,7 +9,9 @@ deep-merges ours over it, in memory; nothing is written to disk.
 
 :func:`config_for` is MMSA's ``get_config_regression`` / ``get_config_tune`` on that merged
 dictionary (same keys, same ``EasyDict``); a user's own ``config_file`` is read by MMSA's getter
-as it is.  Environment variable ``MMSA_DATASET_ROOT``: when set, it replaces
+as it is, after :func:`check_config_file` made sure it holds what the getter reads (a file that
+is not JSON, or lacks the model's or the dataset's block, is one :class:`ConfigFileError` naming
+the file, not MMSA's ``JSONDecodeError`` / ``KeyError``).  Environment variable ``MMSA_DATASET_ROOT``: when set, it replaces
 ``dataset_root_dir`` of the merged default config.
 """
 from __future__ import annotations
@@ -103,6 +105,59 @@ def knows(model_name: str, dataset_name: str, kind: str = "regression") -> bool:
         and dataset_name in base["datasetCommonParams"]
 
 
+class ConfigFileError(ValueError):
+    """A user's ``config_file`` (``-c``) that MMSA's getter could not read: one line naming the file."""
+
+
+def _block(path: Path, parent: Any, key: str, where: str) -> Dict[str, Any]:
+    value = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(value, dict):
+        found = "is missing" if not isinstance(parent, dict) or key not in parent else \
+            f"is {type(value).__name__}, not an object"
+        raise ConfigFileError(f"{path}: config file: {where}{key!r} {found} (MMSA's schema: see "
+                              f"{mmsa_config_file('regression').name} in MMSA's config folder)")
+    return value
+
+
+def check_config_file(config_file: Any, model_name: str, dataset_name: str, kind: str = "regression") -> None:
+    """Raise :class:`ConfigFileError` (one line naming the file) unless ``config_file`` is a UTF-8
+    JSON object holding what MMSA's ``get_config_<kind>`` reads for this model and dataset:
+    ``<model>.commonParams`` (with ``need_data_aligned``), ``<model>.datasetParams.<dataset>``
+    (regression; tune: ``<model>.debugParams`` with ``d_paras``), and
+    ``datasetCommonParams`` with ``dataset_root_dir`` and ``<dataset>.unaligned`` (or ``aligned``)
+    holding ``featurePath``."""
+    path = Path(config_file)
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigFileError(f"{path}: config file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigFileError(f"{path}: config file is not valid JSON ({exc.msg} at line {exc.lineno} "
+                              f"column {exc.colno})") from None
+    if not isinstance(config, dict):
+        raise ConfigFileError(f"{path}: config file holds a JSON {type(config).__name__}, not an object "
+                              f"of models and 'datasetCommonParams'")
+    model = _block(path, config, model_name, "model ")
+    common = _block(path, model, "commonParams", f"{model_name}.")
+    if "need_data_aligned" not in common:
+        raise ConfigFileError(f"{path}: config file: {model_name}.commonParams lacks 'need_data_aligned'")
+    if kind == "tune":
+        debug = _block(path, model, "debugParams", f"{model_name}.")
+        if not isinstance(debug.get("d_paras"), list):
+            raise ConfigFileError(f"{path}: config file: {model_name}.debugParams lacks the 'd_paras' list")
+    else:
+        _block(path, _block(path, model, "datasetParams", f"{model_name}."), dataset_name,
+               f"{model_name}.datasetParams.")
+    datasets = _block(path, config, "datasetCommonParams", "")
+    if "dataset_root_dir" not in datasets:
+        raise ConfigFileError(f"{path}: config file: 'datasetCommonParams' lacks 'dataset_root_dir'")
+    block = _block(path, datasets, dataset_name, "datasetCommonParams.")
+    variant = "aligned" if common["need_data_aligned"] and "aligned" in block else "unaligned"
+    if "featurePath" not in _block(path, block, variant, f"datasetCommonParams.{dataset_name}."):
+        raise ConfigFileError(f"{path}: config file: datasetCommonParams.{dataset_name}.{variant} lacks "
+                              f"'featurePath'")
+
+
 def config_for(model_name: str, dataset_name: str, kind: str = "regression",
                config_file: Optional[Any] = None, random_choice: bool = True) -> Any:
     """MMSA's config getter of ``kind`` for one model and dataset.
@@ -115,6 +170,7 @@ def config_for(model_name: str, dataset_name: str, kind: str = "regression",
     if not is_default_config_file(config_file, kind):
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config_file {config_file}: no such file")
+        check_config_file(config_file, model_name, dataset_name, kind)
         if kind == "tune":
             return original(model_name, dataset_name, str(config_file), random_choice=random_choice)
         return original(model_name, dataset_name, str(config_file))

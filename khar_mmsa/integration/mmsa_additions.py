@@ -164,6 +164,8 @@ def _mmsa_run(original: Callable) -> Callable:
     @functools.wraps(original)
     def MMSA_run(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
+        from khar_mmsa.io.names import check_run_names  # MMSA makes file names of them: first
+        check_run_names(bound.arguments.get("model_name"), bound.arguments.get("dataset_name"))
         if not is_extra_model(bound.arguments.get("model_name")):
             return original(*args, **kwargs)
         from khar_mmsa.integration.runner import run

@@ -39,7 +39,13 @@ def _test_args(config: Any) -> Mapping[str, Any]:
     if isinstance(config, (str, Path)):
         path = Path(config)
         if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+            try:
+                loaded = json.loads(path.read_bytes().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}: MMSA_test's config file is not UTF-8 JSON ({exc})") from None
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: MMSA_test's config file holds a JSON {type(loaded).__name__}, not an object")
+            return loaded
         if str(config).lower() in _extra_models():
             return {"model_name": str(config).lower()}
         raise FileNotFoundError(f"MMSA_test config={str(config)!r}: neither a config file nor a "
@@ -64,6 +70,10 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optiona
             logger.warning(f"CUDA is not available: MMSA_test runs on the CPU (gpu_id={gpu_id}).")
         gpu_id = -1
     test_args = normalize_bools(dict(_test_args(config)))  # 'no' is False, 'off' an error
+    from khar_mmsa.io.names import check_name
+    for key in ("model_name", "dataset_name"):
+        if test_args.get(key) is not None:
+            check_name(test_args[key], key)
     trusted = test_args.get("trust_pickle") or False
     device = "cpu" if gpu_id < 0 else f"cuda:{gpu_id}"
     if is_extra_model(test_args.get("model_name", "")):

@@ -11,16 +11,24 @@ with an error naming both).
 rounded to two decimals; ``pd.read_csv`` gives float columns.
 
 Both files are appended under an exclusive lock on ``<file>.lock`` (:mod:`khar_mmsa.io.locks`: never
-through a link, removed on release), so runs finishing together never lose a row.  :func:`check_results_files`
-runs before training: an existing file must parse and be writable, and neither it nor its lock
-file may be a link.
+through a link, removed on release), so runs finishing together never lose a row.  Appends are whole
+(:func:`khar_mmsa.io.safe_io.append_whole`: ``O_APPEND | O_NOFOLLOW``, one checked write, fsync,
+truncated back on failure) and a run's row goes to both tables or to neither.  Nothing is written
+to a temporary file and renamed: existing rows stay where they are, byte for byte.  A complete last
+row without a final newline (a hand edit) is kept and the next row starts on a line of its own; a
+last line that is not a complete row of ours -- cut by a killed append -- is removed first, with a
+warning quoting it.  :func:`check_results_files` runs before training: an existing file and its lock
+file must not be links, the file must be writable, have one of our headers (no UTF-8 BOM) and
+parse, and the two tables must name the same metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
+import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,21 +100,121 @@ def mmsa_row(row: Mapping[str, Any]) -> Dict[str, str]:
     return out
 
 
-def _header(path: Path) -> Optional[List[str]]:
-    """The column names of an existing CSV (None if the file is absent or empty)."""
-    if not path.exists() or path.stat().st_size == 0:
+#: The UTF-8 byte-order mark some editors put first; neither MMSA nor pandas' default reader
+#: expects it, so a header starting with it is refused (its first column would be '\ufeffModel').
+UTF8_BOM = b"\xef\xbb\xbf"
+#: The first columns of each table (the tidy one also has ``seeds``, then ``<Metric>``/``<Metric>_std`` pairs).
+MODEL_COLUMN, SEEDS_COLUMN, STD_SUFFIX = "Model", "seeds", "_std"
+
+
+def is_tidy(path: Path) -> bool:
+    return path.name.endswith(".tidy.csv")
+
+
+def _first_line(path: Path) -> Optional[bytes]:
+    """The raw first line of ``path`` (None when the file is absent or empty); never through a link."""
+    from khar_mmsa.io.safe_io import open_no_follow
+    try:
+        fd = open_no_follow(path, os.O_RDONLY, "read")
+    except FileNotFoundError:
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        return next(csv.reader(f), None)
+    with os.fdopen(fd, "rb") as f:
+        line = f.readline()
+    return line or None
+
+
+def _columns(raw: bytes, path: Path) -> List[str]:
+    if raw.startswith(UTF8_BOM):
+        raise ResultsFileError(f"{path}: the file starts with a UTF-8 byte-order mark (an editor's 'UTF-8 with "
+                               f"BOM'); results tables are plain UTF-8. Save it without the BOM or pass another "
+                               f"res_save_dir; nothing was trained.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFileError(f"{path}: the header is not UTF-8 text ({exc.reason} at byte {exc.start}); fix or "
+                               f"move the file; nothing was trained.") from exc
+    return next(csv.reader([text.rstrip("\r\n")]), [])
+
+
+def header_metrics(path: Path) -> Optional[List[str]]:
+    """The metric names of an existing results table's header (None when absent or empty), after
+    checking that the header is one of ours: no BOM, ``Model`` first, then distinct names --
+    for the tidy table ``seeds`` and ``<Metric>``, ``<Metric>_std`` pairs.  Anything else is a
+    :class:`ResultsFileError` naming the file (before training: :func:`check_results_files`)."""
+    raw = _first_line(path)
+    if raw is None:
+        return None
+    columns = _columns(raw, path)
+    tidy = is_tidy(path)
+    expected = f"'{MODEL_COLUMN}', '{SEEDS_COLUMN}', then <Metric>, <Metric>_std pairs" if tidy else \
+        f"'{MODEL_COLUMN}', then one column per metric"
+    wrong = f"{path}: its header {columns} is not a results table's ({expected}); "
+    advice = "pass another res_save_dir or move the file; nothing was trained."
+    if not columns or columns[0] != MODEL_COLUMN or len(set(columns)) != len(columns) or "" in columns:
+        raise ResultsFileError(wrong + advice)
+    if not tidy:
+        if SEEDS_COLUMN in columns or any(c.endswith(STD_SUFFIX) for c in columns):
+            raise ResultsFileError(wrong + advice)
+        return columns[1:]
+    metrics = columns[2:][::2]
+    if columns[1:2] != [SEEDS_COLUMN] or columns[2:][1::2] != [m + STD_SUFFIX for m in metrics]:
+        raise ResultsFileError(wrong + advice)
+    return metrics
+
+
+def _ours(head: bytes, tail: bytes) -> bool:
+    """Is the last line ``tail`` (no final newline) a cut row of a table of ours?  The table's header
+    is ours (``Model`` first) -- or the file is only a cut header -- and ``tail`` is not a complete
+    row: another number of cells than the header, or a cell that is not a metric value (MMSA's
+    ``(mean, std)`` / the tidy table's numbers).  A complete row without a final newline (a hand
+    edit) is kept: nothing else appends to these files, and MMSA rewrites them whole."""
+    probe = head if head else tail
+    if not probe.startswith(MODEL_COLUMN.encode() + b","):
+        return False
+    if not head:
+        return True  # a cut header
+    try:
+        header = next(csv.reader([head.decode("utf-8").rstrip("\r")]), [])
+        cells = next(csv.reader([tail.decode("utf-8").rstrip("\r")], strict=True), [])
+    except (UnicodeDecodeError, csv.Error):
+        return True
+    if len(cells) != len(header):
+        return True
+    values = cells[2:] if header[1:2] == [SEEDS_COLUMN] else cells[1:]
+    return not all(_is_metric_cell(v) for v in values)
+
+
+_PAIR = re.compile(r"^\(\s*([-+0-9.eE]+|nan),\s*([-+0-9.eE]+|nan)\)$")
+
+
+def _is_metric_cell(text: str) -> bool:
+    """A whole metric cell: a number (tidy table) or MMSA's ``(mean, std)`` pair."""
+    match = _PAIR.match(text.strip())
+    try:
+        for value in (match.groups() if match else (text,)):
+            float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _repair(path: Path) -> None:
+    from khar_mmsa.io.safe_io import repair_torn_last_line
+    if path.exists():
+        repair_torn_last_line(path, _ours, "results row")
 
 
 def check_results_files(paths: Sequence[Path]) -> None:
-    """Before training: each existing results file is a regular file (not a link), writable,
-    and parses as CSV; its folder can be written; its lock file, if there, is not a link."""
+    """Before training: each results file (MMSA's table and the tidy one) and its ``.lock`` is a
+    regular file or absent (never a link), writable, with a header of ours
+    (:func:`header_metrics`: no BOM, no other layout) and parses as CSV; when both exist they name
+    the same metrics.  A last line cut by a killed append is removed first
+    (:func:`khar_mmsa.io.safe_io.repair_torn_last_line`, one warning)."""
     import pandas as pd
 
     from khar_mmsa.io.locks import check_lock_path
     from khar_mmsa.io.safe_io import check_writable_file
+    metrics: Dict[Path, List[str]] = {}
     for path in paths:
         try:
             check_writable_file(path)
@@ -117,61 +225,86 @@ def check_results_files(paths: Sequence[Path]) -> None:
                                    f"it or pass another res_save_dir; nothing was trained.") from exc
         if not path.exists():
             continue
-        try:
-            pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            continue
-        except Exception as exc:
-            raise ResultsFileError(f"{path}: the results file cannot be parsed as CSV "
-                                   f"({type(exc).__name__}: {exc}); fix or move it; nothing was trained.") from exc
+        with _THREAD_LOCK, _results_lock(path):
+            _repair(path)
+            found = header_metrics(path)
+            if found is None:
+                continue
+            metrics[path] = found
+            try:
+                pd.read_csv(path)
+            except pd.errors.EmptyDataError:
+                continue
+            except Exception as exc:
+                raise ResultsFileError(f"{path}: the results file cannot be parsed as CSV "
+                                       f"({type(exc).__name__}: {' '.join(str(exc).split())}); fix or move it; "
+                                       f"nothing was trained.") from exc
+    if len(metrics) == 2 and len(set(map(tuple, metrics.values()))) == 2:
+        (a, ma), (b, mb) = metrics.items()
+        raise ResultsFileError(f"{a} has the metrics {ma} but {b} has {mb}; a run writes the same row to both, "
+                               f"so one of them would refuse it. Pass another res_save_dir; nothing was trained.")
 
 
 _THREAD_LOCK = threading.Lock()
 
 
+def _row_bytes(path: Path, row: Mapping[str, Any]) -> bytes:
+    """The CSV line(s) appending ``row`` to ``path`` writes: the header too for a new file.  A file
+    whose header has other columns refuses the row (:class:`ResultsFileError`).  Call under the lock."""
+    _repair(path)
+    metrics = header_metrics(path)
+    columns = list(row)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    if metrics is None:
+        writer.writerow(columns)
+    elif [MODEL_COLUMN] + ([SEEDS_COLUMN] if is_tidy(path) else []) + \
+            [c for m in metrics for c in ([m, m + STD_SUFFIX] if is_tidy(path) else [m])] != columns:
+        header = next(csv.reader([_first_line(path).decode("utf-8").rstrip("\r\n")]))
+        raise ResultsFileError(
+            f"{path}: its columns {header} differ from this run's {columns}; the row was not "
+            f"written to it nor to the other results table (their rows are unchanged). Pass another res_save_dir.")
+    writer.writerow([row[c] for c in columns])
+    return text.getvalue().encode("utf-8")
+
+
 def append_row(path: Path, row: Mapping[str, Any]) -> None:
-    """Append ``row`` to the CSV at ``path`` as one line, under the file lock.
+    """Append ``row`` to the CSV at ``path`` as one line, under the file lock
+    (see :func:`append_rows`)."""
+    append_rows([(path, row)])
 
-    A new file gets a header; an existing file's rows are left byte for byte; a row whose columns
-    differ from the file's header is refused (:class:`ResultsFileError`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, _results_lock(path):
-        header = _header(path)
-        columns = list(row)
-        if header is not None and header != columns:
-            raise ResultsFileError(
-                f"{path}: its columns {header} differ from this run's {columns}; the row was not "
-                f"written (the other rows are unchanged). Pass another res_save_dir.")
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        if header is None:
-            writer.writerow(columns)
-        writer.writerow([row[c] for c in columns])
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        needs_newline = header is not None and not _ends_with_newline(path)
-        fd = os.open(path, flags, 0o644)
+
+def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]]) -> None:
+    """Append each ``(path, row)`` as one line, all or none, under every file's lock.
+
+    A new file gets a header; an existing file's rows are left byte for byte; a row whose
+    columns differ from its file's header is refused (:class:`ResultsFileError`) before any file
+    is written.  Each line is written whole or not at all
+    (:func:`khar_mmsa.io.safe_io.append_whole`: one checked write, fsync, truncated back on a
+    failure such as a full disk), and when a later file fails, the earlier ones are cut back:
+    a run's row is in both tables or in neither."""
+    from khar_mmsa.io.safe_io import append_whole, truncate_back
+    for path, _ in rows:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with _THREAD_LOCK, contextlib.ExitStack() as locks:
+        for path, _ in rows:
+            locks.enter_context(_results_lock(path))
+        data = [(path, _row_bytes(path, row)) for path, row in rows]
+        done: List[Tuple[Path, int]] = []
         try:
-            data = ("\n" if needs_newline else "") + text.getvalue()
-            os.write(fd, data.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() == 0:
-            return True
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+            for path, line in data:
+                done.append((path, append_whole(path, line, own_line=True)))
+        except BaseException:
+            for path, length in done:
+                truncate_back(path, length)
+            raise
 
 
 def write_run_row(res_save_dir: os.PathLike, dataset_name: str, row: Mapping[str, Any]) -> Path:
-    """The run's row into MMSA's table and the numeric table; returns MMSA's table's path."""
+    """The run's row into MMSA's table and the numeric table (both or neither); returns MMSA's
+    table's path."""
     mmsa_csv = results_csv_path(res_save_dir, dataset_name)
-    append_row(mmsa_csv, mmsa_row(row))
-    append_row(tidy_csv_path(res_save_dir, dataset_name), row)
+    append_rows([(mmsa_csv, mmsa_row(row)), (tidy_csv_path(res_save_dir, dataset_name), row)])
     return mmsa_csv
 
 

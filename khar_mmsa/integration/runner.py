@@ -5,12 +5,14 @@ sweeps and Ray Tune all reach :func:`run`, which takes ``MMSA_run``'s arguments 
 MMSA's public pieces -- its config getters, ``MMDataLoader``, ``AMIO``, ``ATIO`` (for MMSA's own
 models), ``assign_gpu`` -- in this order:
 
-1. check the seeds and the output folders, and open the run's log file;
+1. check the model and dataset names (:func:`khar_mmsa.io.names.check_run_names`: they become file
+   names), the seeds and the output folders, and open the run's log file (never through a link);
 2. tuning (``is_tune=True``) goes to :func:`.tune.tune_by_validation`, which selects on validation;
 3. build the config once (MMSA's default JSON with ours, a ``config_file``, ``config`` overrides)
    and check the model's settings before any file is read ('khar': the one typed
    :class:`~khar_mmsa.config.KHaRConfig` of the run, passed down to the model and trainer);
-4. check the results files (they must parse and be writable) before anything trains;
+4. check every file the run will write (:mod:`.run_files`: checkpoint, resume state, adapters,
+   curves, the results tables with their headers and lock files) before anything is read or trained;
 5. choose the device (the CPU, with one warning, when a GPU was asked for and there is none;
    :mod:`.devices`), with a one-line hint when torch has more threads than free cores;
 6. read every feature file once, with the restricted unpickler, and validate it;
@@ -38,9 +40,10 @@ from khar_mmsa.integration.features import file_key, load_features, make_loaders
 from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
 from khar_mmsa.integration.output_folders import check_output_folders
 from khar_mmsa.integration.replacements import require_registration
-from khar_mmsa.integration.results_files import (check_results_files, results_csv_path, summarize,
-                                                 tidy_csv_path, write_run_row)
+from khar_mmsa.integration.results_files import summarize, tidy_csv_path, write_run_row
+from khar_mmsa.integration.run_files import check_run_files
 from khar_mmsa.integration.run_state import RunState, run_key
+from khar_mmsa.io.names import check_run_names
 from khar_mmsa.reporting.run_log import run_log
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS
 
@@ -64,6 +67,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
     0 loader workers without CUDA, else MMSA's 4.  ``gpu_ids=None``: MMSA's default ``[0]``
     (on a machine without CUDA the CPU, without the warning given GPU ids get)."""
     require_registration()
+    check_run_names(model_name, dataset_name)  # they become file names: refused before anything is written
     model_name, dataset_name = str(model_name).lower(), str(dataset_name).lower()
     seeds = checked_seeds(seeds)
     folders = check_output_folders({"model_save_dir": model_save_dir, "res_save_dir": res_save_dir,
@@ -84,7 +88,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
                           custom_feature, feature_T, feature_A, feature_V, verbose_level, folders["log_dir"])
         settings = check_model_settings(args)
         res_dir = folders["res_save_dir"]
-        check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)])
+        check_run_files(args, settings, res_dir, dataset_name, folders["log_dir"])
         args["device"] = choose_device(gpu_ids, cuda)
         log_thread_hint(args["device"])
         features = load_features(args)

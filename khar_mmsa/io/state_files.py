@@ -10,7 +10,10 @@ naming the file and what is wrong -- never a bare ``JSONDecodeError``, ``KeyErro
 
 A caller whose work the file only records (a finished seed, a cached pretraining, a finished
 sweep run) should not stop on a damaged file: :func:`set_aside` renames it to
-``<name>.damaged-<k>`` (kept for inspection, named in the log) and the work is done again.
+``<name>.damaged-<k>`` (kept for inspection, named in the log) and the work is done again -- only
+when khar-mmsa wrote it (:func:`written_by_us`: our JSON and PyTorch state files carry
+``"written_by": "khar-mmsa <kind>"`` as their first key, found even in a cut copy); any other file
+at that place is a :class:`ForeignFileError` naming it, and stays untouched.
 
 Loaders: :func:`load_checkpoint`, :func:`load_checkpoint_config`, :func:`load_seeds_file`,
 :func:`load_adapter_cache`, :func:`parse_manifest_line` / :func:`load_manifest`,
@@ -24,6 +27,7 @@ import logging
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -31,9 +35,10 @@ logger = logging.getLogger("MMSA")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["StateFileError", "set_aside", "load_checkpoint", "load_checkpoint_config",
-           "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
-           "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS"]
+__all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "set_aside", "load_checkpoint",
+           "load_checkpoint_config", "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
+           "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS", "manifest_line",
+           "append_manifest_record"]
 
 #: Events a sweep manifest line may record (experiments/sweep.py's Manifest.record).
 MANIFEST_EVENTS = ("start", "done", "failed")
@@ -42,6 +47,8 @@ _CHECKPOINT_CONFIG_KEYS = {"model_name": str, "dataset_name": str, "config": dic
 _SEEDS_KEYS = {"key": str, "results": dict}
 _ADAPTER_KEYS = {"fingerprint": str, "states": dict, "labels": dict, "config": dict}
 _MODALITIES = ("t", "a", "v")
+#: The marker key of our state files (optional when read: files written before it lack it).
+_MARKER_KEY = {"written_by": str}
 
 
 class StateFileError(ValueError):
@@ -53,14 +60,55 @@ class StateFileError(ValueError):
         super().__init__(f"{self.path}: {self.problem}.")
 
 
+#: The value of the ``written_by`` key every JSON and PyTorch state file of ours carries first,
+#: so that even a cut copy is known as ours (:func:`written_by_us`).
+WRITTEN_BY = "khar-mmsa"
+#: How much of a file's start :func:`written_by_us` reads: the marker is the first key, within the
+#: first hundred bytes of a JSON file and of a PyTorch zip (its ``data.pkl`` entry comes first).
+MARKER_WINDOW_BYTES = 512
+_MARKER = re.compile(rb'^(\{\s*"written_by":\s*"%s|PK\x03\x04.{0,400}written_by.{0,16}%s)'
+                     % (re.escape(WRITTEN_BY.encode()), re.escape(WRITTEN_BY.encode())), re.S)
+#: The columns that make a CSV the tune table of ours (integration/tune.py writes both).
+_TUNE_TABLE_COLUMNS = (b"candidate", b"selected_by")
+
+
+def written_by_us(path: PathLike) -> bool:
+    """Whether ``path`` is a state file khar-mmsa wrote, even damaged: a JSON or PyTorch file whose
+    first key is ``written_by: "khar-mmsa ..."`` (:data:`WRITTEN_BY`), or a CSV whose header has the
+    tune table's ``candidate`` and ``selected_by`` columns.  A link is never ours."""
+    p = Path(path)
+    try:
+        if p.is_symlink() or not p.is_file():
+            return False
+        with open(p, "rb") as f:
+            head = f.read(MARKER_WINDOW_BYTES)
+    except OSError:
+        return False
+    if _MARKER.match(head):
+        return True
+    columns = head.split(b"\n", 1)[0].split(b",")
+    return all(c in columns for c in _TUNE_TABLE_COLUMNS)
+
+
+class ForeignFileError(StateFileError):
+    """A file at a state file's place that khar-mmsa did not write: never renamed or replaced."""
+
+
 def set_aside(path: PathLike, reason: Union[str, BaseException]) -> Path:
     """Rename the damaged state file ``path`` to ``<name>.damaged-<k>`` (the first free k >= 1),
     log a warning on the 'MMSA' logger naming both paths and ``reason``, and return the new path.
 
-    The file is kept, never deleted, and never renamed over an existing file: the new name is
+    Only files this library wrote (:func:`written_by_us`) are set aside; any other file there
+    (a user's, a link) raises :class:`ForeignFileError` naming it and stays untouched.  The file is
+    kept, never deleted, and never renamed over an existing file: the new name is
     claimed with a hard link (which fails if the name exists) before the old name is removed; on a
     file system without hard links the name is checked with ``lstat`` and renamed."""
     src = Path(path)
+    if not written_by_us(src):
+        why = reason.problem if isinstance(reason, StateFileError) else str(reason)
+        raise ForeignFileError(src, f"{why}; khar-mmsa did not write this file (it lacks the "
+                                    f"'written_by: {WRITTEN_BY}' marker of its state files), so it is neither "
+                                    f"renamed nor replaced: move it away or point the run elsewhere")
     k = 1
     while True:
         dst = src.with_name(f"{src.name}.damaged-{k}")
@@ -217,7 +265,7 @@ def load_seeds_file(path: PathLike) -> Dict[str, Any]:
     metric and every metric is a finite number (a row with no metrics is damage, not a result)."""
     what = "seeds file"
     obj = _read_json(path, what)
-    _check_object(path, obj, what, _SEEDS_KEYS)
+    _check_object(path, obj, what, _SEEDS_KEYS, _MARKER_KEY)
     for seed, metrics in obj["results"].items():
         try:
             int(seed)
@@ -242,7 +290,7 @@ def load_adapter_cache(path: PathLike) -> Dict[str, Any]:
     't', 'a', 'v', every state a dict of tensors."""
     what = "adapter cache"
     obj = _torch_file(path, what)
-    _check_object(path, obj, what, _ADAPTER_KEYS, json_names=False)
+    _check_object(path, obj, what, _ADAPTER_KEYS, _MARKER_KEY, json_names=False)
     for m, state in obj["states"].items():
         if m not in _MODALITIES:
             raise StateFileError(path, f"{what}: 'states' has modality {m!r}, expected one of "
@@ -275,6 +323,31 @@ def parse_manifest_line(line: str, path: PathLike, lineno: int) -> Dict[str, Any
     return rec
 
 
+def manifest_line(rec: Mapping[str, Any]) -> bytes:
+    """One manifest record as its line: sorted-key JSON and a newline (so every record of ours
+    starts with ``{"error": `` or ``{"event": ``, what :func:`append_manifest_record` knows a cut
+    record of ours by)."""
+    return (json.dumps(dict(rec), sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+#: How a record of ours starts (sorted keys: 'error' or 'event' first; every record has 'event').
+_OUR_RECORD_STARTS = (b'{"error": ', b'{"event": ')
+
+
+def append_manifest_record(path: PathLike, rec: Mapping[str, Any]) -> None:
+    """Append ``rec`` to the manifest as one whole line of its own (the driver holds the sweep lock).
+
+    A last line of ours that a killed driver cut is removed first, with a warning quoting it
+    (:func:`khar_mmsa.io.safe_io.repair_torn_last_line`); a partial last line someone else wrote
+    is left as it is and our record starts on a new line, so it cannot swallow the record (the
+    reader ignores that foreign line with a warning).  The file is never written through a link."""
+    from khar_mmsa.io.safe_io import append_whole, repair_torn_last_line
+    p = Path(path)
+    if p.exists():
+        repair_torn_last_line(p, lambda head, tail: tail.startswith(_OUR_RECORD_STARTS), "manifest record")
+    append_whole(p, manifest_line(rec), own_line=True)
+
+
 def load_manifest(path: PathLike) -> Tuple[List[Dict[str, Any]], List[StateFileError]]:
     """Every usable record of a sweep manifest, in order, and one :class:`StateFileError` per line
     that is not (a line cut by a killed driver, a list, a record without ``run_id``...), each also
@@ -305,7 +378,7 @@ def load_tune_marker(path: PathLike) -> Dict[str, Any]:
     object."""
     what = "tune best-checkpoint marker"
     obj = _read_json(path, what)
-    _check_object(path, obj, what, {"candidate": str})
+    _check_object(path, obj, what, {"candidate": str}, _MARKER_KEY)
     candidate = _parse_json(obj["candidate"], path, f"{what}'s candidate")
     if not isinstance(candidate, dict):
         raise StateFileError(path, f"{what}: the candidate is {_kind(candidate)}, expected a JSON object")

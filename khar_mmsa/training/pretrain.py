@@ -29,7 +29,7 @@ from khar_mmsa.io.identity import fingerprint_of
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
 from khar_mmsa.io.safe_io import atomic_torch_save
-from khar_mmsa.io.state_files import StateFileError, load_adapter_cache, set_aside
+from khar_mmsa.io.state_files import WRITTEN_BY, StateFileError, load_adapter_cache, set_aside
 from khar_mmsa.reporting.progress import progress
 from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeights, ProgressBar
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
@@ -148,8 +148,8 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
     if path.is_file():
         try:
             saved = load_adapter_cache(path)
-        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again
-            set_aside(path, exc)
+        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again; a file
+            set_aside(path, exc)       # we did not write: ForeignFileError, the file untouched
     if saved is not None:
         missing = khar.missing_adapters(saved.get("states") or {})
         if saved.get("fingerprint") != key:
@@ -169,7 +169,8 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
         states = {m: pretrain_modality(khar, m, dataloader, cfg, device, show_progress, callbacks)
                   for m in khar.modalities}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"fingerprint": key, "states": states, "labels": sources,
+        atomic_torch_save({"written_by": f"{WRITTEN_BY} adapter cache", "fingerprint": key, "states": states,
+                           "labels": sources,
                            "config": dataclasses.asdict(cfg)}, path)
         logger.info(f"Saved pretrained adapters to {path}")
     khar.load_harvested(states, freeze=cfg.freeze_pretrained_adapters)

@@ -16,6 +16,7 @@ from khar_mmsa.experiments.sweep.options import ExecutorOptions
 from khar_mmsa.experiments.sweep.processes import RayProcessRecord
 from khar_mmsa.experiments.sweep.progress import SweepProgress
 from khar_mmsa.experiments.sweep.spec import RunSpec
+from khar_mmsa.io.names import check_run_names
 
 logger = logging.getLogger("MMSA")
 
@@ -58,6 +59,8 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
     """
     options = options or ExecutorOptions()
     specs = list(specs)
+    for spec in specs:  # names become file names: refused before the manifest or any folder is written
+        check_run_names(spec.model, spec.dataset)
     ids = [s.run_id for s in specs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

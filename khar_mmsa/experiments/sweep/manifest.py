@@ -6,13 +6,13 @@ error) when it ends.  The last record of a run id is its state.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from khar_mmsa.experiments.sweep.spec import RunSpec
+from khar_mmsa.io.state_files import append_manifest_record
 
 MANIFEST_NAME = "sweep-manifest.jsonl"
 EVENTS = ("start", "done", "failed")
@@ -50,10 +50,7 @@ class Manifest:
         rec = {"event": event, "run_id": spec.run_id, "identity": spec.identity(), "title": spec.title,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, sort_keys=True, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_manifest_record(self.path, rec)  # a whole line of its own, never through a link
         self.records.append(rec)
         self.last[spec.run_id] = rec
 

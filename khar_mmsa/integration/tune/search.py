@@ -19,6 +19,7 @@ from khar_mmsa.integration.tune.table import (append_row, atomic_copy, best_mark
                                               is_candidate_failure, read_tune_csv, tune_csv_path, write_tune_csv)
 from khar_mmsa.integration.tune.values import cell
 from khar_mmsa.io.safe_io import atomic_write_text
+from khar_mmsa.io.state_files import WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
 from khar_mmsa.training.loop import LOWER_IS_BETTER, Monitor
@@ -89,7 +90,8 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
             if monitor.improves(value, best):
                 best = value
                 atomic_copy(Path(args["model_save_path"]), best_ckpt)
-                atomic_write_text(best_ckpt.with_suffix(".json"), json.dumps({"candidate": candidate_key(point)}))
+                atomic_write_text(best_ckpt.with_suffix(".json"), json.dumps({
+                    "written_by": f"{WRITTEN_BY} tune marker", "candidate": candidate_key(point)}))
             row.update({f"Valid_{k}": v for k, v in cand.valid.items() if is_number(v)})
             del cand
         SeedCheckpoint(args["model_save_path"]).remove_stale("a tuning candidate's own files")
