@@ -6,6 +6,7 @@ import logging
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.config import KHaRConfig
+from khar_mmsa.demo import KHAR_DEMO_CONFIG
 from khar_mmsa.training.trainer import PAPER_SIZE_MIN_TRAIN_CLIPS, warn_if_paper_size_on_small_data
 from MMSA import MMSA_run
 
@@ -17,7 +18,10 @@ def test_paper_size_on_tiny_data_says_so_and_epoch_lines_name_the_seed(tiny_feat
     with caplog.at_level(logging.INFO, logger="MMSA"):
         MMSA_run("khar", "mosi", config=config, **dict(mmsa_run_kwargs, seeds=[7]))
     hints = [r for r in caplog.records if "has the paper's size" in r.getMessage()]
-    assert len(hints) == 1 and hints[0].levelno == logging.WARNING and "--set modal_dim=" in hints[0].getMessage()
+    assert len(hints) == 1 and hints[0].levelno == logging.WARNING
+    # the size it suggests is the demo's, as the message says
+    assert "--set modal_dim=64 --set encoder_layers=2, as the demo does" in hints[0].getMessage()
+    assert {k: KHAR_DEMO_CONFIG[k] for k in ("modal_dim", "encoder_layers")} == {"modal_dim": 64, "encoder_layers": 2}
     assert "EPOCH-(khar) seed 7 epoch 1/1" in caplog.text
 
 

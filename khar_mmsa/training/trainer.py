@@ -89,6 +89,9 @@ def _float32(obj):
 #: training fold, the smallest of the paper's four datasets, has 1,284 clips).
 PAPER_SIZE_FIELDS = ("modal_dim", "encoder_layers", "expert_hidden_dim", "fusion_hidden_dim", "latent_dim")
 PAPER_SIZE_MIN_TRAIN_CLIPS = 1284
+#: The smaller size the warning suggests: the demo's (``KHAR_DEMO_CONFIG`` in khar_mmsa/demo.py) and
+#: README's one-minute example's, which train on 192 clips.
+SMALL_DATA_SIZE = {"modal_dim": 64, "encoder_layers": 2}
 
 
 def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
@@ -102,7 +105,8 @@ def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
         f"KHaR has the paper's size (Table 5: {', '.join(f'{f}={getattr(cfg, f)}' for f in PAPER_SIZE_FIELDS)}) "
         f"but trains on {train_clips} clips, fewer than the {PAPER_SIZE_MIN_TRAIN_CLIPS} of the smallest dataset "
         f"it was tuned on; at this size it usually learns a constant prediction. Shrink it (e.g. "
-        f"--set modal_dim=32 --set encoder_layers=1, as the demo does) or tune it on validation (-t).")
+        f"{' '.join(f'--set {k}={v}' for k, v in SMALL_DATA_SIZE.items())}, as the demo does) or tune it on "
+        f"validation (-t).")
     return True
 
 
