@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import re
 import shlex
 from pathlib import Path
@@ -113,12 +114,16 @@ def captured_parser(module: str, argv: Sequence[str], monkeypatch: pytest.Monkey
     def stub(self: argparse.ArgumentParser, args: Sequence[str] = None, namespace: object = None) -> None:
         raise _Captured(self, args or [])
     entry = importlib.import_module(ENTRY_POINTS.get(module, module))
+    mmsa_logger = logging.getLogger("MMSA")
+    level = mmsa_logger.level   # python -m khar_mmsa sets INFO; restored after
     with monkeypatch.context() as patch:
         patch.setattr(argparse.ArgumentParser, "parse_args", stub)
         try:
             entry.main(list(argv))
         except _Captured as captured:
             return captured.parser, captured.argv
+        finally:
+            mmsa_logger.setLevel(level)
     raise AssertionError(f"python -m {module} did not parse its arguments with argparse")
 
 
