@@ -9,6 +9,7 @@ import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.config import KHaRConfig
+from khar_mmsa.demo import KHAR_DEMO_CONFIG
 from khar_mmsa.training.trainer import PAPER_SIZE_MIN_TRAIN_CLIPS, warn_if_paper_size_on_small_data
 from MMSA import MMSA_run
 
@@ -22,7 +23,6 @@ def test_paper_size_on_tiny_data_says_so_and_epoch_lines_name_the_seed(tiny_feat
     hints = [r for r in caplog.records if "has the paper's size" in r.getMessage()]
     assert len(hints) == 1 and hints[0].levelno == logging.WARNING and "--set modal_dim=" in hints[0].getMessage()
     # the smaller size it suggests is the demo's, "as the demo does"
-    from khar_mmsa.demo import KHAR_DEMO_CONFIG
     suggested = dict(pair.split("=") for pair in re.findall(r"--set (\w+=\w+)", hints[0].getMessage()))
     assert {k: int(v) for k, v in suggested.items()} == {k: KHAR_DEMO_CONFIG[k] for k in suggested}
     assert {"modal_dim", "encoder_layers"} <= set(suggested) and "as the demo does" in hints[0].getMessage()
