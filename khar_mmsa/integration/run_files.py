@@ -24,7 +24,7 @@ class RunFileError(OSError):
 
 def files_to_write(args: Mapping[str, Any], settings: Any, log_dir: Path) -> List[Path]:
     """The files a run of ``args`` writes outside the results tables (see the module docstring)."""
-    from khar_mmsa.integration.registration import is_extra_model
+    from khar_mmsa.integration.extra_models import is_extra_model
     from khar_mmsa.training.checkpoints import SeedCheckpoint
     checkpoint = SeedCheckpoint(args["model_save_path"])
     paths = list(checkpoint.files) if is_extra_model(args["model_name"]) else [checkpoint.path]
