@@ -7,7 +7,7 @@ trained with -- ``<checkpoint>.json``, written beside it by :class:`~khar_mmsa.t
 -- or, for a checkpoint without one, from the config passed to ``MMSA_test`` with the audio/vision
 ``seq_lens`` and ``feature_dims`` read from the checkpoint's own tensors.  Never from the sample.
 
-The feature file is read with the restricted unpickler (:mod:`khar_mmsa.io.safe_io`; a file that
+The feature file is read with the restricted unpickler (:mod:`khar_mmsa.io.pickles`; a file that
 would run code is refused) and checked before the model sees it:
 
 * one sample (MMSA's format): ``{'text_bert': (3, L), 'audio': (La, Da), 'vision': (Lv, Dv)}``,
@@ -26,7 +26,7 @@ import torch
 
 from khar_mmsa.config import KHaRConfig
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.io.safe_io import load_pickle
+from khar_mmsa.io.pickles import load_pickle
 from khar_mmsa.io.state_files import load_checkpoint, load_checkpoint_config
 from khar_mmsa.data.validation import SPLITS, FeatureValidationError, validate_features
 

@@ -145,7 +145,8 @@ def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, ty
 
 def _torch_file(path: PathLike, what: str) -> Any:
     """``torch.load(weights_only=True)`` of ``path``; every failure a :class:`StateFileError`."""
-    from khar_mmsa.io.safe_io import UnsafePickleError, safe_torch_load
+    from khar_mmsa.io.pickles import UnsafePickleError
+    from khar_mmsa.io.safe_io import safe_torch_load
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: {what} not found")
