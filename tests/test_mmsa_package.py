@@ -141,6 +141,7 @@ def test_registration_names_only_what_it_adds_and_the_listed_fixes() -> None:
     names = {f"{getattr(o, '__name__', type(o).__name__)}.{a}" for o, a in registration.registered_names()}
     expected = {"AMIO.__init__", "ATIO.__init__", "MMDataset.__init__", "MetricsTop.__init__",
                 "MMSA.data_loader.pickle", "MMSA.run.pickle", "MMSA.run.torch", "MMSA.run.round",
+                "MMSA.data_loader.__builtins__", "MMSA.run.__builtins__",
                 "MMSA.trains.singleTask.MULT.ReduceLROnPlateau", "MMSA.trains.singleTask.MMIM.ReduceLROnPlateau",
                 "MMSA.trains.missingTask.TFR_NET.ReduceLROnPlateau"}
     for module in ("MMSA", "MMSA.run"):
@@ -613,7 +614,9 @@ def test_feature_server_passes_other_files_to_pickle(tmp_path: Path) -> None:
 
 
 def test_feature_server_is_reversible(unregistered: None) -> None:
+    import builtins
     assert DATA_LOADER.pickle is pickle and RUN.pickle is pickle
+    assert vars(DATA_LOADER)["__builtins__"] is vars(RUN)["__builtins__"] is vars(builtins)
 
 
 # ============================================================================================

@@ -2,17 +2,21 @@
 
 :func:`load_features` reads every pickle MMSA's ``MMDataset`` will open for ``args`` -- the main
 file (``custom_feature`` or ``featurePath``) and ``feature_T`` / ``feature_A`` / ``feature_V`` --
-with :func:`khar_mmsa.io.safe_io.load_pickle` (``trust_pickle`` allows a trusted file's code) and
+with :func:`khar_mmsa.io.pickles.load_pickle` (``trust_pickle`` allows a trusted file's code) and
 validates each with :func:`khar_mmsa.data.validation.validate_features` (per-modality files for
 their modality, with the main file's split sizes) before any model is built.
 
 MMSA's ``MMDataset`` opens the files itself and calls ``pickle.load``.  Registration puts a
-:class:`FeatureServer` in ``MMSA.data_loader`` as its ``pickle``: inside ``with
+:class:`FeatureServer` in ``MMSA.data_loader`` (and ``MMSA.run``) as its ``pickle``: inside ``with
 serving(features)`` a file that was read here is served from memory (matched by path, device,
-inode, size and modification time); every other call is ``pickle.load`` as before.
+inode, size and modification time); every other file -- MMSA's own models' -- is read with the
+same restricted unpickler, or with plain ``pickle.load`` where the run's config says
+``trust_pickle`` (:func:`trusting`); also after ``importlib.reload`` of those modules
+(:mod:`.reloads`).
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -89,7 +93,7 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     from khar_mmsa.config import parse_bool
     from khar_mmsa.data import validation
     from khar_mmsa.data.validation import validate_features
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     main_file_ids = getattr(validation, "main_file_ids", None)
     loaded: Dict[FileKey, Any] = {}
     samples = ids = None
@@ -108,9 +112,26 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     return loaded
 
 
+#: Whether MMSA's own loader may read feature files with plain pickle (the run's ``trust_pickle``).
+_TRUST_PICKLE: contextvars.ContextVar = contextvars.ContextVar("khar_mmsa_trust_pickle", default=False)
+
+
+@contextmanager
+def trusting(args: Mapping[str, Any]) -> Iterator[None]:
+    """Within the block, :class:`FeatureServer` reads files as ``args['trust_pickle']`` says
+    (parsed strictly; absent: restricted)."""
+    from khar_mmsa.config import parse_bool
+    token = _TRUST_PICKLE.set(parse_bool("trust_pickle", args.get("trust_pickle", False)))
+    try:
+        yield
+    finally:
+        _TRUST_PICKLE.reset(token)
+
+
 class FeatureServer:
-    """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves files being served, else it
-    is the real ``pickle.load``; every other attribute is the real module's."""
+    """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves files being served, else reads
+    the file with the restricted unpickler (plain ``pickle.load`` inside ``trusting`` a config
+    with ``trust_pickle``); every other attribute is the real module's."""
 
     def __init__(self, pickle_module: Any) -> None:
         self._pickle = pickle_module
@@ -124,7 +145,12 @@ class FeatureServer:
             with self._lock:
                 if key in self._served:
                     return self._served[key][0]
-        return self._pickle.load(file, *args, **kwargs)
+        if _TRUST_PICKLE.get():
+            logger.warning(f"{name}: MMSA reads it with plain pickle (trust_pickle=True); this runs "
+                           f"any code the file contains -- use it only for files you trust.")
+            return self._pickle.load(file, *args, **kwargs)
+        from khar_mmsa.io.pickles import load_pickle_stream
+        return load_pickle_stream(file, source=str(name) if name is not None else "<stream>")
 
     @contextmanager
     def serving(self, features: Mapping[FileKey, Any]) -> Iterator[None]:

@@ -16,11 +16,13 @@ exactly what they did:
   runner (:func:`.runner.run`) / :func:`.mmsa_test.mmsa_test`; every other call goes to MMSA's
   own function, unchanged;
 * ``MMSA.data_loader.pickle``: serves feature files our runner has already read with the
-  restricted unpickler and checked (:mod:`.features`); any other file is read by ``pickle.load``
-  as before.
+  restricted unpickler and checked (:mod:`.features`); any other file is read with the restricted
+  unpickler too (``trust_pickle`` in the run's config: ``pickle.load`` as before);
 
-plus the fixes of :mod:`.mmsa_fixes`.  Each replacement is recorded as ``(object, attribute,
-original)``; :func:`unregister` puts every original back.  Nothing else in MMSA changes: results
+plus the fixes of :mod:`.mmsa_fixes`, and ``__builtins__`` of ``MMSA.data_loader`` and
+``MMSA.run`` so that ``importlib.reload`` of either keeps our ``pickle`` and ``torch``
+(:mod:`.reloads`).  Each replacement is recorded as ``(object, attribute, original)``;
+:func:`unregister` puts every original back.  Nothing else in MMSA changes: results
 files, checkpoints, tune mode and logging of MMSA's own models stay MMSA's.
 
 A ``MMSA_run`` bound before khar_mmsa was imported (``from MMSA import MMSA_run`` first, when MMSA was
@@ -120,6 +122,7 @@ def register() -> None:
             _add_configs()
             _add_entry_points()
             _apply_fixes()
+            _keep_over_reloads()
         except BaseException:
             _restore_all()
             raise
@@ -210,19 +213,22 @@ def _add_datasets() -> None:
 
 
 def _dataset_init(original: Callable) -> Callable:
+    from khar_mmsa.integration.features import trusting
+
     @functools.wraps(original)
     def __init__(self: Any, args: Any, mode: str = "train") -> None:
         name = args["dataset_name"]
-        if name not in EXTRA_DATASETS:
-            original(self, args, mode)
-            return
-        # MMSA keys its loader and its T/A/V labels on the literal name: borrow the base
-        # dataset's name for the duration of the call.
-        args["dataset_name"] = EXTRA_DATASETS[name]
-        try:
-            original(self, args, mode)
-        finally:
-            args["dataset_name"] = name
+        with trusting(args):  # MMSA reads the feature files in here
+            if name not in EXTRA_DATASETS:
+                original(self, args, mode)
+                return
+            # MMSA keys its loader and its T/A/V labels on the literal name: borrow the base
+            # dataset's name for the duration of the call.
+            args["dataset_name"] = EXTRA_DATASETS[name]
+            try:
+                original(self, args, mode)
+            finally:
+                args["dataset_name"] = name
     return __init__
 
 
@@ -258,7 +264,7 @@ def _config_getter(original: Callable, kind: str, original_mmsa_run: Callable) -
 
     @functools.wraps(original)
     def get_config(model_name: str, dataset_name: str, config_file: Any = "", *args: Any, **kwargs: Any) -> Any:
-        if is_extra_model(model_name) and sys._getframe(1).f_code is original_mmsa_run.__code__:
+        if is_extra_model(model_name) and _same_function(sys._getframe(1).f_code, original_mmsa_run.__code__):
             raise ImportOrderError(
                 f"MMSA_run({model_name!r}, ...) reached MMSA's own MMSA_run, bound before khar_mmsa "
                 f"registered {model_name!r}. Import khar_mmsa before 'from MMSA import MMSA_run' "
@@ -268,6 +274,11 @@ def _config_getter(original: Callable, kind: str, original_mmsa_run: Callable) -
             return config_for(model_name, dataset_name, kind, random_choice=random_choice)
         return original(model_name, dataset_name, config_file, *args, **kwargs)
     return get_config
+
+
+def _same_function(code: Any, original: Any) -> bool:
+    """``code`` is ``original``'s, or the same function's compiled again by ``importlib.reload``."""
+    return code is original or (code.co_name, code.co_filename) == (original.co_name, original.co_filename)
 
 
 # -- entry points ------------------------------------------------------------------------------
@@ -331,3 +342,11 @@ def _apply_fixes() -> None:
     _set(run, "round", plain_round)
     for name in VERBOSE_PLATEAU_MODULES:
         _set(mmsa_module(name), "ReduceLROnPlateau", ReduceLROnPlateauWithoutVerbose())
+
+
+def _keep_over_reloads() -> None:
+    """A reloaded ``MMSA.data_loader`` / ``MMSA.run`` imports our ``pickle`` and ``torch`` again."""
+    from khar_mmsa.integration.reloads import builtins_importing
+    for module in (mmsa_module("MMSA.data_loader"), mmsa_module("MMSA.run")):
+        ours = {r.attr: getattr(module, r.attr) for r in _RECORDS if r.obj is module and r.attr in ("pickle", "torch")}
+        _set(module, "__builtins__", builtins_importing(ours))
