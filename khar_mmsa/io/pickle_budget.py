@@ -90,22 +90,30 @@ def tree_size(obj: Any, limit: float) -> int:
 def nesting_depth(obj: Any, limit: int) -> int:
     """How deep containers nest in ``obj`` (1 for a flat list, 0 for no container), level by
     level (each distinct container once per level), stopped once above ``limit``."""
-    level = [obj] if _is_container(obj) else []
+    import numpy
+    containers = (dict,) + _SEQUENCES
+
+    def is_container(x: Any) -> bool:
+        return isinstance(x, containers) or (isinstance(x, numpy.ndarray) and x.dtype == object)
+
+    level = [obj] if is_container(obj) else []
     depth = 0
     while level and depth <= limit:
         depth += 1
         deeper: Dict[int, Any] = {}
         for o in level:
-            for x in _elements(o):
-                if _is_container(x):
+            elements = _elements(o)
+            if isinstance(elements, list) and all(type(x) in _LEAVES for x in elements):
+                continue  # a list of strings or numbers: nothing deeper (the common case, fast)
+            for x in elements:
+                if is_container(x):
                     deeper[id(x)] = x
         level = list(deeper.values())
     return depth
 
 
-def _is_container(obj: Any) -> bool:
-    import numpy
-    return isinstance(obj, (dict,) + _SEQUENCES) or (isinstance(obj, numpy.ndarray) and obj.dtype == object)
+#: Element types that are never containers (checked by exact type for speed).
+_LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _elements(obj: Any) -> Any:
