@@ -367,13 +367,14 @@ def test_calling_ndarray_itself_is_refused(ops: bytes, fragment: str) -> None:
 
 
 def test_structured_object_dtype_counts_its_whole_itemsize(tmp_path: Path) -> None:
-    """One object field beside a 1 MiB void field: 1 MiB per element, not one byte."""
+    """One object field beside a 4 MiB void field: 16 elements are 64 MiB, not 16 bytes."""
     from numpy._core.multiarray import _reconstruct
-    dt = np.dtype([("o", "O"), ("v", "V1048576")])
+    dt = np.dtype([("o", "O"), ("v", f"V{4 * MiB}")])
     path = tmp_path / "struct.pkl"
-    path.write_bytes(pickle.dumps(_Reduces(_reconstruct, (np.ndarray, (1024,), dt)), protocol=4))
+    path.write_bytes(pickle.dumps(_Reduces(_reconstruct, (np.ndarray, (16,), dt)), protocol=4))
+    assert path.stat().st_size > 16  # one byte per element would fit
     raised, peak = _peak_of(lambda: load_pickle(path))
-    assert isinstance(raised, PickleSizeError) and "1024 object elements" in str(raised), repr(raised)
+    assert isinstance(raised, PickleSizeError) and "16 object elements, at least 8.0 MiB" in str(raised), repr(raised)
     assert peak < MiB
 
 
