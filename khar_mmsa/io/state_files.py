@@ -204,9 +204,9 @@ def load_checkpoint_config(path: PathLike, settings: Optional[Mapping[str, Any]]
     ``KHaRConfig.from_architecture`` with the guards of the user's ``settings`` (the call's config)
     or their defaults: types, ranges and sizes (``seq_lens`` of 10**9 is refused here, before any
     data is read, and so is a network larger than ``max_model_memory_gib``); fields missing from
-    the file take their defaults.  Returns the parsed object, its ``config`` cut to the
-    architecture fields: what the file says of training or of guards is never used."""
-    from khar_mmsa.config import ARCHITECTURE_SECTIONS, ConfigError, KHaRConfig, section_fields
+    the file take their defaults.  Returns the parsed object without its guards: what a file says
+    of ``max_model_memory_gib`` is never used (logged and dropped)."""
+    from khar_mmsa.config import ConfigError, KHaRConfig
     what = "checkpoint config"
     obj = _read_json(path, what)
     _check_object(path, obj, what, _CHECKPOINT_CONFIG_KEYS)
@@ -214,15 +214,13 @@ def load_checkpoint_config(path: PathLike, settings: Optional[Mapping[str, Any]]
     unknown = sorted(k for k in obj["config"] if k not in fields)
     if unknown:
         raise StateFileError(path, f"{what}: 'config' has unknown key(s) {unknown} (not KHaRConfig fields)")
-    architecture = set(section_fields(*ARCHITECTURE_SECTIONS))
-    ignored = sorted(k for k in obj["config"] if k not in architecture)
-    if ignored:
-        logger.info(f"{Path(path)}: {what} also sets {ignored}; only its architecture is used (guards "
-                    f"such as max_model_memory_gib come from your call, never from a file).")
-    config = {k: v for k, v in obj["config"].items() if k in architecture}
-    checked = {k: v for k, v in obj["config"].items() if k not in GUARD_FIELDS}
+    guards = sorted(k for k in obj["config"] if k in GUARD_FIELDS)
+    if guards:
+        logger.info(f"{Path(path)}: {what} sets {guards}; ignored (guards come from your call's config "
+                    f"or their defaults, never from a file).")
+    config = {k: v for k, v in obj["config"].items() if k not in GUARD_FIELDS}
     try:
-        KHaRConfig.from_architecture({**checked, **guard_settings(settings)})
+        KHaRConfig.from_architecture({**config, **guard_settings(settings)})
     except ConfigError as exc:
         raise StateFileError(path, f"{what}: {exc}") from exc
     return dict(obj, config=config)
