@@ -359,7 +359,8 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
     import numpy as np
 
     from khar_mmsa.data.transcripts import build_transcript_dataset
-    from khar_mmsa.io.safe_io import atomic_open, load_pickle
+    from khar_mmsa.io.pickles import load_pickle
+    from khar_mmsa.io.safe_io import atomic_open
 
     full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-{_inputs_key(label_csv, tokenizer)}.pkl"
     if not full.is_file():
@@ -394,7 +395,7 @@ def _inputs_key(label_csv: Path, tokenizer: Path) -> str:
 
 
 def split_sizes(path: Path) -> Tuple[int, int, int]:
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     data = load_pickle(path)
     return tuple(len(data[s]["regression_labels"]) for s in SPLITS)  # type: ignore[return-value]
 

@@ -170,7 +170,7 @@ def build_data(args: argparse.Namespace, encoder: Path) -> Tuple[Path, str, Opti
 
 def _smoke_subset(path: Path, out: Path) -> Path:
     import pickle
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     data = load_pickle(path)
     small = out / "transcripts-smoke.pkl"
     for split, n in zip(SPLITS, SMOKE_TRANSCRIPT_SIZES):

@@ -9,7 +9,7 @@ for train/valid/test) is written to the work folder, then each step is timed ``-
 costs, not disk costs):
 
 * ``pickle.load`` -- what MMSA itself does (C unpickler, no checks);
-* ``khar_mmsa.io.safe_io.load_pickle`` -- the restricted unpickler with the declared-size check
+* ``khar_mmsa.io.pickles.load_pickle`` -- the restricted unpickler, every allocation budgeted
   (Python's pure-Python unpickler, needed to check ``ndarray.__setstate__`` before it allocates);
 * ``khar_mmsa.data.validation.validate_features`` on the loaded dict;
 * ``khar_mmsa.io.safe_io.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     common.setup_cli_logging()
     common.resolve_paths(args, "loading")
-    from khar_mmsa.io import safe_io
+    from khar_mmsa.io import pickles, safe_io
     from khar_mmsa.data.validation import validate_features
 
     settings = dict(SETTINGS[args.mode])
@@ -91,8 +91,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         mb = size / 1e6
         logger.info(f"[loading] {path}: {mb:.0f} MB")
         results = {"pickle.load (MMSA, no checks)": best_of(repeats, lambda: pickle.load(open(path, "rb")))}
-        results["safe_io.load_pickle (restricted, size-checked)"] = best_of(repeats, lambda: safe_io.load_pickle(path))
-        data = safe_io.load_pickle(path)
+        results["pickles.load_pickle (restricted, size-checked)"] = best_of(repeats, lambda: pickles.load_pickle(path))
+        data = pickles.load_pickle(path)
         mmsa_args = {"model_name": "khar", "dataset_name": "mosei", "use_bert": True, "need_data_aligned": False}
         results["validate_features"] = best_of(repeats, lambda: validate_features(data, mmsa_args, str(path)))
         data = None  # free it before the next file

@@ -300,7 +300,7 @@ def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
 def test_loading_smoke(tmp_path: Path, repo_untouched) -> None:
     from benchmarks import loading
     res = loading.main(["--smoke", "--out", str(tmp_path / "l")])
-    assert set(res["results"]) == {"pickle.load (MMSA, no checks)", "safe_io.load_pickle (restricted, size-checked)",
+    assert set(res["results"]) == {"pickle.load (MMSA, no checks)", "pickles.load_pickle (restricted, size-checked)",
                                    "validate_features", "file_digest (SHA-256)"}
     assert all(s > 0 for s in res["results"].values())
     body = _section(tmp_path / "l" / "RESULTS.md", "loading-smoke")
@@ -323,7 +323,7 @@ def test_transcripts_pickle_is_keyed_by_its_inputs_content(tmp_path: Path, monke
     built = []
     monkeypatch.setattr("khar_mmsa.data.transcripts.build_transcript_dataset",
                         lambda labels, out, tok, **kw: built.append(out) or Path(out).write_bytes(b"x"))
-    monkeypatch.setattr("khar_mmsa.io.safe_io.load_pickle",
+    monkeypatch.setattr("khar_mmsa.io.pickles.load_pickle",
                         lambda path, **kw: {"train": {"regression_labels": [0]}, "meta": {}})
     labels, tok = tmp_path / "label.csv", tmp_path / "tok"
     tok.mkdir()

@@ -363,7 +363,7 @@ def test_mmsa_run_trust_pickle_no_does_not_trust(tmp_path: Path, spelling: str) 
     """MMSA_run(config={'trust_pickle': 'no'}) in Python: the restricted unpickler still reads it."""
     import khar_mmsa  # noqa: F401
     from MMSA import MMSA_run
-    from khar_mmsa.io.safe_io import UnsafePickleError
+    from khar_mmsa.io.pickles import UnsafePickleError
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps(_RunsCode(marker)))

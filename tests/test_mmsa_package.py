@@ -141,6 +141,7 @@ def test_registration_names_only_what_it_adds_and_the_listed_fixes() -> None:
     names = {f"{getattr(o, '__name__', type(o).__name__)}.{a}" for o, a in registration.registered_names()}
     expected = {"AMIO.__init__", "ATIO.__init__", "MMDataset.__init__", "MetricsTop.__init__",
                 "MMSA.data_loader.pickle", "MMSA.run.pickle", "MMSA.run.torch", "MMSA.run.round",
+                "MMSA.data_loader.__builtins__", "MMSA.run.__builtins__",
                 "MMSA.trains.singleTask.MULT.ReduceLROnPlateau", "MMSA.trains.singleTask.MMIM.ReduceLROnPlateau",
                 "MMSA.trains.missingTask.TFR_NET.ReduceLROnPlateau"}
     for module in ("MMSA", "MMSA.run"):
@@ -586,7 +587,7 @@ def test_mmsa_own_mmsa_test_is_left_as_mmsa_made_it(tmp_path: Path) -> None:
 # ============================================================================================
 @pytest.fixture
 def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
-    """Replace khar_mmsa.io.safe_io / khar_mmsa.data.validation by recorders (plain pickle inside)."""
+    """Replace khar_mmsa.io.pickles / khar_mmsa.data.validation by recorders (plain pickle inside)."""
     calls: Dict[str, list] = {"load": [], "validate": []}
 
     def load_pickle(path, trusted=False):
@@ -601,13 +602,13 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
         if args.get("reject_for_test"):
             raise ValueError(f"{source}: rejected by the test validator")
 
-    from khar_mmsa.io import safe_io as real_safe_io
-    safe_io = types.ModuleType("khar_mmsa.io.safe_io")
-    safe_io.__dict__.update({k: v for k, v in vars(real_safe_io).items() if not k.startswith("__")})
-    safe_io.load_pickle = load_pickle
+    from khar_mmsa.io import pickles as real_pickles
+    pickles = types.ModuleType("khar_mmsa.io.pickles")
+    pickles.__dict__.update({k: v for k, v in vars(real_pickles).items() if not k.startswith("__")})
+    pickles.load_pickle = load_pickle
     validation = types.ModuleType("khar_mmsa.data.validation")
     validation.validate_features = validate_features
-    monkeypatch.setitem(sys.modules, "khar_mmsa.io.safe_io", safe_io)
+    monkeypatch.setitem(sys.modules, "khar_mmsa.io.pickles", pickles)
     monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", validation)
     return calls
 
@@ -633,11 +634,11 @@ def test_validation_error_stops_before_training(dummy_khar: Path, mmsa_run_kwarg
     assert DummyTrainer.events == []
 
 
-def test_real_safe_io_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs, tmp_path: Path) -> None:
-    from khar_mmsa.io import safe_io
+def test_real_unpickler_rejects_unsafe_pickle(dummy_khar: Path, mmsa_run_kwargs, tmp_path: Path) -> None:
+    from khar_mmsa.io import pickles
     evil = tmp_path / "evil.pkl"
     evil.write_bytes(pickle.dumps({"train": types.SimpleNamespace()}))  # a non-allowed global
-    with pytest.raises(safe_io.UnsafePickleError):
+    with pytest.raises(pickles.UnsafePickleError):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar),
                       config={"featurePath": str(evil)}, **mmsa_run_kwargs)
     assert DummyTrainer.events == []
@@ -652,7 +653,9 @@ def test_feature_server_passes_other_files_to_pickle(tmp_path: Path) -> None:
 
 
 def test_feature_server_is_reversible(unregistered: None) -> None:
+    import builtins
     assert DATA_LOADER.pickle is pickle and RUN.pickle is pickle
+    assert vars(DATA_LOADER)["__builtins__"] is vars(RUN)["__builtins__"] is vars(builtins)
 
 
 # ============================================================================================

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
-from khar_mmsa.io.safe_io import UnsafePickleError, load_pickle
+from khar_mmsa.io.pickles import UnsafePickleError, load_pickle
 from khar_mmsa.data.validation import FeatureValidationError
 from MMSA import MMSA_run, MMSA_test
 from conftest import TINY_KHAR_SIZE

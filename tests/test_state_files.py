@@ -93,6 +93,22 @@ def test_checkpoint_config_loads(tmp_path: Path) -> None:
     assert obj["config"]["modal_dim"] == 128
 
 
+def test_checkpoint_config_never_sets_a_guard(tmp_path: Path) -> None:
+    """A whole old-format config saying max_model_memory_gib=1e9: the guard is dropped (every
+    other saved field kept), and the guard checked is the caller's (here: far too small for the
+    default network)."""
+    from khar_mmsa.config import ARCHITECTURE_SECTIONS, section_fields
+    from khar_mmsa.io.state_files import GUARD_FIELDS
+    assert not set(GUARD_FIELDS) & set(section_fields(*ARCHITECTURE_SECTIONS))
+    obj = good_config()
+    obj["config"]["max_model_memory_gib"] = 1e9
+    path = write_config(tmp_path / "c.pth.json", obj)
+    loaded = load_checkpoint_config(path)
+    assert set(loaded["config"]) == set(obj["config"]) - set(GUARD_FIELDS)
+    with pytest.raises(StateFileError, match=r"max_model_memory_gib=0\.001"):
+        load_checkpoint_config(path, settings={"max_model_memory_gib": 0.001})
+
+
 def test_checkpoint_config_missing_fields_take_defaults(tmp_path: Path) -> None:
     obj = good_config()
     del obj["config"]["amp"]  # a field added after the file was written

@@ -509,7 +509,7 @@ def test_mmsa_run_refuses_a_feature_a_file_in_another_order(tmp_path: Path, tiny
 
     import khar_mmsa  # noqa: F401
     from MMSA import MMSA_run
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     main = tiny_features("mosi")
     data = load_pickle(main)
     audio = {s: {k: np.asarray(data[s][k]) for k in ("audio", "audio_lengths", "id")} for s in

@@ -160,7 +160,7 @@ def train_text_only(feature_path: Union[str, Path], encoder_folder: Union[str, P
     for ``dataset`` (plus ``'Loss'`` = test L1, as KHaR's trainer reports it).  ``callbacks`` run
     after the floor's own (:func:`khar_mmsa.training.loop.fit`)."""
     from khar_mmsa.integration import metrics_for
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
 
     cfg = config or TextOnlyConfig()
     device = torch.device(device)

@@ -2,14 +2,16 @@
 
 :func:`load_features` reads every pickle MMSA's ``MMDataset`` will open for ``args`` -- the main
 file (``custom_feature`` or ``featurePath``) and ``feature_T`` / ``feature_A`` / ``feature_V`` --
-with :func:`khar_mmsa.io.safe_io.load_pickle` (``trust_pickle`` allows a trusted file's code) and
+with :func:`khar_mmsa.io.pickles.load_pickle` (``trust_pickle`` allows a trusted file's code) and
 validates each with :func:`khar_mmsa.data.validation.validate_features` (per-modality files for
 their modality, with the main file's split sizes) before any model is built.
 
 MMSA's ``MMDataset`` opens the files itself and calls ``pickle.load``.  Registration puts a
-:class:`FeatureServer` in ``MMSA.data_loader`` as its ``pickle``: inside ``with
+:class:`FeatureServer` in ``MMSA.data_loader`` (and ``MMSA.run``) as its ``pickle``: inside ``with
 serving(features)`` a file that was read here is served from memory (matched by path, device,
-inode, size and modification time); every other call is ``pickle.load`` as before.
+inode, size and modification time); every other file -- MMSA's own models' through MMSA's own
+``MMSA_run`` -- is read with ``pickle.load`` as MMSA reads it.  The server stays in place after
+``importlib.reload`` of those modules (:mod:`.reloads`).
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     from khar_mmsa.config import parse_bool
     from khar_mmsa.data import validation
     from khar_mmsa.data.validation import validate_features
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     main_file_ids = getattr(validation, "main_file_ids", None)
     loaded: Dict[FileKey, Any] = {}
     samples = ids = None
@@ -110,8 +112,11 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
 
 
 class FeatureServer:
-    """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves files being served, else it
-    is the real ``pickle.load``; every other attribute is the real module's."""
+    """``pickle`` as ``MMSA.data_loader`` sees it: ``load`` serves the files our runner is serving
+    (read with the restricted unpickler and checked, :func:`load_features`); any other file -- MMSA's
+    own models through MMSA's own ``MMSA_run`` -- is ``pickle.load`` as MMSA does it (a plug-in
+    adds; it does not change how MMSA reads its users' files).  Every other attribute is the real
+    module's."""
 
     def __init__(self, pickle_module: Any) -> None:
         self._pickle = pickle_module

@@ -137,7 +137,7 @@ def _config_getter(original: Callable, kind: str, original_mmsa_run: Callable) -
 
     @functools.wraps(original)
     def get_config(model_name: str, dataset_name: str, config_file: Any = "", *args: Any, **kwargs: Any) -> Any:
-        if is_extra_model(model_name) and sys._getframe(1).f_code is original_mmsa_run.__code__:
+        if is_extra_model(model_name) and _same_function(sys._getframe(1).f_code, original_mmsa_run.__code__):
             raise ImportOrderError(
                 f"MMSA_run({model_name!r}, ...) reached MMSA's own MMSA_run, bound before khar_mmsa "
                 f"registered {model_name!r}. Import khar_mmsa before 'from MMSA import MMSA_run' "
@@ -156,6 +156,11 @@ def _add_entry_points() -> None:
     for module in (run, mmsa):
         replace(module, "MMSA_run", mmsa_run)
         replace(module, "MMSA_test", mmsa_test)
+
+
+def _same_function(code: Any, original: Any) -> bool:
+    """``code`` is ``original``'s, or the same function's compiled again by ``importlib.reload``."""
+    return code is original or (code.co_name, code.co_filename) == (original.co_name, original.co_filename)
 
 
 def _mmsa_run(original: Callable) -> Callable:

@@ -1,7 +1,7 @@
 """Predicting with a saved model: ``MMSA_test`` for 'khar', and :func:`mmsa_test` for every model.
 
 :func:`mmsa_test` takes ``MMSA_test``'s arguments.  The feature file is read with the restricted
-unpickler (``khar_mmsa.io.safe_io``; a pickle that would run code is refused;
+unpickler (``khar_mmsa.io.pickles``; a pickle that would run code is refused;
 ``config={'trust_pickle': True}`` for a file you trust; every boolean setting parsed strictly by
 :func:`khar_mmsa.config.parse_bool`) and checked before any model sees it;
 ``gpu_id >= 0`` without CUDA runs on the CPU with a warning.
@@ -62,7 +62,7 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optiona
     """``MMSA_test`` with the feature file read safely and checked, for every model (see above).
     ``gpu_id=None``: MMSA's default 0, on the CPU without a warning where there is no CUDA."""
     from khar_mmsa.integration.features import file_key
-    from khar_mmsa.io.safe_io import load_pickle
+    from khar_mmsa.io.pickles import load_pickle
     require_registration()
     asked, gpu_id = gpu_id is not None, MMSA_DEFAULT_GPU_ID if gpu_id is None else int(gpu_id)
     if gpu_id >= 0 and not cuda_available():

@@ -7,7 +7,7 @@ trained with -- ``<checkpoint>.json``, written beside it by :class:`~khar_mmsa.t
 -- or, for a checkpoint without one, from the config passed to ``MMSA_test`` with the audio/vision
 ``seq_lens`` and ``feature_dims`` read from the checkpoint's own tensors.  Never from the sample.
 
-The feature file is read with the restricted unpickler (:mod:`khar_mmsa.io.safe_io`; a file that
+The feature file is read with the restricted unpickler (:mod:`khar_mmsa.io.pickles`; a file that
 would run code is refused) and checked before the model sees it:
 
 * one sample (MMSA's format): ``{'text_bert': (3, L), 'audio': (La, Da), 'vision': (Lv, Dv)}``,
@@ -26,8 +26,8 @@ import torch
 
 from khar_mmsa.config import KHaRConfig
 from khar_mmsa.model.khar import KHaR
-from khar_mmsa.io.safe_io import load_pickle
-from khar_mmsa.io.state_files import load_checkpoint, load_checkpoint_config
+from khar_mmsa.io.pickles import load_pickle
+from khar_mmsa.io.state_files import guard_settings, load_checkpoint, load_checkpoint_config
 from khar_mmsa.data.validation import FeatureValidationError, validate_features
 from khar_mmsa.integration.samples import check_length, check_sample
 from khar_mmsa.mmsa_conventions import SPLITS
@@ -56,10 +56,11 @@ def checkpoint_config(weights_path: Union[str, Path], args: Mapping[str, Any],
     :func:`~khar_mmsa.io.state_files.load_checkpoint_config`: the architecture sections, or a whole
     config as older checkpoints saved it; :meth:`KHaRConfig.from_architecture` fills the rest), else
     ``args``; in both cases the audio/vision ``seq_lens`` and ``feature_dims`` are the checkpoint's
-    tensor shapes, never the JSON's."""
+    tensor shapes, never the JSON's; guards (``max_model_memory_gib``) are ``args``', never the
+    JSON's."""
     saved = config_file(weights_path)
     if saved.is_file():
-        fields = dict(load_checkpoint_config(saved)["config"])
+        fields = dict(load_checkpoint_config(saved, settings=args)["config"], **guard_settings(args))
     else:
         fields = {k: v for k, v in dict(args).items() if k in KHaRConfig.field_names()}
         fields.setdefault("dataset_name", args.get("dataset_name", "mosi"))

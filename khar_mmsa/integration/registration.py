@@ -5,7 +5,10 @@
    MMSA's own function, unchanged);
 2. :func:`.mmsa_fixes.fix_mmsa` -- the *fixes* MMSA's own models need on today's torch, numpy and
    a CPU (``MMSA.run.torch``, ``MMSA.run.round``, three ``ReduceLROnPlateau``): the only
-   replacements that change what MMSA's own models do.
+   replacements that change what MMSA's own models do;
+
+and, last, :func:`.reloads.keep_over_reloads`: ``importlib.reload`` of ``MMSA.data_loader`` or
+``MMSA.run`` keeps the objects the two steps put there.
 
 :func:`register` (idempotent) runs both; every replaced name is recorded
 (:mod:`.replacements`) and :func:`unregister` puts every original back.  Nothing else in MMSA
@@ -19,6 +22,7 @@ from khar_mmsa.integration.extra_models import (EXTRA_DATASETS, EXTRA_MODELS, EX
                                                 LazyTrainer, check_model_settings, is_extra_model, metrics_for)
 from khar_mmsa.integration.mmsa_additions import ImportOrderError, add_to_mmsa
 from khar_mmsa.integration.mmsa_fixes import fix_mmsa
+from khar_mmsa.integration.reloads import keep_over_reloads
 from khar_mmsa.integration.replacements import (LOCK, is_registered, mmsa_module, registered_names,
                                                 restore_all)
 
@@ -37,6 +41,7 @@ def register() -> None:
         try:
             add_to_mmsa()
             fix_mmsa()
+            keep_over_reloads()
         except BaseException:
             restore_all()
             raise

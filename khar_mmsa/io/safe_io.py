@@ -1,11 +1,7 @@
 """Safe reading and atomic writing of the files khar-mmsa touches.
 
-* :func:`load_pickle` / :func:`load_pickle_stream` read MMSA feature pickles with a restricted
-  unpickler: only the globals a dict of numpy arrays needs can be resolved, so a crafted pickle
-  cannot run code (``os.system``, ``open``, ``eval`` ...), and no array (or ``bytes``) larger
-  than what the rest of the file can hold is allocated, so a tiny file cannot declare terabytes;
-  every array counts against that budget, again each time the pickle references it again.
-  ``trusted=True`` falls back to plain :mod:`pickle` for a file the user vouches for.
+(Feature pickles are read by the restricted unpickler of :mod:`khar_mmsa.io.pickles`.)
+
 * :func:`file_digest` is the content hash (SHA-256) of a file, computed once per process per
   file version; saved adapters and resume files are keyed by it instead of paths or mtimes.
 * :func:`safe_torch_load` reads checkpoints with ``torch.load(weights_only=True)``.
@@ -26,14 +22,10 @@ without its owner's write bit is read-only: writing it raises :class:`Permission
 """
 from __future__ import annotations
 
-import _compat_pickle
 import contextlib
 import errno
-import functools
 import hashlib
-import importlib
 import logging
-import math
 import os
 import pickle
 import stat
@@ -41,316 +33,20 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Iterator, Optional, Union
+from typing import IO, Any, Iterator, Optional, Union
+
+from khar_mmsa.io.pickles import UnsafePickleError
 
 logger = logging.getLogger("MMSA")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = [
-    "UnsafePickleError", "PickleReadError", "PickleSizeError", "ALLOWED_GLOBALS", "load_pickle",
-    "load_pickle_stream", "file_digest",
+    "file_digest",
     "safe_torch_load", "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save",
     "UnsafePathError", "check_writable_file", "new_file_mode",
     "append_whole", "truncate_back", "open_no_follow", "repair_torn_last_line", "NoFollowFileHandler",
 ]
-
-_TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
-               "(or trusted=True to load_pickle) to load it with plain pickle.")
-
-
-class UnsafePickleError(RuntimeError):
-    """A pickle asks for a global outside the allow-list (it could run code), or a checkpoint is
-    not loadable with ``torch.load(weights_only=True)``."""
-
-
-class PickleReadError(ValueError):
-    """A pickle file is truncated, corrupt or not a pickle at all."""
-
-
-class PickleSizeError(PickleReadError):
-    """A pickle declares an array (or byte string) larger than the rest of the file can hold."""
-
-
-# --------------------------------------------------------------------------------------------
-# allow-list
-# --------------------------------------------------------------------------------------------
-# (module, name) pairs after Python-2 name mapping.  ``numpy.core`` (numpy 1) and ``numpy._core``
-# (numpy 2) both appear in pickles in the wild; each is resolved to whichever the installed numpy
-# provides, so a numpy-1 pickle loads under numpy 2 and vice versa.
-_NUMPY_CORE_GLOBALS = frozenset({
-    ("multiarray", "_reconstruct"),   # ndarray.__reduce__
-    ("multiarray", "scalar"),         # numpy scalar (np.float32(1.0), np.str_('x'))
-    ("numeric", "_frombuffer"),       # ndarray.__reduce_ex__ with pickle protocol 5
-})
-_BUILTIN_GLOBALS = frozenset({
-    # dict, list, tuple, str, int, float, bool, None and bytes have opcodes of their own; these
-    # are the containers/numbers that need a global.  bytes/bytearray appear for empty or
-    # protocol <= 2 byte strings.
-    "set", "frozenset", "complex", "bytes", "bytearray",
-})
-ALLOWED_GLOBALS: frozenset = frozenset(
-    {(f"numpy.core.{m}", n) for m, n in _NUMPY_CORE_GLOBALS}
-    | {(f"numpy._core.{m}", n) for m, n in _NUMPY_CORE_GLOBALS}
-    | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.dtypes", "*DType")}
-    | {("builtins", n) for n in _BUILTIN_GLOBALS}
-    | {("collections", "OrderedDict"),
-       # protocol <= 2 pickles store bytes as _codecs.encode(latin-1 text, 'latin1'); numpy
-       # arrays pickled with protocol 2 need it for their raw buffer.
-       ("_codecs", "encode")}
-)
-
-
-def _resolve_numpy_core(submodule: str, name: str) -> Any:
-    """Fetch ``name`` from ``numpy._core.<submodule>`` or ``numpy.core.<submodule>``, whichever
-    the installed numpy has (importing ``numpy.core`` under numpy 2 would warn)."""
-    for base in ("numpy._core", "numpy.core"):
-        try:
-            return getattr(importlib.import_module(f"{base}.{submodule}"), name)
-        except (ImportError, AttributeError):
-            continue
-    raise AttributeError(f"numpy has no {submodule}.{name}")
-
-
-def _allowed_global(module: str, name: str) -> Optional[Any]:
-    """Return the object for an allowed ``module.name``; None if it is not allowed."""
-    for base in ("numpy.core.", "numpy._core."):
-        if module.startswith(base):
-            sub = module[len(base):]
-            if (sub, name) in _NUMPY_CORE_GLOBALS:
-                return _resolve_numpy_core(sub, name)
-            return None
-    if module == "numpy" and name in ("ndarray", "dtype"):
-        import numpy
-        return getattr(numpy, name)
-    if module == "numpy.dtypes" and name.endswith("DType"):
-        import numpy
-        cls = getattr(importlib.import_module("numpy.dtypes"), name, None)
-        if isinstance(cls, type) and issubclass(cls, numpy.dtype):
-            return cls
-        return None
-    if module == "builtins" and name in _BUILTIN_GLOBALS:
-        return getattr(__import__("builtins"), name)
-    if (module, name) == ("collections", "OrderedDict"):
-        import collections
-        return collections.OrderedDict
-    if (module, name) == ("_codecs", "encode"):
-        import _codecs
-        return _codecs.encode
-    return None
-
-
-def _human(nbytes: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if nbytes < 1024 or unit == "PiB":
-            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return ""  # pragma: no cover
-
-
-class _SizeGuard:
-    """Refuses allocations the file cannot back.
-
-    A real array's data is in the pickle: ``count * itemsize`` bytes for numbers (raw buffer), at
-    least one byte per element for object arrays (one opcode each).  ``budget`` is the number of
-    bytes the stream holds from where unpickling started; None when unknown (no check).
-    """
-
-    def __init__(self, budget: Optional[int], source: str) -> None:
-        self.budget, self.source = budget, source
-        self.used = 0  # bytes of every array declared or referenced again so far
-
-    def array(self, shape: Any, dtype: Any, what: str) -> None:
-        if self.budget is None:
-            return
-        import numpy
-        try:
-            dims = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,))]
-            dt = numpy.dtype(dtype)
-        except (TypeError, ValueError):
-            return  # numpy itself rejects it with its own error
-        count = math.prod(max(d, 0) for d in dims)
-        need = count if dt.hasobject else count * dt.itemsize
-        if need > self.budget:
-            size = (f"{count} object elements, at least {_human(count)} of pickle"
-                    if dt.hasobject else _human(count * dt.itemsize))
-            raise PickleSizeError(
-                f"{self.source}: {what} declares an array of shape {tuple(dims)} and dtype {dt} "
-                f"({size}), but the file holds only {_human(self.budget)}; refusing to allocate it. "
-                f"The file is corrupt or crafted; re-download or regenerate it.")
-        self._count(need, f"{what} of shape {tuple(dims)}")
-
-    def reference(self, arr: Any) -> None:
-        """A memoised array fetched again: whoever stacks or copies the references (validation's
-        ``np.asarray`` of a list of them) allocates it again, so it counts again."""
-        if self.budget is None:
-            return
-        need = arr.size if arr.dtype.hasobject else arr.nbytes
-        self._count(need, f"a shared reference to an array of shape {arr.shape}")
-
-    def _count(self, need: int, what: str) -> None:
-        self.used += need
-        if self.used > self.budget:
-            raise PickleSizeError(
-                f"{self.source}: the arrays this pickle declares, each shared reference counted "
-                f"again, add up to more than {_human(self.used)} (at {what}), but the file holds "
-                f"only {_human(self.budget)}; refusing to allocate them. A feature pickle holds "
-                f"each array once; this one is corrupt or crafted. " + _TRUST_HINT)
-
-    def byte_string(self, args: tuple, name: str) -> None:
-        if self.budget is not None and args and isinstance(args[0], int) \
-                and not isinstance(args[0], bool) and args[0] > self.budget:
-            raise PickleSizeError(
-                f"{self.source}: the pickle asks for {name}({args[0]}) ({_human(args[0])}), but "
-                f"the file holds only {_human(self.budget)}; refusing to allocate it. The file is "
-                f"corrupt or crafted; re-download or regenerate it.")
-
-
-def _guarded(obj: Any, module: str, name: str, guard: _SizeGuard) -> Any:
-    """Wrap the allowed callables that allocate from declared sizes (see :class:`_SizeGuard`)."""
-    if name == "_reconstruct":  # _reconstruct(subtype, shape, dtype): numpy passes shape (0,)
-        @functools.wraps(obj)
-        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
-            guard.array(shape, dtype, "numpy's _reconstruct")
-            return obj(subtype, shape, dtype)
-        return reconstruct
-    if name == "_frombuffer":  # _frombuffer(buffer, dtype, shape, order)
-        @functools.wraps(obj)
-        def frombuffer(buf: Any, dtype: Any, shape: Any, *rest: Any) -> Any:
-            guard.array(shape, dtype, "numpy's _frombuffer")
-            return obj(buf, dtype, shape, *rest)
-        return frombuffer
-    if module == "builtins" and name in ("bytes", "bytearray"):  # bytes(n) allocates n bytes
-        def make(*args: Any) -> Any:
-            guard.byte_string(args, name)
-            return obj(*args)
-        return make
-    return obj
-
-
-_BUILD = pickle.BUILD[0]
-
-
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """An unpickler whose ``find_class`` resolves only :data:`ALLOWED_GLOBALS` and whose array
-    reconstruction is checked against the file's size before numpy allocates.
-
-    Python's pure-Python unpickler, because the C one does not let BUILD (``ndarray.__setstate__``,
-    which allocates ``shape`` before it looks at the data) be intercepted.  It costs nothing here:
-    the time goes into reading the array buffers (benchmarks/loading.py, 1.1 GB MMSA-style pickle:
-    1.31 s against ``pickle.load``'s 1.37 s).
-    """
-
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-
-    def __init__(self, file: IO[bytes], source: str, budget: Optional[int] = None) -> None:
-        # latin1: numpy's documented choice for Python-2 pickles; no effect on Python-3 text.
-        super().__init__(file, encoding="latin1")
-        self._source = source
-        self._guard = _SizeGuard(budget, source)
-
-    def load_build(self) -> None:
-        state = self.stack[-1]
-        inst = self.stack[-2]
-        import numpy
-        if isinstance(inst, numpy.ndarray) and isinstance(state, tuple) and len(state) in (4, 5):
-            shape, dtype = state[-4], state[-3]  # (version,) shape, dtype, is_fortran, data
-            self._guard.array(shape, dtype, "an ndarray's state")
-        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
-    dispatch[_BUILD] = load_build
-
-    def _after_get(self) -> None:
-        import numpy
-        top = self.stack[-1] if self.stack else None
-        if isinstance(top, numpy.ndarray):
-            self._guard.reference(top)
-
-    def load_get(self) -> None:
-        pickle._Unpickler.load_get(self)  # type: ignore[attr-defined]
-        self._after_get()
-    dispatch[pickle.GET[0]] = load_get
-
-    def load_binget(self) -> None:
-        pickle._Unpickler.load_binget(self)  # type: ignore[attr-defined]
-        self._after_get()
-    dispatch[pickle.BINGET[0]] = load_binget
-
-    def load_long_binget(self) -> None:
-        pickle._Unpickler.load_long_binget(self)  # type: ignore[attr-defined]
-        self._after_get()
-    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-        mod, nm = module, name
-        # Python-2 names (__builtin__.set, ...), as pickle's fix_imports maps them.  These module
-        # names do not exist in Python 3, so mapping them unconditionally is harmless.
-        if (mod, nm) in _compat_pickle.NAME_MAPPING:
-            mod, nm = _compat_pickle.NAME_MAPPING[(mod, nm)]
-        elif mod in _compat_pickle.IMPORT_MAPPING:
-            mod = _compat_pickle.IMPORT_MAPPING[mod]
-        obj = _allowed_global(mod, nm)
-        if obj is None:
-            raise UnsafePickleError(
-                f"{self._source}: refusing to unpickle global '{module}.{name}': it is not a numpy "
-                f"array, dtype or builtin container, and loading it could run arbitrary code. "
-                f"MMSA feature pickles contain only dicts of numpy arrays, lists and strings. "
-                + _TRUST_HINT)
-        return _guarded(obj, mod, nm, self._guard)
-
-
-def _remaining_bytes(fileobj: BinaryIO) -> Optional[int]:
-    """Bytes from the current position to the end of ``fileobj``; None when it cannot tell.
-    (io.UnsupportedOperation is an OSError and a ValueError.)"""
-    try:
-        pos = fileobj.tell()
-        try:
-            size = os.fstat(fileobj.fileno()).st_size
-        except (AttributeError, OSError, ValueError):
-            size = fileobj.seek(0, os.SEEK_END)
-            fileobj.seek(pos)
-        return max(int(size) - int(pos), 0)
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def load_pickle_stream(fileobj: BinaryIO, trusted: bool = False, source: str = "<stream>") -> Any:
-    """Unpickle one object from a binary file object.
-
-    With ``trusted=False`` (the default) only :data:`ALLOWED_GLOBALS` may be referenced; any other
-    global raises :class:`UnsafePickleError` before it is called, and an array or byte string
-    larger than the rest of the stream raises :class:`PickleSizeError` before it is allocated
-    (streams whose size cannot be told are not size-checked).  ``trusted=True`` uses plain
-    :func:`pickle.load` and logs a warning.  A truncated or corrupt stream raises
-    :class:`PickleReadError`.  ``source`` names the data in messages.
-    """
-    try:
-        if trusted:
-            logger.warning("%s: loading with plain pickle (trust_pickle=True); this runs any code "
-                           "the file contains -- use it only for files you trust.", source)
-            return pickle.load(fileobj, encoding="latin1")
-        return _RestrictedUnpickler(fileobj, source, _remaining_bytes(fileobj)).load()
-    except (UnsafePickleError, PickleSizeError):
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError,
-            AttributeError, KeyError, UnicodeDecodeError) as exc:
-        raise PickleReadError(
-            f"{source}: not a readable pickle ({type(exc).__name__}: {exc}). The file is truncated, "
-            f"corrupt or not a feature pickle; re-download or regenerate it.") from exc
-
-
-def load_pickle(path: PathLike, trusted: bool = False) -> Any:
-    """Read a pickle file safely; see :func:`load_pickle_stream`.
-
-    Raises :class:`FileNotFoundError` (with the path) when the file is missing,
-    :class:`UnsafePickleError` for a disallowed global and :class:`PickleReadError` for a corrupt
-    file.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: feature file not found; check featurePath / custom_feature / MMSA_DATASET_ROOT.")
-    with open(p, "rb") as f:
-        return load_pickle_stream(f, trusted=trusted, source=str(p))
-
 
 # --------------------------------------------------------------------------------------------
 # content identity

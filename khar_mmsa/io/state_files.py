@@ -35,15 +35,19 @@ logger = logging.getLogger("MMSA")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "set_aside", "load_checkpoint",
-           "load_checkpoint_config", "load_seeds_file", "load_adapter_cache", "parse_manifest_line", "load_manifest",
-           "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS", "manifest_line",
-           "append_manifest_record"]
+__all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "GUARD_FIELDS", "guard_settings",
+           "set_aside", "load_checkpoint", "load_checkpoint_config", "load_seeds_file", "load_adapter_cache",
+           "parse_manifest_line", "load_manifest", "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS",
+           "manifest_line", "append_manifest_record"]
 
 #: Events a sweep manifest line may record (experiments/sweep.py's Manifest.record).
 MANIFEST_EVENTS = ("start", "done", "failed")
 _MANIFEST_KEYS = {"event", "run_id", "identity", "title", "time", "executor", "outcome", "error"}
 _CHECKPOINT_CONFIG_KEYS = {"model_name": str, "dataset_name": str, "config": dict}
+#: KHaRConfig settings that bound what a run may allocate.  They come from the user's call or
+#: config, never from a file we read back: a checkpoint's ``.pth.json`` saying
+#: ``max_model_memory_gib=1e9`` must not lift the memory check of the network it describes.
+GUARD_FIELDS = ("max_model_memory_gib",)
 _SEEDS_KEYS = {"key": str, "results": dict}
 _ADAPTER_KEYS = {"fingerprint": str, "states": dict, "labels": dict, "config": dict}
 _MODALITIES = ("t", "a", "v")
@@ -193,7 +197,8 @@ def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, ty
 
 def _torch_file(path: PathLike, what: str) -> Any:
     """``torch.load(weights_only=True)`` of ``path``; every failure a :class:`StateFileError`."""
-    from khar_mmsa.io.safe_io import UnsafePickleError, safe_torch_load
+    from khar_mmsa.io.pickles import UnsafePickleError
+    from khar_mmsa.io.safe_io import safe_torch_load
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: {what} not found")
@@ -231,16 +236,23 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     return _tensor_dict(path, _torch_file(path, "checkpoint"), "checkpoint")
 
 
-def load_checkpoint_config(path: PathLike) -> Dict[str, Any]:
+def guard_settings(settings: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The :data:`GUARD_FIELDS` the user's ``settings`` (a call's config) give."""
+    return {k: settings[k] for k in GUARD_FIELDS if settings and k in settings}
+
+
+def load_checkpoint_config(path: PathLike, settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """A checkpoint's ``<ckpt>.json``: ``{"model_name": str, "dataset_name": str, "config":
     {KHaRConfig fields}}`` as the KHaR trainer writes it: the fields of the architecture sections
     (``KHaRConfig.architecture``), or every field in files written before the config had sections.
 
-    Every ``config`` key must be a KHaRConfig field and the whole must make a valid
-    :class:`~khar_mmsa.config.KHaRConfig` through ``KHaRConfig.from_architecture`` (types, ranges
-    and sizes: ``seq_lens`` of 10**9 is refused here, before any data is read); fields missing from
-    the file (not architecture, or added after it was written) take their defaults.  Returns the
-    parsed object."""
+    Every ``config`` key must be a KHaRConfig field, and the whole, its :data:`GUARD_FIELDS` left
+    out, must make a valid :class:`~khar_mmsa.config.KHaRConfig` through
+    ``KHaRConfig.from_architecture`` with the guards of the user's ``settings`` (the call's config)
+    or their defaults: types, ranges and sizes (``seq_lens`` of 10**9 is refused here, before any
+    data is read, and so is a network larger than ``max_model_memory_gib``); fields missing from
+    the file take their defaults.  Returns the parsed object without its guards: what a file says
+    of ``max_model_memory_gib`` is never used (logged and dropped)."""
     from khar_mmsa.config import ConfigError, KHaRConfig
     what = "checkpoint config"
     obj = _read_json(path, what)
@@ -249,11 +261,16 @@ def load_checkpoint_config(path: PathLike) -> Dict[str, Any]:
     unknown = sorted(k for k in obj["config"] if k not in fields)
     if unknown:
         raise StateFileError(path, f"{what}: 'config' has unknown key(s) {unknown} (not KHaRConfig fields)")
+    guards = sorted(k for k in obj["config"] if k in GUARD_FIELDS)
+    if guards:
+        logger.info(f"{Path(path)}: {what} sets {guards}; ignored (guards come from your call's config "
+                    f"or their defaults, never from a file).")
+    config = {k: v for k, v in obj["config"].items() if k not in GUARD_FIELDS}
     try:
-        KHaRConfig.from_architecture(obj["config"])
+        KHaRConfig.from_architecture({**config, **guard_settings(settings)})
     except ConfigError as exc:
         raise StateFileError(path, f"{what}: {exc}") from exc
-    return obj
+    return dict(obj, config=config)
 
 
 # --------------------------------------------------------------------------------------------

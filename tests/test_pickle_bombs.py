@@ -1,0 +1,372 @@
+"""Pickle bombs at the user's door: each shape a small crafted feature pickle, refused by
+``MMSA_run('khar')``, ``khar_mmsa.run('tfn')`` (our runner for MMSA's model) and
+``MMSA_test('khar')`` / ``khar_mmsa.test`` with a clear error, and without the allocation it asks
+for (tracemalloc's peak, numpy's arrays included, stays far below it); MMSA's own ``MMSA_run`` for
+its own models reads as MMSA does.  Also: a checkpoint's ``.pth.json`` cannot lift the memory
+guard, and ``importlib.reload`` of MMSA's modules neither reopens the 'khar' door to MMSA's loader
+nor drops our feature server."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import pickletools
+import struct
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable, Dict
+
+import numpy as np
+import pytest
+from numpy._core.multiarray import _reconstruct  # numpy 2; pickled by name
+
+import khar_mmsa  # noqa: F401  (registers 'khar')
+from khar_mmsa.io.pickles import PickleSizeError, UnsafePickleError
+from MMSA import MMSA_run, MMSA_test
+from conftest import TINY_KHAR_SIZE, TINY_SEQ_LENS
+
+REPO = Path(__file__).resolve().parents[1]
+MiB = 2 ** 20
+#: What each bomb asks numpy or Python to allocate (at load, or when validation / MMSA stack it).
+ASKED = 512 * MiB
+#: The most a refused call may allocate (config, logging, the refused load itself); far below ASKED.
+PEAK_LIMIT = 64 * MiB
+#: An array referenced again and again: 256 KiB, so that ASKED takes 2,048 references.
+BLOCK = np.ones((64, 1024), dtype=np.float32)
+REFS = ASKED // BLOCK.nbytes
+
+
+class Reduces:
+    """Pickles as whatever ``__reduce__`` tuple it is given (a crafted payload)."""
+
+    def __init__(self, *reduce_value: Any) -> None:
+        self.reduce_value = reduce_value
+
+    def __reduce__(self):
+        return self.reduce_value
+
+
+# --- crafting ---------------------------------------------------------------------------------
+def _text(s: str) -> bytes:
+    raw = s.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+
+def _int(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)  # BININT
+
+
+def _audio_only(value_ops: bytes) -> bytes:
+    """Protocol-2 opcodes of ``{'train': {'audio': <value_ops>}}``."""
+    return (b"\x80\x02}" + _text("train") + b"}" + _text("audio") + value_ops + b"ss.")
+
+
+def _ndarray_args() -> bytes:
+    """``((n,), 'f4')``: numpy.ndarray's arguments for ASKED bytes."""
+    return b"(" + b"(" + _int(ASKED // 4) + b"t" + _text("f4") + b"t"
+
+
+def newobj_bomb(features: dict) -> bytes:
+    """NEWOBJ: ``numpy.ndarray.__new__(numpy.ndarray, (n,), 'f4')``."""
+    return _audio_only(b"cnumpy\nndarray\n" + _ndarray_args() + b"\x81")
+
+
+def newobj_ex_bomb(features: dict) -> bytes:
+    """NEWOBJ_EX (protocol 4): the same with keyword arguments ``{}``."""
+    return _audio_only(b"cnumpy\nndarray\n" + _ndarray_args() + b"}" + b"\x92")
+
+
+def reduce_bomb(features: dict) -> bytes:
+    """REDUCE: ``numpy.ndarray((n,), 'f4')`` called directly."""
+    return pickle.dumps({"train": {"audio": Reduces(np.ndarray, ((ASKED // 4,), "f4"))}}, protocol=4)
+
+
+def reconstruct_bomb(features: dict) -> bytes:
+    """numpy's ``_reconstruct(ndarray, (n,), 'b')``: allocates the shape at once."""
+    return pickle.dumps({"train": {"audio": Reduces(_reconstruct, (np.ndarray, (ASKED,), b"b"))}}, protocol=4)
+
+
+def void_dtype_bomb(features: dict) -> bytes:
+    """A void dtype of 1 MiB per element: ``_reconstruct`` of 512 elements."""
+    return pickle.dumps({"train": {"audio": Reduces(_reconstruct, (np.ndarray, (ASKED // MiB,), np.dtype(("V", MiB))))}},
+                        protocol=4)
+
+
+def build_bomb(features: dict) -> bytes:
+    """BUILD: ``ndarray.__setstate__`` of an object array allocates its pointers before reading."""
+    state = (1, (ASKED // 8,), np.dtype("O"), False, [1])
+    return pickle.dumps({"train": {"audio": Reduces(_reconstruct, (np.ndarray, (0,), b"b"), state)}}, protocol=4)
+
+
+def _with_labels(features: dict, labels: Any, protocol: int = 4) -> bytes:
+    """The real tiny feature file with train's ``regression_labels`` replaced: validation's
+    ``np.asarray`` and MMSA's ``np.array`` stack whatever that list references."""
+    data = {split: dict(features[split]) for split in ("train", "valid", "test")}
+    data["train"]["regression_labels"] = labels
+    return pickle.dumps(data, protocol=protocol)
+
+
+def get_array_bomb(features: dict) -> bytes:
+    """BINGET of one array, REFS times (what the old check already counted)."""
+    return _with_labels(features, [BLOCK] * REFS)
+
+
+def frombuffer_bomb(features: dict) -> bytes:
+    """An array made by numpy's ``_frombuffer`` (protocol 5), referenced REFS times."""
+    return _with_labels(features, [BLOCK] * REFS, protocol=5)
+
+
+def dup_bomb(features: dict) -> bytes:
+    """A list holding one array and REFS - 1 DUPs (the BINGETs of a protocol-2 pickle rewritten)."""
+    raw = _with_labels(features, [BLOCK] * REFS, protocol=2)
+    ops = list(pickletools.genops(raw))
+    gets = [arg for op, arg, _ in ops if op.name in ("BINGET", "LONG_BINGET")]
+    block_memo = max(set(gets), key=gets.count)
+    out, last = bytearray(), 0
+    for i, (op, arg, pos) in enumerate(ops):
+        end = ops[i + 1][2] if i + 1 < len(ops) else len(raw)
+        if op.name in ("BINGET", "LONG_BINGET") and arg == block_memo:
+            out += raw[last:pos] + b"2"  # DUP
+            last = end
+    out += raw[last:]
+    assert bytes(out).count(b"2") >= REFS - 1
+    return bytes(out)
+
+
+def get_container_bomb(features: dict) -> bytes:
+    """BINGET of a list that holds the array: ``[[block]] * REFS``."""
+    return _with_labels(features, [[BLOCK]] * REFS)
+
+
+def row_bomb(features: dict) -> bytes:
+    """``[row] * 2000``, ``row`` a list of lists of floats (the issue's 9.6 MiB -> 14.9 GiB)."""
+    row = [[0.5] * 128 for _ in range(ASKED // 2000 // 8 // 128)]
+    return _with_labels(features, [row] * 2000)
+
+
+def nesting_bomb(features: dict) -> bytes:
+    """Lists nested 150 deep: whatever walks them meets Python's recursion limit."""
+    deep: list = [0.0]
+    for _ in range(150):
+        deep = [deep]
+    return _with_labels(features, deep)
+
+
+BOMBS: Dict[str, Callable[[dict], bytes]] = {
+    "REDUCE ndarray": reduce_bomb, "NEWOBJ": newobj_bomb, "NEWOBJ_EX": newobj_ex_bomb,
+    "BUILD": build_bomb, "_reconstruct": reconstruct_bomb, "void dtype": void_dtype_bomb,
+    "frombuffer": frombuffer_bomb, "GET of an array": get_array_bomb, "DUP list": dup_bomb,
+    "GET of a container": get_container_bomb, "[row]*2000": row_bomb, "deep nesting": nesting_bomb,
+}
+#: The phrase each refusal's message carries (besides the file's name).
+EXPECTED = {"REDUCE ndarray": "REDUCE at byte", "NEWOBJ": "NEWOBJ at byte", "NEWOBJ_EX": "NEWOBJ_EX at byte",
+            "BUILD": "BUILD at byte", "_reconstruct": "numpy's _reconstruct", "void dtype": "dtype |V1048576",
+            "frombuffer": "a second reference to an array", "GET of an array": "BINGET at byte",
+            "DUP list": "DUP at byte", "GET of a container": "a second reference to a list",
+            "[row]*2000": "a second reference to a list", "deep nesting": "nest more than 100 deep"}
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def features(tiny_features) -> dict:
+    with open(tiny_features("mosi"), "rb") as f:
+        return pickle.load(f)
+
+
+@pytest.fixture(scope="module")
+def bomb_files(tmp_path_factory, features) -> Dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bombs")
+    files = {}
+    for name, make in BOMBS.items():
+        path = folder / (name.replace(" ", "-").replace("*", "x").replace("[", "").replace("]", "") + ".pkl")
+        path.write_bytes(make(features))
+        assert path.stat().st_size < ASKED / 50, (name, path.stat().st_size)  # small file, big ask
+        files[name] = path
+    return files
+
+
+@pytest.fixture(scope="module")
+def untrained_khar(tmp_path_factory, tiny_bert) -> Path:
+    """A KHaR checkpoint (random weights) and its ``.pth.json``, as the trainer writes them."""
+    import torch
+
+    from khar_mmsa.config import KHaRConfig
+    from khar_mmsa.model.khar import KHaR
+    folder = tmp_path_factory.mktemp("untrained")
+    cfg = KHaRConfig(**dict(TINY_KHAR_SIZE, pretrained=str(tiny_bert), seq_lens=list(TINY_SEQ_LENS),
+                            feature_dims=[768, 5, 20]))
+    weights = folder / "khar-mosi.pth"
+    torch.save({f"Model.{k}": v for k, v in KHaR(cfg).state_dict().items()}, weights)
+    Path(f"{weights}.json").write_text(json.dumps({"model_name": "khar", "dataset_name": "mosi",
+                                                   "config": cfg.architecture()}))
+    return weights
+
+
+def _peak(call: Callable[[], Any]) -> tuple:
+    """(the exception ``call`` raised, the peak traced allocation during it, in bytes)."""
+    tracemalloc.start()
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - returned for the test to check
+        raised = exc
+    else:  # pragma: no cover - the test fails on it
+        raised = None
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return raised, peak
+
+
+def _doors(name: str, path: Path, tmp: Path, tiny_bert: Path, weights: Path) -> Dict[str, Callable[[], Any]]:
+    """Our doors: ``MMSA_run`` / ``MMSA_test`` for 'khar' (routed to us), and our runner and test
+    for MMSA's own models (``khar_mmsa.run`` / ``khar_mmsa.test``).  MMSA's own ``MMSA_run('tfn')``
+    reads its file as MMSA does (test below)."""
+    dirs = {k: tmp / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    run = dict(seeds=[1], gpu_ids=[0], num_workers=0, verbose_level=0, **dirs)
+    return {
+        "MMSA_run('khar')": lambda: MMSA_run("khar", "mosi", custom_feature=str(path),
+                                             config=dict(TINY_KHAR_SIZE, pretrained=str(tiny_bert)), **run),
+        "khar_mmsa.run('tfn')": lambda: khar_mmsa.run("tfn", "mosi", custom_feature=str(path), **run),
+        "MMSA_test('khar')": lambda: MMSA_test("khar", str(weights), str(path), gpu_id=-1),
+        "khar_mmsa.test(tfn config)": lambda: khar_mmsa.test({"model_name": "tfn", "dataset_name": "mosi"},
+                                                             str(weights), str(path), gpu_id=-1),
+    }
+
+
+DOORS = ["MMSA_run('khar')", "khar_mmsa.run('tfn')", "MMSA_test('khar')", "khar_mmsa.test(tfn config)"]
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize("bomb", list(BOMBS))
+def test_bomb_is_refused_at_the_door_without_allocating(bomb, door, bomb_files, tmp_path, tiny_bert,
+                                                        untrained_khar, fast_mmsa):
+    path = bomb_files[bomb]
+    raised, peak = _peak(_doors(bomb, path, tmp_path, tiny_bert, untrained_khar)[door])
+    assert isinstance(raised, (PickleSizeError, UnsafePickleError)), repr(raised)
+    msg = str(raised)
+    assert msg.startswith(f"{path}: ") and EXPECTED[bomb] in msg, msg
+    assert "\n" not in msg
+    assert peak < PEAK_LIMIT, f"{door} allocated {peak / MiB:.0f} MiB for {bomb}"
+
+
+def test_the_same_data_without_the_bomb_loads(features, tmp_path, tiny_bert, fast_mmsa):
+    """The references are what is refused: one array per sample is a feature file."""
+    from khar_mmsa.io.pickles import load_pickle
+    path = tmp_path / "fine.pkl"
+    path.write_bytes(_with_labels(features, [np.float32(0.5)] * len(features["train"]["regression_labels"])))
+    assert load_pickle(path)["train"]["regression_labels"][0] == np.float32(0.5)
+
+
+def test_trust_pickle_lets_our_runner_read_a_trusted_file(bomb_files, tmp_path, fast_mmsa, caplog):
+    """khar_mmsa.run('tfn', config={'trust_pickle': True}): the file is read with plain pickle (the
+    nesting the budget refuses is read, as the user asked), with a warning."""
+    import logging
+
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    caplog.set_level(logging.WARNING, logger="MMSA")
+    with pytest.raises(Exception) as ei:
+        khar_mmsa.run("tfn", "mosi", custom_feature=str(bomb_files["deep nesting"]), config={"trust_pickle": True},
+                      seeds=[1], gpu_ids=[0], num_workers=0, verbose_level=0, **dirs)
+    assert not isinstance(ei.value, (PickleSizeError, UnsafePickleError))  # read, then the check fails on it
+    assert any("plain pickle (trust_pickle=True)" in r.getMessage() for r in caplog.records)
+
+
+def test_mmsa_own_mmsa_run_reads_its_file_as_mmsa_does(bomb_files, tmp_path, fast_mmsa):
+    """A plug-in adds; it does not alter: MMSA's own MMSA_run('tfn') after ``import khar_mmsa`` reads
+    the feature file with MMSA's plain ``pickle.load`` (the budget's refusal is ours, at our doors)."""
+    dirs = {k: tmp_path / k for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    with pytest.raises(Exception) as ei:
+        MMSA_run("tfn", "mosi", custom_feature=str(bomb_files["deep nesting"]), seeds=[1], gpu_ids=[0],
+                 num_workers=0, verbose_level=0, **dirs)
+    assert not isinstance(ei.value, (PickleSizeError, UnsafePickleError)), repr(ei.value)
+
+
+# --- the checkpoint's .pth.json cannot raise a guard ---------------------------------------------
+def _json_with(weights: Path, tmp_path: Path, **extra: Any) -> Path:
+    import shutil
+    copy = tmp_path / "copy.pth"
+    shutil.copy(weights, copy)
+    saved = json.loads(Path(f"{weights}.json").read_text())
+    saved["config"].update(extra)  # an old-format file carries every field
+    Path(f"{copy}.json").write_text(json.dumps(saved))
+    return copy
+
+
+def _one_sample(features: dict, tmp_path: Path) -> Path:
+    d = features["test"]
+    path = tmp_path / "one.pkl"
+    path.write_bytes(pickle.dumps({k: d[k][0] for k in ("text_bert", "audio", "vision")}))
+    return path
+
+
+def test_pth_json_cannot_lift_the_users_memory_guard(untrained_khar, features, tmp_path):
+    weights = _json_with(untrained_khar, tmp_path, max_model_memory_gib=1e9)
+    sample = _one_sample(features, tmp_path)
+    with pytest.raises(ValueError, match=r"max_model_memory_gib=1e-06") as ei:
+        MMSA_test({"model_name": "khar", "max_model_memory_gib": 1e-6}, str(weights), str(sample), gpu_id=-1)
+    assert str(ei.value).startswith(f"{weights}.json: ")
+
+
+def test_pth_json_guard_is_ignored_for_the_default(untrained_khar, features, tmp_path):
+    from khar_mmsa.config import KHaRConfig
+    from khar_mmsa.integration.predict import load_model
+    weights = _json_with(untrained_khar, tmp_path, max_model_memory_gib=1e9)
+    assert isinstance(MMSA_test("khar", str(weights), str(_one_sample(features, tmp_path)), gpu_id=-1), float)
+    assert load_model(weights, {}, "cpu").cfg.max_model_memory_gib == KHaRConfig().max_model_memory_gib
+    assert load_model(weights, {"max_model_memory_gib": 7.0}, "cpu").cfg.max_model_memory_gib == 7.0
+
+
+# --- importlib.reload of MMSA's modules -----------------------------------------------------------
+RELOAD_SCRIPT = textwrap.dedent("""
+    import importlib, json, os, pickle, sys
+    import khar_mmsa
+    import MMSA.run, MMSA.data_loader
+
+    class RunsCode:
+        def __init__(self, marker):
+            self.marker = marker
+        def __reduce__(self):
+            return os.system, (f"touch {self.marker}",)
+
+    tmp = sys.argv[1]
+    dirs = {k: os.path.join(tmp, k) for k in ("model_save_dir", "res_save_dir", "log_dir")}
+    run = dict(seeds=[1], gpu_ids=[0], num_workers=0, verbose_level=0, **dirs)
+    out = {}
+
+    def attempt(name, call):
+        marker = os.path.join(tmp, name + ".ran")
+        evil = os.path.join(tmp, name + ".pkl")
+        with open(evil, "wb") as f:
+            pickle.dump({"train": RunsCode(marker)}, f)
+        try:
+            call(evil)
+            error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        out[name] = {"error": error, "code_ran": os.path.exists(marker)}
+
+    importlib.reload(MMSA.run)
+    attempt("run_khar", lambda evil: MMSA.run.MMSA_run("khar", "mosi", custom_feature=evil, **run))
+    importlib.reload(MMSA.data_loader)
+    out["server_kept"] = type(MMSA.data_loader.pickle).__name__ == "FeatureServer" and \
+        type(MMSA.run.pickle).__name__ == "FeatureServer"
+    attempt("runner_khar", lambda evil: khar_mmsa.run("khar", "mosi", custom_feature=evil, **run))
+    print(json.dumps(out))
+""")
+
+
+def test_reloading_mmsa_keeps_the_khar_door_and_our_feature_server(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["server_kept"]
+    assert not out["runner_khar"]["code_ran"]
+    assert out["runner_khar"]["error"].startswith("UnsafePickleError: ") and \
+        ".pkl: refusing to unpickle global" in out["runner_khar"]["error"], out["runner_khar"]
+    assert not out["run_khar"]["code_ran"]
+    assert out["run_khar"]["error"].startswith("ImportOrderError: MMSA_run('khar', ...) reached MMSA's own MMSA_run")
