@@ -19,7 +19,7 @@ from khar_mmsa.integration.tune.table import (append_row, atomic_copy, best_mark
                                               is_candidate_failure, read_tune_csv, tune_csv_path, write_tune_csv)
 from khar_mmsa.integration.tune.values import cell
 from khar_mmsa.io.safe_io import atomic_write_text
-from khar_mmsa.io.state_files import WRITTEN_BY
+from khar_mmsa.io.state_files import GUARD_FIELDS, WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
 from khar_mmsa.training.loop import LOWER_IS_BETTER, Monitor
@@ -114,6 +114,11 @@ def select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[str
     pos = values.idxmin() if key_eval in LOWER_IS_BETTER else values.idxmax()
     selected = table.loc[pos]
     point = json.loads(selected["candidate"])
+    raised = sorted(set(point) & set(GUARD_FIELDS))
+    if raised:  # a guard comes from the user's call, never from a file we read
+        logger.warning(f"{csv_file}: the selected row's candidate sets {raised}; ignored (a guard's limit is "
+                       f"the call's or its default, never a tune table's)")
+        point = {k: v for k, v in point.items() if k not in GUARD_FIELDS}
     config_path = write_mmsa_config(csv_file.with_name(f"{dataset_name}-{model_name}-best.json"),
                                     candidate_args(base, point, config))  # before the loader edits args
     args = candidate_args(base, point, config)
