@@ -254,7 +254,7 @@ def test_a_broken_link_or_path_is_caught(monkeypatch: pytest.MonkeyPatch, tmp_pa
     doc = tmp_path / "page.md"   # its links resolve from docs/, as a page there would
     doc.write_text("[ok](usage.md) [gone](no-such-page.md) [anchor](usage.md#no-such-heading) "
                    "[fine](../README.md#khar-mmsa)\n`khar_mmsa/no_such_module.py` `khar_mmsa/demo.py` "
-                   "`benchmark/README.md` `runs/demo/run-<n>`\n`khar_mmsa.io.safe_io.load_pickle(path)` "
+                   "`benchmark/README.md` `runs/demo/run-<n>`\n`khar_mmsa.io.pickles.load_pickle(path)` "
                    "`khar_mmsa.io.safe_io.no_such_loader(path)` `khar_mmsa.no_such_module`\n")
     problems = "\n".join(check_document(doc, monkeypatch, folder=DOCS))
     assert "no-such-page.md: no such file" in problems
