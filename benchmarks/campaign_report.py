@@ -127,8 +127,10 @@ def walk_like_table(camp: Campaign, find: Finder, table: str) -> Tuple[str, List
         if reference is not None and recs:
             d, sd, n = paired_delta(recs, reference[0])
             delta = f"{d:+.3f} ± {sd:.3f} ({n} seeds)" if n else "-"
-            words = effect(maes, reference[1])
-            if table == "choices" and reference[1].size and maes.size:
+            complete = maes.size == reference[1].size == len(camp.seeds)
+            words = effect(maes, reference[1]) if complete else \
+                f"pending ({min(maes.size, reference[1].size)}/{len(camp.seeds)} seeds)"
+            if complete and table == "choices":
                 words = ("adopted: " if beats(maes, reference[1]) else "kept the default: ") + words
         else:
             delta, words = "-", "-"
