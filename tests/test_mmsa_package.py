@@ -114,21 +114,26 @@ def _tidy(res_dir: Path, dataset: str = "mosi") -> pd.DataFrame:
 # ============================================================================================
 # Registration: it adds
 # ============================================================================================
+def _value(obj, attr):
+    """What ``obj.attr`` holds: its ``__dict__`` entry (absent: None), or a function's ``__code__``."""
+    return getattr(obj, attr) if attr == "__code__" else vars(obj).get(attr)
+
+
 def test_register_is_idempotent_and_unregister_restores_everything() -> None:
     assert registration.is_registered()
     targets = registration.registered_names()
     assert len(targets) == len(set((id(o), a) for o, a in targets))
-    patched = {(id(o), a): vars(o)[a] for o, a in targets}
+    patched = {(id(o), a): _value(o, a) for o, a in targets}
     registration.register()  # idempotent: nothing re-wrapped
     assert registration.registered_names() == targets
     try:
         registration.unregister()
         assert not registration.is_registered() and registration.registered_names() == []
-        originals = {(id(o), a): vars(o).get(a) for o, a in targets}
+        originals = {(id(o), a): _value(o, a) for o, a in targets}
         assert all(originals[k] is not patched[k] for k in patched)
         registration.register()
         registration.unregister()
-        assert all(vars(o).get(a) is originals[(id(o), a)] for o, a in targets)
+        assert all(_value(o, a) is originals[(id(o), a)] for o, a in targets)
         assert "khar" not in importlib.import_module("MMSA.trains.ATIO").ATIO().TRAIN_MAP
     finally:
         registration.register()
@@ -142,6 +147,7 @@ def test_registration_names_only_what_it_adds_and_the_listed_fixes() -> None:
     expected = {"AMIO.__init__", "ATIO.__init__", "MMDataset.__init__", "MetricsTop.__init__",
                 "MMSA.data_loader.pickle", "MMSA.run.pickle", "MMSA.run.torch", "MMSA.run.round",
                 "MMSA.data_loader.__builtins__", "MMSA.run.__builtins__",
+                "MMSA_run.__code__", "MMSA.run._khar_mmsa_MMSA_run",
                 "MMSA.trains.singleTask.MULT.ReduceLROnPlateau", "MMSA.trains.singleTask.MMIM.ReduceLROnPlateau",
                 "MMSA.trains.missingTask.TFR_NET.ReduceLROnPlateau"}
     for module in ("MMSA", "MMSA.run"):

@@ -86,23 +86,28 @@ def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Pat
         foreign.rmdir()
 
 
-def test_mmsa_run_bound_before_import_stops_at_once(tmp_path: Path, tiny_features, tiny_bert, unregistered,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mmsa_run_bound_before_import_routes_khar_before_mmsa_writes_anything(
+        tmp_path: Path, tiny_features, tiny_bert, unregistered, monkeypatch: pytest.MonkeyPatch) -> None:
     """MMSA imported and ``from MMSA import MMSA_run`` bound first, then khar_mmsa imported (what
-    ``import khar_mmsa`` runs: :func:`register_with_mmsa`, with MMSA already in ``sys.modules``)."""
-    from khar_mmsa.integration import ImportOrderError
+    ``import khar_mmsa`` runs: :func:`register_with_mmsa`, with MMSA already in ``sys.modules``): the
+    function object the user holds routes 'khar' to our runner before MMSA's own body makes a folder
+    or a log, trains it, and gets MMSA's body back on ``unregister``."""
     from khar_mmsa.integration.deferred import register_with_mmsa
+    from khar_mmsa.integration.registration import unregister
     from MMSA import MMSA_run  # MMSA's own function: khar_mmsa is not registered yet
-    assert not hasattr(MMSA_run, "__wrapped__")
+    original_body = MMSA_run.__code__
     register_with_mmsa()  # import khar_mmsa
     import MMSA.run
-    assert MMSA.run.MMSA_run is not MMSA_run and MMSA.run.MMSA_run.__wrapped__ is MMSA_run
+    assert MMSA.run.MMSA_run is not MMSA_run and MMSA.run.MMSA_run.__wrapped__.__code__ is original_body
     monkeypatch.chdir(tmp_path)
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
-    with pytest.raises(ImportOrderError, match="Import khar_mmsa before"):
-        MMSA_run('khar', 'mosi', config=config, seeds=[1], num_workers=0, verbose_level=0,
-                 model_save_dir='m', res_save_dir='r', log_dir='l')
-    assert not (tmp_path / "m" / "khar-mosi.pth").exists() and not (tmp_path / "r" / "normal").exists()
+    row = MMSA_run('khar', 'mosi', config=config, seeds=[1], num_workers=0, verbose_level=0,
+                   model_save_dir='m', res_save_dir='r', log_dir='l')
+    assert row["Model"] == "khar" and (tmp_path / "r" / "normal" / "mosi.tidy.csv").is_file()
+    log = (tmp_path / "l" / "khar-mosi.log").read_text()
+    assert "Program Start" not in log  # MMSA's own body never ran for 'khar'
+    unregister()
+    assert MMSA_run.__code__ is original_body
 
 
 @pytest.fixture(scope="module")

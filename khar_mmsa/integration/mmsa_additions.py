@@ -29,7 +29,8 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
-from typing import Any, Callable, Mapping
+import types
+from typing import Any, Callable, Dict, Mapping
 
 from khar_mmsa.integration.features import FeatureServer
 from khar_mmsa.integration.extra_models import EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS, is_extra_model
@@ -124,20 +125,20 @@ def _metrics_init(original: Callable) -> Callable:
 # -- configs -----------------------------------------------------------------------------------
 def _add_configs() -> None:
     config, run = mmsa_module("MMSA.config"), mmsa_module("MMSA.run")
-    original_run = run.MMSA_run
-    wrapped = {f"get_config_{kind}": _config_getter(getattr(config, f"get_config_{kind}"), kind, original_run)
+    original_code = run.MMSA_run.__code__  # MMSA's own body, before _add_entry_points routes the function
+    wrapped = {f"get_config_{kind}": _config_getter(getattr(config, f"get_config_{kind}"), kind, original_code)
                for kind in ("regression", "tune")}
     for module in (config, run, mmsa_module("MMSA")):
         for name, fn in wrapped.items():
             replace(module, name, fn)
 
 
-def _config_getter(original: Callable, kind: str, original_mmsa_run: Callable) -> Callable:
+def _config_getter(original: Callable, kind: str, original_mmsa_run_code: Any) -> Callable:
     from khar_mmsa.integration.configs import config_for, is_default_config_file, knows
 
     @functools.wraps(original)
     def get_config(model_name: str, dataset_name: str, config_file: Any = "", *args: Any, **kwargs: Any) -> Any:
-        if is_extra_model(model_name) and _same_function(sys._getframe(1).f_code, original_mmsa_run.__code__):
+        if is_extra_model(model_name) and _same_function(sys._getframe(1).f_code, original_mmsa_run_code):
             raise ImportOrderError(
                 f"MMSA_run({model_name!r}, ...) reached MMSA's own MMSA_run, bound before khar_mmsa "
                 f"registered {model_name!r}. Import khar_mmsa before 'from MMSA import MMSA_run' "
@@ -152,10 +153,43 @@ def _config_getter(original: Callable, kind: str, original_mmsa_run: Callable) -
 # -- entry points ------------------------------------------------------------------------------
 def _add_entry_points() -> None:
     run, mmsa = mmsa_module("MMSA.run"), mmsa_module("MMSA")
-    mmsa_run, mmsa_test = _mmsa_run(run.MMSA_run), _mmsa_test(run.MMSA_test)
+    bound = run.MMSA_run  # the function a `from MMSA import MMSA_run` before khar_mmsa holds
+    mmsa_run, mmsa_test = _mmsa_run(_copy_of(bound)), _mmsa_test(run.MMSA_test)
     for module in (run, mmsa):
         replace(module, "MMSA_run", mmsa_run)
         replace(module, "MMSA_test", mmsa_test)
+    _route_bound_function(bound, mmsa_run, run)
+
+
+#: The name, in ``MMSA.run``, through which MMSA's own ``MMSA_run`` function object reaches our route.
+ROUTE_NAME = "_khar_mmsa_MMSA_run"
+
+
+def _copy_of(function: Callable) -> Callable:
+    """A new function object with ``function``'s body, globals, defaults and name: MMSA's own
+    ``MMSA_run`` for MMSA's own models, whatever happens to the original object."""
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__qualname__, copy.__doc__, copy.__module__ = function.__qualname__, function.__doc__, function.__module__
+    return copy
+
+
+def _route_bound_function(bound: Callable, route: Callable, module: Any) -> None:
+    """Give MMSA's ``MMSA_run`` function object a body that calls ``route`` with the same arguments,
+    so that an ``MMSA_run`` imported before khar_mmsa (``from MMSA import MMSA_run`` first) routes
+    'khar' to our runner before MMSA makes any folder or log, and runs MMSA's own body (the copy
+    in ``route``) for every other model.  Its defaults stay on the object; only the body changes,
+    and :func:`~.replacements.restore_all` puts the original body back."""
+    params = list(inspect.signature(bound).parameters.values())
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        raise TypeError(f"{bound.__qualname__}: a signature with only plain parameters was expected")
+    names = [p.name for p in params]
+    namespace: Dict[str, Any] = {}
+    exec(f"def {bound.__name__}({', '.join(names)}):\n"  # noqa: S102 - a fixed trampoline of known names
+         f"    return {ROUTE_NAME}({', '.join(f'{n}={n}' for n in names)})\n", namespace)
+    replace(module, ROUTE_NAME, route)
+    replace(bound, "__code__", namespace[bound.__name__].__code__)
 
 
 def _same_function(code: Any, original: Any) -> bool:

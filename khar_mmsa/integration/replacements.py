@@ -36,9 +36,16 @@ def mmsa_module(name: str) -> Any:
     return importlib.import_module(name)
 
 
+#: Attributes an object holds outside its ``__dict__`` that registration replaces: a function's body.
+_TYPE_ATTRIBUTES = ("__code__",)
+
+
 def replace(obj: Any, attr: str, value: Any) -> None:
     """Set ``obj.attr = value``, recording the original value (or its absence)."""
-    _RECORDS.append(_Record(obj, attr, vars(obj).get(attr, _MISSING)))
+    original = vars(obj).get(attr, _MISSING) if hasattr(obj, "__dict__") else _MISSING
+    if original is _MISSING and attr in _TYPE_ATTRIBUTES:  # kept by the object's type, not its __dict__
+        original = getattr(obj, attr)
+    _RECORDS.append(_Record(obj, attr, original))
     setattr(obj, attr, value)
 
 
