@@ -168,3 +168,21 @@ def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.relative_to(REPO).parent.parts) for p in (REPO / "khar_mmsa").rglob("__init__.py")}
     assert found | {"khar_mmsa.mmsa_configs"} == listed
+
+
+def test_register_before_mmsa_is_imported_registers_once() -> None:
+    """``khar_mmsa.run`` (the command line's path) registers while MMSA is not imported yet:
+    importing MMSA runs the deferred hook, which registers, and the outer call must not register
+    again on top (our wrappers wrapped by our wrappers)."""
+    script = ("import sys, khar_mmsa\n"
+              "assert 'MMSA' not in sys.modules\n"
+              "khar_mmsa.register()\n"
+              "import MMSA.run\n"
+              "from khar_mmsa.integration.registration import registered_names\n"
+              "names = [(id(o), a) for o, a in registered_names()]\n"
+              "assert len(names) == len(set(names)), 'a name replaced twice'\n"
+              "assert not hasattr(MMSA.run.MMSA_run.__wrapped__, '__wrapped__'), 'a wrapper wrapped'\n"
+              "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -36,6 +36,9 @@ __all__ = ["register", "unregister", "is_registered", "registered_names", "Impor
 def register() -> None:
     """Add khar-mmsa's keys to MMSA and apply the fixes (idempotent; undone on a failure)."""
     with LOCK:
+        # MMSA first: when khar_mmsa was imported before MMSA, importing it runs the deferred hook,
+        # which registers; registering again on top of that (nested) would wrap our own wrappers.
+        mmsa_module("MMSA")
         if is_registered():
             return
         try:
