@@ -433,7 +433,6 @@ def run_mmsa(spec, feature_path: str) -> Dict[str, Any]:
 
 def write_record(records: Path, spec, outcome: Mapping[str, Any]) -> Path:
     from khar_mmsa.io.identity import code_version
-    from khar_mmsa.io.safe_io import atomic_write_text
     from khar_mmsa.config import PATH_FIELDS
     rec = {"run_id": spec.run_id, "identity": spec.identity(), "title": spec.title, "variant": spec.variant,
            "seed": spec.seed, "model": spec.model,
@@ -442,7 +441,14 @@ def write_record(records: Path, spec, outcome: Mapping[str, Any]) -> Path:
            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": _machine(), "outcome": dict(outcome)}
     records.mkdir(parents=True, exist_ok=True)
     path = records / f"{spec.run_id}.json"
-    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
+    # written whole or not at all (a temporary file renamed), without the library's file helpers:
+    # this script also runs against the campaign's pinned library, whose module names differ
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(rec, indent=1, sort_keys=True, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return path
 
 

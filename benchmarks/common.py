@@ -360,7 +360,7 @@ def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CS
 
     from khar_mmsa.data.transcripts import build_transcript_dataset
     from khar_mmsa.io.pickles import load_pickle
-    from khar_mmsa.io.safe_io import atomic_open
+    from khar_mmsa.io.files import atomic_open
 
     full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-{_inputs_key(label_csv, tokenizer)}.pkl"
     if not full.is_file():
@@ -389,7 +389,7 @@ def _inputs_key(label_csv: Path, tokenizer: Path) -> str:
     import json
 
     from khar_mmsa.io.identity import code_version, folder_digest
-    from khar_mmsa.io.safe_io import file_digest
+    from khar_mmsa.io.files import file_digest
     key = {"labels": file_digest(label_csv), "tokenizer": folder_digest(tokenizer), "code": code_version()}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -569,7 +569,7 @@ def update_results_md(path: Path, key: str, body: str) -> Path:
         text = pattern.sub(lambda _: block, text, count=1)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    from khar_mmsa.io.safe_io import atomic_write_text
+    from khar_mmsa.io.files import atomic_write_text
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
 

@@ -12,7 +12,7 @@ costs, not disk costs):
 * ``khar_mmsa.io.pickles.load_pickle`` -- the restricted unpickler, every allocation budgeted
   (Python's pure-Python unpickler, needed to check ``ndarray.__setstate__`` before it allocates);
 * ``khar_mmsa.data.validation.validate_features`` on the loaded dict;
-* ``khar_mmsa.io.safe_io.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
+* ``khar_mmsa.io.files.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
   files), its per-process cache cleared before each timing; once per run.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     common.setup_cli_logging()
     common.resolve_paths(args, "loading")
-    from khar_mmsa.io import pickles, safe_io
+    from khar_mmsa.io import files as io_files, pickles
     from khar_mmsa.data.validation import validate_features
 
     settings = dict(SETTINGS[args.mode])
@@ -98,8 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         data = None  # free it before the next file
 
         def digest() -> None:
-            safe_io._DIGESTS.clear()
-            safe_io.file_digest(path)
+            io_files._DIGESTS.clear()
+            io_files.file_digest(path)
         results["file_digest (SHA-256)"] = best_of(repeats, digest)
     plain = results["pickle.load (MMSA, no checks)"]
     rows = [[name, f"{s:.2f}", f"{mb / s:.0f}" if s > 0 else "-", f"{s / plain:.2f}x"]

@@ -168,7 +168,7 @@ def _first_clips(path: Path, sizes: Sequence[int]) -> Path:
     import pickle
 
     from khar_mmsa.io.pickles import load_pickle
-    from khar_mmsa.io.safe_io import atomic_open
+    from khar_mmsa.io.files import atomic_open
     small = path.with_name(f"{path.stem}-first{'x'.join(map(str, sizes))}.pkl")
     if not small.is_file():
         data = load_pickle(path)

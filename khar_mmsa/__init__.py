@@ -3,7 +3,7 @@
 ``import khar_mmsa`` registers the model key ``'khar'`` and the dataset key ``'simsv2'`` with MMSA
 (:mod:`khar_mmsa.integration.registration`: it adds, it does not alter).  MMSA itself is loaded
 only when something needs it: if it is not imported yet, registration happens the moment it is
-(:mod:`khar_mmsa.integration.deferred`), so ``import khar_mmsa.io.safe_io`` stays light.
+(:mod:`khar_mmsa.integration.deferred`), so ``import khar_mmsa.io.files`` stays light.
 
 ``khar_mmsa.run(...)`` takes ``MMSA_run``'s arguments and runs any model through our runner
 (validation, safe loading, resume, tuning on validation); ``khar_mmsa.test(...)`` is

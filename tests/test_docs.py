@@ -90,7 +90,7 @@ def repository_paths(text: str) -> Iterator[str]:
 
 def python_names(text: str) -> Iterator[str]:
     """Dotted names of our code in inline code spans: ``khar_mmsa.run(...)``,
-    ``khar_mmsa.io.safe_io.load_pickle(path, trusted=True)`` (a call's arguments dropped)."""
+    ``khar_mmsa.io.files.load_pickle(path, trusted=True)`` (a call's arguments dropped)."""
     for span in _CODE_SPAN.findall(_prose(text)):
         match = _DOTTED.fullmatch(span.strip())
         if match:
@@ -255,13 +255,13 @@ def test_a_broken_link_or_path_is_caught(monkeypatch: pytest.MonkeyPatch, tmp_pa
     doc.write_text("[ok](usage.md) [gone](no-such-page.md) [anchor](usage.md#no-such-heading) "
                    "[fine](../README.md#khar-mmsa)\n`khar_mmsa/no_such_module.py` `khar_mmsa/demo.py` "
                    "`benchmark/README.md` `runs/demo/run-<n>`\n`khar_mmsa.io.pickles.load_pickle(path)` "
-                   "`khar_mmsa.io.safe_io.no_such_loader(path)` `khar_mmsa.no_such_module`\n")
+                   "`khar_mmsa.io.files.no_such_loader(path)` `khar_mmsa.no_such_module`\n")
     problems = "\n".join(check_document(doc, monkeypatch, folder=DOCS))
     assert "no-such-page.md: no such file" in problems
     assert "#no-such-heading: no such heading" in problems
     assert "khar_mmsa/no_such_module.py" in problems and "benchmark/README.md" in problems
     assert "(usage.md)" not in problems and "khar-mmsa" not in problems
     assert "khar_mmsa/demo.py" not in problems and "run-<n>" not in problems
-    assert "`khar_mmsa.io.safe_io.no_such_loader`: no such module or name" in problems
+    assert "`khar_mmsa.io.files.no_such_loader`: no such module or name" in problems
     assert "`khar_mmsa.no_such_module`: no such module or name" in problems
     assert "load_pickle" not in problems

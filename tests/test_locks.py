@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from khar_mmsa.io.locks import ExclusiveLock, LockHeld, check_lock_path
-from khar_mmsa.io.safe_io import UnsafePathError
+from khar_mmsa.io.files import UnsafePathError
 
 #: Seconds a test waits for a thread before it fails.
 WAIT_S = 30

@@ -29,7 +29,7 @@ def _python(code: str, cwd: Path, python: str = sys.executable, timeout: int = 3
 def test_light_modules_do_not_load_mmsa_or_torch(tmp_path: Path) -> None:
     done = _python("""
         import sys
-        import khar_mmsa.io.safe_io, khar_mmsa.data.planted, khar_mmsa.data.transcripts, khar_mmsa.cli
+        import khar_mmsa.io.files, khar_mmsa.data.planted, khar_mmsa.data.transcripts, khar_mmsa.cli
         heavy = [m for m in ("MMSA", "torch", "transformers") if m in sys.modules]
         print("HEAVY", heavy)
     """, tmp_path)

@@ -316,6 +316,19 @@ def _sleeper(argv0: str = "sleep", token: Optional[str] = None) -> subprocess.Po
     return subprocess.Popen([argv0, "120"], executable=shutil.which("sleep"), env=env)
 
 
+def _execed(pid: int, argv0: str) -> psutil.Process:
+    """The process ``pid`` once it runs its program (its command line starts with ``argv0``): right
+    after a fork the child still shows its parent's command line, longer on a loaded machine."""
+    process = psutil.Process(pid)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            if process.cmdline()[:1] == [argv0]:
+                return process
+        time.sleep(0.02)
+    return process
+
+
 def _user_shell() -> list:
     """A user's shell and the ``sleep`` it waits for."""
     shell = subprocess.Popen(["sh", "-c", "sleep 120 & wait"])
@@ -359,12 +372,12 @@ def test_a_crafted_ray_record_stops_only_the_drivers_own_ray_processes(case: str
             parent = subprocess.Popen(["ray::raylet", "-c", code], executable=sys.executable, stdout=subprocess.PIPE,
                                       text=True)
             helper.append(parent.pid)
-            spawned = [psutil.Process(int(parent.stdout.readline()))]
+            spawned = [_execed(int(parent.stdout.readline()), "ray::DashboardAgent")]
             parent.stdout.close()
         else:
             argv0 = "sleep" if what == "plain-token" else "ray::IDLE"
             proc = _sleeper(argv0, token if what in ("ray-token", "plain-token") else None)
-            spawned = [psutil.Process(proc.pid)]
+            spawned = [_execed(proc.pid, argv0)]
         live_driver = _user_shell() if record_says.get("live_driver") else []
         helper += live_driver
         dead = subprocess.Popen(["true"])

@@ -10,7 +10,7 @@ from khar_mmsa.data.planted import planted_data
 from khar_mmsa.integration import metrics_for
 from khar_mmsa.model.khar import KHaR
 from khar_mmsa.training.pretrain import HarvestTask, pretrain_fingerprint
-from khar_mmsa.io.safe_io import safe_torch_load
+from khar_mmsa.io.files import safe_torch_load
 from khar_mmsa.model.text_encoders import make_tiny_bert
 from khar_mmsa.training.loop import Callback
 from khar_mmsa.training.trainer import KHaRTrainer

@@ -21,7 +21,7 @@ import pytest
 import khar_mmsa  # noqa: F401 - registers 'khar'
 from khar_mmsa.experiments.sweep import Manifest, RunSpec, run_sweep
 from khar_mmsa.integration import results_files
-from khar_mmsa.io import safe_io
+from khar_mmsa.io import files as io_files
 from MMSA import MMSA_run
 from test_mmsa_package import DummyTrainer, dummy_khar  # noqa: F401 - the fixture
 
@@ -228,7 +228,7 @@ def test_the_run_log_is_never_appended_through_a_link(dummy_khar, mmsa_run_kwarg
     log_dir = Path(mmsa_run_kwargs["log_dir"])
     log_dir.mkdir(parents=True)
     (log_dir / "khar-mosi.log").symlink_to(journal)
-    with pytest.raises(safe_io.UnsafePathError, match="khar-mosi.log is a symbolic link"):
+    with pytest.raises(io_files.UnsafePathError, match="khar-mosi.log is a symbolic link"):
         _run(dummy_khar, mmsa_run_kwargs)
     assert journal.read_text() == "my notes\n" and DummyTrainer.events == []
 
@@ -238,13 +238,13 @@ def test_append_whole_refuses_a_link_and_a_read_only_file(tmp_path: Path) -> Non
     journal.write_text("mine\n")
     link = tmp_path / "appended.txt"
     link.symlink_to(journal)
-    with pytest.raises(safe_io.UnsafePathError):
-        safe_io.append_whole(link, b"ours\n")
+    with pytest.raises(io_files.UnsafePathError):
+        io_files.append_whole(link, b"ours\n")
     read_only = tmp_path / "read-only.txt"
     read_only.write_text("kept\n")
     read_only.chmod(0o444)
     with pytest.raises(PermissionError):
-        safe_io.append_whole(read_only, b"ours\n")
+        io_files.append_whole(read_only, b"ours\n")
     assert journal.read_text() == "mine\n" and read_only.read_text() == "kept\n"
 
 
@@ -295,6 +295,6 @@ def test_the_manifest_is_never_appended_through_a_link(tmp_path: Path) -> None:
     manifest = tmp_path / "manifest.jsonl"
     manifest.symlink_to(journal)
     spec = _spec(tmp_path, runner="test_sweep:flaky_runner")
-    with pytest.raises(safe_io.UnsafePathError, match="symbolic link"):
+    with pytest.raises(io_files.UnsafePathError, match="symbolic link"):
         run_sweep([spec], manifest_path=manifest, stream=io.StringIO())
     assert journal.read_text() == "my notes\n" and manifest.is_symlink()

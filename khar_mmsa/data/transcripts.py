@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from khar_mmsa.data.validation import builder_args, validate_features
-from khar_mmsa.io.safe_io import atomic_open
+from khar_mmsa.io.files import atomic_open
 from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging, build_from_cli
 from khar_mmsa.mmsa_conventions import SPLITS
 

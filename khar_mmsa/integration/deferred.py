@@ -1,6 +1,6 @@
 """Registration when MMSA is imported after khar_mmsa, so that ``import khar_mmsa`` stays cheap.
 
-``import khar_mmsa`` must register 'khar' with MMSA, yet ``import khar_mmsa.io.safe_io`` (or the
+``import khar_mmsa`` must register 'khar' with MMSA, yet ``import khar_mmsa.io.files`` (or the
 command line's ``--help``) should not load MMSA, torch and transformers.  So: if MMSA is already
 imported, :func:`register_with_mmsa` registers at once; otherwise it puts a finder first on
 ``sys.meta_path`` that, when the package ``MMSA`` is next imported, lets Python's own finders load

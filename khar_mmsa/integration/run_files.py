@@ -64,7 +64,7 @@ def check_adapter_file(path: Path) -> None:
 def check_run_files(args: Mapping[str, Any], settings: Any, res_dir: Path, dataset_name: str,
                     log_dir: Path) -> None:
     """Check every file the run will write, before any work (see the module docstring)."""
-    from khar_mmsa.io.safe_io import check_writable_file
+    from khar_mmsa.io.files import check_writable_file
     for path in files_to_write(args, settings, log_dir):
         try:
             check_writable_file(path)

@@ -70,7 +70,7 @@ class RunState:
 
     def record(self, seed: int, result: Mapping[str, Any]) -> None:
         from khar_mmsa.integration.results_files import is_number
-        from khar_mmsa.io.safe_io import atomic_write_text
+        from khar_mmsa.io.files import atomic_write_text
         from khar_mmsa.io.state_files import WRITTEN_BY
         self.results[str(seed)] = {k: float(v) for k, v in result.items() if is_number(v)}
         atomic_write_text(self.path, json.dumps({"written_by": f"{WRITTEN_BY} seeds file", "key": self.key,

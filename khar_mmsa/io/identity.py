@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 from khar_mmsa.config import MODALITIES, fingerprint, section_fields
-from khar_mmsa.io.safe_io import file_digest
+from khar_mmsa.io.files import file_digest
 
 # MMSA_run's feature files, by role (the main file is custom_feature, else featurePath).
 FEATURE_ROLES = ("feature_T", "feature_A", "feature_V")

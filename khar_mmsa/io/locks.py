@@ -5,7 +5,7 @@ exits, killed or not, so a stale lock file never blocks anyone.  Around it this 
 the callers promise:
 
 * the lock file is never opened through a link: it is opened first with ``O_NOFOLLOW`` (a link
-  there, dangling or not, is refused with :class:`~khar_mmsa.io.safe_io.UnsafePathError` and
+  there, dangling or not, is refused with :class:`~khar_mmsa.io.files.UnsafePathError` and
   nothing is created where it points), and after ``filelock`` has the lock the path must still
   be that very file (same device and inode), else it tries again.  :func:`check_lock_path` makes
   the same refusal before any work, without creating anything;
@@ -26,7 +26,7 @@ import stat
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from khar_mmsa.io.safe_io import UnsafePathError, new_file_mode
+from khar_mmsa.io.files import UnsafePathError, new_file_mode
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,7 +65,7 @@ def open_lock_file(path: PathLike) -> int:
 
     ``O_NOFOLLOW``: a symbolic link at ``path`` (a dangling one too) is refused with
     :class:`UnsafePathError` instead of creating a file wherever it points.  New lock files get
-    :func:`~khar_mmsa.io.safe_io.new_file_mode`'s bits."""
+    :func:`~khar_mmsa.io.files.new_file_mode`'s bits."""
     p = Path(path)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:

@@ -74,7 +74,7 @@ def save_training_curves(history: Sequence[Mapping], path: os.PathLike, key_eval
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from khar_mmsa.io.safe_io import atomic_open
+    from khar_mmsa.io.files import atomic_open
     with atomic_open(path, "wb") as f:  # never through a link; an existing file keeps its mode, a new one 0644
         fig.savefig(f, format="png", dpi=100)
     return True

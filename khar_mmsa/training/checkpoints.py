@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from khar_mmsa.io.safe_io import atomic_torch_save, atomic_write_text, file_digest, safe_torch_load
+from khar_mmsa.io.files import atomic_torch_save, atomic_write_text, file_digest, safe_torch_load
 from khar_mmsa.io.state_files import WRITTEN_BY, set_aside
 
 logger = logging.getLogger("MMSA")

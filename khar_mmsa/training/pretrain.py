@@ -28,7 +28,7 @@ from khar_mmsa.config import KHaRConfig
 from khar_mmsa.io.identity import fingerprint_of
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.model.khar import KHaR, batch_inputs, modality_inputs
-from khar_mmsa.io.safe_io import atomic_torch_save
+from khar_mmsa.io.files import atomic_torch_save
 from khar_mmsa.io.state_files import WRITTEN_BY, StateFileError, load_adapter_cache, set_aside
 from khar_mmsa.reporting.progress import progress
 from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeights, ProgressBar

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from khar_mmsa.io.locks import ExclusiveLock, LockHeld, check_lock_path
-from khar_mmsa.io.safe_io import UnsafePathError
+from khar_mmsa.io.files import UnsafePathError
 
 LOCK_NAME = "sweep.lock"
 

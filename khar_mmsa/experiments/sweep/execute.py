@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from khar_mmsa.experiments.sweep.spec import RunSpec
-from khar_mmsa.io.safe_io import atomic_write_bytes, file_digest
+from khar_mmsa.io.files import atomic_write_bytes, file_digest
 
 #: Folder (under ``$TMPDIR``) of the node-local copies of feature pickles shipped by the driver.
 NODE_CACHE_FOLDER = "khar-sweep-data"

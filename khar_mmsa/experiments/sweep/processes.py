@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import psutil
 
-from khar_mmsa.io.safe_io import atomic_write_text
+from khar_mmsa.io.files import atomic_write_text
 
 logger = logging.getLogger("MMSA")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
 
 from khar_mmsa.experiments.sweep.spec import RunSpec
-from khar_mmsa.io.safe_io import atomic_write_text
+from khar_mmsa.io.files import atomic_write_text
 
 if TYPE_CHECKING:
     from khar_mmsa.experiments.sweep.driver import SweepOutcome

@@ -18,7 +18,7 @@ from khar_mmsa.integration.extra_models import is_extra_model
 from khar_mmsa.integration.features import feature_files, file_key, load_features, make_loaders
 from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
 from khar_mmsa.integration.tune.values import plain
-from khar_mmsa.io.safe_io import safe_torch_load
+from khar_mmsa.io.files import safe_torch_load
 from khar_mmsa.mmsa_conventions import default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
 

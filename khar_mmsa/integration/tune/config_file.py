@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from khar_mmsa.config import RUN_PLACE_KEYS
 from khar_mmsa.integration.tune.values import json_value, jsonable
-from khar_mmsa.io.safe_io import atomic_write_text
+from khar_mmsa.io.files import atomic_write_text
 
 #: ``args`` keys that describe the run, not the config (left out of the best-config JSON).
 RUNTIME_KEYS = RUN_PLACE_KEYS | {"model_name", "dataset_name", "d_paras"}

@@ -18,7 +18,7 @@ from khar_mmsa.integration.tune.grid import candidate_key, grid_axes, grid_size,
 from khar_mmsa.integration.tune.table import (append_row, atomic_copy, best_marker, best_valid, done_candidates,
                                               is_candidate_failure, read_tune_csv, tune_csv_path, write_tune_csv)
 from khar_mmsa.integration.tune.values import cell
-from khar_mmsa.io.safe_io import atomic_write_text
+from khar_mmsa.io.files import atomic_write_text
 from khar_mmsa.io.state_files import GUARD_FIELDS, WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint

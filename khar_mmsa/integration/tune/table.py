@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from khar_mmsa.io.safe_io import atomic_open
+from khar_mmsa.io.files import atomic_open
 from khar_mmsa.training.loop import LOWER_IS_BETTER
 
 #: Failures that belong to a candidate's settings, not to the machine or the data: such a

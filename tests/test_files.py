@@ -1,4 +1,4 @@
-"""Tests for khar_mmsa.io.safe_io: weights-only torch loads, content digests, atomic writes, links and modes."""
+"""Tests for khar_mmsa.io.files: weights-only torch loads, content digests, atomic writes, links and modes."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from khar_mmsa.io.pickles import UnsafePickleError
-from khar_mmsa.io.safe_io import (atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text,
+from khar_mmsa.io.files import (atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text,
                                   file_digest, safe_torch_load)
 
 
@@ -105,7 +105,7 @@ def test_file_digest_is_content_based(tmp_path: Path) -> None:
 
 # --- links and modes ---------------------------------------------------------------------------
 from khar_mmsa.io.locks import open_lock_file  # noqa: E402
-from khar_mmsa.io.safe_io import UnsafePathError, check_writable_file, new_file_mode  # noqa: E402
+from khar_mmsa.io.files import UnsafePathError, check_writable_file, new_file_mode  # noqa: E402
 
 
 def test_atomic_write_refuses_a_symlink_target_and_leaves_both_untouched(tmp_path: Path) -> None:
