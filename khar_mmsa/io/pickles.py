@@ -252,25 +252,20 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 f"fetched it again (a self-referencing or rewritten structure); feature pickles "
                 f"never do. Refusing it. " + TRUST_HINT)
 
-    def load_get(self) -> None:
-        pickle._Unpickler.load_get(self)  # type: ignore[attr-defined]
-        self._fetched_again()
-    dispatch[pickle.GET[0]] = load_get
+    def _counting_reference(load: Any) -> Any:  # noqa: N805 - applied in the class body below
+        """``load`` (an opcode that pushes an object already built) followed by its budget count."""
+        def counted(self: "_RestrictedUnpickler") -> None:
+            load(self)
+            self._fetched_again()
+        return counted
 
-    def load_binget(self) -> None:
-        pickle._Unpickler.load_binget(self)  # type: ignore[attr-defined]
-        self._fetched_again()
-    dispatch[pickle.BINGET[0]] = load_binget
-
-    def load_long_binget(self) -> None:
-        pickle._Unpickler.load_long_binget(self)  # type: ignore[attr-defined]
-        self._fetched_again()
-    dispatch[pickle.LONG_BINGET[0]] = load_long_binget
-
-    def load_dup(self) -> None:
-        pickle._Unpickler.load_dup(self)  # type: ignore[attr-defined]
-        self._fetched_again()
-    dispatch[pickle.DUP[0]] = load_dup
+    # every way a pickle fetches an object again: by memo index, or by duplicating the stack top
+    for _opcode, _load in ((pickle.GET, pickle._Unpickler.load_get),  # type: ignore[attr-defined]
+                           (pickle.BINGET, pickle._Unpickler.load_binget),  # type: ignore[attr-defined]
+                           (pickle.LONG_BINGET, pickle._Unpickler.load_long_binget),  # type: ignore[attr-defined]
+                           (pickle.DUP, pickle._Unpickler.load_dup)):  # type: ignore[attr-defined]
+        dispatch[_opcode[0]] = _counting_reference(_load)
+    del _opcode, _load, _counting_reference
 
     def load_append(self) -> None:
         self._unchanged(self.stack[-2])
