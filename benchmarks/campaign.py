@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import psutil
 
 from . import common
 
@@ -477,7 +478,7 @@ def _claim(folder: Path, run_id: str) -> bool:
         except FileExistsError:
             try:
                 host, pid = path.read_text().split()
-                alive = host != socket.gethostname() or _alive(int(pid))
+                alive = host != socket.gethostname() or psutil.pid_exists(int(pid))
             except (OSError, ValueError):
                 alive = False
             if alive:
@@ -488,16 +489,6 @@ def _claim(folder: Path, run_id: str) -> bool:
             f.write(f"{socket.gethostname()} {os.getpid()}\n")
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def pending(camp: Campaign, tables: Sequence[str]) -> List[Any]:
