@@ -80,6 +80,27 @@ def wall(records: Sequence[Mapping[str, Any]]) -> float:
     return float(sum(float(r["outcome"].get("wall_s", 0.0)) for r in records))
 
 
+LOAD_NOTE = "; 1-min load average at start "
+
+
+def machines_text(records: Sequence[Mapping[str, Any]]) -> str:
+    """The machines of ``records``, each once, with its run count and the range of 1-min load averages
+    its runs started at (a record without a machine line shows its host name)."""
+    runs: Dict[str, List[Optional[float]]] = {}
+    for rec in records:
+        machine, _, load = (rec.get("machine") or rec["outcome"].get("host", "?")).partition(LOAD_NOTE)
+        runs.setdefault(machine, []).append(float(load) if load else None)
+    parts = []
+    for machine, loads in sorted(runs.items()):
+        known = [x for x in loads if x is not None]
+        text = f"{machine} ({len(loads)} run{'s' if len(loads) != 1 else ''}"
+        if known:
+            text += f", 1-min load average at start {min(known):.2f}" + (
+                f"–{max(known):.2f}" if max(known) > min(known) else "")
+        parts.append(text + ")")
+    return "; ".join(parts)
+
+
 def switch_text(overrides: Mapping[str, Any], text_len: Optional[int] = None) -> str:
     parts = [f"{k}={v!r}" for k, v in overrides.items()]
     if text_len:
@@ -204,6 +225,64 @@ def final_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
         "validation loss, on the same transcripts pickle."]
 
 
+# ---- for pandas and for the eye -------------------------------------------------------------------
+RUN_COLUMNS = ("table", "variant", "model", "seed", "best_epoch", "valid_MAE", "valid_Corr", "test_MAE", "test_Corr",
+               "wall_s", "code", "finished", "run_id")
+#: the tables whose test metrics are shown (the protocol reads every other table on validation only)
+TEST_TABLES = ("table3", "final")
+
+
+def runs_frame(camp: Campaign, find: Finder, tables: Sequence[str] = TABLES):
+    """One row per run of each table (a run shared by two tables appears in both), for
+    ``pandas.read_csv``: its variant, seed, selected epoch and validation metrics, and its test
+    metrics only in the tables that report the test split."""
+    import pandas as pd
+    rows = []
+    for table in tables:
+        for rec in table_records(camp, find, table):
+            result = rec["outcome"]["result"]
+            test = result["metrics"] if table in TEST_TABLES else {}
+            rows.append({"table": table, "variant": rec["variant"], "model": rec["model"], "seed": rec["seed"],
+                         "best_epoch": result.get("best_epoch"), "valid_MAE": result["valid"].get("MAE"),
+                         "valid_Corr": result["valid"].get("Corr"), "test_MAE": test.get("MAE"),
+                         "test_Corr": test.get("Corr"), "wall_s": rec["outcome"].get("wall_s"),
+                         "code": rec["identity"]["code"], "finished": rec["finished"], "run_id": rec["run_id"]})
+    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
+
+
+def rows_figure(camp: Campaign, find: Finder, table: str, path: Path) -> bool:
+    """The walk or the choices as a picture: each row's validation MAE per seed (dots) and its mean ±
+    std (bar), the floor's and the default's means as lines.  False (logged) without matplotlib."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning(f"matplotlib is not installed: no figure at {path} (pip install '.[bench]')")
+        return False
+    rows = [(row, values(found(find, slots), "valid", "MAE")) for row, slots in
+            _slots_by_row(table_slots(camp, table, find) or [])]
+    fig = Figure(figsize=(8.5, 0.45 * len(rows) + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for y, (row, maes) in enumerate(rows):
+        if maes.size:
+            ax.scatter(maes, [y] * maes.size, s=14, color="C0", alpha=0.6, zorder=2)
+            ax.errorbar([maes.mean()], [y], xerr=[maes.std()], fmt="D", color="C3", capsize=4, zorder=3)
+    for row, maes in rows:
+        if row.key in ("floor", "khar") and maes.size:
+            ax.axvline(maes.mean(), color="grey" if row.key == "floor" else "C3", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(rows)), [f"{row.title} ({maes.size}/{len(camp.seeds)})" for row, maes in rows],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("validation MAE\ndots: seeds; diamond: mean ± std; dotted lines: floor (grey), full KHaR (red)")
+    ax.set_title(f"{TITLES[table]} (code {CAMPAIGN_CODE_VERSION})", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return True
+
+
+FIGURES = ("walk", "choices")
 BUILDERS = {"lr": lr_table, "walk": lambda c, f: walk_like_table(c, f, "walk"),
             "choices": lambda c, f: walk_like_table(c, f, "choices"), "table3": table3_table, "final": final_table}
 
@@ -249,7 +328,7 @@ def render(camp: Campaign, args: argparse.Namespace) -> Dict[str, Path]:
         body, notes = BUILDERS[table](camp, find)
         versions = sorted({r["identity"]["code"] for r in recs})
         data = sorted({f"{r['identity']['data']['name']} (SHA-256 {r['identity']['data']['sha256'][:12]})" for r in recs})
-        machines = sorted({r.get("machine") or r["outcome"].get("host", "?") for r in recs})
+        machines = machines_text(recs)
         text = (f"{body}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
                 f"- Protocol: {BUDGET_EPOCHS} epochs for every KHaR and floor run, scored at the best validation "
                 f"epoch; linear warm-up over {WARMUP_RATIO:.0%} of the steps, then linear decay to 0 "
@@ -257,16 +336,22 @@ def render(camp: Campaign, args: argparse.Namespace) -> Dict[str, Path]:
                 f"- Code version of the runs: {', '.join(versions)} (the campaign's: {CAMPAIGN_CODE_VERSION}); "
                 f"{len(recs)} records in benchmarks/records/campaign/.\n"
                 f"- Data: {'; '.join(data)}.\n"
-                f"- Machine(s): {'; '.join(machines)}.")
+                f"- Machine(s): {machines}.")
         stem = f"campaign-{table}"
         md = tables_dir / f"{stem}.md"
         md.write_text(f"# {TITLES[table]}\n\n{text}\n")
         section = common.section(f"{TITLES[table]} (decision campaign)", "python -m benchmarks.campaign render",
-                                 "; ".join(machines), sorted({r["seed"] for r in recs}), "; ".join(data),
+                                 machines, sorted({r["seed"] for r in recs}), "; ".join(data),
                                  wall(recs), text)
         common.update_results_md(results_md, stem, section)
         written[table] = md
         logger.info(f"{stem}: {len(recs)} records -> {md}")
+        if table in FIGURES and rows_figure(camp, find, table, tables_dir / f"{stem}.png"):
+            written[f"{table}-figure"] = tables_dir / f"{stem}.png"
+    if written:
+        csv = tables_dir / "campaign-runs.csv"
+        runs_frame(camp, find).to_csv(csv, index=False)
+        written["runs"] = csv
     return written
 
 

@@ -119,6 +119,17 @@ def _cli(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=300)
 
 
+def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range():
+    from benchmarks.campaign_report import machines_text
+    line = "Xeon, 2 usable cores; torch 2.13.0+cpu; 1-min load average at start "
+    recs = [{"machine": line + load, "outcome": {}} for load in ("2.0", "4.22", "3.1")] + \
+        [{"machine": None, "outcome": {"host": "vm"}}, {"machine": "GPU box; 1-min load average at start 0.5",
+                                                         "outcome": {}}]
+    text = machines_text(recs)
+    assert text.count("Xeon") == 1 and "(3 runs, 1-min load average at start 2.00–4.22)" in text
+    assert "vm (1 run)" in text and "GPU box (1 run, 1-min load average at start 0.50)" in text
+
+
 def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path, labels):
     work, records = tmp_path / "work", tmp_path / "records"
     common = ["--smoke", "--work", str(work), "--records", str(records), "--labels", str(labels)]
@@ -146,6 +157,13 @@ def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path,
     table = (tmp_path / "tables" / "campaign-lr.md").read_text()
     assert table.count("| 2/2 |") == len(LR_ROWS) and "Decision (the rule" in table
     assert "campaign-lr" in md.read_text() and not (work / "data").exists()
+    import pandas as pd
+    runs = pd.read_csv(tmp_path / "tables" / "campaign-runs.csv")   # one row per run of each table
+    lr_runs = runs[runs["table"] == "lr"]
+    assert len(lr_runs) == len(files) and set(lr_runs["run_id"]) == {f.stem for f in files}
+    assert lr_runs["valid_MAE"].notna().all() and lr_runs["test_MAE"].isna().all()   # lr is read on validation
+    assert set(runs["table"]) == {"lr", "walk", "choices"}      # the walk's and choices' shared rows
+    assert (tmp_path / "tables" / "campaign-walk.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_campaign_run_refuses_another_library(tmp_path, monkeypatch):
