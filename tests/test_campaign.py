@@ -119,6 +119,15 @@ def _cli(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=300)
 
 
+def test_a_table3_row_is_read_against_full_khar_by_the_larger_std_once_both_have_every_seed():
+    from benchmarks.campaign_report import against_full
+    full = np.array([0.56, 0.57, 0.58])                       # std 0.0082
+    assert against_full(np.array([0.60, 0.61, 0.62]), full, 3) == "worse by more than the larger std"
+    assert against_full(np.array([0.53, 0.54, 0.55]), full, 3) == "better by more than the larger std"
+    assert against_full(np.array([0.55, 0.60, 0.65]), full, 3) == "within the larger std"   # +0.03, std 0.041
+    assert against_full(np.array([0.60, 0.61]), full, 3) == "pending (2/3 seeds)"
+
+
 def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range():
     from benchmarks.campaign_report import machines_text
     line = "Xeon, 2 usable cores; torch 2.13.0+cpu; 1-min load average at start "
