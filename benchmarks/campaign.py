@@ -344,9 +344,16 @@ def chosen_rates(camp: Campaign, find: Finder) -> Optional[Dict[str, str]]:
     return chosen
 
 
+def spread_sign(maes: np.ndarray, reference: np.ndarray) -> int:
+    """The campaign's yardstick: -1 when the mean of ``maes`` is lower than the reference's by more than
+    the larger population std of the two, +1 when higher by more than that, else 0."""
+    gap, spread = float(maes.mean() - reference.mean()), max(float(maes.std()), float(reference.std()))
+    return -1 if gap < -spread else (1 if gap > spread else 0)
+
+
 def beats(maes: np.ndarray, reference: np.ndarray) -> bool:
     """The choices rule: a lower mean validation MAE by more than the larger population std."""
-    return float(reference.mean() - maes.mean()) > max(float(maes.std()), float(reference.std()))
+    return spread_sign(maes, reference) < 0
 
 
 def chosen_switches(camp: Campaign, find: Finder, rates: Mapping[str, str]) -> Optional[Dict[str, Dict[str, Any]]]:

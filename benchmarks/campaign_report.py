@@ -16,7 +16,8 @@ import numpy as np
 
 from . import common
 from .campaign import (BASELINE_PATIENCE, BUDGET_EPOCHS, CAMPAIGN_CODE_VERSION, LR_ROWS, RATES, TABLES, TEXT_LEN,
-                       WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches, table_slots)
+                       WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches, spread_sign,
+                       table_slots)
 from .walk import curve_summary, fit_verdict, verdict_summary
 
 logger = logging.getLogger("MMSA")
@@ -60,12 +61,9 @@ def effect(a: np.ndarray, b: np.ndarray) -> str:
     """What a row's change does to the validation MAE, by the campaign's rule (larger std)."""
     if a.size == 0 or b.size == 0:
         return "-"
-    gap, spread = float(a.mean() - b.mean()), max(float(a.std()), float(b.std()))
-    if gap < -spread:
-        return "lowers the MAE by more than the larger std: pays for itself"
-    if gap > spread:
-        return "raises the MAE by more than the larger std: costs"
-    return "within the larger std: no measurable effect"
+    return {-1: "lowers the MAE by more than the larger std: pays for itself",
+            1: "raises the MAE by more than the larger std: costs",
+            0: "within the larger std: no measurable effect"}[spread_sign(a, b)]
 
 
 def fit_column(records: Sequence[Mapping[str, Any]]) -> Tuple[str, str, str]:
@@ -182,12 +180,8 @@ def against_full(maes: np.ndarray, full: np.ndarray, seeds: int) -> str:
     once both have every seed."""
     if maes.size < seeds or full.size < seeds:
         return f"pending ({min(maes.size, full.size)}/{seeds} seeds)"
-    gap, spread = float(maes.mean() - full.mean()), max(float(maes.std()), float(full.std()))
-    if gap > spread:
-        return "worse by more than the larger std"
-    if gap < -spread:
-        return "better by more than the larger std"
-    return "within the larger std"
+    return {1: "worse by more than the larger std", -1: "better by more than the larger std",
+            0: "within the larger std"}[spread_sign(maes, full)]
 
 
 def table3_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
