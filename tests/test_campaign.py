@@ -128,6 +128,11 @@ def test_a_table3_row_is_read_against_full_khar_by_the_larger_std_once_both_have
     assert against_full(np.array([0.60, 0.61]), full, 3) == "pending (2/3 seeds)"
 
 
+def test_every_table3_row_has_its_sentence_and_no_sentence_names_a_missing_row():
+    from benchmarks.campaign_report import TABLE3_WHY
+    assert set(TABLE3_WHY) == {row.key for row in campaign.table3_rows()}
+
+
 def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range():
     from benchmarks.campaign_report import machines_text
     line = "Xeon, 2 usable cores; torch 2.13.0+cpu; 1-min load average at start "
