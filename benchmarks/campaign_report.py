@@ -186,6 +186,8 @@ def walk_like_table(camp: Campaign, find: Finder, table: str) -> Tuple[str, List
         if row.key == row.family:
             defaults[row.family] = (recs, maes)
     notes = []
+    if table == "walk":
+        notes += end_to_end(camp, {row.key: (row.title, found(find, slots)) for row, slots in rows})
     if table == "choices":
         rates = chosen_rates(camp, find)
         switches = chosen_switches(camp, find, rates) if rates else None
@@ -204,6 +206,24 @@ def against_full(maes: np.ndarray, full: np.ndarray, seeds: int) -> str:
         return f"pending ({min(maes.size, full.size)}/{seeds} seeds)"
     return {1: "worse by more than the larger std", -1: "better by more than the larger std",
             0: "within the larger std"}[spread_sign(maes, full)]
+
+
+def end_to_end(camp: Campaign, rows: Mapping[str, Tuple[str, Sequence[Mapping[str, Any]]]]) -> List[str]:
+    """Full KHaR against the walk's first two rows (the floor; KHaR's own text path with a linear head),
+    each by the larger std once both have every seed: what the parts add together."""
+    notes = []
+    full = rows["khar"][1]
+    for key in ("floor", "text-path"):
+        title, recs = rows[key]
+        if len(full) < len(camp.seeds) or len(recs) < len(camp.seeds):
+            notes.append(f"Full KHaR against {title}: pending.")
+            continue
+        d, sd, n = paired_delta(full, recs)
+        a, b = values(full, "valid", "MAE"), values(recs, "valid", "MAE")
+        notes.append(f"Full KHaR against {title}: {float(a.mean() - b.mean()):+.3f} in mean validation MAE "
+                     f"(larger std {max(float(a.std()), float(b.std())):.3f}; paired {d:+.3f} ± {sd:.3f} over "
+                     f"{n} seeds): {effect(a, b)}.")
+    return notes
 
 
 def table3_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:

@@ -133,6 +133,20 @@ def test_every_table3_row_has_its_sentence_and_no_sentence_names_a_missing_row()
     assert set(TABLE3_WHY) == {row.key for row in campaign.table3_rows()}
 
 
+def test_the_walk_reads_full_khar_against_the_floor_and_the_text_path_once_every_seed_is_in(tmp_path):
+    from benchmarks.campaign_report import end_to_end
+    camp = Campaign(work=tmp_path, records=tmp_path, smoke=True)          # seeds 1111, 1112
+
+    def recs(*maes):
+        return [{"seed": s, "outcome": {"result": {"valid": {"MAE": m}}}} for s, m in zip(camp.seeds, maes)]
+    rows = {"khar": ("full", recs(0.70, 0.72)), "floor": ("the floor", recs(0.80, 0.84)),
+            "text-path": ("the text path", recs(0.71))}
+    floor_note, path_note = end_to_end(camp, rows)
+    assert floor_note.startswith("Full KHaR against the floor: -0.110 in mean validation MAE (larger std 0.020; "
+                                 "paired -0.110 ± 0.010 over 2 seeds): lowers the MAE by more than the larger std")
+    assert path_note == "Full KHaR against the text path: pending."
+
+
 def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range():
     from benchmarks.campaign_report import machines_text
     line = "Xeon, 2 usable cores; torch 2.13.0+cpu; 1-min load average at start "
