@@ -287,17 +287,19 @@ TEST_TABLES = ("table3", "final")
 
 def runs_frame(camp: Campaign, find: Finder, tables: Sequence[str] = TABLES):
     """One row per run of each table (a run shared by two tables appears in both), for
-    ``pandas.read_csv``: its variant, seed, selected epoch and validation metrics, and its test
-    metrics only in the tables that report the test split."""
+    ``pandas.read_csv``: its variant, seed, selected epoch and validation metrics (none for MMSA's
+    TFN / MulT / Self-MM, whose trainers report the test split only), and its test metrics only in
+    the tables that report the test split."""
     import pandas as pd
     rows = []
     for table in tables:
         for rec in table_records(camp, find, table):
             result = rec["outcome"]["result"]
             test = result["metrics"] if table in TEST_TABLES else {}
+            valid = result.get("valid", {})   # MMSA's own trainers report the test split only
             rows.append({"table": table, "variant": rec["variant"], "model": rec["model"], "seed": rec["seed"],
-                         "best_epoch": result.get("best_epoch"), "valid_MAE": result["valid"].get("MAE"),
-                         "valid_Corr": result["valid"].get("Corr"), "test_MAE": test.get("MAE"),
+                         "best_epoch": result.get("best_epoch"), "valid_MAE": valid.get("MAE"),
+                         "valid_Corr": valid.get("Corr"), "test_MAE": test.get("MAE"),
                          "test_Corr": test.get("Corr"), "wall_s": rec["outcome"].get("wall_s"),
                          "code": rec["identity"]["code"], "finished": rec["finished"], "run_id": rec["run_id"]})
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))

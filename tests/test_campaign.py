@@ -83,6 +83,31 @@ def test_choices_adopt_only_clear_winners_the_best_of_a_field_and_combine_fields
     assert all(s.row.text_len == 50 for s in final if s.row.family not in ("khar", "floor"))  # KHaR's data
 
 
+def test_the_runs_csv_holds_mmsa_baselines_which_report_the_test_split_only():
+    """MMSA's TFN / MulT / Self-MM records carry test metrics and no validation epoch; the final table's
+    rows of them have test numbers and empty validation cells, KHaR's have both."""
+    from benchmarks.campaign_report import runs_frame
+    base = [0.85, 0.86, 0.87]
+    maes = {f"{r.key}@quick": base for r in CHOICE_ROWS}
+    maes.update({f"{f}@{r}": base for f in ("floor", "khar") for r in ("quick", "table5")})
+
+    def find(slot):
+        if slot.row.family in ("khar", "floor"):
+            rec = _finder(maes)(slot)
+            rec["outcome"]["result"]["metrics"] = {"MAE": 0.9, "Corr": 0.7}
+        else:
+            rec = {"seed": slot.seed, "outcome": {"result": {"metrics": {"MAE": 1.0, "Corr": 0.5}}}}
+        return {**rec, "variant": slot.variant, "model": slot.model, "identity": {"code": "c"}, "finished": "t",
+                "run_id": f"{slot.variant}-{slot.seed}"}
+    runs = runs_frame(SMALL, find, ("choices", "final"))
+    final = runs[runs["table"] == "final"]
+    assert len(final) == len(campaign.FINAL_ROWS) * len(SMALL_SEEDS) and final["test_MAE"].notna().all()
+    baselines = final[final["model"].isin(campaign.BASELINES)]
+    assert len(baselines) == 3 * len(SMALL_SEEDS) and baselines["valid_MAE"].isna().all()
+    assert final[final["model"] == "khar"]["valid_MAE"].notna().all()
+    assert runs[runs["table"] == "choices"]["test_MAE"].isna().all()
+
+
 def test_rows_with_the_same_settings_are_the_same_run_across_tables():
     """The lr table's run at the chosen rate is the walk's and the choices' row: same variant, same
     config, so the queue trains it once."""
