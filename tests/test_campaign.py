@@ -108,6 +108,17 @@ def test_the_runs_csv_holds_mmsa_baselines_which_report_the_test_split_only():
     assert runs[runs["table"] == "choices"]["test_MAE"].isna().all()
 
 
+def test_tfn_trains_on_batches_of_more_than_one_clip():
+    """MMSA's loader keeps a short last batch and TFN's BatchNorm refuses one clip in training: the
+    1281 training transcripts in MMSA's batches of 32 leave exactly one."""
+    tfn = next(r for r in campaign.FINAL_ROWS if r.family == "tfn")
+    batch = SMALL.config(tfn, "quick")["batch_size"]
+    assert batch == campaign.TFN_BATCH_SIZE and 1281 % batch > 1
+    import MMSA
+    mmsa_batch = json.loads((Path(MMSA.__file__).parent / "config" / "config_regression.json").read_text())
+    assert 1281 % mmsa_batch["tfn"]["datasetParams"]["mosi"]["batch_size"] == 1   # why the override exists
+
+
 def test_rows_with_the_same_settings_are_the_same_run_across_tables():
     """The lr table's run at the chosen rate is the walk's and the choices' row: same variant, same
     config, so the queue trains it once."""
