@@ -28,7 +28,7 @@ The protocol (fixed before any run of it; written in benchmarks/README.md, "The 
   (the temperatures) compete among themselves; the winners of different fields are combined for
   the final comparison.
 * Data: the real CMU-MOSI transcripts (``../shared/data/mosi/label.csv``, whole folds
-  1284/229/686), text only, all-MiniLM-L6-v2, 32 tokens (the ``text-len-50`` rows: 50); Table 3
+  1281/229/685), text only, all-MiniLM-L6-v2, 32 tokens (the ``text-len-50`` rows: 50); Table 3
   on planted MOSI-format data (:mod:`khar_mmsa.data.planted`).
 
 Runs that span sessions
@@ -80,7 +80,7 @@ WARMUP_RATIO = 0.1           # ... warming up over this fraction of its steps (A
 BASELINE_PATIENCE = 8        # MMSA's TFN / MulT / Self-MM: the paper's early stop (Table 5's runs)
 #: TFN's batch size on the transcripts.  MMSA's own (32) leaves a last training batch of one clip (1281 =
 #: 40 x 32 + 1; MMSA's loader keeps it), which the BatchNorm of TFN's audio/vision subnets refuses in
-#: training.  33 is the nearest size whose last batch has more than one clip (1281 = 38 x 33 + 27).
+#: training.  33, one more than MMSA's, leaves a last batch of 27 clips (1281 = 38 x 33 + 27).
 TFN_BATCH_SIZE = 33
 SEEDS = (1111, 1112, 1113, 1114, 1115)
 TEXT_LEN = 32                # tokens of the transcripts (quick); the text-len-50 rows use LONG_TEXT_LEN
