@@ -16,8 +16,8 @@ import numpy as np
 
 from . import common
 from .campaign import (BASELINE_PATIENCE, BUDGET_EPOCHS, CAMPAIGN_CODE_VERSION, LR_ROWS, RATES, TABLES, TEXT_LEN,
-                       WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches, spread_sign,
-                       table_slots)
+                       TFN_BATCH_SIZE, WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches,
+                       spread_sign, table_slots)
 from .walk import curve_summary, fit_verdict, verdict_summary
 
 logger = logging.getLogger("MMSA")
@@ -275,7 +275,35 @@ def final_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
     return common.markdown_table(header, lines), [
         "The only table on the test split; every setting was chosen on validation (the lr and choices tables). "
         f"MMSA's models: their own trainers, early stop after {BASELINE_PATIENCE} epochs without a better "
-        "validation loss, on the same transcripts pickle."]
+        f"validation loss, on the same transcripts pickle (TFN at batch {TFN_BATCH_SIZE}, see the protocol)."
+    ] + khar_on_test(camp, [(row.title, found(find, row_slots)) for row, row_slots in _slots_by_row(slots)])
+
+
+def khar_on_test(camp: Campaign, rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]]) -> List[str]:
+    """KHaR (the row after the floor) against every other row of the final table on the test split, by
+    the campaign's yardstick (the larger std), MAE and Corr, once both have every seed; and whether
+    issue 22's goal holds: a test MAE below the floor's by more than the larger std, Corr not worse."""
+    (floor_title, floor), (_, khar) = rows[0], rows[1]
+    notes = []
+    for title, recs in [rows[0]] + list(rows[2:]):
+        if len(khar) < len(camp.seeds) or len(recs) < len(camp.seeds):
+            notes.append(f"KHaR against {title} on test: pending.")
+            continue
+        parts = []
+        for key, lower_is_better in (("MAE", True), ("Corr", False)):
+            a, b = values(khar, "test", key), values(recs, "test", key)
+            sign = spread_sign(a, b) * (1 if lower_is_better else -1)
+            parts.append(f"{key} {float(a.mean() - b.mean()):+.3f} (larger std "
+                         f"{max(float(a.std()), float(b.std())):.3f}): "
+                         + {-1: "better by more than it", 1: "worse by more than it", 0: "within it"}[sign])
+        notes.append(f"KHaR against {title} on test: " + "; ".join(parts) + ".")
+    if len(khar) == len(floor) == len(camp.seeds):
+        mae = spread_sign(values(khar, "test", "MAE"), values(floor, "test", "MAE"))
+        corr = spread_sign(-values(khar, "test", "Corr"), -values(floor, "test", "Corr"))
+        met = mae < 0 and corr <= 0
+        notes.append(f"Issue 22's goal (KHaR's test MAE below {floor_title}'s by more than the larger std, Corr "
+                     f"not worse by more than it): {'met' if met else 'not met'}.")
+    return notes
 
 
 # ---- for pandas and for the eye -------------------------------------------------------------------

@@ -183,6 +183,29 @@ def test_the_walk_reads_full_khar_against_the_floor_and_the_text_path_once_every
     assert path_note == "Full KHaR against the text path: pending."
 
 
+def test_khar_is_read_against_each_final_row_on_test_and_the_goal_needs_a_clear_mae_gain_and_no_corr_loss(tmp_path):
+    from benchmarks.campaign_report import khar_on_test
+    camp = Campaign(work=tmp_path, records=tmp_path, smoke=True)          # seeds 1111, 1112
+
+    def recs(*pairs):
+        return [{"seed": s, "outcome": {"result": {"metrics": {"MAE": m, "Corr": c}}}}
+                for s, (m, c) in zip(camp.seeds, pairs)]
+    floor = recs((0.80, 0.70), (0.82, 0.72))
+    notes = khar_on_test(camp, [("the floor", floor), ("KHaR", recs((0.70, 0.71), (0.72, 0.73))),
+                                ("TFN", recs((0.90, 0.50), (0.92, 0.52))), ("MulT", recs((0.80, 0.70)))])
+    assert notes[0] == ("KHaR against the floor on test: MAE -0.100 (larger std 0.010): better by more than it; "
+                        "Corr +0.010 (larger std 0.010): within it.")
+    assert notes[1].endswith("MAE -0.200 (larger std 0.010): better by more than it; "
+                             "Corr +0.210 (larger std 0.010): better by more than it.")
+    assert notes[2] == "KHaR against MulT on test: pending."
+    assert notes[3].endswith(": met.")
+    worse_corr = khar_on_test(camp, [("the floor", floor), ("KHaR", recs((0.70, 0.60), (0.72, 0.62)))])
+    assert "Corr -0.100 (larger std 0.010): worse by more than it" in worse_corr[0] and worse_corr[-1].endswith(
+        ": not met.")
+    tie = khar_on_test(camp, [("the floor", floor), ("KHaR", recs((0.795, 0.71), (0.815, 0.73)))])
+    assert "MAE -0.005 (larger std 0.010): within it" in tie[0] and tie[-1].endswith(": not met.")
+
+
 def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range():
     from benchmarks.campaign_report import machines_text
     line = "Xeon, 2 usable cores; torch 2.13.0+cpu; 1-min load average at start "
