@@ -100,6 +100,11 @@ def wall(records: Sequence[Mapping[str, Any]]) -> float:
     return float(sum(float(r["outcome"].get("wall_s", 0.0)) for r in records))
 
 
+def wall_text(records: Sequence[Mapping[str, Any]]) -> str:
+    """A row's summed wall time, '-' before its first run."""
+    return common.fmt_seconds(wall(records)) if records else "-"
+
+
 LOAD_NOTE = "; 1-min load average at start "
 
 
@@ -145,7 +150,7 @@ def lr_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
         best, curve, fits = fit_column(recs)
         lines.append([row.title, switch_text(RATES[row.rate][row.family]), f"{len(recs)}/{len(camp.seeds)}",
                       fmt(values(recs, "valid", "MAE")), fmt(values(recs, "valid", "Corr")), best, curve, fits,
-                      common.fmt_seconds(wall(recs))])
+                      wall_text(recs)])
     rates = chosen_rates(camp, find)
     notes = [f"Decision (the rule: the lower mean validation MAE): floor at the {rates['floor']} rate, KHaR at the "
              f"{rates['khar']} rate; every later row uses them." if rates else
@@ -181,7 +186,7 @@ def walk_like_table(camp: Campaign, find: Finder, table: str) -> Tuple[str, List
         else:
             switch = "text floor" + (f", text_len={row.text_len}" if row.text_len != TEXT_LEN else "")
         lines.append([row.title, switch, f"{len(recs)}/{len(camp.seeds)}", fmt(maes), fmt(values(recs, "valid", "Corr")),
-                      delta, words, best, curve, fits, common.fmt_seconds(wall(recs))])
+                      delta, words, best, curve, fits, wall_text(recs)])
         previous = (recs, maes)
         if row.key == row.family:
             defaults[row.family] = (recs, maes)
@@ -271,7 +276,7 @@ def final_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
         lines.append([row.title, row_slots[0].variant, f"{len(recs)}/{len(camp.seeds)}"]
                      + [fmt(values(recs, "test", k), d, sc) for k, _, d, sc in columns]
                      + [fmt(values(recs, "valid", "MAE")) if row.family in ("khar", "floor") else "-",
-                        common.fmt_seconds(wall(recs))])
+                        wall_text(recs)])
     return common.markdown_table(header, lines), [
         "The only table on the test split; every setting was chosen on validation (the lr and choices tables). "
         f"MMSA's models: their own trainers, early stop after {BASELINE_PATIENCE} epochs without a better "
