@@ -139,6 +139,36 @@ def test_no_setting_of_a_real_run_is_a_path_so_identities_hold_across_machines()
     assert {cfg.get("pretrained", cfg.get("encoder")) for cfg in configs} == {campaign_plan.ENCODER}
 
 
+# ---- records ------------------------------------------------------------------------------------
+def _record(run_id="abc", **changes):
+    rec = {"run_id": run_id, "variant": "khar@quick", "model": "khar", "seed": 1111, "config": {},
+           "finished": "t", "outcome": {"result": {"metrics": {"MAE": 0.8}}},
+           "identity": {"model": "khar", "variant": "khar@quick", "seed": 1111, "runner": campaign_plan.KHAR_RUNNER,
+                        "code": campaign_plan.CAMPAIGN_CODE_VERSION, "data": {"name": "d", "sha256": "0"}}}
+    rec.update(changes)
+    return rec
+
+
+def test_a_record_is_accepted_only_whole_and_status_names_a_damaged_one_without_crashing(tmp_path, caplog):
+    cases = {"good": _record("good"), "only-id": {"run_id": "only-id"}, "renamed": _record("other"),
+             "no-code": _record("no-code", identity={**_record()["identity"], "code": None}),
+             "no-metrics": _record("no-metrics", outcome={"result": {"valid": {}}}), "list": [1, 2]}
+    for stem, rec in cases.items():
+        (tmp_path / f"{stem}.json").write_text(json.dumps(rec))
+    (tmp_path / "cut.json").write_text('{"run_id": "cut", "identity": {')
+    records, damaged = Campaign(work=tmp_path, records=tmp_path).scan_records()
+    assert set(records) == {"good"}
+    why = {path.stem: text for path, text in damaged.items()}
+    assert why == {"only-id": "the record has no dict 'identity'", "renamed": "its run_id 'other' is not the file's name",
+                   "no-code": "its identity has no str 'code'", "no-metrics": "its outcome has no result with metrics",
+                   "list": "the record is not an object", "cut": why["cut"]} and why["cut"].startswith("not JSON")
+    import logging
+    with caplog.at_level(logging.INFO, logger="MMSA"):
+        out = campaign.main(["status", "--records", str(tmp_path), "--work", str(tmp_path / "work")])
+    assert out["lr"] == (0, len(LR_ROWS) * len(SMALL_SEEDS))
+    assert "only-id.json: damaged campaign record (the record has no dict 'identity')" in caplog.text
+
+
 # ---- claims ---------------------------------------------------------------------------------------
 def test_a_claim_blocks_other_workers_until_its_process_is_gone(tmp_path):
     assert campaign._claim(tmp_path, "run1")
@@ -201,7 +231,8 @@ def test_paired_interval_p_and_mde_match_a_hand_computation():
     from benchmarks.campaign_stats import paired
     assert abs(_t2(0.975) - 4.303) < 1e-3 and abs(_t2(0.8) - 1.061) < 1e-3       # the printed t table
     for diffs, verdict in (([-0.02, -0.03, -0.04], "better"), ([0.01, -0.02, 0.04], "undecided"),
-                           ([0.05, 0.06, 0.08], "worse")):
+                           ([-0.01, -0.03, 0.005], "undecided"), ([0.01, 0.03, -0.005], "undecided"),
+                           ([0.05, 0.06, 0.08], "worse")):       # 3rd and 4th: an interval just across 0
         got = paired({s: 0.8 + d for s, d in zip((1, 2, 3), diffs)}, {1: 0.8, 2: 0.8, 3: 0.8})
         mean, low, high, p, mde = _by_hand(diffs)
         assert got.n == 3 and got.verdict == verdict

@@ -30,22 +30,25 @@ def _section(title: str) -> str:
 
 def test_a_rerun_keeps_each_section_where_it_stands_and_a_new_one_goes_by_the_declared_order(tmp_path):
     md, archive = tmp_path / "RESULTS.md", tmp_path / common.RESULTS_ARCHIVE
-    for key in ("campaign-lr", "campaign-final", "speed-quick", "loading-quick"):
-        common.update_results_md(md, key, _section(key))
-    archive.write_text("# archive\n")
+    for key in ("campaign-lr", "walk-early", "campaign-final", "speed-quick", "loading-quick"):
+        common.update_results_md(md, key, _section(key))       # no archive yet: all in RESULTS.md
+    archive.write_text("# archive\n\n<!-- benchmark:speed-moved:start -->\nmoved by hand\n"
+                       "<!-- benchmark:speed-moved:end -->\n")
     common.update_results_md(md, "compare-transcripts-mosi-quick", _section("old compare"))   # archived pattern
-    assert _keys(archive) == ["compare-transcripts-mosi-quick"] and "old compare" not in md.read_text()
+    assert _keys(archive) == ["speed-moved", "compare-transcripts-mosi-quick"] and "old compare" not in md.read_text()
     common.update_results_md(md, "campaign-protocol", _section("protocol"))     # first in the order
     common.update_results_md(md, "campaign-walk", _section("walk"))             # between lr and final
     common.update_results_md(md, "gpu-check", _section("gpu"))                  # before speed
     common.update_results_md(md, "something-new", _section("new"))              # no pattern: last
     order = ["campaign-protocol", "campaign-lr", "campaign-walk", "campaign-final", "gpu-check", "speed-quick",
-             "loading-quick", "something-new"]
+             "loading-quick", "walk-early", "something-new"]
     assert _keys(md) == order
     # reruns: in place, in whichever file holds the section
     assert common.update_results_md(md, "loading-quick", _section("loading again")) == md
     assert common.update_results_md(md, "compare-transcripts-mosi-quick", _section("compare again")) == archive
-    assert _keys(md) == order and _keys(archive) == ["compare-transcripts-mosi-quick"]
+    assert common.update_results_md(md, "walk-early", _section("walk again")) == md          # archived pattern
+    assert common.update_results_md(md, "speed-moved", _section("moved again")) == archive   # current pattern
+    assert _keys(md) == order and _keys(archive) == ["speed-moved", "compare-transcripts-mosi-quick"]
     assert "body loading again" in md.read_text() and "body compare again" in archive.read_text()
     assert "body old compare" not in archive.read_text() and md.read_text().count("benchmark:loading-quick:start") == 1
     # each section names the code that wrote it
