@@ -558,17 +558,46 @@ orientation only and are **not comparable** with runs on synthetic data or on te
 """
 
 
+#: RESULTS.md opens on current results.  A section written for the first time goes before the first
+#: section whose key comes later in RESULTS_ORDER (fnmatch patterns; a key matching none goes last),
+#: or, when its key matches RESULTS_ARCHIVED and the archive file exists beside RESULTS.md, into the
+#: archive (superseded results).  A section already in either file is replaced where it stands.
+RESULTS_ORDER = ("campaign-protocol", "campaign-lr", "campaign-walk", "campaign-choices", "campaign-table3",
+                 "campaign-final", "planted-probe", "gpu-*", "speed-*", "attention-*", "loading-*")
+RESULTS_ARCHIVED = ("compare-*", "tsne-*", "ablations-*", "walk-*")
+RESULTS_ARCHIVE = "RESULTS-archive.md"
+
+
+def _results_rank(key: str, patterns: Sequence[str] = RESULTS_ORDER) -> int:
+    import fnmatch
+    return next((i for i, pattern in enumerate(patterns) if fnmatch.fnmatchcase(key, pattern)), len(patterns))
+
+
 def update_results_md(path: Path, key: str, body: str) -> Path:
-    """Insert or replace the section ``key`` of ``path`` (created with a header if missing)."""
+    """Insert or replace the section ``key`` of ``path`` (created with a header if missing), or of the
+    archive beside it when the section is there (see RESULTS_ORDER); returns the file written.  A section
+    with a ``- Command:`` line and no ``- Code version:`` line gets one: the library that wrote it."""
     path = Path(path)
     start, end = _markers(key)
+    if "\n- Command:" in body and "\n- Code version:" not in body:
+        from khar_mmsa.io.identity import code_version
+        body = re.sub(r"(\n- Command: [^\n]*)", lambda m: f"{m.group(1)}\n- Code version: {code_version()} "
+                      "(khar_mmsa, the library that wrote this section)", body, count=1)
     block = f"{start}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.is_file() else RESULTS_HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    archive = path.with_name(RESULTS_ARCHIVE)
+    holder = next((p for p in (path, archive) if p.is_file() and pattern.search(p.read_text())), None)
+    if holder is None and archive.is_file() and _results_rank(key, RESULTS_ARCHIVED) < len(RESULTS_ARCHIVED):
+        holder = archive
+    path = holder or path
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        rank = _results_rank(key)
+        later = [m.start() for m in re.finditer(r"<!-- benchmark:(\S+?):start -->", text)
+                 if _results_rank(m.group(1)) > rank]
+        text = (text[:later[0]] + block + "\n\n" + text[later[0]:]) if later else text.rstrip() + "\n\n" + block + "\n"
     from khar_mmsa.io.files import atomic_write_text
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
