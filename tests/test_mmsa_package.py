@@ -47,9 +47,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 class DummyKHaR(nn.Module):
     """Stands in for khar_mmsa.model.khar.KHaR: one linear layer on the mean audio frame."""
 
-    def __init__(self, args: Any) -> None:
+    def __init__(self, cfg: Any) -> None:  # the run's KHaRConfig, as KHaR takes it
         super().__init__()
-        self.head = nn.Linear(args["feature_dims"][1], 1)
+        self.head = nn.Linear(cfg.feature_dims[1], 1)
 
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None):
         return {"M": self.head(audio.mean(dim=1))}
@@ -99,7 +99,8 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
             "feature_dims": [768, 5, 20], "train_samples": TINY_SIZES[0], "num_classes": 3,
             "language": "en", "KeyEval": "Loss"}}},
         "khar": {"commonParams": {"need_data_aligned": False, "need_model_aligned": False,
-                                  "use_bert": False, "early_stop": 1},
+                                  "use_bert": False, "early_stop": 1,
+                                  "pretrain_adapters": False},  # the dummy has no adapters to pretrain
                  "datasetParams": {"mosi": {"batch_size": 8}}},
     }
     path = tmp_path / "khar-dummy-config.json"
@@ -524,7 +525,7 @@ def test_a_checkpoint_this_run_did_not_write_is_refused_and_kept(dummy_khar: Pat
                                                                  fast_mmsa, monkeypatch) -> None:
     model_dir = Path(mmsa_run_kwargs["model_save_dir"])
     model_dir.mkdir(parents=True)
-    stale = {f"Model.{k}": v for k, v in DummyKHaR({"feature_dims": [768, 5, 20]}).state_dict().items()}
+    stale = {f"Model.{k}": v for k, v in DummyKHaR(types.SimpleNamespace(feature_dims=[768, 5, 20])).state_dict().items()}
     torch.save(stale, model_dir / "khar-mosi.pth")
     before = (model_dir / "khar-mosi.pth").read_bytes()
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", False)
