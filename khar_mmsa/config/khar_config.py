@@ -97,7 +97,7 @@ class KHaRConfig:
     learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).", "optimisation")
     learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).", "optimisation")
     weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.", "optimisation")
-    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).", "optimisation")
+    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup from 0, then linear decay to 0 (Appendix B; transformers.get_linear_schedule_with_warmup).", "optimisation")
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.", "optimisation")
     freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.", "optimisation")
 
