@@ -304,7 +304,7 @@ def test_gpu_ids_on_cpu_falls_back_with_one_warning(dummy_khar: Path, mmsa_run_k
     caplog.set_level(logging.WARNING, logger="MMSA")
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
     cuda_warnings = [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
-    assert len(cuda_warnings) == 1 and cuda_warnings[0].name == "MMSA"
+    assert len(cuda_warnings) == 1 and cuda_warnings[0].name.split(".")[0] == "MMSA"  # MMSA's handlers get it
     caplog.clear()
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, gpu_ids=[]))
     assert not [r for r in caplog.records if "CUDA is not available" in r.getMessage()]

@@ -56,7 +56,7 @@ from khar_mmsa.io.files import atomic_open
 from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging, build_from_cli
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["TranscriptInfo", "build_transcript_dataset", "read_label_csv", "absent_modalities",
            "ABSENT_FRAMES", "ABSENT_LENGTH", "MODE_ALIASES", "main"]

@@ -21,7 +21,7 @@ import numpy as np
 from khar_mmsa.config import LABEL_RANGES, parse_bool
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["FeatureValidationError", "validate_features", "required_keys", "main_file_ids", "SPLITS",
            "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]

@@ -33,7 +33,7 @@ from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay_sched
 from khar_mmsa.training.seeding import seed_everything
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["TextOnlyConfig", "TextOnlyResult", "TextRegressor", "train_text_only"]
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from khar_mmsa.mmsa_conventions import DATASET_ROOT_ENV, SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 _MODALITY_FILES = (("feature_T", "T"), ("feature_A", "A"), ("feature_V", "V"))
 FileKey = Tuple[str, int, int, int, int]

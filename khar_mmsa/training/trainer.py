@@ -49,7 +49,7 @@ from khar_mmsa.training.optim import make_adamw, parameter_groups, warmup_linear
 from khar_mmsa.training.pretrain import default_adapter_path, harvest_knowledge
 from khar_mmsa.training.seeding import seed_everything
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: MMSA's metric function: ``(y_pred, y_true) -> {name: value}``.
 Metrics = Callable[[torch.Tensor, torch.Tensor], Mapping[str, Any]]
