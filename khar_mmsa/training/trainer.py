@@ -20,7 +20,8 @@ runs from ``args`` (``model_save_path``, ``device``, the feature files), to whic
 * ``verbose_level``: MMSA_run's console level (0 hides the progress bars; default None);
 * ``log_dir``: where the curves picture goes (default: the checkpoint's folder);
 * ``callbacks``: extra :class:`~khar_mmsa.training.loop.Callback` objects (a tuner's report, a
-  test's kill point), run after the trainer's own, in adapter pretraining too.
+  test's kill point), run after the trainer's own and after the resume state is saved (their
+  default :class:`~khar_mmsa.training.loop.Order`), in adapter pretraining too.
 """
 from __future__ import annotations
 
@@ -198,6 +199,7 @@ class KHaRTrainer(Task):
         scheduler = warmup_linear_decay_scheduler(optimizer, cfg.epochs * len(train_loader), cfg.warmup_ratio)
         self.model, self._valid_loader = model, dataloader["valid"]
         self._new_epoch()
+        # fit runs them by their declared order (training.loop.Order), not by their place here
         callbacks: List[Callback] = [
             ProgressBar("KHaR epoch {epoch}/{epochs}", show),
             BestCheckpoint(self.checkpoint, self.checkpoint_config()),
