@@ -38,3 +38,17 @@ def test_a_user_quiets_one_module_and_keeps_the_others(tiny_features, tiny_bert,
     # a handler on 'MMSA' (caplog's capture, as MMSA's own) gets the children's records
     assert any(r.name == "MMSA.khar_mmsa.integration.runner" and r.getMessage().startswith("Results saved to")
                for r in caplog.records)
+
+
+def test_the_sweep_commands_progress_lines_reach_stderr(tmp_path, monkeypatch, capsys):
+    """``python -m khar_mmsa sweep`` gives the 'MMSA' logger its stderr handler: the driver's line
+    (logged by MMSA.khar_mmsa.experiments.sweep.driver) is shown."""
+    from khar_mmsa import cli
+    from khar_mmsa.experiments import sweep
+    monkeypatch.setattr(logging.getLogger("MMSA"), "handlers", [])  # as in a fresh process
+    monkeypatch.setattr(sweep, "mmsa_run_one", lambda spec, feature_path: {"metrics": {"MAE": 0.7}})
+    data = tmp_path / "features.pkl"
+    data.write_bytes(b"0" * 10)
+    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1111", "--custom-feature", str(data),
+                     "--out", str(tmp_path / "sweep")]) == 0
+    assert "1 runs, 0 already done" in capsys.readouterr().err
