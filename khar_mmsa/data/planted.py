@@ -113,7 +113,7 @@ __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset"
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Real shapes of one MMSA dataset (``../shared/notes/mmsa-2.2.1.md``, feature table)."""
+    """Real shapes of one MMSA dataset (as in MMSA 2.2.1's processed feature pickles)."""
     text_len: int
     audio_shape: Tuple[int, int]   # (T_a, d_a)
     vision_shape: Tuple[int, int]  # (T_v, d_v)

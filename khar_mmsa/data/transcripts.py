@@ -1,7 +1,6 @@
 """Text-only MMSA feature pickles from real transcripts (e.g. CMU-MOSI's ``label.csv``).
 
-Only transcripts and labels are available offline (``../shared/data/mosi/README.md``); audio and
-visual features are not.  :func:`build_transcript_dataset` turns an MMSA-style ``label.csv`` into an
+For when only transcripts and labels are at hand, without audio and visual features.  :func:`build_transcript_dataset` turns an MMSA-style ``label.csv`` into an
 MMSA 2.2.1 *unaligned* feature pickle:
 
 * ``text_bert`` (N, 3, L) float32: token ids, attention mask and segment ids from a **local** BERT
