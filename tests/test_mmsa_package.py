@@ -55,6 +55,17 @@ class DummyKHaR(nn.Module):
         return {"M": self.head(audio.mean(dim=1))}
 
 
+class DummySettings:
+    """Stands in for the KHaRConfig khar_settings makes of MMSA's args: the shapes DummyKHaR reads
+    (the dummy takes any other key, and pretrains nothing)."""
+
+    def __init__(self, args: Any) -> None:
+        self.feature_dims = list(args["feature_dims"])
+
+    def with_data_shapes(self, args: Any) -> "DummySettings":
+        return DummySettings(args)
+
+
 class DummyTrainer:
     """Stands in for khar_mmsa.training.trainer.KHaRTrainer; records what it saw."""
 
@@ -91,6 +102,8 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
     trainer_mod.KHaRTrainer = DummyTrainer
     monkeypatch.setitem(sys.modules, "khar_mmsa.model.khar", model_mod)
     monkeypatch.setitem(sys.modules, "khar_mmsa.training.trainer", trainer_mod)
+    monkeypatch.setattr(importlib.import_module("khar_mmsa.integration.model_and_trainer"), "khar_settings",
+                        DummySettings)
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", True)
     monkeypatch.setattr(DummyTrainer, "events", [])
     config = {
@@ -99,8 +112,7 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
             "feature_dims": [768, 5, 20], "train_samples": TINY_SIZES[0], "num_classes": 3,
             "language": "en", "KeyEval": "Loss"}}},
         "khar": {"commonParams": {"need_data_aligned": False, "need_model_aligned": False,
-                                  "use_bert": False, "early_stop": 1,
-                                  "pretrain_adapters": False},  # the dummy has no adapters to pretrain
+                                  "use_bert": False, "early_stop": 1},
                  "datasetParams": {"mosi": {"batch_size": 8}}},
     }
     path = tmp_path / "khar-dummy-config.json"
@@ -615,6 +627,7 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
     pickles.load_pickle = load_pickle
     validation = types.ModuleType("khar_mmsa.data.validation")
     validation.validate_features = validate_features
+    validation.main_file_ids = lambda data: None  # the recorder reads no clip ids
     monkeypatch.setitem(sys.modules, "khar_mmsa.io.pickles", pickles)
     monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", validation)
     return calls
