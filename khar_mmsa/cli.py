@@ -37,7 +37,7 @@ from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, MMSA_DEFAULT_SEEDS,
 SUBCOMMANDS = ("tune", "sweep")
 PROG = "python -m khar_mmsa"
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 def _config_keys() -> Dict[str, List[str]]:
@@ -337,15 +337,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    logger.setLevel(logging.INFO)
+    mmsa_logger = logging.getLogger("MMSA")  # the parent of every module's logger
+    mmsa_logger.setLevel(logging.INFO)
     ERROR_LOG["file"] = None
     handler: Optional[logging.Handler] = None
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            if not logger.handlers:  # this command's progress lines on stderr, removed when it returns
+            if not mmsa_logger.handlers:  # this command's progress lines on stderr, removed when it returns
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-                logger.addHandler(handler)
+                mmsa_logger.addHandler(handler)
             return {"tune": tune_main, "sweep": sweep_main}[argv[0]](argv[1:])
         return train_main(argv)
     except Exception as exc:  # noqa: BLE001 - user errors become one line; the rest keep their traceback
@@ -356,4 +357,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         if handler is not None:
-            logger.removeHandler(handler)
+            mmsa_logger.removeHandler(handler)

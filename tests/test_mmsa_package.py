@@ -47,12 +47,23 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 class DummyKHaR(nn.Module):
     """Stands in for khar_mmsa.model.khar.KHaR: one linear layer on the mean audio frame."""
 
-    def __init__(self, args: Any) -> None:
+    def __init__(self, cfg: Any) -> None:  # the run's KHaRConfig, as KHaR takes it
         super().__init__()
-        self.head = nn.Linear(args["feature_dims"][1], 1)
+        self.head = nn.Linear(cfg.feature_dims[1], 1)
 
     def forward(self, text, audio, vision, audio_lengths=None, vision_lengths=None):
         return {"M": self.head(audio.mean(dim=1))}
+
+
+class DummySettings:
+    """Stands in for the KHaRConfig khar_settings makes of MMSA's args: the shapes DummyKHaR reads
+    (the dummy takes any other key, and pretrains nothing)."""
+
+    def __init__(self, args: Any) -> None:
+        self.feature_dims = list(args["feature_dims"])
+
+    def with_data_shapes(self, args: Any) -> "DummySettings":
+        return DummySettings(args)
 
 
 class DummyTrainer:
@@ -91,6 +102,8 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
     trainer_mod.KHaRTrainer = DummyTrainer
     monkeypatch.setitem(sys.modules, "khar_mmsa.model.khar", model_mod)
     monkeypatch.setitem(sys.modules, "khar_mmsa.training.trainer", trainer_mod)
+    monkeypatch.setattr(importlib.import_module("khar_mmsa.integration.model_and_trainer"), "khar_settings",
+                        DummySettings)
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", True)
     monkeypatch.setattr(DummyTrainer, "events", [])
     config = {
@@ -303,7 +316,7 @@ def test_gpu_ids_on_cpu_falls_back_with_one_warning(dummy_khar: Path, mmsa_run_k
     caplog.set_level(logging.WARNING, logger="MMSA")
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **mmsa_run_kwargs)
     cuda_warnings = [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
-    assert len(cuda_warnings) == 1 and cuda_warnings[0].name == "MMSA"
+    assert len(cuda_warnings) == 1 and cuda_warnings[0].name.split(".")[0] == "MMSA"  # MMSA's handlers get it
     caplog.clear()
     MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, gpu_ids=[]))
     assert not [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
@@ -524,7 +537,7 @@ def test_a_checkpoint_this_run_did_not_write_is_refused_and_kept(dummy_khar: Pat
                                                                  fast_mmsa, monkeypatch) -> None:
     model_dir = Path(mmsa_run_kwargs["model_save_dir"])
     model_dir.mkdir(parents=True)
-    stale = {f"Model.{k}": v for k, v in DummyKHaR({"feature_dims": [768, 5, 20]}).state_dict().items()}
+    stale = {f"Model.{k}": v for k, v in DummyKHaR(types.SimpleNamespace(feature_dims=[768, 5, 20])).state_dict().items()}
     torch.save(stale, model_dir / "khar-mosi.pth")
     before = (model_dir / "khar-mosi.pth").read_bytes()
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", False)
@@ -614,6 +627,7 @@ def recording_hooks(monkeypatch: pytest.MonkeyPatch) -> Dict[str, list]:
     pickles.load_pickle = load_pickle
     validation = types.ModuleType("khar_mmsa.data.validation")
     validation.validate_features = validate_features
+    validation.main_file_ids = lambda data: None  # the recorder reads no clip ids
     monkeypatch.setitem(sys.modules, "khar_mmsa.io.pickles", pickles)
     monkeypatch.setitem(sys.modules, "khar_mmsa.data.validation", validation)
     return calls

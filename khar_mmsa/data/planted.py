@@ -107,7 +107,7 @@ from khar_mmsa.data.validation import FeatureValidationError, builder_args, vali
 from khar_mmsa.io.files import atomic_open
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset", "planted_data",
            "noise_floor_mae", "main"]
@@ -116,7 +116,7 @@ __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset"
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Real shapes of one MMSA dataset (``../shared/notes/mmsa-2.2.1.md``, feature table)."""
+    """Real shapes of one MMSA dataset (as in MMSA 2.2.1's processed feature pickles)."""
     text_len: int
     audio_shape: Tuple[int, int]   # (T_a, d_a)
     vision_shape: Tuple[int, int]  # (T_v, d_v)
@@ -354,11 +354,12 @@ def build_from_cli(parser: Any, build: Any) -> Any:
 
 def _cli_logging() -> None:
     """Give the 'MMSA' logger one INFO stream handler (CLIs only; libraries never do this)."""
-    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+    mmsa_logger = logging.getLogger("MMSA")
+    if not any(isinstance(h, logging.StreamHandler) for h in mmsa_logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+        mmsa_logger.addHandler(handler)
+    mmsa_logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

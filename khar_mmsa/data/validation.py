@@ -21,7 +21,7 @@ from khar_mmsa.data.feature_keys import (check_role, flag, max_positions, requir
 from khar_mmsa.data.value_checks import ValueChecks
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["FeatureValidationError", "validate_features", "main_file_ids", "builder_args"]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: Grid points checked before Ray starts (all of them when the grid is this small or smaller,
 #: else this many, spread evenly over the grid).

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from khar_mmsa.mmsa_conventions import DATASET_ROOT_ENV, SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 _MODALITY_FILES = (("feature_T", "T"), ("feature_A", "A"), ("feature_V", "V"))
 FileKey = Tuple[str, int, int, int, int]
@@ -90,10 +90,8 @@ def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
 def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     """Read and validate every feature file of ``args`` once: ``{file key: loaded object}``."""
     from khar_mmsa.config import parse_bool
-    from khar_mmsa.data import validation
-    from khar_mmsa.data.validation import validate_features
+    from khar_mmsa.data.validation import main_file_ids, validate_features
     from khar_mmsa.io.pickles import load_pickle
-    main_file_ids = getattr(validation, "main_file_ids", None)
     loaded: Dict[FileKey, Any] = {}
     samples = ids = None
     trusted = parse_bool("trust_pickle", args.get("trust_pickle", False))
@@ -107,7 +105,7 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
         loaded[key] = data
         if role is None:
             samples = _split_sizes(data)
-            ids = main_file_ids(data) if main_file_ids else None  # same clips, same order
+            ids = main_file_ids(data)  # same clips, same order
     return loaded
 
 

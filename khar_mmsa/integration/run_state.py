@@ -16,7 +16,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from khar_mmsa.config import PATH_FIELDS, RUN_PLACE_KEYS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: ``args`` keys left out of a run's identity: where things are and how this process runs, and
 #: the KHaR fields that name a file's place (the pretrained adapters' file).

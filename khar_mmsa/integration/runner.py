@@ -47,7 +47,7 @@ from khar_mmsa.io.names import check_run_names
 from khar_mmsa.reporting.run_log import run_log
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 class SeedError(ValueError):

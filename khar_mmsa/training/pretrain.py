@@ -35,7 +35,7 @@ from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeight
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import make_adamw, parameter_groups
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: The config sections pretraining depends on: the harvesters' architecture (``model``: the
 #: encoders, ``adapters``: the adapter blocks), the data (``data``: dataset, modalities, shapes) and

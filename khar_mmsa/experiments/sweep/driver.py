@@ -18,7 +18,7 @@ from khar_mmsa.experiments.sweep.progress import SweepProgress
 from khar_mmsa.experiments.sweep.spec import RunSpec
 from khar_mmsa.io.names import check_run_names
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: The sweep's name when the caller gives none; it starts the progress line and every message.
 DEFAULT_NAME = "sweep"
