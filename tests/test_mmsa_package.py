@@ -635,6 +635,23 @@ def test_khar_mmsa_test_falls_back_to_cpu_and_matches_mmsa(tmp_path: Path, caplo
     assert prediction == MMSA.MMSA_test(config, str(weights), str(feature), gpu_id=-1)
 
 
+def test_khar_mmsa_test_never_lets_mmsa_plain_unpickle_the_users_file(tmp_path: Path, monkeypatch) -> None:
+    """For MMSA's own models khar_mmsa.test reads the user's file with the restricted unpickler;
+    MMSA's plain ``pickle.load`` only reads the checked sample written again from it."""
+    config, weights, feature = _tfn_test_files(tmp_path)
+    opened: List[str] = []
+
+    class RecordingPickle:
+        def load(self, file, *args, **kwargs):
+            opened.append(file.name)
+            return pickle.load(file, *args, **kwargs)
+    monkeypatch.setattr(RUN, "pickle", RecordingPickle())
+    prediction = khar_mmsa.test(config, str(weights), str(feature), gpu_id=-1)
+    assert len(opened) == 1 and Path(opened[0]).resolve() != feature.resolve()
+    monkeypatch.undo()
+    assert prediction == MMSA.MMSA_test(config, str(weights), str(feature), gpu_id=-1)
+
+
 def test_mmsa_own_mmsa_test_is_left_as_mmsa_made_it(tmp_path: Path) -> None:
     config, weights, feature = _tfn_test_files(tmp_path)
     with pytest.raises((AssertionError, RuntimeError)):  # MMSA's own: gpu_id=0 needs CUDA
