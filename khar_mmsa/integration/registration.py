@@ -14,8 +14,9 @@ changes: results files, checkpoints, tune mode and logging of MMSA's own models 
 covers it).
 
 *When* it runs: :func:`register_when_mmsa_is_imported` -- at once if MMSA is imported, else right
-after MMSA's ``__init__`` has run (``wrapt``'s post-import hook), so that ``import khar_mmsa.io.files``
-does not load MMSA, torch and transformers.  Import order does not matter for the routes: they
+after MMSA's ``__init__`` has run, so that ``import khar_mmsa.io.files`` does not load MMSA, torch
+and transformers.  The hook is ``wrapt``'s post-import hook (a well-kept library's; it fires on
+loading, not on a mere ``importlib.util.find_spec``), not a ``sys.meta_path`` finder of our own.  Import order does not matter for the routes: they
 change MMSA's function objects themselves (:mod:`.entry_points`).
 """
 from __future__ import annotations
