@@ -28,7 +28,6 @@ USER_ERRORS: Dict[str, Tuple[str, ...]] = {
     "khar_mmsa.integration.configs": ("ConfigOverlayMissingError", "ConfigFileError"),
     "khar_mmsa.integration.runner": ("SeedError",),
     "khar_mmsa.integration.results_files": ("ResultsFileError",),
-    "khar_mmsa.integration.mmsa_additions": ("ImportOrderError",),
     "khar_mmsa.experiments.sweep.driver_lock": ("SweepLocked",),
     "khar_mmsa.experiments.sweep.driver": ("SweepFailed",),
     "khar_mmsa.experiments.sweep.executors": ("RayUnavailable",),

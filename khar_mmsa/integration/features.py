@@ -7,11 +7,10 @@ validates each with :func:`khar_mmsa.data.validation.validate_features` (per-mod
 their modality, with the main file's split sizes) before any model is built.
 
 MMSA's ``MMDataset`` opens the files itself and calls ``pickle.load``.  Registration puts a
-:class:`FeatureServer` in ``MMSA.data_loader`` (and ``MMSA.run``) as its ``pickle``: inside ``with
+:class:`FeatureServer` in ``MMSA.data_loader`` as its ``pickle``: inside ``with
 serving(features)`` a file that was read here is served from memory (matched by path, device,
 inode, size and modification time); every other file -- MMSA's own models' through MMSA's own
-``MMSA_run`` -- is read with ``pickle.load`` as MMSA reads it.  The server stays in place after
-``importlib.reload`` of those modules (:mod:`.reloads`).
+``MMSA_run`` -- is read with ``pickle.load`` as MMSA reads it.
 """
 from __future__ import annotations
 
