@@ -95,6 +95,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """A ``-s`` value: an integer in ``[0, 2**32)`` (:func:`khar_mmsa.mmsa_conventions.check_seed`)."""
+    from khar_mmsa.mmsa_conventions import SeedError, check_seed
+    try:
+        return check_seed(int(text), "-s")
+    except ValueError as exc:  # int('x') and SeedError alike: argparse's one line, exit 2
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, SeedError) else f"{text!r} is not an integer")
+
+
 def check_distinct_seeds(parser: argparse.ArgumentParser, seeds: Sequence[int]) -> None:
     """A seed given twice is refused (its second run would only copy the first: std 0)."""
     repeated = sorted({s for s in seeds if list(seeds).count(s) > 1})
@@ -167,7 +176,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--tune", action="store_true",
                         help="Tune hyper parameters (selects on the validation split). Default: False")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="Number of candidates to tune. Default: 50")
-    parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
+    parser.add_argument("-s", "--seeds", action="append", type=_seed, default=[],
                         help=f"Random seed; repeat for several. Default: {list(MMSA_DEFAULT_SEEDS)}")
     parser.add_argument("-n", "--num-workers", type=int, default=None,
                         help="Data loader workers. Default: MMSA's 4 with CUDA, 0 without")
@@ -232,7 +241,7 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="fixed override of one config key in every trial (VALUE read as JSON)")
     parser.add_argument("--custom-feature", default="", help="feature pickle with all modalities")
-    parser.add_argument("-s", "--seed", type=int, default=1111, action=_Once,
+    parser.add_argument("-s", "--seed", type=_seed, default=1111, action=_Once,
                         help="the one training seed of every trial; give -s once (default 1111)")
     parser.add_argument("--samples", type=int, default=20, help="trials drawn from the grid (default 20)")
     parser.add_argument("--max-epochs", type=int, default=None,
@@ -280,7 +289,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser = subcommand_parser(
         "sweep", "MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
                  "--out makes it resumable; the driver writes one results table.", models="+")
-    parser.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
+    parser.add_argument("-s", "--seeds", type=_seed, nargs="+", action="extend", default=None, metavar="SEED",
                         help="seeds: -s 1111 -s 1112 (MMSA's way) or -s 1111 1112; each distinct "
                              f"(default: {' '.join(map(str, MMSA_DEFAULT_SEEDS))})")
     parser.add_argument("--custom-feature", required=True, help="feature pickle with all modalities (every run reads it)")
@@ -297,6 +306,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds else list(MMSA_DEFAULT_SEEDS)
     check_distinct_seeds(parser, seeds)
+    repeated = sorted({m for m in args.models if args.models.count(m) > 1})
+    if repeated:  # names are case-insensitive (-m khar KHAR): one model, listed twice
+        parser.error(f"model(s) {', '.join(repeated)} given more than once in -m; each model must be distinct")
     from khar_mmsa.io.names import check_run_names
     for model in args.models:
         check_run_names(model, args.dataset)
