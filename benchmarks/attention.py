@@ -68,7 +68,7 @@ def step_attention_share(encoder: Any, mode: str, batch_size: int, seq_lens: Seq
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from .speed import Stepper, make_batch
+    from .steppers import Stepper, make_batch
     batch = make_batch(encoder, batch_size, seq_lens)
     stepper = Stepper("khar", encoder, batch, torch.device("cpu"), mode)
     for _ in range(2):
@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parser.parse_args(argv)
     common.setup_cli_logging()
     common.resolve_paths(args, "attention")
-    from .speed import matmul_rate
+    from .rates import matmul_rate
     import torch
 
     settings = SETTINGS[args.mode]

@@ -281,8 +281,8 @@ def test_flop_count_of_cpu_attention_is_the_unfused_count() -> None:
     from torch.nn import functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks import speed
-    speed.register_cpu_attention_flops()
+    from benchmarks import rates
+    rates.register_cpu_attention_flops()
     q, k, v = (torch.randn(2, 3, 7, 4, requires_grad=True) for _ in range(3))
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
 
