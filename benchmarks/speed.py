@@ -88,11 +88,12 @@ TODAY_KHAR_PEAK_MIB = 5536  # KHaR's peak memory at quick settings before the fu
 
 def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, settings: Mapping[str, Any],
             device_name: str, khar_overrides: Optional[Mapping[str, Any]] = None,
-            own_loss_share: bool = True) -> Dict[str, Any]:
+            own_loss_share: bool = True, compile: bool = False, compile_backend: str = "inductor") -> Dict[str, Any]:
     """Build one model, warm up, time the steps; its FLOPs, the matmul rate around the timed steps,
-    peak memory; KHaR: the own-loss share.  With ``compile`` in ``khar_overrides``: the model is
-    compiled after the counted step (``compile_s``); if that or a compiled step raises, the result
-    has ``compile_error`` (the error's first line) and no times."""
+    peak memory; KHaR: the own-loss share.  With ``compile`` in ``khar_overrides`` (KHaR) or
+    ``compile=True`` (any model): the model is compiled after the counted step (``compile_s``); if
+    that or a compiled step raises, the result has ``compile_error`` (the error's first line) and
+    no times."""
     import torch
     device = torch.device(device_name)
     on_gpu = device.type == "cuda"
@@ -101,14 +102,14 @@ def measure(model_name: str, encoder: str, batch: Mapping[str, Any], mode: str, 
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stepper = Stepper(model_name, Path(encoder), batch, device, mode, khar_overrides)
-    compiles = model_name == "khar" and stepper.cfg.compile
+    compiles = compile or (model_name == "khar" and stepper.cfg.compile)
     res: Dict[str, Any] = {"model": model_name, "params": stepper.trainable_parameters(),
                            "batch": int(batch["labels"].shape[0])}
     flops = step_flops(stepper)  # the first warm-up step, uncompiled, counted (counting slows it; it is not timed)
     res["gflop_per_step"] = flops / 1e9
     try:
         if compiles:  # compiled once, then the full warm-up (a shape change may compile once more)
-            res["compile_s"] = stepper.compile_model()
+            res["compile_s"] = stepper.compile_model(compile_backend)
         for _ in range(settings["warmup"] - (0 if compiles else 1)):
             stepper.step()
         stepper.criterion_seconds.clear()

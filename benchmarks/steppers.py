@@ -5,7 +5,7 @@ docstring for what each step holds)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from . import common
 
@@ -69,14 +69,21 @@ class Stepper:
     """``step()`` runs one training step of one model on the fixed batch."""
 
     def __init__(self, model_name: str, encoder: Path, batch: Mapping[str, Any], device: Any, mode: str,
-                 khar_overrides: Optional[Mapping[str, Any]] = None) -> None:
+                 khar_overrides: Optional[Mapping[str, Any]] = None,
+                 swap: Optional[Callable[[Any], None]] = None) -> None:
+        """``swap``: called with the built model before its optimizer exists (benchmarks/layers.py
+        swaps our layers for PyTorch's there, so the optimizer holds the swapped-in parameters)."""
         import torch
         from MMSA.models import AMIO
         self.name = model_name
         self.device = device
         self.args = build_args(model_name, encoder, batch, device, mode, khar_overrides)
         torch.manual_seed(0)
-        self.model = AMIO(self.args).to(device)
+        self.model = AMIO(self.args)
+        if swap is not None:
+            swap(self.model)
+        self.model = self.model.to(device)
+        self.net = self.model  # what the step runs: the model, or its torch.compile wrapper (compile_model)
         self.model.train()
         self.cpu_batch = batch
         b = {k: v.to(device) for k, v in batch.items()}
@@ -110,7 +117,6 @@ class Stepper:
         self.criterion = KHaRCriterion(self.cfg)
         self.optimizer = make_adamw(khar_parameter_groups(self.model, khar, self.cfg))
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.net = self.model  # what the step runs: the model, or its torch.compile wrapper (compile_model)
         # the trainer's batch helper: cut to the longest real clip on the CPU, then moved
         text, audio, vision, a_len, v_len = batch_inputs(
             {"text": self.cpu_batch["text_bert"], "audio": self.cpu_batch["audio"], "vision": self.cpu_batch["vision"],
@@ -139,11 +145,13 @@ class Stepper:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
 
-    def compile_model(self) -> float:
-        """Wrap KHaR's model in ``torch.compile`` (as the trainer does with ``compile=True``; same
-        parameters) and run one step, which compiles forward and backward; returns its seconds."""
+    def compile_model(self, backend: str = "inductor") -> float:
+        """Wrap the model in ``torch.compile`` (KHaR: as the trainer does with ``compile=True``; same
+        parameters) and run one step, which compiles forward and backward; returns its seconds.
+        ``backend``: torch.compile's (the GPU check's dry mode uses 'eager': dynamo traces, no code
+        generation)."""
         import torch
-        self.net = torch.compile(self.model)
+        self.net = torch.compile(self.model, backend=backend)
         return self.step()
 
     # Self-MM --------------------------------------------------------------------------------------
@@ -170,7 +178,7 @@ class Stepper:
     def _self_mm_step(self) -> None:
         b, tr, idx = self.b, self.trainer, self.indexes
         self.optimizer.zero_grad()
-        out = self.model(b["text_bert"], (b["audio"], b["audio_lengths"].cpu()), (b["vision"], b["vision_lengths"].cpu()))
+        out = self.net(b["text_bert"], (b["audio"], b["audio_lengths"].cpu()), (b["vision"], b["vision_lengths"].cpu()))
         loss = 0.0
         for m in "MTAV":
             loss = loss + tr.weighted_loss(out[m], tr.label_map[tr.name_map[m]][idx], indexes=idx, mode=tr.name_map[m])
@@ -186,7 +194,7 @@ class Stepper:
         import torch
         from torch.nn import functional as F
         self.optimizer.zero_grad()
-        out = self.model(*self.inputs)
+        out = self.net(*self.inputs)
         loss = F.l1_loss(out["M"], self.b["labels"])
         loss.backward()
         if self.name == "mult" and self.args.get("grad_clip", -1) != -1.0:

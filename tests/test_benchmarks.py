@@ -213,7 +213,7 @@ class _FakeCompile:
     def __init__(self, delay: float = 0.0, error: Optional[Exception] = None) -> None:
         self.delay, self.error, self.calls = delay, error, 0
 
-    def __call__(self, model):
+    def __call__(self, model, **kwargs):
         import time
         first = [True]
 
