@@ -17,13 +17,17 @@ Three KHaR models are built alike (same seed, the speed benchmark's batch and tr
 Before timing, each swapped model's evaluation-mode output is checked equal to ours (the same
 maths). Then one warm-up step each and ``rounds`` rounds of one step per model, interleaved so the
 load of a shared machine hits all three alike; the table shows medians and each variant's step
-over ours.
+over ours.  Dropout is a few per cent of a step, below what step times resolve on a shared
+machine, so a second table times it alone: forward and backward of ours and ``nn.Dropout`` at the
+shapes a step uses (encoder width and feed-forward, adapter width, expert hidden width),
+interleaved, medians.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import statistics
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import common
@@ -32,10 +36,13 @@ from .common import Timer
 logger = logging.getLogger("MMSA")
 
 SETTINGS = {
-    "smoke": {"batch": 4, "seq_lens": (8, 10, 12), "rounds": 2},
-    "quick": {"batch": 16, "seq_lens": (50, 375, 500), "rounds": 5},
-    "full": {"batch": 16, "seq_lens": (50, 375, 500), "rounds": 11},
+    # dropout: (shape, p) of the dropout calls of a step (b 16, vision cut to 494 frames; Table 5 widths)
+    "smoke": {"batch": 4, "seq_lens": (8, 10, 12), "rounds": 2, "dropout": [((4, 12, 16), 0.2)], "dropout_reps": 3},
+    "quick": {"batch": 16, "seq_lens": (50, 375, 500), "rounds": 5, "dropout_reps": 25,
+              "dropout": [((16, 494, 128), 0.2), ((16, 494, 64), 0.2), ((16, 494, 64), 0.1), ((16, 494, 32), 0.1),
+                          ((16, 494, 256), 0.1)]},
 }
+SETTINGS["full"] = dict(SETTINGS["quick"], rounds=11, dropout_reps=51)
 VARIANTS = ("ours", "nn.TransformerEncoderLayer", "nn.Dropout")
 
 
@@ -91,6 +98,24 @@ def same_outputs(a: Any, b: Any) -> float:
     return float((outs[0] - outs[1]).abs().max())
 
 
+def dropout_rates(shape: Sequence[int], p: float, reps: int) -> Dict[str, float]:
+    """Median seconds of forward + backward of ours and ``nn.Dropout`` at ``shape``, interleaved."""
+    import torch
+    from torch import nn
+
+    from khar_mmsa.model.dropout import Dropout
+    x = torch.randn(*shape, requires_grad=True)
+    grad = torch.ones(*shape)
+    layers = {"ours": Dropout(p).train(), "nn.Dropout": nn.Dropout(p).train()}
+    times: Dict[str, List[float]] = {k: [] for k in layers}
+    for _ in range(reps + 1):
+        for k, layer in layers.items():
+            t0 = time.perf_counter()
+            layer(x).backward(grad)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_common_args(parser)
@@ -117,7 +142,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         for _ in range(settings["rounds"]):
             for v, s in steppers.items():
                 times[v].append(s.step())
+        drops = [(shape, p, dropout_rates(shape, p, settings["dropout_reps"])) for shape, p in settings["dropout"]]
     med = {v: statistics.median(t) for v, t in times.items()}
+    drop_table = common.markdown_table(
+        ["dropout shape, p", "ours (ms, median)", "nn.Dropout (ms, median)", "nn.Dropout / ours"],
+        [[f"{tuple(shape)}, {p}", f"{d['ours'] * 1e3:.2f}", f"{d['nn.Dropout'] * 1e3:.2f}",
+          f"{d['nn.Dropout'] / d['ours']:.2f}"] for shape, p, d in drops])
     rows = [[v, f"{med[v] * 1000:.0f}", f"{min(times[v]) * 1000:.0f}", f"{med[v] / med['ours']:.3f}",
              "-" if v == "ours" else f"{diffs[v]:.1e}"] for v in VARIANTS]
     table = common.markdown_table(["KHaR step with", "step (ms, median)", "fastest (ms)", "step / ours",
@@ -127,13 +157,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             f"{'a tiny BERT and the smoke config' if args.mode == 'smoke' else 'the paper Table 5 config, all-MiniLM-L6-v2'}; "
             f"{settings['rounds']} interleaved rounds after one warm-up step each. nn.TransformerEncoderLayer: "
             "the same parameters, attention-probability dropout 0 (the maths of ours). "
-            f"1-min load average at start {machine['load_average_1min']}: compare the ratios, not the times.")
+            f"1-min load average at start {machine['load_average_1min']}: compare the ratios, not the times.\n\n"
+            f"Dropout alone, forward + backward, {settings['dropout_reps']} interleaved repetitions:\n\n" + drop_table)
     text = common.section("Our encoder layer and CPU dropout against PyTorch's, in a KHaR training step",
                           common.command_line("benchmarks.layers", argv), common.machine_line(machine), [],
                           "the speed benchmark's planted MOSI-shaped batch (timing only)", total.seconds, body)
     common.update_results_md(args.results_md, f"layers-{args.mode}", text)
     logger.info("\n" + table)
-    return {"median_s": med, "times": times, "diffs": diffs, "results_md": args.results_md}
+    return {"median_s": med, "times": times, "diffs": diffs, "dropout": drops, "results_md": args.results_md}
 
 
 if __name__ == "__main__":

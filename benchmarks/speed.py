@@ -244,6 +244,12 @@ def linear_memory_check(rows: Sequence[Mapping[str, Any]]) -> List[tuple]:
     return checks
 
 
+def share_target(threads: int) -> float:
+    """Issue 32's goal for KHaR's CPU step: >= 70 % of the fp32 matmul rate at one thread, >= 55 % at
+    two or more (the matmul rate scales with threads better than a step of many small ops does)."""
+    return 0.70 if threads <= 1 else 0.55
+
+
 def khar_rows(models: Sequence[str], switches: Sequence[str]) -> List[tuple]:
     """(row key, KHaR overrides) of the models table, in order: each model, and after "khar" one row
     per non-empty subset of ``switches`` (e.g. "khar+compile", "khar+amp", "khar+compile+amp")."""
@@ -356,14 +362,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     targets = []
     k = results.get("khar")
     if k:
-        targets.append(("KHaR training step at >= 50% of the measured fp32 matmul rate", k["share_of_matmul"] >= 0.5,
+        goal = share_target(torch.get_num_threads())
+        targets.append((f"KHaR training step at >= {goal:.0%} of the measured fp32 matmul rate "
+                        f"({torch.get_num_threads()} thread(s))", k["share_of_matmul"] >= goal,
                         f"{k['gflop_per_step']:.1f} GFLOP in {k['step_s'] * 1000:.0f} ms = {k['achieved_gflops']:.1f} GFLOP/s "
                         f"vs matmul {k['matmul_gflops']:.1f} GFLOP/s = {100 * k['share_of_matmul']:.1f}%"))
         for key, _ in rows_to_run[1:]:
             v = results[key]
             if key.startswith("khar+") and "compile_error" not in v:
-                targets.append((f"{row_title(key)} training step at >= 50% of the measured fp32 matmul rate",
-                                v["share_of_matmul"] >= 0.5,
+                targets.append((f"{row_title(key)} training step at >= {goal:.0%} of the measured fp32 matmul rate",
+                                v["share_of_matmul"] >= goal,
                                 f"{v['gflop_per_step']:.1f} GFLOP in {v['step_s'] * 1000:.0f} ms = "
                                 f"{v['achieved_gflops']:.1f} GFLOP/s vs matmul {v['matmul_gflops']:.1f} GFLOP/s = "
                                 f"{100 * v['share_of_matmul']:.1f}% (plain KHaR: {k['step_s'] * 1000:.0f} ms)"))
