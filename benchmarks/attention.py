@@ -137,11 +137,7 @@ def profile_table(step: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    common.setup_cli_logging()
-    common.resolve_paths(args, "attention")
+    args, _ = common.parse_cli(argparse.ArgumentParser(description=__doc__.split("\n")[0]), argv, lambda a: "attention")
     from .rates import matmul_rate
     import torch
 

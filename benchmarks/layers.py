@@ -116,22 +116,21 @@ def dropout_rates(shape: Sequence[int], p: float, reps: int) -> Dict[str, float]
     return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common.add_common_args(parser)
-    args = parser.parse_args(argv)
-    common.setup_cli_logging()
-    common.resolve_paths(args, "layers")
+def build_steppers(encoder: Any, mode: str, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """One KHaR :class:`~benchmarks.steppers.Stepper` per variant, on the speed benchmark's batch."""
     import torch
 
     from .steppers import Stepper, make_batch
+    batch = make_batch(encoder, settings["batch"], settings["seq_lens"])
+    return {v: Stepper("khar", encoder, batch, torch.device("cpu"), mode, swap=swap_for(v)) for v in VARIANTS}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    args, _ = common.parse_cli(argparse.ArgumentParser(description=__doc__.split("\n")[0]), argv, lambda a: "layers")
     settings = SETTINGS[args.mode]
-    machine = common.machine_description()
-    encoder = common.text_encoder(args)
-    cpu = torch.device("cpu")
+    machine, encoder = common.machine_description(), common.text_encoder(args)
     with Timer() as total:
-        batch = make_batch(encoder, settings["batch"], settings["seq_lens"])
-        steppers = {v: Stepper("khar", encoder, batch, cpu, args.mode, swap=swap_for(v)) for v in VARIANTS}
+        steppers = build_steppers(encoder, args.mode, settings)
         diffs = {v: same_outputs(steppers["ours"], s) for v, s in steppers.items() if v != "ours"}
         for v, d in diffs.items():
             if d > 1e-4:
