@@ -296,6 +296,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--compile", action="store_true",
                         help='also KHaR with compile=True (torch.compile): row "KHaR (compile)" beside "KHaR", '
                              'compile time apart from the step time')
+    parser.add_argument("--tag", default=None,
+                        help="suffix of this run's RESULTS.md section and table files (e.g. 2-threads beside the one-thread table)")
     common.add_common_args(parser)
     args = parser.parse_args(argv)
     if args.scaling_only:
@@ -409,7 +411,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                             late <= 1.25 * early,
                             f"growth {late:.2f} MiB/frame from {f2} to {f3} frames vs {early:.2f} MiB/frame from "
                             f"{f1} to {f2} (quadratic growth would double it; limit 1.25x)"))
-    stem = f"speed-{'scaling-' if args.scaling_only else ''}{args.mode}" + "".join(f"-{s}" for s in switches)
+    stem = (f"speed-{'scaling-' if args.scaling_only else ''}{args.mode}" + "".join(f"-{s}" for s in switches)
+            + (f"-{args.tag}" if args.tag else ""))
     csv_path = args.tables_dir / f"{stem}.csv"
     import csv
     keys = ["model", "params", "batch", "frames", "compile_s", "compile_error", "graphs_compiled_in_timed_steps", "step_s", "samples_per_s", "gflop_per_step", "achieved_gflops",

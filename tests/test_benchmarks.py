@@ -266,7 +266,9 @@ def test_speed_reports_a_failing_compile_in_its_row(tmp_path: Path, tiny_bert: P
     error = RuntimeError("backend='inductor' raised:\nInvalidCxxCompiler: No working C++ compiler found\nmore detail")
     monkeypatch.setattr(torch, "compile", _FakeCompile(error=error))
     res = speed.main(["--smoke", "--models", "khar", "--compile", "--out", str(tmp_path / "s"),
-                      "--encoder", str(tiny_bert)])
+                      "--encoder", str(tiny_bert), "--tag", "2-threads"])
+    assert res["table_md"].name == "speed-smoke-compile-2-threads.md"  # --tag: its own section and files
+    assert "<!-- benchmark:speed-smoke-compile-2-threads:start -->" in res["results_md"].read_text()
     failed = res["results"]["khar+compile"]
     assert failed["compile_error"] == ("RuntimeError: backend='inductor' raised: "
                                        "InvalidCxxCompiler: No working C++ compiler found")
