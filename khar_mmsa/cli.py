@@ -144,6 +144,16 @@ def _none_if_empty(value: Any) -> Any:
     return None if value in ("", None) else value
 
 
+def check_feature_files(**flags: Any) -> None:
+    """Each feature file given on the command line (``custom_feature='x.pkl'`` for
+    ``--custom-feature``) exists: else one ``FileNotFoundError`` naming the flag, before torch or
+    MMSA is imported and before any results, model or log folder is made."""
+    for name, value in flags.items():
+        if _none_if_empty(value) is not None and not Path(value).is_file():
+            flag = "-F" + name[-1].lower() if name.startswith("feature_") else "--" + name.replace("_", "-")
+            raise FileNotFoundError(f"{flag} {value}: no such feature file (nothing was trained, no folder made)")
+
+
 # ============================================================================================
 # python -m khar_mmsa [MMSA's flags]
 # ============================================================================================
@@ -202,6 +212,8 @@ def train_main(argv: Sequence[str]) -> int:
     check_distinct_seeds(parser, args.seeds)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)  # before the error log's name is made of them
+    check_feature_files(custom_feature=args.custom_feature, feature_T=args.feature_T, feature_A=args.feature_A,
+                        feature_V=args.feature_V)
     apply_threads(args.threads)
     ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
@@ -255,6 +267,7 @@ def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)
+    check_feature_files(custom_feature=args.custom_feature)
     from khar_mmsa.experiments import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
@@ -300,6 +313,7 @@ def sweep_main(argv: Sequence[str]) -> int:
     from khar_mmsa.io.names import check_run_names
     for model in args.models:
         check_run_names(model, args.dataset)
+    check_feature_files(custom_feature=args.custom_feature)
     apply_threads(args.threads)
     from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
@@ -311,8 +325,6 @@ def sweep_main(argv: Sequence[str]) -> int:
             for cfg in per_model.values():
                 cfg.update(_overrides([pair]))
     feature = Path(args.custom_feature).resolve()
-    if not feature.is_file():
-        raise FileNotFoundError(f"--custom-feature {args.custom_feature}: no such file")
     specs = [RunSpec(model=m, dataset=args.dataset, seed=s, feature_path=str(feature), config=per_model[m],
                      out_dir=str(args.out / f"{m}-seed{s}"), threads=args.threads)
              for m in args.models for s in seeds]
