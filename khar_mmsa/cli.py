@@ -163,9 +163,11 @@ def train_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train and test MMSA models, KHaR included (the flags of `python -m MMSA`).",
         epilog=(f"models: {', '.join(models)}\ndatasets: {', '.join(datasets)}\n\n"
-                "subcommands (Ray; pip install -e \".[ray]\"):\n"
-                "  python -m khar_mmsa tune --help    Ray Tune search on the validation KeyEval (ASHA)\n"
-                "  python -m khar_mmsa sweep --help   models x seeds as Ray tasks, resumable\n\n"
+                "subcommands:\n"
+                "  python -m khar_mmsa tune --help    Ray Tune search on the validation KeyEval (ASHA; "
+                "needs pip install -e \".[ray]\")\n"
+                "  python -m khar_mmsa sweep --help   models x seeds, resumable: a local loop, or Ray tasks "
+                "with --executor ray (needs .[ray])\n\n"
                 "--traceback (any command): the full traceback instead of a one-line error"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", type=str.lower, default="lf_dnn", choices=models, metavar="MODEL",
