@@ -12,6 +12,7 @@ import khar_mmsa  # noqa: F401  registers 'khar'
 from conftest import TINY_KHAR_SIZE
 from khar_mmsa import cli
 from MMSA import MMSA_run
+from test_sweep import sweep_with_runner
 
 pytestmark = pytest.mark.usefixtures("fast_mmsa")
 SEEDS = (1, 2, 3)
@@ -48,13 +49,8 @@ def _planted_run(spec, feature_path):
 
 
 def test_sweep_cli_summary_is_mmsas_formula_on_the_unrounded_results(tmp_path, monkeypatch) -> None:
-    from khar_mmsa.experiments import sweep
-    monkeypatch.setattr(sweep, "mmsa_run_one", _planted_run)
-    data = tmp_path / "features.pkl"
-    data.write_bytes(b"0" * 10)
-    out = tmp_path / "sweep"
-    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1", "2", "--custom-feature", str(data),
-                     "--out", str(out)]) == 0
+    code, out = sweep_with_runner(tmp_path, monkeypatch, _planted_run, PLANTED_MAE)
+    assert code == 0
     summary = pd.read_csv(out / "summary.csv").iloc[0]
     values = list(PLANTED_MAE.values())
     mmsa = (round(np.mean(values) * 100, 2), round(np.std(values) * 100, 2))  # MMSA/run.py's row
