@@ -214,6 +214,7 @@ def train_main(argv: Sequence[str]) -> int:
     check_distinct_seeds(parser, args.seeds)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)  # before the error log's name is made of them
+    overrides = _overrides(args.overrides)  # a bad --set value first: it is the command line's own error
     check_feature_files(custom_feature=args.custom_feature, feature_T=args.feature_T, feature_A=args.feature_A,
                         feature_V=args.feature_V)
     apply_threads(args.threads)
@@ -221,7 +222,7 @@ def train_main(argv: Sequence[str]) -> int:
         f"{args.model}-{args.dataset}.log"
     MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
-        config_file=_none_if_empty(args.config), config=_overrides(args.overrides) or None, seeds=args.seeds,
+        config_file=_none_if_empty(args.config), config=overrides or None, seeds=args.seeds,
         is_tune=args.tune, tune_times=args.tune_times, custom_feature=_none_if_empty(args.custom_feature),
         feature_T=_none_if_empty(args.feature_T), feature_A=_none_if_empty(args.feature_A),
         feature_V=_none_if_empty(args.feature_V), gpu_ids=args.gpu_ids, verbose_level=args.verbose,
@@ -269,11 +270,12 @@ def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)
+    overrides = _overrides(args.overrides)
     check_feature_files(custom_feature=args.custom_feature)
     from khar_mmsa.experiments import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
-        args.model, args.dataset, config_file=_none_if_empty(args.config), config=_overrides(args.overrides),
+        args.model, args.dataset, config_file=_none_if_empty(args.config), config=overrides,
         custom_feature=_none_if_empty(args.custom_feature), seed=args.seed, num_samples=args.samples,
         max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -315,9 +317,6 @@ def sweep_main(argv: Sequence[str]) -> int:
     from khar_mmsa.io.names import check_run_names
     for model in args.models:
         check_run_names(model, args.dataset)
-    check_feature_files(custom_feature=args.custom_feature)
-    apply_threads(args.threads)
-    from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
     for pair in args.overrides or []:
         target, sep, rest = pair.partition(":")
@@ -326,6 +325,9 @@ def sweep_main(argv: Sequence[str]) -> int:
         else:
             for cfg in per_model.values():
                 cfg.update(_overrides([pair]))
+    check_feature_files(custom_feature=args.custom_feature)
+    apply_threads(args.threads)
+    from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     feature = Path(args.custom_feature).resolve()
     specs = [RunSpec(model=m, dataset=args.dataset, seed=s, feature_path=str(feature), config=per_model[m],
                      out_dir=str(args.out / f"{m}-seed{s}"), threads=args.threads)

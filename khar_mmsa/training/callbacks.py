@@ -203,7 +203,7 @@ class RecordHistory(Callback):
         self.best_epoch = 0
 
     def on_fit_end(self, state: TrainingState, loop: Loop) -> None:
-        if loop.task.main_training:  # not adapter pretraining
+        if any("valid_metrics" in h for h in state.history):  # the main training, not adapter pretraining
             self.history, self.best_epoch = [dict(h) for h in state.history], int(state.best_epoch)
 
     def curve(self) -> Dict[str, Any]:
