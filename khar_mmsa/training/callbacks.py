@@ -166,13 +166,16 @@ class EpochLog(Callback):
 
 
 class EpochHook(Callback):
-    """Calls ``hook(epoch, validation_results)`` after each epoch (a tuner's report)."""
+    """Calls ``hook(epoch, validation_results)`` after each epoch of the main training (a tuner's
+    report: its epochs and its KeyEval); adapter pretraining, which runs the same callbacks, never
+    reaches it (its validation has only ``MAE``, and its epochs are not the run's)."""
 
     def __init__(self, hook: Callable[[int, Mapping[str, Any]], None]) -> None:
         self.hook = hook
 
     def on_epoch_end(self, state: TrainingState, loop: Loop) -> None:
-        self.hook(state.epoch, state.valid)
+        if loop.task.main_training:
+            self.hook(state.epoch, state.valid)
 
 
 def _plain_metrics(results: Mapping[str, Any]) -> Dict[str, float]:

@@ -70,15 +70,25 @@ class TrainingState:
 
 #: Validation metrics (MMSA's KeyEval) where lower is better; every other KeyEval: higher is better.
 LOWER_IS_BETTER = ("Loss", "MAE")
+#: The smallest change that counts as an improvement: a tie within it goes to the earlier epoch.
+MIN_DELTA = 1e-6
 
 
 @dataclass(frozen=True)
 class Monitor:
-    """The validation value that selects the best epoch: one rule for every training."""
+    """The validation value that selects the best epoch: one rule for every training and for the
+    tune searches' selection of a candidate (:meth:`for_key`, :meth:`best_index`).  MMSA's KeyEval
+    ``Loss`` is the L1 of the prediction; lower is better for ``Loss`` and ``MAE``, higher for any
+    other key; a value better by at most ``min_delta`` is a tie and the earlier one stays."""
 
     key: str                              # key of the validation results
     lower_is_better: bool = True
-    min_delta: float = 1e-6               # a change this small is no improvement
+    min_delta: float = MIN_DELTA          # a change this small is no improvement
+
+    @classmethod
+    def for_key(cls, key_eval: str) -> "Monitor":
+        """The rule for MMSA's KeyEval ``key_eval`` (lower is better for :data:`LOWER_IS_BETTER`)."""
+        return cls(key_eval, key_eval in LOWER_IS_BETTER)
 
     def improves(self, value: float, best: Optional[float]) -> bool:
         """A finite ``value`` better than ``best`` by more than ``min_delta`` (any finite one when
@@ -88,6 +98,15 @@ class Monitor:
         if best is None:
             return True
         return value < best - self.min_delta if self.lower_is_better else value > best + self.min_delta
+
+    def best_index(self, values: Iterable[float]) -> Optional[int]:
+        """Position of the best of ``values`` in order, as :func:`fit` selects an epoch: the first
+        that no later value :meth:`improves` on (None: no finite value)."""
+        best, index = None, None
+        for i, value in enumerate(values):
+            if self.improves(float(value), best):
+                best, index = float(value), i
+        return index
 
 
 @dataclass
@@ -112,6 +131,9 @@ class Task:
     model: nn.Module
     #: first words of the non-finite-loss error
     name: str = "Training"
+    #: the run's own training (False: a stage before it, adapter pretraining, whose validation
+    #: results are not the run's KeyEval; a tuner's per-epoch report skips it)
+    main_training: bool = True
 
     def training_step(self, batch: Any, state: TrainingState) -> StepOutput:
         raise NotImplementedError

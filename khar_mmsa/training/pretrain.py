@@ -72,6 +72,8 @@ class HarvestTask(Task):
     """Adapter pretraining of one modality as a :class:`~khar_mmsa.training.loop.Task`: the MSE of
     the head's prediction trains, the MAE (per sample) is reported and selects the best epoch."""
 
+    main_training = False  # a stage before the run: a tuner's report does not see its epochs
+
     def __init__(self, harvester: nn.Module, head: HarvestHead, modality: str, key: str, valid_loader: Iterable,
                  device: torch.device, cfg: KHaRConfig, show_progress: bool = False) -> None:
         self.model = nn.ModuleDict({"harvester": harvester, "head": head})
@@ -117,7 +119,7 @@ def pretrain_modality(khar: KHaR, modality: str, dataloader: Mapping, cfg: KHaRC
     own = [ProgressBar(f"KHaR harvest-{modality} epoch {{epoch}}/{{epochs}} train", show_progress),
            EpochLog(line), EarlyStopping(cfg.early_stop), best]
     state = fit(task, dataloader["train"], optimizer, TrainingState(max_epochs=cfg.pretrain_epochs),
-                Monitor("MAE", lower_is_better=True), callbacks=own + list(callbacks))
+                Monitor.for_key("MAE"), callbacks=own + list(callbacks))
     if best.state is None:
         raise FloatingPointError(
             f"Adapter pretraining of modality '{modality}' (label '{key}') never reached a finite validation MAE "

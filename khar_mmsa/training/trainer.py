@@ -45,7 +45,7 @@ from khar_mmsa.reporting.progress import progress, progress_enabled
 from khar_mmsa.training.callbacks import (BestCheckpoint, EarlyStopping, EpochLog, EpochResults, ProgressBar,
                                           ResumeState, TrainingCurves)
 from khar_mmsa.training.checkpoints import SeedCheckpoint
-from khar_mmsa.training.loop import LOWER_IS_BETTER, Callback, Monitor, StepOutput, Task, TrainingState, fit
+from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import make_adamw, parameter_groups, warmup_linear_decay_scheduler
 from khar_mmsa.training.pretrain import default_adapter_path, harvest_knowledge
 from khar_mmsa.training.seeding import seed_everything
@@ -123,7 +123,8 @@ class KHaRTrainer(Task):
         self.save_path = Path(args["model_save_path"])
         self.checkpoint = SeedCheckpoint(self.save_path)  # owns checkpoint, resume state, config
         self.resume_path = self.checkpoint.resume_path
-        self.lower_is_better = self.cfg.key_eval in LOWER_IS_BETTER
+        self.monitor = Monitor.for_key(self.cfg.key_eval)  # what selects the best epoch
+        self.lower_is_better = self.monitor.lower_is_better
         self.seed = int(args["seed"]) if args.get("seed") is not None else torch.initial_seed()
         self.verbose_level: Optional[int] = args.get("verbose_level")
         self.log_dir = Path(args.get("log_dir") or self.save_path.parent)
@@ -218,7 +219,7 @@ class KHaRTrainer(Task):
         callbacks.append(ResumeState(self.checkpoint, self._fingerprint(), "KHaR", cfg.key_eval,
                                      save=cfg.save_resume_state))
         state = fit(self, train_loader, optimizer, TrainingState(max_epochs=cfg.epochs),
-                    Monitor(cfg.key_eval, self.lower_is_better), scheduler, cfg.grad_clip, callbacks + self.callbacks)
+                    self.monitor, scheduler, cfg.grad_clip, callbacks + self.callbacks)
         return state.epoch_results if return_epoch_results else None
 
     def _epoch_line(self, state: TrainingState) -> str:

@@ -28,8 +28,10 @@ def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
     ``spec.model`` on ``spec.dataset`` with ``config=spec.config, seeds=[spec.seed]`` on
     ``feature_path`` into ``spec.out_dir`` (its own checkpoints, logs and results CSV).
 
-    Returns ``{"row": <the results-CSV row>, "metrics": {metric: value}}``, ``metrics`` in the
-    natural units ``do_test`` gives (the row's x100 means divided by 100).  KHaR's result also has
+    Returns ``{"row": <the results-CSV row>, "metrics": {metric: value}, "test": {metric: value}}``,
+    ``metrics`` in the natural units ``do_test`` gives (the row's x100 means divided by 100),
+    ``test`` the seed's test results unrounded (what the sweep's summary averages, as MMSA
+    averages a multi-seed run's).  KHaR's result also has
     its per-epoch ``curve``, ``best_epoch``, ``epochs_run`` and ``valid`` (the validation metrics
     of the selected epoch), from a :class:`~khar_mmsa.training.callbacks.RecordHistory` callback.
     """
@@ -38,18 +40,18 @@ def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
     dirs = {k: out / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    config, recorder = dict(spec.config), None
+    config, recorder, test = dict(spec.config), None, {}
     if spec.model == "khar":
         from khar_mmsa.training.callbacks import RecordHistory
         recorder = RecordHistory()
         config["callbacks"] = [recorder]  # args['callbacks']: not part of the run's identity
     row = run(spec.model, spec.dataset, config=config, seeds=[int(spec.seed)],
               custom_feature=str(feature_path), gpu_ids=[0], num_workers=0, verbose_level=0,
-              **{k: str(v) for k, v in dirs.items()})
+              on_seed_result=lambda seed, result: test.update(result), **{k: str(v) for k, v in dirs.items()})
     row = {k: (v.item() if hasattr(v, "item") else v) for k, v in dict(row).items()}
     metrics = {k: float(v) / 100.0 for k, v in row.items()
                if k not in ("Model", "seeds") and not k.endswith("_std") and isinstance(v, (int, float))}
-    return {"row": row, "metrics": metrics, **(recorder.curve() if recorder is not None else {})}
+    return {"row": row, "metrics": metrics, "test": test, **(recorder.curve() if recorder is not None else {})}
 
 
 def resolve_runner(name: str) -> Callable[[RunSpec, str], Dict[str, Any]]:

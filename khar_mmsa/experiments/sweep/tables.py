@@ -1,5 +1,7 @@
 """The sweep's tables, written by the driver alone: ``results.csv`` (one row per finished run) and
 ``summary.csv`` (mean and population std over seeds per model and variant), in MMSA's x100 scale.
+The summary is computed from each run's unrounded test results, as MMSA computes a multi-seed row,
+so it equals MMSA's results CSV for the same seeds; ``results.csv`` shows them to 4 decimals.
 
 Columns come in one fixed order -- the identity columns, then the metrics by name -- whether a
 run's outcome was made in this session or read back from the manifest (which stores it with
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 from khar_mmsa.experiments.sweep.spec import RunSpec
 from khar_mmsa.io.files import atomic_write_text
@@ -29,9 +31,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def spec_table(specs: Sequence[RunSpec], outcome: "SweepOutcome") -> List[Dict[str, Any]]:
-    """One row per finished spec: identity, wall time, host and the run's metrics in MMSA's scale
-    (x100, as in MMSA's results CSV); specs that did not finish are left out."""
+def spec_table(specs: Sequence[RunSpec], outcome: "SweepOutcome", scale: float = MMSA_SCALE,
+               decimals: Optional[int] = RUN_DECIMALS) -> List[Dict[str, Any]]:
+    """One row per finished spec: identity, wall time, host and the run's metrics -- its unrounded
+    test results (``test``) where its runner gave them, else ``metrics`` -- times ``scale`` (MMSA's
+    x100 by default), rounded to ``decimals`` (None: unrounded); specs that did not finish are left
+    out."""
     rows = []
     for spec in specs:
         done = outcome.results.get(spec.run_id)
@@ -39,16 +44,22 @@ def spec_table(specs: Sequence[RunSpec], outcome: "SweepOutcome") -> List[Dict[s
             continue
         row = {"model": spec.model, "dataset": spec.dataset, "variant": spec.variant, "seed": spec.seed,
                "run_id": spec.run_id, "wall_s": done.get("wall_s"), "host": done.get("host")}
-        for key, value in done["result"].get("metrics", {}).items():
-            row[key] = round(float(value) * MMSA_SCALE, RUN_DECIMALS) if _is_number(value) else value
+        result = done["result"]
+        for key, value in (result.get("test") or result.get("metrics", {})).items():
+            if _is_number(value):
+                value = float(value) * scale
+                value = value if decimals is None else round(value, decimals)
+            row[key] = value
         rows.append(row)
     return rows
 
 
-def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def summary_table(rows: Sequence[Mapping[str, Any]], scale: float = 1.0) -> List[Dict[str, Any]]:
     """:func:`spec_table`'s rows per model and variant as MMSA's results CSV has them: ``Model``,
     ``seeds`` (the seeds, space-separated), ``n_seeds``, then each metric's mean and
-    ``<metric>_std`` (population std, ``np.std``), rounded to 2 decimals as MMSA does."""
+    ``<metric>_std`` (population std, ``np.std``) times ``scale``, rounded to 2 decimals as MMSA
+    does.  :func:`write_tables` passes unrounded rows in natural units and ``scale=100``: MMSA's
+    ``round(np.mean(values) * 100, 2)``."""
     from khar_mmsa.integration.results_files import mean_std_x100
     groups: Dict[tuple, List[Mapping[str, Any]]] = {}
     for row in rows:
@@ -64,7 +75,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
             values = [r.get(key) for r in members]
             if not all(_is_number(v) for v in values):
                 continue
-            summary[key], summary[f"{key}_std"] = mean_std_x100(values, scale=1.0)  # rows are x100 already
+            summary[key], summary[f"{key}_std"] = mean_std_x100(values, scale=scale)
         out.append(summary)
     return out
 
@@ -81,7 +92,7 @@ def write_tables(specs: Sequence[RunSpec], outcome: "SweepOutcome", folder: os.P
     ``folder``, both in MMSA's x100 scale; written atomically, also when some runs failed."""
     import pandas as pd
     rows = spec_table(specs, outcome)
-    summary = summary_table(rows)
+    summary = summary_table(spec_table(specs, outcome, scale=1.0, decimals=None), scale=MMSA_SCALE)
     folder = Path(folder)
     paths = {"results": folder / "results.csv", "summary": folder / "summary.csv"}
     atomic_write_text(paths["results"], pd.DataFrame(rows, columns=_columns(rows, RUN_COLUMNS)).to_csv(index=False))

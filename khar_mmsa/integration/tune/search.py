@@ -23,7 +23,7 @@ from khar_mmsa.io.files import atomic_write_text
 from khar_mmsa.io.state_files import WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
-from khar_mmsa.training.loop import LOWER_IS_BETTER, Monitor
+from khar_mmsa.training.loop import Monitor
 from khar_mmsa.training.seeding import seed_everything
 
 logger = logging.getLogger("MMSA")
@@ -64,7 +64,7 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
     # The data is read and checked once, before the first candidate: a missing or bad feature file
     # is one error now, not a failure of every candidate.
     features = candidate_features(candidate_args(base, points[0], config)) if points else None
-    monitor = Monitor(key_eval, key_eval in LOWER_IS_BETTER, min_delta=0.0)
+    monitor = Monitor.for_key(key_eval)  # the epochs' rule: a tie within 1e-6 keeps the earlier candidate
 
     for i, point in enumerate(points):
         args = candidate_args(base, point, config)
@@ -113,7 +113,7 @@ def select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[str
     checkpoint on the test split (the only test score of the search)."""
     scored = table[table[f"Valid_{key_eval}"].notna()]
     values = scored[f"Valid_{key_eval}"].astype(float)
-    pos = values.idxmin() if key_eval in LOWER_IS_BETTER else values.idxmax()
+    pos = values.index[Monitor.for_key(key_eval).best_index(values)]  # the rule that kept best_ckpt
     selected = table.loc[pos]
     point = json.loads(selected["candidate"])  # hyperparameters only: read_tune_csv checked every row
     config_path = write_mmsa_config(csv_file.with_name(f"{dataset_name}-{model_name}-best.json"),

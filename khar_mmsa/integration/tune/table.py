@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from khar_mmsa.io.files import atomic_open
 from khar_mmsa.io.state_files import StateFileError
-from khar_mmsa.training.loop import LOWER_IS_BETTER
+from khar_mmsa.training.loop import Monitor
 
 #: Failures that belong to a candidate's settings, not to the machine or the data: such a
 #: candidate is recorded with its ``error`` and not tried again.  Any other failure (data, disk,
@@ -103,7 +103,8 @@ def best_valid(table: Any, key_eval: str) -> Optional[float]:
     if table is None or col not in table.columns or table[col].dropna().empty:
         return None
     values = table[col].dropna().astype(float)
-    return float(values.min() if key_eval in LOWER_IS_BETTER else values.max())
+    best = Monitor.for_key(key_eval).best_index(values)  # the epochs' rule (ties: the earlier row)
+    return None if best is None else float(values.iloc[best])
 
 
 def append_row(table: Any, row: Mapping[str, Any]) -> Any:
