@@ -54,6 +54,12 @@ def khar_trainer(args: Mapping[str, Any], metrics: Optional[Callable] = None) ->
     return KHaRTrainer(args, config=khar_settings(args), metrics=metrics)
 
 
+#: KHaRTrainer's ``do_test`` reports MMSA's metrics for the dataset, then ``Loss``, as MMSA's trainers
+#: do, so the run checks an existing results header
+#: against them before training (:func:`khar_mmsa.integration.run_metrics.result_columns`).
+khar_trainer.reports_mmsa_metrics = True  # type: ignore[attr-defined]
+
+
 def build_model_and_trainer(args: Any, settings: Optional[Any] = None) -> Tuple[Any, Any, Optional[Any]]:
     """``(model on args['device'], trainer, settings)`` for one seed of ``args`` (after MMSA's
     loader filled ``feature_dims``/``seq_lens``).
