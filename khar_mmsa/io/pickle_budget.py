@@ -17,7 +17,7 @@ Two sums are kept, each held to :data:`MEMORY_MULTIPLE` times the bytes *actuall
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 __all__ = ["UnsafePickleError", "PickleReadError", "PickleSizeError", "MAX_NESTING", "MEMORY_MULTIPLE", "FLOOR_BYTES",
            "COST", "TRUST_HINT", "Budget", "Stats", "human"]
@@ -106,6 +106,13 @@ def atom_stats(item: int, string: bool = False) -> Stats:
     return Stats(leaves=1, item=item, strings=string, numbers=not string)
 
 
+Where = Union[str, Callable[[], str]]  # the opcode and offset, computed only for a message
+
+
+def _at(where: Where) -> str:
+    return where() if callable(where) else where
+
+
 class Budget:
     """Bytes read so far, and the memory and expansion charged against them."""
 
@@ -117,33 +124,33 @@ class Budget:
     def limit(self) -> int:
         return self.multiple * self.read + self.floor
 
-    def _refuse(self, what: str, amount: int, where: str) -> None:
+    def _refuse(self, what: str, amount: int, where: Where) -> None:
         raise PickleSizeError(
-            f"{self.source}: {where}: {what} {human(amount)}, more than {self.multiple}x the "
+            f"{self.source}: {_at(where)}: {what} {human(amount)}, more than {self.multiple}x the "
             f"{human(self.read)} read so far (+ {human(self.floor)}); refusing to allocate it. A "
             f"feature pickle's arrays are backed by its own bytes; this file is corrupt or crafted. "
             + TRUST_HINT)
 
-    def charge(self, nbytes: int, where: str, what: str = "the objects built so far take") -> None:
+    def charge(self, nbytes: int, where: Where, what: str = "the objects built so far take") -> None:
         self.memory += nbytes
         if self.memory > self.limit():
             self._refuse(what, self.memory, where)
 
-    def expansion(self, stats: Stats, kind: str, where: str) -> None:
+    def expansion(self, stats: Stats, kind: str, where: Where) -> None:
         size = stats.expanded()
         if size > self.limit():
             self._refuse(f"{kind} that stacks (np.asarray) to", size, where)
         if stats.depth > MAX_NESTING:
             raise PickleSizeError(
-                f"{self.source}: {where}: containers nest more than {MAX_NESTING} deep "
+                f"{self.source}: {_at(where)}: containers nest more than {MAX_NESTING} deep "
                 f"(MAX_NESTING); a feature pickle nests 3 (file, split, list of values). Refusing "
                 f"it: code walking it would exhaust Python's recursion limit. The file is corrupt "
                 f"or crafted.")
 
-    def data(self, nbytes: int, available: Optional[int], where: str) -> None:
+    def data(self, nbytes: int, available: Optional[int], where: Where) -> None:
         """A declared length about to be read: refuse more than the stream has left (when known)."""
         if available is not None and nbytes > available:
             raise PickleSizeError(
-                f"{self.source}: {where} declares {nbytes} bytes of data ({human(nbytes)}), but "
+                f"{self.source}: {_at(where)} declares {nbytes} bytes of data ({human(nbytes)}), but "
                 f"only {human(available)} of the file are left; refusing to allocate it. The file "
                 f"is truncated, corrupt or crafted; re-download or regenerate it.")

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["ALLOWED_GLOBALS", "LATIN1", "DTYPE_CODE", "Name", "Pending", "Refusal", "resolve",
+__all__ = ["ALLOWED_GLOBALS", "LATIN1", "DTYPE_CODE", "Name", "Buffer", "Pending", "Refusal", "resolve",
            "ATOMS", "reconstruct", "make_dtype", "finish_dtype", "build_array", "frombuffer", "scalar",
            "byte_string", "encode", "complex_number"]
 
@@ -55,6 +55,25 @@ class Name:
 
     def __repr__(self) -> str:
         return f"{self.module}.{self.name}"
+
+
+class Buffer:
+    """Bytes read from the file into a numpy ``uint8`` array (no zero-fill, no copy later): what a
+    large BINBYTES / BYTEARRAY8 becomes.  Arrays built from it are writable views of it."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __bytes__(self) -> bytes:
+        return self.array.tobytes()
+
+
+_BYTES = (bytes, bytearray, Buffer)
 
 
 class Pending:
@@ -156,20 +175,20 @@ def _array(data: Any, dt: np.dtype, shape: Any, order: str) -> np.ndarray:
         out = np.empty(count, dtype=object)
         out[:] = data
         return out.reshape(shape, order=order)
-    if not isinstance(data, (bytes, bytearray)):
+    if not isinstance(data, _BYTES):
         raise Refusal(f"gives {_what(data)} as the data of an array of dtype {dt}; numpy writes "
                       f"bytes")
     if len(data) != count * dt.itemsize:
         raise Refusal(f"declares an array of shape {shape} and dtype {dt} ({count * dt.itemsize} "
                       f"bytes) but gives {len(data)} bytes of data; refusing to allocate it", size=True)
-    buf = data if isinstance(data, bytearray) else bytearray(data)  # writable, as numpy's own
+    buf = data.array if isinstance(data, Buffer) else data if isinstance(data, bytearray) else bytearray(data)
     return np.frombuffer(buf, dtype=dt).reshape(shape, order=order)
 
 
 def scalar(dtype: Any, data: Any) -> np.generic:
     """``scalar(dtype, bytes)``: a numpy scalar from exactly its itemsize of bytes read."""
     dt = _check_dtype(dtype)
-    if dt.hasobject or not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
+    if dt.hasobject or not isinstance(data, _BYTES) or len(data) != dt.itemsize:
         raise Refusal(f"asks numpy's scalar for dtype {dt} ({dt.itemsize} bytes) from {_what(data)}; "
                       f"a scalar is built from exactly its own bytes, read from the file", size=True)
     return np.frombuffer(bytes(data), dtype=dt)[0]
@@ -181,8 +200,8 @@ def byte_string(name: str, args: tuple) -> Any:
     kind = bytes if name == "bytes" else bytearray
     if not args:
         return kind()
-    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
-        return kind(args[0])
+    if len(args) == 1 and isinstance(args[0], _BYTES):
+        return kind(bytes(args[0]) if isinstance(args[0], Buffer) else args[0])
     if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], str) and args[1].lower() in LATIN1:
         return kind(args[0], "latin-1")
     raise Refusal(f"calls {name}{_short(args)}; feature pickles make byte strings only from bytes "

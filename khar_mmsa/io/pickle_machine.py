@@ -24,6 +24,8 @@ __all__ = ["Machine", "CHUNK"]
 #: Declared lengths above this are read chunk by chunk, each chunk allocated only after the one
 #: before was read: memory grows with the bytes actually read, not with what a length claims.
 CHUNK = 4 * 2 ** 20
+#: Reads up to this size are plain ``file.read``; larger ones go into a bytearray (no copy later).
+SMALL_READ = 2 ** 16
 _NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
 _CONTAINERS = (list, tuple, dict)
 
@@ -48,6 +50,7 @@ class Machine:
             self.size: Optional[int] = max(int(size) - self.start, 0)
         except (AttributeError, OSError, ValueError):
             self.start, self.size = 0, None
+        self.dense = _on_disk(file)
         self.at = 0
         self.op = 0
         self.stack: List[Any] = []
@@ -62,7 +65,7 @@ class Machine:
         return f"{_NAMES.get(self.op, f'opcode {self.op!r}')} at byte {self.start + self.at}"
 
     def read(self, n: int) -> bytes:
-        if n <= CHUNK:
+        if n <= SMALL_READ:
             data = self.file.read(n)
             self.budget.read += len(data)
             if len(data) < n:
@@ -71,26 +74,44 @@ class Machine:
             return data
         return self.read_chunked(n)
 
-    def read_chunked(self, n: int) -> bytearray:
-        """``n`` bytes, one :data:`CHUNK` at a time: each chunk is allocated after the one before
-        was read (memory follows the bytes read, whatever the length claims)."""
-        buf = bytearray()
-        while len(buf) < n:
-            part = self.file.read(min(CHUNK, n - len(buf)))
-            self.budget.read += len(part)
-            if not part:
-                raise PickleReadError(f"{self.source}: {self.where()}: the file ends inside it "
-                                      f"(truncated); re-download or regenerate it.")
-            buf += part
-            self.budget.charge(len(part), self.where(), "the data read so far takes")
-        return buf
+    def read_chunked(self, n: int) -> g.Buffer:
+        """``n`` bytes into a :class:`~khar_mmsa.io.pickle_globals.Buffer` (numpy's arrays are
+        views of it).  At once when the file holds them on disk (not sparse: ``st_blocks`` cover
+        ``st_size``); otherwise one :data:`CHUNK` at a time, each allocated after the one before
+        was read, so that memory follows the bytes actually read, whatever a length or a sparse
+        file's size claims."""
+        if self.dense:
+            buf = np.empty(n, dtype=np.uint8)
+            got = 0
+            while got < n:
+                k = self.file.readinto(buf[got:])
+                if not k:
+                    break
+                got += k
+            self.budget.read += got
+        else:
+            grown = bytearray()
+            while len(grown) < n:
+                part = self.file.read(min(CHUNK, n - len(grown)))
+                self.budget.read += len(part)
+                if not part:
+                    break
+                grown += part
+                self.budget.charge(len(part), self.where, "the data read so far takes")
+            got, buf = len(grown), np.frombuffer(grown, dtype=np.uint8)
+            self.budget.memory -= got  # charged once, below
+        if got < n:
+            raise PickleReadError(f"{self.source}: {self.where()}: the file ends inside it "
+                                  f"(truncated); re-download or regenerate it.")
+        self.budget.charge(n, self.where, "the data read so far takes")
+        return g.Buffer(buf)
 
     def length(self, fmt: str) -> int:
         (n,) = unpack(fmt, self.read(8 if fmt == "<Q" else 4))
         if n < 0:
             raise PickleReadError(f"{self.source}: {self.where()} declares a negative length ({n}); "
                                   f"the file is corrupt or crafted.")
-        self.budget.data(n, None if self.size is None else self.size - self.budget.read, self.where())
+        self.budget.data(n, None if self.size is None else self.size - self.budget.read, self.where)
         return n
 
     def line(self) -> bytes:
@@ -141,7 +162,7 @@ class Machine:
 
     # -- the stack -----------------------------------------------------------------------------
     def push(self, value: Any, cost: int = 0) -> None:
-        self.budget.charge(cost + COST["push"], self.where())
+        self.budget.charge(cost + COST["push"], self.where)
         self.stack.append(value)
 
     def push_new(self, value: Any) -> None:
@@ -161,7 +182,7 @@ class Machine:
         if len(self.marks) >= 2 * MAX_NESTING:
             raise PickleSizeError(f"{self.source}: {self.where()}: MARKs nest more than "
                                   f"{2 * MAX_NESTING} deep; a feature pickle nests a few. Refusing it.")
-        self.budget.charge(COST["mark"], self.where())
+        self.budget.charge(COST["mark"], self.where)
         self.marks.append(self.stack)
         self.stack = []
 
@@ -201,9 +222,9 @@ class Machine:
         if type(target) is list and stats is not None:
             for x in items:
                 stats.add(self.stats_of(x, "a list").as_element(type(x) is dict))
-            self.budget.charge(COST["slot"] * len(items), self.where())
+            self.budget.charge(COST["slot"] * len(items), self.where)
             target.extend(items)
-            self.budget.expansion(stats, "a list", self.where())
+            self.budget.expansion(stats, "a list", self.where)
         elif type(target) is dict and stats is not None:
             if len(items) % 2:
                 raise PickleReadError(f"{self.source}: {self.where()} has an odd number of items "
@@ -214,8 +235,8 @@ class Machine:
                     target[k] = v
                 except TypeError as exc:
                     raise g.Refusal(f"uses {_describe(k)} as a dict key ({exc})") from None
-            self.budget.charge(COST["entry"] * (len(items) // 2), self.where())
-            self.budget.expansion(stats, "a dict", self.where())
+            self.budget.charge(COST["entry"] * (len(items) // 2), self.where)
+            self.budget.expansion(stats, "a dict", self.where)
         else:
             raise g.Refusal(f"adds items to {_describe(target)}; feature pickles add items only to "
                             f"the lists and dicts they are building")
@@ -231,7 +252,7 @@ class Machine:
             except g.Refusal:
                 data = False
                 stats.depth = max(stats.depth, self.arg_depth.get(id(x), 0) + 1)
-        self.budget.expansion(stats if data else Stats(depth=stats.depth), "a tuple", self.where())
+        self.budget.expansion(stats if data else Stats(depth=stats.depth), "a tuple", self.where)
         if value:
             self.stats[id(value)] = stats if data else None
             if not data:
@@ -261,7 +282,7 @@ class Machine:
 
     def memo_put(self, index: int) -> None:
         if index == len(self.memo):
-            self.budget.charge(COST["memo"], self.where())
+            self.budget.charge(COST["memo"], self.where)
             self.memo.append(self.stack[-1])
         elif 0 <= index < len(self.memo):
             self.memo[index] = self.stack[-1]
@@ -284,7 +305,7 @@ class Machine:
         elif name == "scalar":
             self.push(g.scalar(*_arity(args, 2, func)), COST["array"])
         elif name == "_frombuffer":
-            self.push_array(g.frombuffer(*_arity(args, 4, func)), copied=type(args[0]) is not bytearray)
+            self.push_array(g.frombuffer(*_arity(args, 4, func)), copied=not isinstance(args[0], (bytearray, g.Buffer)))
         elif name in ("bytes", "bytearray"):
             self.push_new(g.byte_string(name, args))
         elif name == "encode":
@@ -303,7 +324,7 @@ class Machine:
             stats = Stats(depth=1)
             for x in array.ravel(order="K"):
                 stats.add(self.stats_of(x, "an object array"))
-            self.budget.expansion(stats, "an object array", self.where())
+            self.budget.expansion(stats, "an object array", self.where)
             self.stats[id(array)] = stats
             self.keep.append(array)
 
@@ -320,7 +341,7 @@ class Machine:
         array = g.build_array(target, state)
         target.value = array
         self.stack.pop()
-        self.push_array(array, copied=type(state[-1]) is not bytearray)
+        self.push_array(array, copied=not isinstance(state[-1], (bytearray, g.Buffer)))
 
     def find_class(self, module: str, name: str) -> None:
         if (module, name) in _compat_pickle.NAME_MAPPING:
@@ -335,6 +356,16 @@ class Machine:
                 f"arbitrary code. MMSA feature pickles contain only dicts of numpy arrays, lists "
                 f"and strings. " + TRUST_HINT)
         self.push(token, 64)
+
+
+def _on_disk(file: BinaryIO) -> bool:
+    """Whether a regular file holds its whole size in disk blocks (not sparse)."""
+    try:
+        st = os.fstat(file.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    import stat
+    return stat.S_ISREG(st.st_mode) and getattr(st, "st_blocks", 0) * 512 >= st.st_size
 
 
 def _arity(args: tuple, n: int, func: g.Name, at_least: Optional[int] = None) -> tuple:

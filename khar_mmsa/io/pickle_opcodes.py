@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List
 
 from khar_mmsa.io import pickle_globals as g
 from khar_mmsa.io.pickle_budget import PickleReadError
-from khar_mmsa.io.pickle_machine import CHUNK, Machine, Stop
+from khar_mmsa.io.pickle_machine import Machine, Stop
 
 __all__ = ["OPCODES"]
 
@@ -37,17 +37,20 @@ def _long(m: Machine, nbytes: int) -> None:
     m.push_new(int.from_bytes(m.read(nbytes), "little", signed=True))
 
 
-def _text(m: Machine, raw: bytes) -> None:
-    m.push_new(str(raw, "utf-8", "surrogatepass"))
+def _text(m: Machine, raw: Any, encoding: str = "utf-8") -> None:
+    """A string from bytes read (a large read is a Buffer: decoded from its memory, no copy)."""
+    view = memoryview(raw.array) if isinstance(raw, g.Buffer) else raw
+    m.push_new(str(view, encoding, "surrogatepass" if encoding == "utf-8" else "strict"))
 
 
 def _raw(m: Machine, n: int) -> None:
     data = m.read(n)
-    m.push(data, sys.getsizeof(data) if n <= CHUNK else 0)
+    m.push(data, 64 if isinstance(data, g.Buffer) else sys.getsizeof(data))
 
 
 def _bytearray(m: Machine, data: Any) -> None:
-    m.push(data if type(data) is bytearray else bytearray(data), 64 + (len(data) if len(data) <= CHUNK else 0))
+    big = isinstance(data, g.Buffer)  # charged when read
+    m.push(data if big else bytearray(data), 64 + (0 if big else len(data)))
 
 
 def _global(m: Machine) -> None:
@@ -69,7 +72,7 @@ def _proto(m: Machine) -> None:
 
 def _frame(m: Machine) -> None:
     (n,) = unpack("<Q", m.read(8))
-    m.budget.data(n, None if m.size is None else m.size - m.budget.read, m.where())
+    m.budget.data(n, None if m.size is None else m.size - m.budget.read, m.where)
 
 
 def _stop(m: Machine) -> None:
@@ -114,8 +117,8 @@ OPCODES: Dict[int, Callable[[Machine], None]] = {
     ord("F"): lambda m: m.push_new(float(m.line())),
     ord("G"): lambda m: m.push_new(unpack(">d", m.read(8))[0]),
     ord("S"): _string_line,
-    ord("T"): lambda m: m.push_new(m.read(m.length("<i")).decode("latin-1")),
-    ord("U"): lambda m: m.push_new(m.read(m.read(1)[0]).decode("latin-1")),
+    ord("T"): lambda m: _text(m, m.read(m.length("<i")), "latin-1"),
+    ord("U"): lambda m: _text(m, m.read(m.read(1)[0]), "latin-1"),
     ord("V"): lambda m: m.push_new(str(m.line(), "raw-unicode-escape")),
     ord("X"): lambda m: _text(m, m.read(m.length("<I"))),
     0x8c: lambda m: _text(m, m.read(m.read(1)[0])),
