@@ -36,8 +36,9 @@ FLOOR_BYTES = 8 * 2 ** 20
 
 #: What the loader charges besides ``sys.getsizeof`` of each object it builds (CPython 3.11+ on 64
 #: bits, rounded up): a stack or list slot (a pointer and over-allocation), a dict entry (table,
-#: index and growth), a memo slot, a MARK's stack, an array's header.
-COST = {"push": 8, "slot": 16, "entry": 80, "memo": 16, "mark": 64, "array": 160}
+#: index and growth), a memo slot, a MARK's stack, an array's header, and the loader's own record
+#: of a container (its :class:`Stats` and the table entries that find it).
+COST = {"push": 8, "slot": 16, "entry": 80, "memo": 16, "mark": 64, "array": 160, "book": 224}
 
 TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
               "(or trusted=True to load_pickle) to load it with plain pickle.")
@@ -65,7 +66,7 @@ def human(nbytes: float) -> str:
     return ""  # pragma: no cover
 
 
-@dataclass
+@dataclass(slots=True)
 class Stats:
     """A value's size when stacked into an array: ``leaves`` x the widest ``item`` (+ ``extra``,
     the dicts inside a list, which are stacked on their own), and how deep containers nest."""

@@ -26,6 +26,7 @@ __all__ = ["Machine", "CHUNK"]
 CHUNK = 4 * 2 ** 20
 #: Reads up to this size are plain ``file.read``; larger ones go into a bytearray (no copy later).
 SMALL_READ = 2 ** 16
+PUSH, BOOK = COST["push"], COST["book"]
 _NAMES = {op.code.encode("latin-1")[0]: op.name for op in pickletools.opcodes}
 _CONTAINERS = (list, tuple, dict)
 
@@ -162,7 +163,10 @@ class Machine:
 
     # -- the stack -----------------------------------------------------------------------------
     def push(self, value: Any, cost: int = 0) -> None:
-        self.budget.charge(cost + COST["push"], self.where)
+        budget = self.budget  # Budget.charge, inlined: the hot path
+        budget.memory += cost + PUSH
+        if budget.memory > budget.multiple * budget.read + budget.floor:
+            budget.charge(0, self.where)
         self.stack.append(value)
 
     def push_new(self, value: Any) -> None:
@@ -211,17 +215,31 @@ class Machine:
         raise g.Refusal(f"puts {_describe(value)} in {place}; feature pickles hold dicts, lists, "
                         f"tuples, str, numbers, None and numpy arrays there")
 
+    def count(self, stats: Stats, items: Any, place: str) -> None:
+        """Add ``items``' expansion to ``stats`` (refusing any outside the grammar); str and
+        numbers, the common elements, are counted inline as :meth:`stats_of` counts them."""
+        leaves, item, strings, numbers = 0, 0, False, False
+        for x in items:
+            t = type(x)
+            if t is str:
+                leaves, item, strings = leaves + 1, max(item, 4 * len(x)), True
+            elif t is int or t is float or t is bool or x is None:
+                leaves, item, numbers = leaves + 1, max(item, 8), True
+            else:
+                stats.add(self.stats_of(x, place).as_element(t is dict))
+        if leaves:
+            stats.add(Stats(leaves=leaves, item=item, strings=strings, numbers=numbers, depth=-1))
+
     def new_container(self, value: Any, stats: Optional[Stats] = None) -> None:
         self.stats[id(value)] = Stats(depth=1) if stats is None else stats
         self.keep.append(value)
-        self.push(value, sys.getsizeof(value) + COST["slot"])
+        self.push(value, sys.getsizeof(value) + COST["slot"] + BOOK)
 
     def grow(self, target: Any, items: List[Any]) -> None:
         """APPEND(S) / SETITEM(S): add to a list or dict we built and is still open."""
         stats = self.stats.get(id(target))
         if type(target) is list and stats is not None:
-            for x in items:
-                stats.add(self.stats_of(x, "a list").as_element(type(x) is dict))
+            self.count(stats, items, "a list")
             self.budget.charge(COST["slot"] * len(items), self.where)
             target.extend(items)
             self.budget.expansion(stats, "a list", self.where)
@@ -246,19 +264,20 @@ class Machine:
         depth counts either way (a 200,000-deep argument is refused as it is built)."""
         value = tuple(items)
         stats, data = Stats(depth=1), True
-        for x in items:
-            try:
-                stats.add(self.stats_of(x, "a tuple").as_element(type(x) is dict))
-            except g.Refusal:
-                data = False
-                stats.depth = max(stats.depth, self.arg_depth.get(id(x), 0) + 1)
+        try:
+            self.count(stats, items, "a tuple")
+        except g.Refusal:
+            stats, data = Stats(depth=1), False
+            for x in items:
+                stats.depth = max(stats.depth, self.arg_depth.get(id(x), 0) + 1,
+                                  (self.stats.get(id(x)) or Stats()).depth + 1)
         self.budget.expansion(stats if data else Stats(depth=stats.depth), "a tuple", self.where)
         if value:
             self.stats[id(value)] = stats if data else None
             if not data:
                 self.arg_depth[id(value)] = stats.depth
             self.keep.append(value)
-        self.push(value, sys.getsizeof(value) + COST["slot"])
+        self.push(value, sys.getsizeof(value) + COST["slot"] + BOOK)
 
     def fetch(self, value: Any) -> None:
         """GET, BINGET, LONG_BINGET, DUP: the same object pushed again."""
@@ -322,11 +341,11 @@ class Machine:
         self.push(array, COST["array"] + (array.nbytes if copied else 0))
         if array.dtype == object:
             stats = Stats(depth=1)
-            for x in array.ravel(order="K"):
-                stats.add(self.stats_of(x, "an object array"))
+            self.count(stats, array.ravel(order="K"), "an object array")
             self.budget.expansion(stats, "an object array", self.where)
             self.stats[id(array)] = stats
             self.keep.append(array)
+            self.budget.charge(BOOK, self.where)
 
     def build(self) -> None:
         state = self.pop()
