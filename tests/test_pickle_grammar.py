@@ -161,6 +161,8 @@ HOSTILE = {
                                           "asks numpy's scalar for dtype float64 (8 bytes) from a bytes of length 4"),
     "scalar of an object dtype": (P2 + SCALAR + _dtype(b"O8", b"|") + b"N\x86R.", PickleSizeError,
                                   "asks numpy's scalar for dtype object"),
+    "scalar of an object dtype from 8 bytes (a pointer)": (P2 + SCALAR + _dtype(b"O8", b"|") + b"C\x08" + b"\x41" * 8
+                                                          + b"\x86R.", PickleSizeError, "asks numpy's scalar for dtype object"),
     "dtype with ints for its bools": (P2 + b"cnumpy\ndtype\nX\x02\x00\x00\x00f8K\x01K\x01\x87R.", UnsafePickleError,
                                       "asks for dtype('f8', 1, 1)"),
     "_reconstruct of a dtype": (P2 + b"cnumpy._core.multiarray\n_reconstruct\n" + F8 + b"K\x00\x85C\x01b\x87R.",
@@ -201,6 +203,8 @@ HOSTILE = {
     "NEXT_BUFFER": (b"\x80\x05\x97.", UnsafePickleError, "NEXT_BUFFER at byte 2"),
     "protocol 6": (b"\x80\x06N.", UnsafePickleError, "declares a pickle protocol above 5"),
     # nesting, marks, keys
+    "200,000 TUPLE1s around a global": (P2 + b"cnumpy\nndarray\n" + b"\x85" * 200000 + b".", PickleSizeError,
+                                        "TUPLE1 at byte 117: containers nest more than 100 deep"),
     "200,000 MARKs": (b"(" * 200000 + b".", PickleSizeError, "MARKs nest more than 200 deep"),
     "lists nested 101 deep": (P2 + b"]" * 102 + b"a" * 101 + b".", PickleSizeError, "nest more than 100 deep"),
     "dict with a list as key": (P2 + b"}]Ns.", UnsafePickleError, "uses a list of 0 item(s) as a dict key"),
