@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from khar_mmsa.data.planted import planted_data
+from test_pickles import UnsizedStream
 from khar_mmsa.io.pickles import (FLOOR_BYTES, MEMORY_MULTIPLE, PickleReadError, PickleSizeError,
                                   UnsafePickleError, load_pickle, load_pickle_stream)
 
@@ -237,23 +238,8 @@ def test_every_truncation_of_a_feature_pickle_is_a_clear_error(tmp_path):
 def test_an_unsized_stream_reads_a_huge_declared_length_chunk_by_chunk():
     """A stream that cannot tell its size, declaring 1 TiB of bytes and then ending: memory follows
     the bytes read (one chunk), not the claim."""
-    class Unsized(io.RawIOBase):
-        def __init__(self, data: bytes) -> None:
-            self.buf = io.BytesIO(data)
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b) -> int:
-            chunk = self.buf.read(len(b))
-            b[:len(chunk)] = chunk
-            return len(chunk)
-
-        def tell(self) -> int:
-            raise OSError("not seekable")
-
     raw = P4 + b"\x8e" + struct.pack("<Q", 2 ** 40) + b"\0" * (3 * MiB)
-    raised, peak = _peak(lambda: load_pickle_stream(io.BufferedReader(Unsized(raw)), source="u"))
+    raised, peak = _peak(lambda: load_pickle_stream(io.BufferedReader(UnsizedStream(raw)), source="u"))
     assert isinstance(raised, PickleReadError) and "the file ends inside it" in str(raised), repr(raised)
     assert peak < 16 * MiB
 

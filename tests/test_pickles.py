@@ -272,24 +272,27 @@ def test_stream_size_counted_from_current_position(tmp_path: Path) -> None:
             load_pickle_stream(f, source=str(path))
 
 
-def test_unsized_stream_is_not_size_checked() -> None:
-    class NoSize(io.RawIOBase):
-        def __init__(self, data: bytes) -> None:
-            self.buf = io.BytesIO(data)
+class UnsizedStream(io.RawIOBase):
+    """A readable stream that cannot tell its size (a pipe): ``tell`` raises."""
 
-        def readable(self) -> bool:
-            return True
+    def __init__(self, data: bytes) -> None:
+        self.buf = io.BytesIO(data)
 
-        def readinto(self, b) -> int:
-            chunk = self.buf.read(len(b))
-            b[:len(chunk)] = chunk
-            return len(chunk)
+    def readable(self) -> bool:
+        return True
 
-        def tell(self) -> int:
-            raise OSError("not seekable")
+    def readinto(self, b) -> int:
+        chunk = self.buf.read(len(b))
+        b[:len(chunk)] = chunk
+        return len(chunk)
 
+    def tell(self) -> int:
+        raise OSError("not seekable")
+
+
+def test_unsized_stream_loads() -> None:
     data = pickle.dumps(np.arange(10))
-    assert load_pickle_stream(io.BufferedReader(NoSize(data))).tolist() == list(range(10))
+    assert load_pickle_stream(io.BufferedReader(UnsizedStream(data))).tolist() == list(range(10))
 
 
 # --- shared references count against the file's budget --------------------------------------
