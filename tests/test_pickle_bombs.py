@@ -445,3 +445,32 @@ def test_a_sparse_terabyte_does_not_widen_the_budget(door, sparse_bomb, tmp_path
     assert isinstance(raised, PickleSizeError), repr(raised)
     assert str(raised).startswith(f"{sparse_bomb}: APPENDS at byte ") and "read so far" in str(raised), str(raised)
     assert peak < PEAK_LIMIT, f"{door} allocated {peak / MiB:.0f} MiB"
+
+
+# --- the command line (issue 31's crash and allocation cases) -------------------------------------
+def test_the_command_line_refuses_a_short_object_state_in_one_line(bomb_files, tmp_path, tiny_bert):
+    """``python -m khar_mmsa --custom-feature`` with the short object-array state (a SIGSEGV in round
+    4; the void-dtype scalar and the rest reach the same loader, tested at the API doors above):
+    exit status 1, one line naming the file, no traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1")
+    script = textwrap.dedent("""
+        import subprocess, sys
+        for path in sys.argv[2:]:
+            proc = subprocess.run([sys.executable, "-m", "khar_mmsa", "-m", "khar", "-d", "mosi", "-s", "1",
+                                   "-n", "0", "--threads", "1", "--custom-feature", path, "--set", "pretrained=" + sys.argv[1],
+                                   "--model-save-dir", path + ".m", "--res-save-dir", path + ".r",
+                                   "--log-dir", path + ".l"], capture_output=True, text=True)
+            print(proc.returncode, repr(proc.stderr.strip()))
+    """)
+    paths = [str(bomb_files["object state"])]
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_bert), *paths], capture_output=True, text=True,
+                          env=env, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    for line, path, phrase in zip(lines, paths, [EXPECTED["object state"]]):
+        code, err = line.split(" ", 1)
+        err = eval(err)  # noqa: S307 - our own repr
+        last = err.splitlines()[-1]  # the log's lines come before it
+        assert code == "1" and "Traceback" not in err, line
+        assert last.startswith(f"python -m khar_mmsa: error: {path}: ") and phrase in last, last
