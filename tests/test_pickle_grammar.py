@@ -110,6 +110,14 @@ def test_every_key_of_mmsa_layouts_loads_as_pickle_reads_it(dataset, layout, pro
     _same(pickle.loads(raw), load_pickle_stream(io.BytesIO(raw), source="f.pkl"))
 
 
+def test_a_python2_array_with_str_data_loads():
+    """Python 2 wrote an array's bytes as a str (SHORT_BINSTRING); read with latin-1 as numpy does."""
+    raw = _state(b"K\x03\x85", _dtype(b"u1", b"|"), b"U\x03\x01\x02\xff")
+    out = load_pickle_stream(io.BytesIO(P2 + raw + b"."), source="py2.pkl")
+    assert out.dtype == np.uint8 and out.tolist() == [1, 2, 255]
+    assert out.tolist() == pickle.loads(P2 + raw + b".", encoding="latin1").tolist()
+
+
 def test_loaded_arrays_are_writable_as_pickle_makes_them(tmp_path):
     """MMSA zeroes -inf in place (``audio[audio == -np.inf] = 0``): arrays must be writable."""
     for protocol in (2, 4, 5):

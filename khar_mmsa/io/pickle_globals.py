@@ -175,6 +175,8 @@ def _array(data: Any, dt: np.dtype, shape: Any, order: str) -> np.ndarray:
         out = np.empty(count, dtype=object)
         out[:] = data
         return out.reshape(shape, order=order)
+    if isinstance(data, str):  # a Python-2 pickle's str, read as latin-1 (as numpy's own setstate)
+        data = data.encode("latin-1")
     if not isinstance(data, _BYTES):
         raise Refusal(f"gives {_what(data)} as the data of an array of dtype {dt}; numpy writes "
                       f"bytes")
