@@ -16,11 +16,13 @@ Two sums are kept, each held to :data:`MEMORY_MULTIPLE` times the bytes *actuall
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 __all__ = ["UnsafePickleError", "PickleReadError", "PickleSizeError", "MAX_NESTING", "MEMORY_MULTIPLE", "FLOOR_BYTES",
-           "COST", "TRUST_HINT", "Budget", "Stats", "human"]
+           "COST", "TRUST_HINT", "Budget", "Stats", "atom_stats", "on_disk", "human"]
 
 #: Containers (and MARKs) nested deeper than this are refused as they are built.  An MMSA feature
 #: file nests 3 deep (file dict, split dict, list of values); 100 stays far below Python's recursion
@@ -101,6 +103,16 @@ class Stats:
         if is_dict:
             return Stats(leaves=1, item=8, extra=self.expanded(), depth=self.depth)
         return self
+
+
+def on_disk(file: Any) -> bool:
+    """Whether ``file`` is a regular file holding its whole size in disk blocks (not sparse): then
+    a declared length it backs may be allocated before it is read."""
+    try:
+        st = os.fstat(file.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and getattr(st, "st_blocks", 0) * 512 >= st.st_size
 
 
 def atom_stats(item: int, string: bool = False) -> Stats:

@@ -11,13 +11,13 @@ import os
 import pickletools
 import sys
 from struct import unpack
-from typing import Any, BinaryIO, Dict, List, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, Optional
 
 import numpy as np
 
 from khar_mmsa.io import pickle_globals as g
 from khar_mmsa.io.pickle_budget import (COST, MAX_NESTING, TRUST_HINT, Budget, PickleReadError,
-                                        PickleSizeError, Stats, UnsafePickleError, atom_stats)
+                                        PickleSizeError, Stats, UnsafePickleError, atom_stats, on_disk)
 
 __all__ = ["Machine", "CHUNK"]
 
@@ -38,8 +38,10 @@ class Stop(Exception):
 class Machine:
     """Run one pickle from ``file``; :meth:`load` returns the value or raises a one-line error."""
 
-    def __init__(self, file: BinaryIO, source: str) -> None:
-        self.file, self.source = file, source
+    def __init__(self, file: BinaryIO, source: str, opcodes: Dict[int, Callable[["Machine"], None]]) -> None:
+        """``opcodes``: :data:`khar_mmsa.io.pickle_opcodes.OPCODES` (given, so that the two modules
+        do not import each other)."""
+        self.file, self.source, self.opcodes = file, source, opcodes
         self.budget = Budget(source)
         try:
             self.start = file.tell()
@@ -51,7 +53,7 @@ class Machine:
             self.size: Optional[int] = max(int(size) - self.start, 0)
         except (AttributeError, OSError, ValueError):
             self.start, self.size = 0, None
-        self.dense = _on_disk(file)
+        self.dense = on_disk(file)
         self.at = 0
         self.op = 0
         self.stack: List[Any] = []
@@ -126,8 +128,7 @@ class Machine:
 
     # -- the loop ------------------------------------------------------------------------------
     def load(self) -> Any:
-        from khar_mmsa.io.pickle_opcodes import OPCODES
-        read, dispatch, budget = self.file.read, OPCODES, self.budget
+        read, dispatch, budget = self.file.read, self.opcodes, self.budget
         try:
             while True:
                 self.at = budget.read
@@ -375,16 +376,6 @@ class Machine:
                 f"arbitrary code. MMSA feature pickles contain only dicts of numpy arrays, lists "
                 f"and strings. " + TRUST_HINT)
         self.push(token, 64)
-
-
-def _on_disk(file: BinaryIO) -> bool:
-    """Whether a regular file holds its whole size in disk blocks (not sparse)."""
-    try:
-        st = os.fstat(file.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
-    import stat
-    return stat.S_ISREG(st.st_mode) and getattr(st, "st_blocks", 0) * 512 >= st.st_size
 
 
 def _arity(args: tuple, n: int, func: g.Name, at_least: Optional[int] = None) -> tuple:

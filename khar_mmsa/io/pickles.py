@@ -40,6 +40,7 @@ from khar_mmsa.io.pickle_budget import (FLOOR_BYTES, MAX_NESTING, MEMORY_MULTIPL
                                         PickleSizeError, UnsafePickleError)
 from khar_mmsa.io.pickle_globals import ALLOWED_GLOBALS
 from khar_mmsa.io.pickle_machine import Machine
+from khar_mmsa.io.pickle_opcodes import OPCODES
 
 logger = logging.getLogger("MMSA")
 
@@ -62,7 +63,7 @@ def load_pickle_stream(fileobj: BinaryIO, trusted: bool = False, source: str = "
             logger.warning("%s: loading with plain pickle (trust_pickle=True); this runs any code "
                            "the file contains -- use it only for files you trust.", source)
             return pickle.load(fileobj, encoding="latin1")
-        return Machine(fileobj, source).load()
+        return Machine(fileobj, source, OPCODES).load()
     except (UnsafePickleError, PickleSizeError, PickleReadError):
         raise
     except MemoryError:
