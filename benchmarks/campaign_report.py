@@ -8,6 +8,7 @@ campaign's are shown with their count; a table whose gate is still closed is lis
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -15,54 +16,44 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import common
-from .campaign import (BASELINE_PATIENCE, BUDGET_EPOCHS, CAMPAIGN_CODE_VERSION, LR_ROWS, RATES, TABLES, TEXT_LEN,
-                       TFN_BATCH_SIZE, WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates, chosen_switches,
-                       spread_sign, table_slots)
+from .campaign_plan import (BASELINE_PATIENCE, BUDGET_EPOCHS, CAMPAIGN_CODE_VERSION, LR_ROWS, RATES, TABLES, TEXT_LEN,
+                            TFN_BATCH_SIZE, WARMUP_RATIO, Campaign, Finder, Slot, beats, chosen_rates,
+                            chosen_switches, spread_sign, table_slots)
+from .campaign_frames import (FIGURES, TITLES, found, rows_figure, runs_frame, slots_by_row, table_records,
+                              values)
+from .campaign_stats import Paired, compare, notes as campaign_stats_notes
 from .walk import curve_summary, fit_verdict, verdict_summary
 
 logger = logging.getLogger("MMSA")
 
-TITLES = {"lr": "Learning rate: Table 5's and the quick one, floor and full KHaR",
-          "walk": "Walk from the text-only floor to full KHaR",
-          "choices": "Open choices, each against the default",
-          "table3": "Table 3 on planted MOSI-format data",
-          "final": "Final comparison on the test split"}
 #: Why each Table 3 row moved, one sentence per row, written once its five seeds were in (row key -> text);
 #: the read-out figures are RESULTS.md section ``planted-probe`` (``python -m benchmarks.planted_probe``).
 TABLE3_WHY: Dict[str, str] = {
     "t3-vt": "Drops audio, a third of var(y) and the most readable part (a ridge read-out of its pooled frames "
-             "recovers R² 0.82): the largest loss, with vision.",
+             "recovers R² 0.82): the largest loss, with vision; worse on test and validation.",
     "t3-va": "Drops text, whose planted polarity the frozen encoder gives up poorly from 128 clips (read-out "
-             "R² 0.40): little to lose, so within the spread; the paper's order (V+A worst) is inverted because "
-             "here text is the weakest-read modality, on real MOSI the strongest.",
+             "R² 0.40): undecided on test, worse on validation; the paper's order (V+A worst) is inverted "
+             "because here text is the weakest-read modality, on real MOSI the strongest.",
     "t3-at": "Drops vision, a third of var(y), read out with R² 0.72: a loss close to dropping audio.",
     "t3-vat": "The reference; it stays 0.08 above an additive ridge read-out of the same pooled inputs (0.496), "
               "so on 128 training clips the model does not yet extract what a linear map does.",
-    "t3-mlp_m": "The planted audio/vision signal is linear in pooled frames, so an MLP refines it as well as "
-                "the MoE: within the spread.",
-    "t3-attn_m": "Same reason as MLP_m: within the spread; its validation MAE varies most across seeds of the "
+    "t3-mlp_m": "The planted audio/vision signal is linear in pooled frames, so an MLP may refine it as well as "
+                "the MoE: undecided, a difference below the MDE.",
+    "t3-attn_m": "Same reason as MLP_m: undecided; its validation MAE varies most across seeds of the "
                  "refiners (0.564 ± 0.038).",
-    "t3-cnn_m": "Same reason as MLP_m: any refiner that keeps the pooled directions suffices here.",
+    "t3-cnn_m": "Same reason as MLP_m: any refiner that keeps the pooled directions may suffice here; undecided.",
     "t3-wo": "Without the contrastive term the validation MAE is unchanged (0.539 vs 0.535) and the test MAE "
-             "rises within the spread: on 128 clips the label-grouped pairs neither help nor hurt measurably.",
-    "t3-sum": "Summing the modality vectors can express the additive planted signal: within the spread.",
-    "t3-con": "Concatenation can too (the head learns the weighted sum): within the spread.",
-    "t3-attn": "Attention over modalities can too: within the spread.",
+             "rises by less than its MDE: on 128 clips the label-grouped pairs neither help nor hurt measurably.",
+    "t3-sum": "Summing the modality vectors can express the additive planted signal: undecided.",
+    "t3-con": "Concatenation can too (the head learns the weighted sum): undecided.",
+    "t3-attn": "Attention over modalities can too: undecided.",
     "t3-mul": "The element-wise product turns an additive signal into a product of modality terms that the "
-              "head must undo: worse on validation (0.595) and test, the one fusion that loses.",
+              "head must undo: worse on validation (0.595, the one fusion that is); on test +0.032, undecided "
+              "(p 0.11, below its MDE).",
 }
 
 
 # ---- one row's numbers ----------------------------------------------------------------------------
-def found(find: Finder, slots: Sequence[Slot]) -> List[Dict[str, Any]]:
-    return [rec for rec in (find(s) for s in slots) if rec is not None]
-
-
-def values(records: Sequence[Mapping[str, Any]], split: str, key: str) -> np.ndarray:
-    field = "valid" if split == "valid" else "metrics"
-    return np.array([r["outcome"]["result"][field].get(key, np.nan) for r in records], dtype=float)
-
-
 def fmt(arr: np.ndarray, digits: int = 3, scale: float = 1.0) -> str:
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         return "-"
@@ -70,22 +61,18 @@ def fmt(arr: np.ndarray, digits: int = 3, scale: float = 1.0) -> str:
     return f"{arr.mean():.{digits}f} ± {arr.std():.{digits}f}" if arr.size > 1 else f"{arr.mean():.{digits}f}"
 
 
-def paired_delta(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> Tuple[float, float, int]:
-    """Mean and population std of the per-seed validation-MAE differences a - b over the seeds both have."""
-    by_seed = {r["seed"]: r["outcome"]["result"]["valid"]["MAE"] for r in b}
-    diffs = [r["outcome"]["result"]["valid"]["MAE"] - by_seed[r["seed"]] for r in a if r["seed"] in by_seed]
-    if not diffs:
-        return float("nan"), float("nan"), 0
-    return float(np.mean(diffs)), float(np.std(diffs)), len(diffs)
+def paired_cells(p: Paired, complete: bool, seeds: int) -> List[str]:
+    """A comparison's table cells: mean paired Δ [95 % interval], p, seeds better, verdict, MDE; the verdict
+    waits (``pending``) until both rows have every seed."""
+    if p.n == 0:
+        return ["-"] * 5
+    if p.n < 2:
+        return [f"{p.mean:+.3f}", "-", f"{p.better}/{p.n}", f"pending ({p.n}/{seeds} seeds)", "-"]
+    return [f"{p.mean:+.3f} [{p.low:+.3f}, {p.high:+.3f}]", f"{p.p:.3f}", f"{p.better}/{p.n}",
+            p.verdict if complete else f"pending ({p.n}/{seeds} seeds)", f"{p.mde:.3f}"]
 
 
-def effect(a: np.ndarray, b: np.ndarray) -> str:
-    """What a row's change does to the validation MAE, by the campaign's rule (larger std)."""
-    if a.size == 0 or b.size == 0:
-        return "-"
-    return {-1: "lowers the MAE by more than the larger std: pays for itself",
-            1: "raises the MAE by more than the larger std: costs",
-            0: "within the larger std: no measurable effect"}[spread_sign(a, b)]
+PAIRED_HEADER = ["p", "seeds better", "verdict (paired)", "MDE"]
 
 
 def fit_column(records: Sequence[Mapping[str, Any]]) -> Tuple[str, str, str]:
@@ -134,13 +121,6 @@ def switch_text(overrides: Mapping[str, Any], text_len: Optional[int] = None) ->
 
 
 # ---- tables ---------------------------------------------------------------------------------------
-def _slots_by_row(slots: Sequence[Slot]) -> List[Tuple[Any, List[Slot]]]:
-    rows: Dict[Tuple[str, str], Tuple[Any, List[Slot]]] = {}
-    for slot in slots:
-        rows.setdefault((slot.row.key, slot.variant), (slot.row, []))[1].append(slot)
-    return list(rows.values())
-
-
 def lr_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
     header = ["Row", "rates", "seeds", "valid MAE", "valid Corr", "best epoch per seed", "MAE curve (1 → best → last)",
               "fit per seed", "wall"]
@@ -155,67 +135,66 @@ def lr_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
     notes = [f"Decision (the rule: the lower mean validation MAE): floor at the {rates['floor']} rate, KHaR at the "
              f"{rates['khar']} rate; every later row uses them." if rates else
              "Decision pending: the rule needs all five seeds of the four rows."]
+    if rates:
+        for family, title in (("floor", "Text-only floor"), ("khar", "KHaR")):
+            quick, table5 = (found(find, [Slot(r, s, r.rate) for s in camp.seeds]) for r in LR_ROWS
+                             if r.family == family)
+            notes.append(f"{title}, quick rate against Table 5's, validation MAE, paired: "
+                         f"{compare(quick, table5).text()}.")
+        notes.append(campaign_stats_notes())
     return common.markdown_table(header, lines), notes
 
 
 def walk_like_table(camp: Campaign, find: Finder, table: str) -> Tuple[str, List[str]]:
     slots = table_slots(camp, table, find) or []
-    rows = _slots_by_row(slots)
+    rows = slots_by_row(slots)
+    seeds = len(camp.seeds)
     header = ["Row", "switch", "seeds", "valid MAE", "valid Corr",
-              "Δ valid MAE " + ("vs row above" if table == "walk" else "vs default") + " (paired, ± std)",
-              "what it supports", "best epoch per seed", "MAE curve (1 → best → last)", "fit per seed", "wall"]
+              "Δ valid MAE " + ("vs row above" if table == "walk" else "vs default") + " (paired: mean [95 % interval])"
+              ] + PAIRED_HEADER + (["decision (rule fixed before the runs)"] if table == "choices" else []) + [
+              "best epoch per seed", "MAE curve (1 → best → last)", "fit per seed", "wall"]
     lines, previous, defaults = [], None, {}
     for row, row_slots in rows:
         recs = found(find, row_slots)
         maes = values(recs, "valid", "MAE")
         # the walk reads each row against the row above; a choice against its family's default row
         reference = previous if table == "walk" else (None if row.key == row.family else defaults.get(row.family))
+        cells = ["-"] * (len(PAIRED_HEADER) + 1)
+        decision = "-"
         if reference is not None and recs:
-            d, sd, n = paired_delta(recs, reference[0])
-            delta = f"{d:+.3f} ± {sd:.3f} ({n} seeds)" if n else "-"
-            complete = maes.size == reference[1].size == len(camp.seeds)
-            words = effect(maes, reference[1]) if complete else \
-                f"pending ({min(maes.size, reference[1].size)}/{len(camp.seeds)} seeds)"
+            complete = len(recs) == len(reference) == seeds
+            cells = paired_cells(compare(recs, reference), complete, seeds)
             if complete and table == "choices":
-                words = ("adopted: " if beats(maes, reference[1]) else "kept the default: ") + words
-        else:
-            delta, words = "-", "-"
+                decision = "adopted" if beats(maes, values(reference, "valid", "MAE")) else "kept the default"
         best, curve, fits = fit_column(recs)
         if row.family == "khar":
             switch = switch_text(row.overrides, row.text_len if row.text_len != TEXT_LEN else None)
         else:
             switch = "text floor" + (f", text_len={row.text_len}" if row.text_len != TEXT_LEN else "")
-        lines.append([row.title, switch, f"{len(recs)}/{len(camp.seeds)}", fmt(maes), fmt(values(recs, "valid", "Corr")),
-                      delta, words, best, curve, fits, wall_text(recs)])
-        previous = (recs, maes)
+        lines.append([row.title, switch, f"{len(recs)}/{seeds}", fmt(maes), fmt(values(recs, "valid", "Corr"))]
+                     + cells + ([decision] if table == "choices" else []) + [best, curve, fits, wall_text(recs)])
+        previous = recs
         if row.key == row.family:
-            defaults[row.family] = (recs, maes)
+            defaults[row.family] = recs
     notes = []
     if table == "walk":
         notes += end_to_end(camp, {row.key: (row.title, found(find, slots)) for row, slots in rows})
     if table == "choices":
         rates = chosen_rates(camp, find)
         switches = chosen_switches(camp, find, rates) if rates else None
-        notes.append("Rule: a switch replaces the default only when its mean validation MAE is lower by more than "
-                     "the larger std; switches of one field compete, winners of different fields are combined.")
+        notes.append("Decision rule, fixed before the runs: a switch replaces the default only when its mean "
+                     "validation MAE is lower by more than the larger population std of the two rows; switches of "
+                     "one field compete, winners of different fields are combined. The paired verdicts are the "
+                     "reading; the decision column applies the rule as it was registered.")
         notes.append(f"Decision: KHaR {switches['khar'] or 'keeps every default'}; floor "
                      f"{switches['floor'] or 'keeps 32 tokens'}." if switches else
                      "Decision pending: the rule needs all five seeds of every row.")
-    return common.markdown_table(header, lines), notes
-
-
-def against_full(maes: np.ndarray, full: np.ndarray, seeds: int) -> str:
-    """A Table 3 row's test MAE against full KHaR's by the campaign's yardstick (the larger std),
-    once both have every seed."""
-    if maes.size < seeds or full.size < seeds:
-        return f"pending ({min(maes.size, full.size)}/{seeds} seeds)"
-    return {1: "worse by more than the larger std", -1: "better by more than the larger std",
-            0: "within the larger std"}[spread_sign(maes, full)]
+    return common.markdown_table(header, lines), notes + [campaign_stats_notes()]
 
 
 def end_to_end(camp: Campaign, rows: Mapping[str, Tuple[str, Sequence[Mapping[str, Any]]]]) -> List[str]:
     """Full KHaR against the walk's first two rows (the floor; KHaR's own text path with a linear head),
-    each by the larger std once both have every seed: what the parts add together."""
+    paired by seed on validation MAE once both have every seed: what the parts add together."""
     notes = []
     full = rows["khar"][1]
     for key in ("floor", "text-path"):
@@ -223,43 +202,41 @@ def end_to_end(camp: Campaign, rows: Mapping[str, Tuple[str, Sequence[Mapping[st
         if len(full) < len(camp.seeds) or len(recs) < len(camp.seeds):
             notes.append(f"Full KHaR against {title}: pending.")
             continue
-        d, sd, n = paired_delta(full, recs)
-        a, b = values(full, "valid", "MAE"), values(recs, "valid", "MAE")
-        notes.append(f"Full KHaR against {title}: {float(a.mean() - b.mean()):+.3f} in mean validation MAE "
-                     f"(larger std {max(float(a.std()), float(b.std())):.3f}; paired {d:+.3f} ± {sd:.3f} over "
-                     f"{n} seeds): {effect(a, b)}.")
+        notes.append(f"Full KHaR against {title}, validation MAE, paired: {compare(full, recs).text()}.")
     return notes
 
 
 def table3_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
     from .ablations import PAPER_TABLE3
     slots = table_slots(camp, "table3", find) or []
-    header = ["Group", "Row", "seeds", "test MAE", "test Corr", "test Acc-7", "valid MAE", "Δ test MAE vs KHaR",
-              "against KHaR (larger std)", "paper (real MOSI): MAE / Corr / Acc-7", "why it moved"]
-    rows = _slots_by_row(slots)
+    header = ["Group", "Row", "seeds", "test MAE", "test Corr", "test Acc-7", "valid MAE",
+              "Δ test MAE vs KHaR (paired: mean [95 % interval])"] + PAIRED_HEADER + [
+              "Δ valid MAE vs KHaR (paired): verdict", "paper (real MOSI): MAE / Corr / Acc-7", "why it moved"]
+    rows = slots_by_row(slots)
     full = next((found(find, s) for r, s in rows if r.title.startswith("V+A+T")), [])
+    seeds = len(camp.seeds)
     lines = []
     for row, row_slots in rows:
         recs = found(find, row_slots)
-        test_mae = values(recs, "test", "MAE")
-        delta, reading = "-", "-"
+        cells, valid = ["-"] * (len(PAIRED_HEADER) + 1), "-"
         if full and recs and not row.title.startswith("V+A+T"):
-            reading = against_full(test_mae, values(full, "test", "MAE"), len(camp.seeds))
-            ref = {r["seed"]: r["outcome"]["result"]["metrics"]["MAE"] for r in full}
-            diffs = [r["outcome"]["result"]["metrics"]["MAE"] - ref[r["seed"]] for r in recs if r["seed"] in ref]
-            delta = f"{np.mean(diffs):+.3f} ± {np.std(diffs):.3f}" if diffs else "-"
+            complete = len(recs) == len(full) == seeds
+            cells = paired_cells(compare(recs, full, "test"), complete, seeds)
+            v = compare(recs, full, "valid")
+            valid = f"{v.mean:+.3f}: {v.verdict if complete else 'pending'}" if v.n else "-"
         paper = PAPER_TABLE3["mosi"].get(row.title)
-        lines.append([row.group, row.title, f"{len(recs)}/{len(camp.seeds)}", fmt(test_mae),
+        lines.append([row.group, row.title, f"{len(recs)}/{seeds}", fmt(values(recs, "test", "MAE")),
                       fmt(values(recs, "test", "Corr")), fmt(values(recs, "test", "Mult_acc_7"), 2, 100.0),
-                      fmt(values(recs, "valid", "MAE")), delta, reading,
-                      f"*{paper[0]:.3f} / {paper[1]:.3f} / {paper[2]:.2f}*" if paper else "-",
+                      fmt(values(recs, "valid", "MAE"))] + cells + [
+                      valid, f"*{paper[0]:.3f} / {paper[1]:.3f} / {paper[2]:.2f}*" if paper else "-",
                       TABLE3_WHY.get(row.key, "-")])
     notes = ["Planted-signal data (khar_mmsa.data.planted): a known signal in each modality and a known label "
              "noise, so moves are read against that design, not against the paper's real-feature numbers (in "
              "italics, not comparable). Nothing is chosen on this table, so it reports the test split.",
              "What a linear read-out of the same pooled inputs recovers, per modality (the 'why' column's R² "
              "figures), is RESULTS.md section `planted-probe` (`python -m benchmarks.planted_probe`): noise "
-             "floor 0.250, additive ridge read-out of all three 0.496, of audio and vision 0.538."]
+             "floor 0.250, additive ridge read-out of all three 0.496, of audio and vision 0.538.",
+             campaign_stats_notes()]
     return common.markdown_table(header, lines), notes
 
 
@@ -270,123 +247,130 @@ def final_table(camp: Campaign, find: Finder) -> Tuple[str, List[str]]:
     columns = [("MAE", "MAE", 3, 1.0), ("Corr", "Corr", 3, 1.0), ("Has0_acc_2", "Acc-2 has0", 2, 100.0),
                ("Non0_acc_2", "Acc-2 non0", 2, 100.0), ("Mult_acc_7", "Acc-7", 2, 100.0)]
     header = ["Model", "settings", "seeds"] + [t for _, t, _, _ in columns] + ["valid MAE (selection)", "wall"]
-    lines = []
-    for row, row_slots in _slots_by_row(slots):
+    lines, rows = [], []
+    for row, row_slots in slots_by_row(slots):
         recs = found(find, row_slots)
+        rows.append((row.title, recs))
         lines.append([row.title, row_slots[0].variant, f"{len(recs)}/{len(camp.seeds)}"]
                      + [fmt(values(recs, "test", k), d, sc) for k, _, d, sc in columns]
                      + [fmt(values(recs, "valid", "MAE")) if row.family in ("khar", "floor") else "-",
                         wall_text(recs)])
-    return common.markdown_table(header, lines), [
+    body = common.markdown_table(header, lines)
+    paired, notes = khar_on_test(camp, rows)
+    return body + ("\n\n" + paired if paired else ""), [
         "The only table on the test split; every setting was chosen on validation (the lr and choices tables). "
         f"MMSA's models: their own trainers, early stop after {BASELINE_PATIENCE} epochs without a better "
-        f"validation loss, on the same transcripts pickle (TFN at batch {TFN_BATCH_SIZE}, see the protocol)."
-    ] + khar_on_test(camp, [(row.title, found(find, row_slots)) for row, row_slots in _slots_by_row(slots)])
+        "validation loss (MMSA's default; the paper states no early stopping), on the same transcripts pickle; "
+        + baseline_settings(rows) + " (TFN's batch: see the protocol).",
+        "Paired over seeds only: the records hold each run's test metrics, not its per-clip test predictions, "
+        "so no paired bootstrap over test clips can be computed from them."] + notes + [
+        validation_predicts_test(camp), campaign_stats_notes()]
 
 
-def khar_on_test(camp: Campaign, rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]]) -> List[str]:
-    """KHaR (the row after the floor) against every other row of the final table on the test split, by
-    the campaign's yardstick (the larger std), MAE and Corr, once both have every seed; and whether
-    issue 22's goal holds: a test MAE below the floor's by more than the larger std, Corr not worse."""
-    (floor_title, floor), (_, khar) = rows[0], rows[1]
-    notes = []
-    for title, recs in [rows[0]] + list(rows[2:]):
-        if len(khar) < len(camp.seeds) or len(recs) < len(camp.seeds):
-            notes.append(f"KHaR against {title} on test: pending.")
+def validation_predicts_test(camp: Campaign) -> str:
+    """How well a transcripts row's mean validation MAE ranks its mean test MAE, over every row with a
+    validation score (Spearman's ρ): what reading rows on 229 validation clips can promise about test."""
+    from scipy import stats
+    rows: Dict[str, List[Tuple[float, float]]] = {}
+    for rec in camp.load_records().values():
+        result = rec["outcome"]["result"]
+        if "valid" in result and rec["identity"]["data"]["name"].startswith("transcripts"):
+            rows.setdefault(rec["variant"], []).append((result["valid"]["MAE"], result["metrics"]["MAE"]))
+    if len(rows) < 3:
+        return "Validation against test: fewer than 3 transcripts rows."
+    valid, test = ([float(np.mean([pair[k] for pair in v])) for v in rows.values()] for k in (0, 1))
+    rho, p = stats.spearmanr(valid, test)
+    return (f"Validation against test: over the {len(rows)} transcripts rows with a validation score (every record "
+            f"stores test metrics), mean validation MAE ranks mean test MAE with Spearman ρ {rho:.2f} (p {p:.2f}): "
+            "on 229 validation clips most differences between rows are below what 5 seeds resolve (each row's MDE).")
+
+
+def baseline_settings(rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]]) -> str:
+    """The settings MMSA's models ran with as their records hold them, beside MMSA's own defaults (mosi)."""
+    import MMSA
+    defaults = json.loads((Path(MMSA.__file__).parent / "config" / "config_regression.json").read_text())
+    parts = []
+    for title, recs in rows:
+        model = recs[0]["model"] if recs else None
+        if model not in defaults or not recs:
             continue
-        parts = []
-        for key, lower_is_better in (("MAE", True), ("Corr", False)):
-            a, b = values(khar, "test", key), values(recs, "test", key)
-            sign = spread_sign(a, b) * (1 if lower_is_better else -1)
-            parts.append(f"{key} {float(a.mean() - b.mean()):+.3f} (larger std "
-                         f"{max(float(a.std()), float(b.std())):.3f}): "
-                         + {-1: "better by more than it", 1: "worse by more than it", 0: "within it"}[sign])
-        notes.append(f"KHaR against {title} on test: " + "; ".join(parts) + ".")
-    if len(khar) == len(floor) == len(camp.seeds):
+        mmsa = {**defaults[model]["commonParams"], **defaults[model]["datasetParams"].get("mosi", {})}
+        keys = sorted({k for r in recs for k in ("early_stop", "update_epochs", "batch_size") if k in r["config"]})
+        ran = ", ".join(f"{k}={'/'.join(sorted({str(r['config'][k]) for r in recs}))}" for k in keys)
+        theirs = ", ".join(f"{k}={mmsa.get(k, '-')}" for k in keys)
+        parts.append(f"{title} ran with {ran} (MMSA's: {theirs})")
+    return "; ".join(parts)
+
+
+def khar_on_test(camp: Campaign, rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]]) -> Tuple[str, List[str]]:
+    """KHaR (the row after the floor) against every other row of the final table on the test split,
+    paired by seed, MAE and Corr, as a table; and whether issue 22's goal holds by the rule fixed before
+    the runs (a test MAE below the floor's by more than the larger std, Corr not worse by more than it)
+    and by the paired verdicts (MAE better, Corr not worse)."""
+    (floor_title, floor), (_, khar) = rows[0], rows[1]
+    seeds = len(camp.seeds)
+    header = ["KHaR against", "metric", "Δ test (KHaR − row; paired: mean [95 % interval])"] + PAIRED_HEADER
+    lines = []
+    for title, recs in [rows[0]] + list(rows[2:]):
+        complete = len(khar) == len(recs) == seeds
+        for key in ("MAE", "Corr"):
+            lines.append([title, key] + paired_cells(compare(khar, recs, "test", key), complete, seeds))
+    notes = []
+    if len(khar) == len(floor) == seeds:
         mae = spread_sign(values(khar, "test", "MAE"), values(floor, "test", "MAE"))
         corr = spread_sign(-values(khar, "test", "Corr"), -values(floor, "test", "Corr"))
-        met = mae < 0 and corr <= 0
-        notes.append(f"Issue 22's goal (KHaR's test MAE below {floor_title}'s by more than the larger std, Corr "
-                     f"not worse by more than it): {'met' if met else 'not met'}.")
-    return notes
+        p_mae, p_corr = compare(khar, floor, "test", "MAE"), compare(khar, floor, "test", "Corr")
+        met = p_mae.verdict == "better" and p_corr.verdict != "worse"
+        notes.append(f"Issue 22's goal (KHaR's test MAE below {floor_title}'s, Corr not worse): by the rule fixed "
+                     f"before the runs (more than the larger std) {'met' if mae < 0 and corr <= 0 else 'not met'}; "
+                     f"paired, {'met' if met else 'not met'} (MAE {p_mae.verdict}, Corr {p_corr.verdict}).")
+    return (common.markdown_table(header, lines) if lines else ""), notes
 
 
-# ---- for pandas and for the eye -------------------------------------------------------------------
-RUN_COLUMNS = ("table", "variant", "model", "seed", "best_epoch", "valid_MAE", "valid_Corr", "test_MAE", "test_Corr",
-               "wall_s", "code", "finished", "run_id")
-#: the tables whose test metrics are shown (the protocol reads every other table on validation only)
-TEST_TABLES = ("table3", "final")
-
-
-def runs_frame(camp: Campaign, find: Finder, tables: Sequence[str] = TABLES):
-    """One row per run of each table (a run shared by two tables appears in both), for
-    ``pandas.read_csv``: its variant, seed, selected epoch and validation metrics (none for MMSA's
-    TFN / MulT / Self-MM, whose trainers report the test split only), and its test metrics only in
-    the tables that report the test split."""
-    import pandas as pd
-    rows = []
-    for table in tables:
-        for rec in table_records(camp, find, table):
-            result = rec["outcome"]["result"]
-            test = result["metrics"] if table in TEST_TABLES else {}
-            valid = result.get("valid", {})   # MMSA's own trainers report the test split only
-            rows.append({"table": table, "variant": rec["variant"], "model": rec["model"], "seed": rec["seed"],
-                         "best_epoch": result.get("best_epoch"), "valid_MAE": valid.get("MAE"),
-                         "valid_Corr": valid.get("Corr"), "test_MAE": test.get("MAE"),
-                         "test_Corr": test.get("Corr"), "wall_s": rec["outcome"].get("wall_s"),
-                         "code": rec["identity"]["code"], "finished": rec["finished"], "run_id": rec["run_id"]})
-    return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-
-
-def rows_figure(camp: Campaign, find: Finder, table: str, path: Path) -> bool:
-    """The walk or the choices as a picture: each row's validation MAE per seed (dots) and its mean ±
-    std (bar), the floor's and the default's means as lines.  False (logged) without matplotlib."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        logger.warning(f"matplotlib is not installed: no figure at {path} (pip install '.[bench]')")
-        return False
-    rows = [(row, values(found(find, slots), "valid", "MAE")) for row, slots in
-            _slots_by_row(table_slots(camp, table, find) or [])]
-    fig = Figure(figsize=(8.5, 0.45 * len(rows) + 1.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for y, (row, maes) in enumerate(rows):
-        if maes.size:
-            ax.scatter(maes, [y] * maes.size, s=14, color="C0", alpha=0.6, zorder=2)
-            ax.errorbar([maes.mean()], [y], xerr=[maes.std()], fmt="D", color="C3", capsize=4, zorder=3)
-    for row, maes in rows:
-        if row.key in ("floor", "khar") and maes.size:
-            ax.axvline(maes.mean(), color="grey" if row.key == "floor" else "C3", linestyle=":", linewidth=1)
-    ax.set_yticks(range(len(rows)), [f"{row.title} ({maes.size}/{len(camp.seeds)})" for row, maes in rows],
-                  fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("validation MAE\ndots: seeds; diamond: mean ± std; dotted lines: floor (grey), full KHaR (red)")
-    ax.set_title(f"{TITLES[table]} (code {CAMPAIGN_CODE_VERSION})", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100)
-    return True
-
-
-FIGURES = ("walk", "choices")
 BUILDERS = {"lr": lr_table, "walk": lambda c, f: walk_like_table(c, f, "walk"),
             "choices": lambda c, f: walk_like_table(c, f, "choices"), "table3": table3_table, "final": final_table}
 
 
+def protocol_section(camp: Campaign, find: Finder, records: Sequence[Mapping[str, Any]]) -> str:
+    """The protocol as the runs ran it (RESULTS.md section ``campaign-protocol``): what was fixed before the
+    runs, where it departs from MMSA's defaults (read from the records), and what the records hold beyond
+    what the tables show."""
+    final = table_slots(camp, "final", find)
+    mmsa = baseline_settings([(s[0].row.title, found(find, s)) for _, s in slots_by_row(final)]) if final else "-"
+    lines = [
+        f"- KHaR and the text-only floor: a fixed budget of {BUDGET_EPOCHS} epochs (no early stop), scored at the "
+        f"best validation epoch (validation L1, MMSA's KeyEval); linear warm-up over {WARMUP_RATIO:.0%} of the "
+        "steps, then linear decay to 0. Rates by the `lr` table's rule (lower mean validation MAE).",
+        f"- MMSA's TFN, MulT and Self-MM: their own trainers, no epoch cap, early stop after {BASELINE_PATIENCE} "
+        "epochs without a better validation loss. 8 is MMSA's default `early_stop`; the paper states no early "
+        f"stopping. As recorded: {mmsa}. MulT and Self-MM thus step their optimizer every batch "
+        f"(`update_epochs=1`, benchmarks/compare.py's quick setting), not every 8 or 4 batches as MMSA's defaults "
+        f"do; TFN trains at batch {TFN_BATCH_SIZE} (MMSA's 32 leaves one clip in the last training batch, which "
+        "TFN's BatchNorm refuses).",
+        f"- Seeds {', '.join(map(str, camp.seeds))} in every row; rows are compared seed by seed (paired).",
+        "- Quality is read on validation; the test split is reported only in `final` (and in `table3`, on planted "
+        "data where nothing is chosen). Every record nevertheless stores its run's test metrics, also in the rows "
+        "of `lr`, `walk` and `choices`, whose tables report none (`results/campaign-runs.csv` leaves them empty).",
+        "- The transcripts' test split was not untouched before the campaign: an earlier section (RESULTS-archive.md, "
+        "'Issue 10 reruns') reported KHaR's and the floor's test figures on it, and the β default "
+        "(`mib_kl_reduction='mean'`) was set there with test figures beside the validation ones.",
+        "- The choices' decision rule, fixed before the runs: a switch replaces the default only when its mean "
+        "validation MAE is lower by more than the larger population std of the two rows. The tables add the paired "
+        "reading (per-seed differences, 95 % interval, verdict, MDE: benchmarks/campaign_stats.py).",
+    ]
+    versions = sorted({r["identity"]["code"] for r in records})
+    body = "\n".join(lines) + (f"\n- Code version of the runs: {', '.join(versions)} (the campaign's: "
+                               f"{CAMPAIGN_CODE_VERSION}); {len(records)} records in benchmarks/records/campaign/.")
+    return common.section("The decision campaign's protocol, as run", "python -m benchmarks.campaign render",
+                          machines_text(records), sorted({r["seed"] for r in records}),
+                          "the real CMU-MOSI transcripts (text only, ../shared/data/mosi/label.csv, 1281/229/685 clips); "
+                          "Table 3: planted MOSI-format data (128/64/128 clips)", wall(records), body)
+
+
 # ---- the commands ---------------------------------------------------------------------------------
-def table_records(camp: Campaign, find: Finder, table: str) -> List[Dict[str, Any]]:
-    if table == "lr":
-        slots = [Slot(row, s, row.rate) for s in camp.seeds for row in LR_ROWS]
-    else:
-        slots = table_slots(camp, table, find) or []
-    return found(find, slots)
-
-
 def status(camp: Campaign, tables: Sequence[str]) -> Dict[str, Tuple[int, int]]:
     """Per table: (runs recorded, runs in all); logged one line each (a closed gate says so)."""
-    find = camp.finder(camp.load_records(), exact=False)
+    find = camp.finder(camp.load_records(), exact=False)   # damaged records: logged, counted as not run
     out = {}
     for table in tables:
         slots = table_slots(camp, table, find)
@@ -409,6 +393,8 @@ def render(camp: Campaign, args: argparse.Namespace) -> Dict[str, Path]:
     tables_dir = Path(args.tables_dir) if args.tables_dir else (camp.work if camp.smoke else common.TABLES_DIR)
     tables_dir.mkdir(parents=True, exist_ok=True)
     written = {}
+    if records:
+        common.update_results_md(results_md, "campaign-protocol", protocol_section(camp, find, list(records.values())))
     for table in args.tables:
         recs = table_records(camp, find, table)
         if not recs:
@@ -419,8 +405,8 @@ def render(camp: Campaign, args: argparse.Namespace) -> Dict[str, Path]:
         machines = machines_text(recs)
         text = (f"{body}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
                 f"- Protocol: {BUDGET_EPOCHS} epochs for every KHaR and floor run, scored at the best validation "
-                f"epoch; linear warm-up over {WARMUP_RATIO:.0%} of the steps, then linear decay to 0 "
-                "(benchmarks/README.md, 'The decision campaign').\n"
+                f"epoch; linear warm-up over {WARMUP_RATIO:.0%} of the steps, then linear decay to 0; the whole "
+                "record, as run, is the section `campaign-protocol` (benchmarks/README.md, 'The decision campaign').\n"
                 f"- Code version of the runs: {', '.join(versions)} (the campaign's: {CAMPAIGN_CODE_VERSION}); "
                 f"{len(recs)} records in benchmarks/records/campaign/.\n"
                 f"- Data: {'; '.join(data)}.\n"

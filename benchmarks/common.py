@@ -3,15 +3,10 @@
 * the machine (CPU model, cores, torch, GPU) and a :class:`Timer`;
 * the three run modes (``--smoke`` for tests, ``--quick`` minutes on 2 CPU cores, ``--full`` the
   paper's settings on a GPU) and the common command line options;
-* building the data: planted-signal pickles (:mod:`khar_mmsa.data.planted`) and real MOSI
-  transcripts (:mod:`khar_mmsa.data.transcripts`, read from ``../shared`` beside the checkout at run time), both into
-  the work folder, never into the repository;
-* :func:`mmsa_spec` / :func:`run_specs` / :func:`collect`: each (model, dataset, seed, variant)
-  run is a :class:`khar_mmsa.experiments.sweep.RunSpec` (one ``MMSA_run`` into its own output folder); the
-  runs go to the executor of ``--executor local|ray`` (resumable through a manifest in ``--out``)
-  and come back to this process, which alone writes tables and RESULTS.md;
-* :func:`read_results_csv`: one row of MMSA's results CSV (``<Metric>`` mean x100 and
-  ``<Metric>_std``, see :mod:`khar_mmsa.integration.results_files`);
+* building the data (planted-signal pickles, real MOSI transcripts) lives in
+  :mod:`benchmarks.datasets`, and running MMSA (one ``RunSpec`` per model, dataset, seed and
+  variant; ``run_specs``, ``collect``, ``read_results_csv``) in :mod:`benchmarks.mmsa_runs`; both
+  are re-exported here as ``common.<name>``;
 * tables in MMSA's metric layouts (MOSI/MOSEI: MAE, Corr, Acc-7, Acc-5, Acc-2 and F1 with and
   without zeros; SIMS/SIMSv2: MAE, Corr, Acc-5, Acc-3, Acc-2, F1) as Markdown and CSV, mean ± std;
 * :func:`update_results_md`: each script owns one section of ``benchmarks/RESULTS.md`` between
@@ -34,11 +29,10 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from khar_mmsa.mmsa_conventions import SPLITS
 
 # Offline by design; progress bars of MMSA's trainers would flood the logs of background runs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -323,168 +317,6 @@ def encoder_name(folder: Any) -> str:
     return Path(folder).name
 
 
-# ---- data --------------------------------------------------------------------------------------
-def make_planted(out: Path, dataset: str, sizes: Sequence[int], seq_lens: Optional[Sequence[int]],
-                 tokenizer: Path, seed: int = 0, lengths: str = "uniform"):
-    """A planted-signal pickle in ``out`` (rebuilt each time: byte-identical for the same args)."""
-    from khar_mmsa.data.planted import make_planted_dataset
-    suffix = "" if lengths == "uniform" else f"-{lengths}"
-    path = Path(out) / f"planted-{dataset}-{'x'.join(map(str, sizes))}{suffix}.pkl"
-    info = make_planted_dataset(path, dataset, sizes=tuple(sizes), seed=seed,
-                                seq_lens=None if seq_lens is None else tuple(seq_lens), tokenizer=str(tokenizer),
-                                lengths=lengths)
-    return path, info
-
-
-def planted_description(info: Any) -> str:
-    return (f"planted-signal {info.dataset.upper()}-format pickle (khar_mmsa.data.planted, seed {info.seed}): "
-            f"train/valid/test {'/'.join(map(str, info.sizes))}, seq_lens (text, audio, vision) "
-            f"{tuple(info.seq_lens)}"
-            + (", long-tailed audio/vision lengths (one lognormal clip duration per sample, fitted to the real "
-               "CMU-MOSI transcripts' word counts)" if info.lengths == "long_tailed" else "")
-            + f", feature widths {tuple(info.feature_dims)}, label noise sigma "
-            f"{info.noise_sigma:.3g} -> noise floor MAE {info.noise_floor_mae:.3f} "
-            f"(clipped labels {100 * info.clipped_fraction:.2f}%); token ids from {encoder_name(info.tokenizer)}. "
-            "Synthetic: not comparable with results on real features.")
-
-
-def make_transcripts(out: Path, tokenizer: Path, label_csv: Path = MOSI_LABEL_CSV,
-                     train_subset: Optional[int] = None, text_len: int = 50, seed: int = 0):
-    """The real-MOSI-transcripts pickle (text only) in ``out``, built once and reused.
-
-    ``train_subset``: keep a seeded random subset of that many training clips (valid and test stay
-    whole).  Returns (path, info dict)."""
-    import pickle
-
-    import numpy as np
-
-    from khar_mmsa.data.transcripts import build_transcript_dataset
-    from khar_mmsa.io.pickles import load_pickle
-    from khar_mmsa.io.files import atomic_open
-
-    full = Path(out) / f"transcripts-{Path(tokenizer).name}-L{text_len}-{_inputs_key(label_csv, tokenizer)}.pkl"
-    if not full.is_file():
-        build_transcript_dataset(label_csv, full, tokenizer, text_len=text_len, progress=False)
-    data = load_pickle(full)
-    meta = dict(data.get("meta", {}))
-    n = len(data["train"]["regression_labels"])
-    if train_subset is None or train_subset >= n:
-        return full, meta
-    path = full.with_name(f"{full.stem}-train{train_subset}-s{seed}.pkl")
-    if not path.is_file():
-        keep = np.sort(np.random.default_rng(seed).choice(n, size=train_subset, replace=False))
-        data["train"] = {k: v[keep] for k, v in data["train"].items()}
-        meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
-        data["meta"] = meta
-        with atomic_open(path) as f:
-            pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-    meta["train_subset"] = {"size": int(train_subset), "of": int(n), "seed": int(seed)}
-    return path, meta
-
-
-def _inputs_key(label_csv: Path, tokenizer: Path) -> str:
-    """What a built transcripts pickle depends on, by content: the label CSV's SHA-256, every file
-    of the tokenizer folder, and the code version (so a rebuilt builder rebuilds)."""
-    import hashlib
-    import json
-
-    from khar_mmsa.io.identity import code_version, folder_digest
-    from khar_mmsa.io.files import file_digest
-    key = {"labels": file_digest(label_csv), "tokenizer": folder_digest(tokenizer), "code": code_version()}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def split_sizes(path: Path) -> Tuple[int, int, int]:
-    from khar_mmsa.io.pickles import load_pickle
-    data = load_pickle(path)
-    return tuple(len(data[s]["regression_labels"]) for s in SPLITS)  # type: ignore[return-value]
-
-
-# ---- MMSA runs ---------------------------------------------------------------------------------
-@dataclass
-class RunResult:
-    label: str
-    model: str
-    stats: Dict[str, Stat]
-    wall_s: float
-    seeds: List[int]
-    config: Dict[str, Any] = field(default_factory=dict)
-    csv_path: Optional[Path] = None
-
-
-def read_results_csv(csv_path: Path, model: Optional[str] = None, row: int = -1) -> Dict[str, Stat]:
-    """One row of MMSA's results CSV as ``{metric: Stat}`` (the last row of ``model`` by default)."""
-    import pandas as pd
-    table = pd.read_csv(csv_path)
-    if model is not None:
-        table = table[table["Model"].astype(str).str.lower() == model.lower()]
-    if table.empty:
-        raise ValueError(f"{csv_path}: no row for model {model!r}")
-    rec = table.iloc[row]
-    n = len(str(rec.get("seeds", "")).split()) or 1
-    stats: Dict[str, Stat] = {}
-    for col in table.columns:
-        if col in ("Model", "seeds") or col.endswith("_std"):
-            continue
-        std = rec.get(f"{col}_std", 0.0)
-        stats[col] = Stat(float(rec[col]), float(std) if std == std else 0.0, n)
-    return stats
-
-
-def run_specs(specs: Sequence[Any], args: argparse.Namespace, name: str) -> Any:
-    """Run the sweep's specs with the executor chosen on the command line (``--executor``...),
-    resumable through ``<out>/sweep-manifest.jsonl``; returns the :class:`khar_mmsa.experiments.sweep.SweepOutcome`.
-    Only this process (the driver) writes tables afterwards."""
-    from khar_mmsa.experiments.sweep import executor_options, run_sweep
-    return run_sweep(specs, executor_options(args), manifest_path=Path(args.out) / "sweep-manifest.jsonl", name=name)
-
-
-def mmsa_spec(model: str, dataset: str, feature_path: Path, seed: int, out_dir: Path,
-              config: Optional[Mapping[str, Any]] = None, variant: str = "default", label: str = "",
-              threads: Optional[int] = None, runner: Optional[str] = None) -> Any:
-    """One ``MMSA_run`` of ``model`` on ``feature_path`` with one seed into ``out_dir`` (its own
-    checkpoints, logs and results CSV; CPU-safe ``gpu_ids=[0]``, ``num_workers=0``)."""
-    from khar_mmsa.experiments.sweep import DEFAULT_RUNNER, RunSpec
-    return RunSpec(model=model, dataset=dataset, seed=int(seed), feature_path=str(Path(feature_path).resolve()),
-                   out_dir=str(Path(out_dir).resolve()), variant=variant, config=dict(config or {}),
-                   runner=runner or DEFAULT_RUNNER, threads=threads, label=label)
-
-
-def read_previous_csv(path: Path) -> Dict[str, Dict[str, Stat]]:
-    """Our rows of an earlier table CSV (``write_csv_table``'s format) as ``{row: {metric: Stat}}``."""
-    out: Dict[str, Dict[str, Stat]] = {}
-    with open(path, newline="") as f:
-        for rec in csv.DictReader(f):
-            if rec.get("source") != "ours":
-                continue
-            n = int(rec.get("seeds") or 1)
-            stats: Dict[str, Stat] = {}
-            for col, value in rec.items():
-                if not col.endswith("_mean") or value in ("", None):
-                    continue
-                key = col[:-len("_mean")]
-                scale = 100.0 if key in UNIT_SCALE_KEYS else 1.0  # Stat keeps MMSA's x100 for MAE/Corr
-                stats[key] = Stat(float(value) * scale, float(rec.get(f"{key}_std") or 0.0) * scale, n)
-            out[rec["row"]] = stats
-    return out
-
-
-def collect(label: str, model: str, specs: Sequence[Any], outcome: Any,
-            config: Optional[Mapping[str, Any]] = None) -> RunResult:
-    """The runs of one table row (one per seed) -> mean ± std over seeds, summed wall time."""
-    done = [outcome.results[s.run_id] for s in specs]
-    per_seed = [dict(d["result"]["metrics"]) for d in done]
-    for d, metrics in zip(done, per_seed):  # KHaR and the floor: the validation MAE selection chose by
-        if "MAE" in d["result"].get("valid", {}):
-            metrics["valid_MAE"] = float(d["result"]["valid"]["MAE"])
-    keys = set.intersection(*(set(m) for m in per_seed)) if per_seed else set()  # a metric one seed lacks is left out
-    stats = stats_from_runs([{k: v for k, v in m.items() if k in keys} for m in per_seed])
-    wall = sum(float(d["wall_s"]) for d in done)
-    logger.info(f"[{label}] {len(specs)} run(s), {fmt_seconds(wall)}: "
-                + ", ".join(f"{k} {fmt_stat(k, stats[k])}" for k in ("MAE", "Corr") if k in stats))
-    return RunResult(label, model, stats, wall, [s.seed for s in specs], dict(config or {}))
-
-
 # ---- tables ------------------------------------------------------------------------------------
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -558,17 +390,46 @@ orientation only and are **not comparable** with runs on synthetic data or on te
 """
 
 
+#: RESULTS.md opens on current results.  A section written for the first time goes before the first
+#: section whose key comes later in RESULTS_ORDER (fnmatch patterns; a key matching none goes last),
+#: or, when its key matches RESULTS_ARCHIVED and the archive file exists beside RESULTS.md, into the
+#: archive (superseded results).  A section already in either file is replaced where it stands.
+RESULTS_ORDER = ("campaign-protocol", "campaign-lr", "campaign-walk", "campaign-choices", "campaign-table3",
+                 "campaign-final", "planted-probe", "gpu-*", "speed-*", "attention-*", "loading-*")
+RESULTS_ARCHIVED = ("compare-*", "tsne-*", "ablations-*", "walk-*")
+RESULTS_ARCHIVE = "RESULTS-archive.md"
+
+
+def _results_rank(key: str, patterns: Sequence[str] = RESULTS_ORDER) -> int:
+    import fnmatch
+    return next((i for i, pattern in enumerate(patterns) if fnmatch.fnmatchcase(key, pattern)), len(patterns))
+
+
 def update_results_md(path: Path, key: str, body: str) -> Path:
-    """Insert or replace the section ``key`` of ``path`` (created with a header if missing)."""
+    """Insert or replace the section ``key`` of ``path`` (created with a header if missing), or of the
+    archive beside it when the section is there (see RESULTS_ORDER); returns the file written.  A section
+    with a ``- Command:`` line and no ``- Code version:`` line gets one: the library that wrote it."""
     path = Path(path)
     start, end = _markers(key)
+    if "\n- Command:" in body and "\n- Code version:" not in body:
+        from khar_mmsa.io.identity import code_version
+        body = re.sub(r"(\n- Command: [^\n]*)", lambda m: f"{m.group(1)}\n- Code version: {code_version()} "
+                      "(khar_mmsa, the library that wrote this section)", body, count=1)
     block = f"{start}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.is_file() else RESULTS_HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    archive = path.with_name(RESULTS_ARCHIVE)
+    holder = next((p for p in (path, archive) if p.is_file() and pattern.search(p.read_text())), None)
+    if holder is None and archive.is_file() and _results_rank(key, RESULTS_ARCHIVED) < len(RESULTS_ARCHIVED):
+        holder = archive
+    path = holder or path
+    text = path.read_text() if path.is_file() else RESULTS_HEADER
     if pattern.search(text):
         text = pattern.sub(lambda _: block, text, count=1)
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        rank = _results_rank(key)
+        later = [m.start() for m in re.finditer(r"<!-- benchmark:(\S+?):start -->", text)
+                 if _results_rank(m.group(1)) > rank]
+        text = (text[:later[0]] + block + "\n\n" + text[later[0]:]) if later else text.rstrip() + "\n\n" + block + "\n"
     from khar_mmsa.io.files import atomic_write_text
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
@@ -601,3 +462,10 @@ def target_line(name: str, met: bool, detail: str) -> str:
 
 def asdict(obj: Any) -> Dict[str, Any]:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+# The data builders and the MMSA-run helpers live in their own modules; ``common.<name>`` keeps
+# working for the scripts that use them (imported last: those modules import from this one).
+from .datasets import make_planted, make_transcripts, planted_description, split_sizes  # noqa: E402,F401
+from .mmsa_runs import (RunResult, collect, mmsa_spec, read_previous_csv, read_results_csv,  # noqa: E402,F401
+                        run_specs)

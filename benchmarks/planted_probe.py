@@ -155,7 +155,7 @@ def probe(data: Mapping[str, object], encoder: Path) -> Tuple[str, Dict[str, Dic
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
     import pickle
-    from .campaign import ENCODER, PLANTED_SEQ_LENS, PLANTED_SIZES, SMOKE_SIZES
+    from .campaign_plan import ENCODER, PLANTED_SEQ_LENS, PLANTED_SIZES, SMOKE_SIZES
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=common.DEFAULT_WORK_DIR / "planted-probe",
                         help="work folder for the planted pickle")

@@ -50,6 +50,7 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     from MMSA.config import get_config_regression
     from MMSA.data_loader import MMDataLoader
 
+    from khar_mmsa.config import KHaRConfig
     from khar_mmsa.integration import metrics_for
     from khar_mmsa.model.khar import KHaR
     from khar_mmsa.io.files import safe_torch_load
@@ -64,8 +65,9 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     args.update(dict(overrides))
     seed_everything(seed)
     loaders = MMDataLoader(args, 0)           # fills feature_dims / seq_lens from the pickle
-    model = KHaR(args)
-    trainer = KHaRTrainer(args, metrics=metrics_for(dataset))
+    config = KHaRConfig.from_mmsa_args(args)  # MMSA's args, converted once
+    model = KHaR(config)
+    trainer = KHaRTrainer(args, config=config, metrics=metrics_for(dataset))
     with Timer() as t:
         trainer.do_train(model, loaders)
     model.load_state_dict(safe_torch_load(args["model_save_path"]))

@@ -3,7 +3,7 @@
 ``import khar_mmsa`` registers the model key ``'khar'`` and the dataset key ``'simsv2'`` with MMSA
 (:mod:`khar_mmsa.integration.registration`: it adds, it does not alter).  MMSA itself is loaded
 only when something needs it: if it is not imported yet, registration happens the moment it is
-(:mod:`khar_mmsa.integration.deferred`), so ``import khar_mmsa.io.files`` stays light.
+(a post-import hook), so ``import khar_mmsa.io.files`` stays light.
 
 ``khar_mmsa.run(...)`` takes ``MMSA_run``'s arguments and runs any model through our runner
 (validation, safe loading, resume, tuning on validation); ``khar_mmsa.test(...)`` is
@@ -12,8 +12,8 @@ only when something needs it: if it is not imported yet, registration happens th
 from typing import Any, Optional
 
 from khar_mmsa.config import ConfigError, KHaRConfig
-from khar_mmsa.integration.deferred import register_with_mmsa
-from khar_mmsa.integration.registration import is_registered, register, unregister
+from khar_mmsa.integration.registration import (is_registered, register, register_when_mmsa_is_imported,
+                                                unregister)
 
 __version__ = "0.1.0"
 __all__ = ["KHaRConfig", "ConfigError", "register", "unregister", "is_registered", "run", "test",
@@ -35,4 +35,4 @@ def test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optional[int
     return mmsa_test(config, weights_path, feature_path, gpu_id)
 
 
-register_with_mmsa()
+register_when_mmsa_is_imported()

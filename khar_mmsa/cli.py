@@ -37,7 +37,7 @@ from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_FOLDERS, MMSA_DEFAULT_SEEDS,
 SUBCOMMANDS = ("tune", "sweep")
 PROG = "python -m khar_mmsa"
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 def _config_keys() -> Dict[str, List[str]]:
@@ -93,6 +93,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be 1 or more")
     return value
+
+
+def _seed(text: str) -> int:
+    """A ``-s`` value: an integer in ``[0, 2**32)`` (:func:`khar_mmsa.mmsa_conventions.check_seed`)."""
+    from khar_mmsa.mmsa_conventions import SeedError, check_seed
+    try:
+        return check_seed(int(text), "-s")
+    except ValueError as exc:  # int('x') and SeedError alike: argparse's one line, exit 2
+        raise argparse.ArgumentTypeError(str(exc) if isinstance(exc, SeedError) else f"{text!r} is not an integer")
 
 
 def check_distinct_seeds(parser: argparse.ArgumentParser, seeds: Sequence[int]) -> None:
@@ -167,7 +176,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("-t", "--tune", action="store_true",
                         help="Tune hyper parameters (selects on the validation split). Default: False")
     parser.add_argument("-tt", "--tune-times", type=int, default=50, help="Number of candidates to tune. Default: 50")
-    parser.add_argument("-s", "--seeds", action="append", type=int, default=[],
+    parser.add_argument("-s", "--seeds", action="append", type=_seed, default=[],
                         help=f"Random seed; repeat for several. Default: {list(MMSA_DEFAULT_SEEDS)}")
     parser.add_argument("-n", "--num-workers", type=int, default=None,
                         help="Data loader workers. Default: MMSA's 4 with CUDA, 0 without")
@@ -232,7 +241,7 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                         help="fixed override of one config key in every trial (VALUE read as JSON)")
     parser.add_argument("--custom-feature", default="", help="feature pickle with all modalities")
-    parser.add_argument("-s", "--seed", type=int, default=1111, action=_Once,
+    parser.add_argument("-s", "--seed", type=_seed, default=1111, action=_Once,
                         help="the one training seed of every trial; give -s once (default 1111)")
     parser.add_argument("--samples", type=int, default=20, help="trials drawn from the grid (default 20)")
     parser.add_argument("--max-epochs", type=int, default=None,
@@ -280,7 +289,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     parser = subcommand_parser(
         "sweep", "MMSA_run of each model x seed as its own run (a Ray task with --executor ray); a manifest in "
                  "--out makes it resumable; the driver writes one results table.", models="+")
-    parser.add_argument("-s", "--seeds", type=int, nargs="+", action="extend", default=None, metavar="SEED",
+    parser.add_argument("-s", "--seeds", type=_seed, nargs="+", action="extend", default=None, metavar="SEED",
                         help="seeds: -s 1111 -s 1112 (MMSA's way) or -s 1111 1112; each distinct "
                              f"(default: {' '.join(map(str, MMSA_DEFAULT_SEEDS))})")
     parser.add_argument("--custom-feature", required=True, help="feature pickle with all modalities (every run reads it)")
@@ -297,6 +306,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds if args.seeds else list(MMSA_DEFAULT_SEEDS)
     check_distinct_seeds(parser, seeds)
+    repeated = sorted({m for m in args.models if args.models.count(m) > 1})
+    if repeated:  # names are case-insensitive (-m khar KHAR): one model, listed twice
+        parser.error(f"model(s) {', '.join(repeated)} given more than once in -m; each model must be distinct")
     from khar_mmsa.io.names import check_run_names
     for model in args.models:
         check_run_names(model, args.dataset)
@@ -337,15 +349,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     traceback_wanted = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
-    logger.setLevel(logging.INFO)
+    mmsa_logger = logging.getLogger("MMSA")  # the parent of every module's logger
+    mmsa_logger.setLevel(logging.INFO)
     ERROR_LOG["file"] = None
     handler: Optional[logging.Handler] = None
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            if not logger.handlers:  # this command's progress lines on stderr, removed when it returns
+            if not mmsa_logger.handlers:  # this command's progress lines on stderr, removed when it returns
                 handler = logging.StreamHandler(sys.stderr)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-                logger.addHandler(handler)
+                mmsa_logger.addHandler(handler)
             return {"tune": tune_main, "sweep": sweep_main}[argv[0]](argv[1:])
         return train_main(argv)
     except Exception as exc:  # noqa: BLE001 - user errors become one line; the rest keep their traceback
@@ -356,4 +369,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     finally:
         if handler is not None:
-            logger.removeHandler(handler)
+            mmsa_logger.removeHandler(handler)

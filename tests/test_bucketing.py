@@ -7,10 +7,9 @@ from torch.utils.data import DataLoader
 
 from khar_mmsa.data.bucketing import LengthBucketSampler, bucketed_loader, padding_overhead, sample_lengths
 from khar_mmsa.data.planted import planted_data
-from khar_mmsa.model.khar import KHaR
+from khar_mmsa.integration.model_and_trainer import khar_network, khar_trainer
 from khar_mmsa.model.text_encoders import make_tiny_bert
 from khar_mmsa.training.loop import Callback
-from khar_mmsa.training.trainer import KHaRTrainer
 
 pytestmark = pytest.mark.usefixtures("fast_mmsa")
 SEQ = (12, 40, 48)
@@ -79,8 +78,8 @@ def test_bucketed_batches_give_each_sample_its_unbucketed_prediction_and_loss(se
     bucketed batch, a random padded batch, or is computed alone."""
     args, dataset, _ = setup
     torch.manual_seed(0)
-    model = KHaR(args).eval()
-    trainer = KHaRTrainer(args)
+    model = khar_network(args).eval()
+    trainer = khar_trainer(args)
     alone = {}
     with torch.no_grad():
         for i in range(len(dataset)):
@@ -105,14 +104,14 @@ def test_trainer_uses_buckets_and_is_deterministic_with_the_seed(setup, tmp_path
         torch.manual_seed(seed)
         a = dict(args, epochs=2, early_stop=5, pretrain_adapters=False, save_resume_state=False,
                  model_save_path=str(tmp_path / f"k{seed}.pth"))
-        model = KHaR(a)
+        model = khar_network(a)
         dl = {k: DataLoader(dataset, batch_size=4, shuffle=True) for k in ("train", "valid", "test")}
         batches = []
 
         class RecordBatches(Callback):  # the indices of each training batch, as the loop takes it
             def on_step_begin(self, state, loop):
                 batches.append(loop.batch["index"].tolist())
-        history = KHaRTrainer(dict(a, callbacks=[RecordBatches()])).do_train(model, dl, return_epoch_results=True)
+        history = khar_trainer(dict(a, callbacks=[RecordBatches()])).do_train(model, dl, return_epoch_results=True)
         return batches, [r["Loss"] for r in history["valid"]]
 
     batches, losses = train(11)

@@ -15,6 +15,7 @@ from khar_mmsa.io.identity import config_identity, fingerprint_of
 from khar_mmsa.io.state_files import StateFileError, load_checkpoint_config
 from khar_mmsa.losses import information_bottleneck
 from khar_mmsa.training.pretrain import PRETRAIN_SECTIONS, pretrain_fingerprint
+from khar_mmsa.integration.model_and_trainer import khar_trainer
 from khar_mmsa.training.trainer import KHaRTrainer
 
 # The field list pretraining's cache key was once kept by hand: every one of them must still take part.
@@ -113,7 +114,7 @@ def _trainer(tmp_path: Path, **kw: object) -> KHaRTrainer:
     args = dict(model_name="khar", dataset_name="sims", pretrained="bert-base-chinese", modal_dim=16,
                 encoder_heads=4, adapter_heads=2, device="cpu", model_save_path=str(tmp_path / "k.pth"))
     args.update(kw)
-    return KHaRTrainer(args)
+    return khar_trainer(args)
 
 
 def test_checkpoint_json_holds_the_architecture_sections(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from khar_mmsa.data import planted as planted_mod
+from khar_mmsa.data import planted_frames, planted_text
 from khar_mmsa.data.planted import DATASET_SPECS, make_planted_dataset, noise_floor_mae, planted_data
 from khar_mmsa.data.transcripts import (ABSENT_FRAMES, absent_modalities, build_transcript_dataset,
                                         read_label_csv)
@@ -93,9 +94,9 @@ def test_planted_padding_is_exact_zero_and_lengths_in_bounds(dataset):
         n_tok = mask.sum(axis=1).astype(int)
         assert np.all(mask == (np.arange(mask.shape[1])[None] < n_tok[:, None]))
         assert np.all(seg == 0)
-        assert np.all(ids[:, 0] == planted_mod.BUILTIN_CLS_ID)
-        assert np.all(ids[np.arange(len(ids)), n_tok - 1] == planted_mod.BUILTIN_SEP_ID)
-        assert np.all(ids[mask == 0] == planted_mod.BUILTIN_PAD_ID)
+        assert np.all(ids[:, 0] == planted_text.BUILTIN_CLS_ID)
+        assert np.all(ids[np.arange(len(ids)), n_tok - 1] == planted_text.BUILTIN_SEP_ID)
+        assert np.all(ids[mask == 0] == planted_text.BUILTIN_PAD_ID)
         assert np.all(part["text"][mask == 0] == 0.0)
 
 
@@ -154,7 +155,7 @@ def test_planted_signal_is_recoverable_and_bursts_blur_under_mean_pooling():
     assert fit_mae < 0.4 * mean_mae
     assert fit_mae == pytest.approx(info.noise_floor_mae, rel=0.1)
     # step component is quantised to STEP_LEVELS levels
-    assert len(np.unique(lat["a_step"])) == planted_mod.STEP_LEVELS
+    assert len(np.unique(lat["a_step"])) == planted_frames.STEP_LEVELS
     # mean pooling over valid frames: sustained and step survive, the bursts do not
     pooled = part["audio"].sum(axis=1) / part["audio_lengths"][:, None]
     oracle_a = np.c_[lat["a_sustained"], lat["a_step"], lat["a_burst"]]
@@ -164,7 +165,7 @@ def test_planted_signal_is_recoverable_and_bursts_blur_under_mean_pooling():
     assert _r2(pooled, lat["a_sustained"]) > 0.9
     assert _r2(pooled, lat["a_burst"]) < 0.6
     # the text share is carried by the words: y_t is the negation-aware polarity sum of raw_text
-    polar = {**planted_mod.POSITIVE_WORDS, **planted_mod.NEGATIVE_WORDS}
+    polar = {**planted_text.POSITIVE_WORDS, **planted_text.NEGATIVE_WORDS}
     for text, y_t in zip(part["raw_text"], lat["y_t"]):
         words = text.split()
         p = sum(polar.get(w, 0) * (-1 if i and words[i - 1] == "not" else 1)
@@ -184,9 +185,9 @@ def test_planted_text_features_are_a_function_of_token_ids():
     assert same
     for g in same:
         diff = text[g[0], pos] - text[g[1], pos]
-        assert diff.std() < 4 * planted_mod.TOKEN_NOISE
+        assert diff.std() < 4 * planted_text.TOKEN_NOISE
     other = [g[0] for g in groups.values()][:2]
-    assert (text[other[0], pos] - text[other[1], pos]).std() > 10 * planted_mod.TOKEN_NOISE
+    assert (text[other[0], pos] - text[other[1], pos]).std() > 10 * planted_text.TOKEN_NOISE
 
 
 @pytest.fixture(scope="module")
@@ -217,10 +218,10 @@ def test_builtin_ids_are_bert_base_uncased_ids():
     if folder is None:
         pytest.skip("all-MiniLM-L6-v2 not installed")
     vocab = {w: i for i, w in enumerate((folder / "vocab.txt").read_text().split("\n"))}
-    for word, idx in planted_mod.BUILTIN_IDS.items():
+    for word, idx in planted_text.BUILTIN_IDS.items():
         assert vocab[word] == idx, word
     assert (vocab["[PAD]"], vocab["[CLS]"], vocab["[SEP]"]) == (
-        planted_mod.BUILTIN_PAD_ID, planted_mod.BUILTIN_CLS_ID, planted_mod.BUILTIN_SEP_ID)
+        planted_text.BUILTIN_PAD_ID, planted_text.BUILTIN_CLS_ID, planted_text.BUILTIN_SEP_ID)
 
 
 def test_planted_cli(tmp_path):
@@ -393,7 +394,8 @@ def test_absent_modalities_run_through_mmsa_models(tmp_path, tiny_bert):
 def test_planted_long_tailed_lengths_are_one_clip_duration_for_audio_and_vision():
     import numpy as np
 
-    from khar_mmsa.data.planted import LONG_TAIL_MEDIAN_FRACTION, planted_data
+    from khar_mmsa.data.planted import planted_data
+    from khar_mmsa.data.planted_frames import LONG_TAIL_MEDIAN_FRACTION
     uniform, _ = planted_data("mosi", sizes=(300, 2, 2), seed=1, seq_lens=(10, 375, 500))
     data, info = planted_data("mosi", sizes=(300, 2, 2), seed=1, seq_lens=(10, 375, 500), lengths="long_tailed")
     tr = data["train"]

@@ -14,7 +14,7 @@ from torch import nn
 import khar_mmsa
 from khar_mmsa.training.callbacks import EarlyStopping, KeepBestWeights
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
-from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay
+from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay_scheduler
 from khar_mmsa.training.seeding import rng_state, seed_everything, set_rng_state
 
 PACKAGE = Path(khar_mmsa.__file__).parent
@@ -150,19 +150,49 @@ def test_parameter_groups_by_rule():
                    "head": (ids(net.head.weight), 5e-3, 0.1), "head-no_decay": (ids(net.head.bias), 5e-3, 0.0)}
 
 
+def _learning_rates(total_steps, warmup_ratio, lr=2.0):
+    """The rate of each optimizer step of the shipped schedule, stepped as the loop steps it."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([p], lr=lr)
+    scheduler = warmup_linear_decay_scheduler(optimizer, total_steps, warmup_ratio)
+    rates = []
+    for _ in range(total_steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"] / lr)
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def _old_factor(total_steps, warmup_ratio):
+    """The hand-written schedule this project used before transformers' (kept here to compare)."""
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+    return lambda step: (step + 1) / warmup if step < warmup else \
+        max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
 def test_warmup_then_linear_decay():
-    factor = warmup_linear_decay(total_steps=10, warmup_ratio=0.2)  # 2 warm-up steps
-    assert [factor(s) for s in range(11)] == pytest.approx(
-        [0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
-    assert warmup_linear_decay(10, 0.0)(0) == 1.0  # at least one warm-up step, never a 0 rate
+    # 2 warm-up steps from 0, then linear decay to 0 at step 10 (Appendix B)
+    assert _learning_rates(10, 0.2) == pytest.approx([0.0, 0.5, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
+    assert _learning_rates(4, 0.0) == pytest.approx([1.0, 3 / 4, 2 / 4, 1 / 4, 0.0])  # no warm-up
+
+
+@pytest.mark.parametrize("total, ratio", [(10, 0.2), (97, 0.1), (40, 0.3)])
+def test_the_library_schedule_against_the_old_hand_written_one(total, ratio):
+    """From the peak on the same rates; the warm-up starts one step earlier, at 0 (the old one
+    started at 1/warmup and held the peak for two steps)."""
+    new, old = _learning_rates(total, ratio), _old_factor(total, ratio)
+    warmup = int(round(total * ratio))
+    assert new[warmup:] == pytest.approx([old(k) for k in range(warmup, total + 1)])
+    assert new[1:warmup] == pytest.approx([old(k - 1) for k in range(1, warmup)]) and new[0] == 0.0
 
 
 def test_seed_everything_and_rng_state_round_trip():
-    seed = 2**32 + 2**31 + 7  # numpy takes 32 bits: 2**31 + 7
+    seed = 2**32 + 2**31 + 7  # numpy takes 32 bits: all three get 2**31 + 7
+    torch.backends.cudnn.deterministic = False
     seed_everything(seed)
-    expected = (torch.Generator().manual_seed(seed).initial_seed(), np.random.RandomState(2**31 + 7).rand(),
-                random.Random(seed).random())
+    expected = (2**31 + 7, np.random.RandomState(2**31 + 7).rand(), random.Random(2**31 + 7).random())
     assert (torch.initial_seed(), np.random.rand(), random.random()) == expected
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark  # as MMSA's setup_seed
     saved = rng_state()
     first = (torch.rand(2).tolist(), np.random.rand(), random.random())
     set_rng_state(saved)

@@ -229,7 +229,7 @@ def test_no_harvesting_no_refiner_no_projection_linear_head_is_the_encoders_pool
                  fusion="linear", contrastive_weight=0.0)
     torch.manual_seed(0)
     model = KHaR(cfg).eval()
-    assert not list(model.adapter_parameters()) and not list(model.refiners.parameters())
+    assert all(h.adapters is None for h in model.harvesters.values()) and not list(model.refiners.parameters())
     assert not list(model.projections.parameters())
     text, audio, vision, al, vl, y = batch()
     out = model(text, audio, vision, al, vl)

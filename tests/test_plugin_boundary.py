@@ -2,6 +2,8 @@
 whatever the import order, and a wheel (not an editable install) that trains 'khar'."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import site
 import subprocess
@@ -17,7 +19,7 @@ from khar_mmsa.integration import results_files
 from conftest import TINY_KHAR_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=1, early_stop=1, pretrain_adapters=False, save_curves=False)
+TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=1, early_stop=1, pretrain_epochs=1)
 
 
 def _python(code: str, cwd: Path, python: str = sys.executable, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -46,7 +48,8 @@ def test_looking_mmsa_up_without_loading_it_does_not_use_up_the_registration(tmp
         from khar_mmsa.integration import registration
         assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules
         import MMSA.run
-        print("REGISTERED", registration.is_registered(), hasattr(MMSA.run.MMSA_run, "__wrapped__"))
+        from khar_mmsa.integration.entry_points import body_of_MMSA_run
+        print("REGISTERED", registration.is_registered(), MMSA.run.MMSA_run.__code__ is body_of_MMSA_run.__code__)
     """, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "REGISTERED True True" in done.stdout
@@ -86,28 +89,50 @@ def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Pat
         foreign.rmdir()
 
 
-def test_mmsa_run_bound_before_import_routes_khar_before_mmsa_writes_anything(
-        tmp_path: Path, tiny_features, tiny_bert, unregistered, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MMSA imported and ``from MMSA import MMSA_run`` bound first, then khar_mmsa imported (what
-    ``import khar_mmsa`` runs: :func:`register_with_mmsa`, with MMSA already in ``sys.modules``): the
-    function object the user holds routes 'khar' to our runner before MMSA's own body makes a folder
-    or a log, trains it, and gets MMSA's body back on ``unregister``."""
-    from khar_mmsa.integration.deferred import register_with_mmsa
-    from khar_mmsa.integration.registration import unregister
-    from MMSA import MMSA_run  # MMSA's own function: khar_mmsa is not registered yet
-    original_body = MMSA_run.__code__
-    register_with_mmsa()  # import khar_mmsa
-    import MMSA.run
-    assert MMSA.run.MMSA_run is not MMSA_run and MMSA.run.MMSA_run.__wrapped__.__code__ is original_body
-    monkeypatch.chdir(tmp_path)
+def test_mmsa_run_and_mmsa_test_bound_before_import_route_khar(tmp_path: Path, tiny_features, tiny_bert) -> None:
+    """In a fresh interpreter, ``from MMSA import MMSA_run, MMSA_test`` *before* ``import khar_mmsa``:
+    the functions the user holds train 'khar' with our runner (MMSA's own body makes no log line
+    of its own), and ``MMSA_test`` for the checkpoint is our safe one -- a crafted sample's code does
+    not run (refused by the restricted unpickler), a benign sample is predicted; ``unregister``
+    gives both functions MMSA's bodies back."""
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
-    row = MMSA_run('khar', 'mosi', config=config, seeds=[1], num_workers=0, verbose_level=0,
-                   model_save_dir='m', res_save_dir='r', log_dir='l')
-    assert row["Model"] == "khar" and (tmp_path / "r" / "normal" / "mosi.tidy.csv").is_file()
-    log = (tmp_path / "l" / "khar-mosi.log").read_text()
-    assert "Program Start" not in log  # MMSA's own body never ran for 'khar'
-    unregister()
-    assert MMSA_run.__code__ is original_body
+    done = _python(f"""
+        import json, os, pickle
+        from MMSA import MMSA_run, MMSA_test
+        own_bodies = MMSA_run.__code__, MMSA_test.__code__
+        import khar_mmsa
+
+        class RunsCode:
+            def __reduce__(self):
+                return os.system, ("touch code-ran",)
+
+        row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], num_workers=0, verbose_level=0,
+                       model_save_dir='m', res_save_dir='r', log_dir='l')
+        out = {{"model": row["Model"], "tidy": os.path.isfile("r/normal/mosi.tidy.csv"),
+                "mmsa_body": "Program Start" in open("l/khar-mosi.log").read()}}
+        with open({str(tiny_features("mosi"))!r}, "rb") as f:
+            test_split = pickle.load(f)["test"]
+        with open("benign.pkl", "wb") as f:
+            pickle.dump({{k: test_split[k][0] for k in ("text_bert", "audio", "vision")}}, f)
+        with open("crafted.pkl", "wb") as f:
+            pickle.dump({{"text_bert": RunsCode(), "audio": test_split["audio"][0]}}, f)
+        try:
+            MMSA_test("khar", "m/khar-mosi.pth", "crafted.pkl", gpu_id=-1)
+            out["crafted"] = None
+        except Exception as exc:
+            out["crafted"] = type(exc).__name__ + ": " + str(exc)
+        out["code_ran"] = os.path.exists("code-ran")
+        out["prediction"] = MMSA_test("khar", "m/khar-mosi.pth", "benign.pkl", gpu_id=-1)
+        khar_mmsa.unregister()
+        out["bodies_back"] = (MMSA_run.__code__, MMSA_test.__code__) == own_bodies
+        print(json.dumps(out))
+    """, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["model"] == "khar" and out["tidy"] and not out["mmsa_body"]
+    assert not out["code_ran"] and out["crafted"].startswith("UnsafePickleError: "), out["crafted"]
+    assert isinstance(out["prediction"], float) and math.isfinite(out["prediction"])
+    assert out["bodies_back"]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +176,8 @@ def test_wheel_imported_first_registers_when_mmsa_is_imported_and_trains_khar(wh
         print("MMSA LOADED BY IMPORT", "MMSA" in sys.modules)
         from MMSA import MMSA_run
         import MMSA.run
-        print("ROUTED", MMSA_run is MMSA.run.MMSA_run and hasattr(MMSA_run, "__wrapped__"))
+        from khar_mmsa.integration.entry_points import body_of_MMSA_run
+        print("ROUTED", MMSA_run is MMSA.run.MMSA_run and MMSA_run.__code__ is body_of_MMSA_run.__code__)
         row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], gpu_ids=[], num_workers=0, verbose_level=0,
                        model_save_dir='m', res_save_dir='r', log_dir='l')
         print("MAE", row["MAE"])
@@ -172,16 +198,17 @@ def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
 
 def test_register_before_mmsa_is_imported_registers_once() -> None:
     """``khar_mmsa.run`` (the command line's path) registers while MMSA is not imported yet:
-    importing MMSA runs the deferred hook, which registers, and the outer call must not register
+    importing MMSA runs the post-import hook, which registers, and the outer call must not register
     again on top (our wrappers wrapped by our wrappers)."""
-    script = ("import sys, khar_mmsa\n"
+    script = ("import importlib, sys, khar_mmsa\n"
               "assert 'MMSA' not in sys.modules\n"
               "khar_mmsa.register()\n"
               "import MMSA.run\n"
               "from khar_mmsa.integration.registration import registered_names\n"
               "names = [(id(o), a) for o, a in registered_names()]\n"
               "assert len(names) == len(set(names)), 'a name replaced twice'\n"
-              "assert not hasattr(MMSA.run.MMSA_run.__wrapped__, '__wrapped__'), 'a wrapper wrapped'\n"
+              "assert not hasattr(importlib.import_module('MMSA.models.AMIO').AMIO.__init__.__wrapped__,\n"
+              "                   '__wrapped__'), 'a wrapper wrapped'\n"
               "print('ok')\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)

@@ -4,6 +4,7 @@ a missing feature file named with the ways to fix it."""
 import contextlib
 import importlib
 import io
+import re
 import types
 
 import pytest
@@ -63,8 +64,9 @@ def shown(tmp_path_factory, tiny_features, tiny_bert):
 
 
 def _messages(log_text):
-    """Log-file lines without the 'date time - MMSA [LEVEL] - ' prefix."""
-    return [line.split(" - ", 2)[-1] for line in log_text.splitlines() if " - MMSA " in line]
+    """Log-file lines without the 'date time - MMSA[.module] [LEVEL] - ' prefix."""
+    return [line.split(" - ", 2)[-1] for line in log_text.splitlines()
+            if re.search(r" - MMSA(\.[\w.]+)? \[", line)]
 
 
 def test_progress_bars_show_for_pretraining_epochs_and_evaluation(shown):

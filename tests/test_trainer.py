@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from khar_mmsa.data.planted import planted_data
 from khar_mmsa.integration import metrics_for
-from khar_mmsa.model.khar import KHaR
+from khar_mmsa.integration.model_and_trainer import khar_network, khar_trainer
 from khar_mmsa.training.pretrain import HarvestTask, pretrain_fingerprint
 from khar_mmsa.io.files import safe_torch_load
 from khar_mmsa.model.text_encoders import make_tiny_bert
@@ -74,9 +74,9 @@ def loaders(data, batch_size=8):
 def run(bert, data, tmp_path, seed=7, **kw):
     seed_all(seed)
     args = make_args(bert, tmp_path, **kw)
-    model = KHaR({k: v for k, v in args.items() if k != "callbacks"})
+    model = khar_network(args)
     dl = loaders(data)
-    trainer = KHaRTrainer(args, metrics=metrics_for("sims"))
+    trainer = khar_trainer(args, metrics=metrics_for("sims"))
     history = trainer.do_train(model, dl, return_epoch_results=True)
     model.load_state_dict(torch.load(args["model_save_path"], weights_only=True))
     return model, trainer, history, trainer.do_test(model, dl["test"], mode="TEST")
@@ -118,12 +118,12 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
                 self.seen.append((loop.task.modality, state.epoch))
 
     args = make_args(bert, tmp_path, epochs=2, callbacks=[OnMainEpochBegin(record), PretrainingEpochs()])
-    model = KHaR({k: v for k, v in args.items() if k != "callbacks"})
-    trainer = KHaRTrainer(args)
+    model = khar_network(args)
+    trainer = khar_trainer(args)
     trainer.do_train(model, loaders(data))
     assert snapshot, "the callback passed in args['callbacks'] ran"
     assert PretrainingEpochs.seen == [("t", 1), ("a", 1), ("v", 1)]  # pretrain_epochs=1
-    adapters = {n for n, _ in model.adapter_parameters()}
+    adapters = {n for n, _ in model.named_parameters() if n.split(".")[2] == "adapters"}  # harvesters.<m>.adapters.*
     assert adapters
     for name, p in model.named_parameters():
         if name in adapters:
@@ -135,7 +135,7 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     saved = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
     # the pretrained weights arrived in the main model: values equal to the saved file's when training
     # started (audio/vision: encoder and adapters; text: the adapters only, BERT stays the main model's)
-    fresh = KHaR({k: v for k, v in args.items() if k != "callbacks"})
+    fresh = khar_network(args)
     for m, state in saved["states"].items():
         assert any(k.startswith("adapters.") for k in state) and (m == "t") == all(k.startswith("adapters.") for k in state)
         for key, value in state.items():
@@ -152,8 +152,8 @@ def test_pretrained_adapters_stay_frozen_while_encoders_train(bert, data, tmp_pa
     # other training data, same path, config and seed: the adapters are pretrained again
     seed_all(3)
     smaller = {k: {key: v[:16] for key, v in data[k].items()} if k == "train" else data[k] for k in data}
-    other = KHaRTrainer(args)
-    other.do_train(KHaR({k: v for k, v in args.items() if k != "callbacks"}), loaders(smaller))
+    other = khar_trainer(args)
+    other.do_train(khar_network(args), loaders(smaller))
     again = safe_torch_load(tmp_path / "khar-sims-adapters.pt")
     assert other._data_identity["sizes"]["train"] == 16
     assert again["fingerprint"] == pretrain_fingerprint(other.cfg, 3, other._data_identity) != saved["fingerprint"]
@@ -166,7 +166,7 @@ def test_non_finite_loss_is_a_clear_error(bert, data, tmp_path):
     seed_all(0)
     args = make_args(bert, tmp_path, pretrain_adapters=False)
     with pytest.raises(FloatingPointError, match="non-finite at epoch 1, step 1"):
-        KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
+        khar_trainer(args).do_train(khar_network(args), loaders(bad))
 
 
 def test_pretraining_without_a_finite_validation_mae_names_the_modality(bert, data, tmp_path):
@@ -175,7 +175,7 @@ def test_pretraining_without_a_finite_validation_mae_names_the_modality(bert, da
     seed_all(0)
     args = make_args(bert, tmp_path, pretrain_epochs=2)
     with pytest.raises(FloatingPointError, match=r"modality 'a' \(label 'A'\) never reached a finite validation MAE"):
-        KHaRTrainer(args).do_train(KHaR(args), loaders(bad))
+        khar_trainer(args).do_train(khar_network(args), loaders(bad))
 
 
 class OnEpochEnd(Callback):
@@ -231,10 +231,10 @@ def test_killed_run_resumes_and_matches_uninterrupted(bert, data, tmp_path):
 @pytest.mark.parametrize("amp", [True, False])
 def test_amp_switch_runs_the_forward_in_bf16_and_hands_fp32_to_the_losses(bert, data, tmp_path, amp):
     args = make_args(bert, tmp_path, amp=amp)
-    model = KHaR(args)
+    model = khar_network(args)
     dtypes = []
     model.harvesters["a"].encoder.proj.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
-    trainer, batch = KHaRTrainer(args), next(iter(loaders(data)["train"]))
+    trainer, batch = khar_trainer(args), next(iter(loaders(data)["train"]))
     out = trainer._forward(model, batch)
     assert dtypes == [torch.bfloat16 if amp else torch.float32]
     raw = trainer.criterion.raw_terms(out, batch["labels"]["M"])  # the one cast: where the losses read
@@ -274,18 +274,18 @@ def test_amp_falls_back_to_fp32_where_the_device_has_no_bf16(bert, tmp_path, mon
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(torch.device("cuda")) is None and autocast_dtype(torch.device("cpu")) == torch.bfloat16
     caplog.set_level("WARNING", logger="MMSA")
-    trainer = KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda"))
+    trainer = khar_trainer(make_args(bert, tmp_path, amp=True, device="cuda"))
     assert trainer.amp_dtype is None and "has no bf16 autocast" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert KHaRTrainer(make_args(bert, tmp_path, amp=True, device="cuda")).amp_dtype == torch.bfloat16
+    assert khar_trainer(make_args(bert, tmp_path, amp=True, device="cuda")).amp_dtype == torch.bfloat16
 
 
 def test_runner_options_come_from_args(bert, tmp_path):
     args = make_args(bert, tmp_path, seed=42, verbose_level=0, log_dir=str(tmp_path / "logs"), callbacks=["cb"])
-    trainer = KHaRTrainer(args)
+    trainer = khar_trainer(args)
     assert (trainer.seed, trainer.verbose_level, trainer.callbacks) == (42, 0, ["cb"])
     assert trainer.curves_path() == tmp_path / "logs" / "khar-sims-curves.png"
     torch.manual_seed(9)
-    plain = KHaRTrainer(make_args(bert, tmp_path))  # outside a runner: MMSA's seed, the checkpoint's folder
+    plain = khar_trainer(make_args(bert, tmp_path))  # outside a runner: MMSA's seed, the checkpoint's folder
     assert (plain.seed, plain.verbose_level, plain.callbacks) == (9, None, [])
     assert plain.curves_path() == tmp_path / "khar-sims-curves.png"

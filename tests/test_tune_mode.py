@@ -210,22 +210,3 @@ def test_a_candidate_stopped_by_the_machine_is_not_recorded_and_runs_again(
     assert result["selected"] == {"learning_rate": 1e-3}
     khar_mmsa.run("tfn", "mosi", **call)  # everything tried: the failed candidate is not retried
     assert pd.read_csv(csv_file)["learning_rate"].tolist() == [1e-3, 2e-3, FAILING_LR, 3e-3]
-
-
-def test_a_tune_table_cannot_raise_a_guard(tmp_path, tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa, caplog):
-    """The selected row of a tune table is read back from the CSV: a candidate there that sets
-    ``max_model_memory_gib`` (an edited or planted file) does not reach the selected config."""
-    import logging
-    config_file = tune_config_file(tmp_path, "khar", {"learning_rate": [1e-3]})
-    call = dict(config_file=str(config_file), config=dict(TINY_KHAR, pretrained=str(tiny_bert)), is_tune=True,
-                tune_times=1, custom_feature=str(tiny_features("mosi")), **mmsa_run_kwargs)
-    MMSA_run("khar", "mosi", **call)
-    csv_file = mmsa_run_kwargs["res_save_dir"] / "tune" / "mosi-khar-by-valid.csv"
-    table = pd.read_csv(csv_file)
-    table["candidate"] = [json.dumps({**json.loads(c), "max_model_memory_gib": 1e9}) for c in table["candidate"]]
-    table.to_csv(csv_file, index=False)
-    caplog.set_level(logging.WARNING, logger="MMSA")
-    result = MMSA_run("khar", "mosi", **call)   # every candidate tried: selection only
-    written = json.loads(Path(result["config_file"]).read_text())["khar"]["datasetParams"]["mosi"]
-    assert written.get("max_model_memory_gib", 64.0) != 1e9
-    assert any("never a tune table's" in r.getMessage() for r in caplog.records)

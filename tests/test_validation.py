@@ -9,7 +9,8 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from khar_mmsa.data.validation import FeatureValidationError, required_keys, validate_features
+from khar_mmsa.data.feature_keys import required_keys
+from khar_mmsa.data.validation import FeatureValidationError, validate_features
 
 SRC = "/data/MOSI/Processed/unaligned_50.pkl"
 SIZES = {"train": 5, "valid": 3, "test": 4}

@@ -60,11 +60,10 @@ def test_a_full_disk_leaves_no_half_row_and_no_row_in_one_table_only(dummy_khar,
     _run(dummy_khar, mmsa_run_kwargs)
     mmsa_csv, tidy_csv = _tables(mmsa_run_kwargs)
     before = [mmsa_csv.read_bytes(), tidy_csv.read_bytes()]
-    monkeypatch.setattr(os, "write", _failing_write(".tidy.csv"))
-    with pytest.raises(OSError) as failed:
+    with monkeypatch.context() as full, pytest.raises(OSError) as failed:  # undoes only the full disk
+        full.setattr(os, "write", _failing_write(".tidy.csv"))
         _run(dummy_khar, mmsa_run_kwargs)
     assert failed.value.errno == errno.ENOSPC
-    monkeypatch.undo()
     # the tidy row was cut back to nothing, and MMSA's row written before it was removed again
     assert [mmsa_csv.read_bytes(), tidy_csv.read_bytes()] == before
     _run(dummy_khar, mmsa_run_kwargs)  # the disk has room again: the next run is not refused

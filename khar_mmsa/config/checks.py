@@ -1,7 +1,8 @@
 """The checks a KHaR config passes when it is made: types, ranges, choices and combinations.
 
-:func:`config_problems` is what ``KHaRConfig.__post_init__`` runs; the types come from the
-dataclass's annotations, resolved by :func:`typing.get_type_hints` (never matched as strings).
+:func:`check_types` and then :func:`value_problems` are what ``KHaRConfig.__post_init__`` runs; the
+types come from the dataclass's annotations, resolved by :func:`typing.get_type_hints` (never
+matched as strings).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ _INF = float("inf")
 _POSITIVE_INTS = ("modal_dim", "encoder_layers", "encoder_heads", "encoder_ff_dim", "text_adapters",
                   "av_adapters", "adapter_heads", "adapter_inner_layers", "expert_hidden_dim",
                   "fine_grained_dim", "fusion_hidden_dim", "latent_dim", "epochs", "early_stop",
-                  "pretrain_epochs", "num_experts", "length_bucket_pool")
+                  "num_experts", "length_bucket_pool")  # pretrain_epochs: its own message below
 # name -> (low, low inclusive?, high (exclusive), the allowed range in words).  Floats must also be
 # finite; ints must be integers (check_types).
 NUMERIC_RANGES = {

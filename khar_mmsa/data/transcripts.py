@@ -1,7 +1,6 @@
 """Text-only MMSA feature pickles from real transcripts (e.g. CMU-MOSI's ``label.csv``).
 
-Only transcripts and labels are available offline (``../shared/data/mosi/README.md``); audio and
-visual features are not.  :func:`build_transcript_dataset` turns an MMSA-style ``label.csv`` into an
+For when only transcripts and labels are at hand, without audio and visual features.  :func:`build_transcript_dataset` turns an MMSA-style ``label.csv`` into an
 MMSA 2.2.1 *unaligned* feature pickle:
 
 * ``text_bert`` (N, 3, L) float32: token ids, attention mask and segment ids from a **local** BERT
@@ -56,7 +55,7 @@ from khar_mmsa.io.files import atomic_open
 from khar_mmsa.data.planted import DATASET_SPECS, _cli_logging, build_from_cli
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["TranscriptInfo", "build_transcript_dataset", "read_label_csv", "absent_modalities",
            "ABSENT_FRAMES", "ABSENT_LENGTH", "MODE_ALIASES", "main"]

@@ -11,29 +11,19 @@ reported is the most fundamental one.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from khar_mmsa.config import LABEL_RANGES, parse_bool
+from khar_mmsa.data.feature_keys import (check_role, flag, max_positions, required_keys, vocab_size,
+                                         why_needed)
+from khar_mmsa.data.value_checks import ValueChecks
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
-__all__ = ["FeatureValidationError", "validate_features", "required_keys", "main_file_ids", "SPLITS",
-           "LABEL_TOLERANCE", "UNIMODAL_LABEL_MODELS"]
-
-ROLES = ("T", "A", "V")  # MMSA_run's feature_T / feature_A / feature_V files
-# float32 is what MMSA's loader converts every feature and label array to (``.astype(np.float32)``).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-LABEL_TOLERANCE = 1e-4
-# MMSA's multi-task models read labels['T'/'A'/'V'] (they are SIMS-only in MMSA).
-UNIMODAL_LABEL_MODELS = frozenset({"mtfn", "mlmf", "mlf_dnn"})
-UNIMODAL_LABEL_DATASETS = frozenset({"sims", "simsv2"})
+__all__ = ["FeatureValidationError", "validate_features", "main_file_ids", "builder_args"]
 
 
 class FeatureValidationError(ValueError):
@@ -52,120 +42,7 @@ class FeatureValidationError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-def _flag(args: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    """The boolean setting ``key`` of ``args``, parsed strictly (``'no'`` is False, ``'off'`` a
-    ConfigError naming the key); ``default`` when absent or None."""
-    value = args.get(key, default)
-    return parse_bool(key, value) if value is not None else default
-
-
-def needs_unimodal_labels(args: Mapping[str, Any]) -> bool:
-    """True when regression_labels_T/A/V must be present: SIMS/SIMSv2, MMSA's multi-task models,
-    or a config asking for them (``need_unimodal_labels=True``)."""
-    return (str(args.get("dataset_name", "")).lower() in UNIMODAL_LABEL_DATASETS
-            or str(args.get("model_name", "")).lower() in UNIMODAL_LABEL_MODELS
-            or _flag(args, "need_unimodal_labels"))
-
-
-def required_keys(args: Mapping[str, Any], role: Optional[str] = None) -> List[str]:
-    """The per-split keys MMSA's loader and the model named in ``args`` read.
-
-    ``role`` None: the main feature file (``featurePath`` / ``custom_feature``).  ``role`` 'T',
-    'A' or 'V' (or several letters): a per-modality file passed as ``feature_T`` / ``feature_A``
-    / ``feature_V``, from which MMSA 2.2.1's ``MMDataset`` reads only that modality's array (and
-    its ``*_lengths`` for unaligned data) and its ``id`` (checked against the main file's, so that
-    no row is paired with another clip's label); labels and raw text come from the main file.
-    """
-    unaligned = not _flag(args, "need_data_aligned")
-    text = "text_bert" if _flag(args, "use_bert") else "text"
-    if role is not None:
-        keys = []
-        if "T" in role:
-            keys.append(text)
-        for letter, name in (("A", "audio"), ("V", "vision")):
-            if letter in role:
-                keys += [name] + ([f"{name}_lengths"] if unaligned else [])
-        return keys + ["id"]  # rows are matched to the main file's clips by id
-    keys = [text, "audio", "vision", "regression_labels", "id", "raw_text"]
-    if unaligned:
-        keys += ["audio_lengths", "vision_lengths"]
-    if needs_unimodal_labels(args):
-        keys += ["regression_labels_T", "regression_labels_A", "regression_labels_V"]
-    return keys
-
-
-def _check_role(role: Optional[str]) -> Optional[str]:
-    if role is None:
-        return None
-    if not isinstance(role, str) or not role or set(role) - set(ROLES):
-        raise ValueError(f"role={role!r}: None (main feature file) or any of 'T', 'A', 'V'")
-    return role
-
-
-def _why_needed(key: str, args: Mapping[str, Any], role: Optional[str] = None) -> str:
-    model = args.get("model_name", "?")
-    ds = args.get("dataset_name", "?")
-    if key == "text_bert":
-        return f"model '{model}' runs with use_bert=True"
-    if key == "text":
-        return f"model '{model}' runs with use_bert=False (GloVe/pre-extracted text features)"
-    if key.endswith("_lengths"):
-        return f"model '{model}' uses unaligned data (need_data_aligned=False)"
-    if key == "id" and role:
-        return "a feature_T/feature_A/feature_V file's rows are matched to the main file's clips by id"
-    if key.startswith("regression_labels_"):
-        return (f"dataset '{ds}' / model '{model}' uses unimodal (T/A/V) labels")
-    return "MMSA's data loader reads it"
-
-
-def _vocab_size(args: Mapping[str, Any]) -> Optional[int]:
-    """``args['vocab_size']``, else ``vocab_size`` from ``<pretrained>/config.json`` when
-    ``pretrained`` is a local folder (or an alias of one, e.g. 'all-MiniLM-L6-v2'); None when unknown."""
-    v = args.get("vocab_size")
-    if v is not None:
-        return int(v)
-    return _encoder_setting(args, "vocab_size")
-
-
-def _max_positions(args: Mapping[str, Any]) -> Optional[int]:
-    """``max_position_embeddings`` of the local text encoder named by ``pretrained``; None when
-    unknown (a hub name: the encoder itself refuses a text too long)."""
-    return _encoder_setting(args, "max_position_embeddings")
-
-
-def _encoder_setting(args: Mapping[str, Any], name: str) -> Optional[int]:
-    """Setting ``name`` of ``<pretrained>/config.json``; None when it cannot be read."""
-    pre = args.get("pretrained")
-    if not pre or not isinstance(pre, (str, Path)):
-        return None
-    from khar_mmsa.model.text_encoders import local_folder
-    folder = local_folder(str(pre))
-    if folder is None:
-        return None
-    cfg = folder / "config.json"
-    try:
-        if cfg.is_file():
-            v = json.loads(cfg.read_text(encoding="utf-8")).get(name)
-            return int(v) if v is not None else None
-    except (OSError, ValueError, TypeError):
-        return None
-    return None
-
-
-def _sample_ids(split_data: Mapping[str, Any], idx: np.ndarray, limit: int = 3) -> str:
-    """'samples 3, 17 (ids 'a$_1', 'b$_2')' for an error message."""
-    idx = [int(i) for i in np.asarray(idx).ravel()[:limit]]
-    txt = "sample" + ("s " if len(idx) > 1 else " ") + ", ".join(str(i) for i in idx)
-    ids = split_data.get("id")
-    try:
-        names = [str(ids[i]) for i in idx]
-        txt += " (id " + ", ".join(repr(n) for n in names) + ")"
-    except Exception:  # ids missing or not indexable: the index alone is enough
-        pass
-    return txt
-
-
-class _Checker:
+class _Checker(ValueChecks):
     """Holds the context of one validation run so that errors can be raised tersely."""
 
     def __init__(self, data: Mapping[str, Any], args: Mapping[str, Any], source: str,
@@ -173,8 +50,8 @@ class _Checker:
         self.data, self.args, self.source, self.role = data, args, str(source), role
         self.ds = str(args.get("dataset_name", "")).lower()
         self.model = str(args.get("model_name", "")).lower()
-        self.use_bert = _flag(args, "use_bert")
-        self.aligned = _flag(args, "need_data_aligned")
+        self.use_bert = flag(args, "use_bert")
+        self.aligned = flag(args, "need_data_aligned")
         self.text_key = "text_bert" if self.use_bert else "text"
         self.keys = required_keys(args, role)
         self.modal_keys = [k for k in (self.text_key, "audio", "vision") if k in self.keys]
@@ -189,7 +66,7 @@ class _Checker:
         for key in self.keys:
             if key not in sd:
                 present = ", ".join(sorted(map(str, sd.keys()))) or "none"
-                self.fail(split, key, f"missing key '{key}' ({_why_needed(key, self.args, self.role)}; keys "
+                self.fail(split, key, f"missing key '{key}' ({why_needed(key, self.args, self.role)}; keys "
                           f"present: {present})",
                           "Regenerate the features with MMSA-FET or add the key; "
                           + ("set use_bert to match the text features you have"
@@ -333,51 +210,6 @@ class _Checker:
                                "seq_lens from the last split it loads.", self.source, split, key,
                                seq, rsplit, rseq)
 
-    # ---- values -----------------------------------------------------------------------------
-    def finite(self, split: str, key: str, a: np.ndarray, allow_neg_inf: bool) -> None:
-        if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
-            return
-        lo, hi = a.min(), a.max()  # NaN propagates through both; no temporaries
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            sd = self.data[split]
-            flat = a.reshape(a.shape[0], -1)
-            what = None
-            if np.isnan(lo) or np.isnan(hi):
-                bad = np.flatnonzero(np.isnan(flat).any(axis=1))
-                what = "NaN"
-            elif hi == np.inf:
-                bad = np.flatnonzero(np.isposinf(flat).any(axis=1))
-                what = "+inf"
-            elif not allow_neg_inf:
-                bad = np.flatnonzero(np.isneginf(flat).any(axis=1))
-                what = "-inf"
-            if what is not None:
-                note = (" (MMSA zeroes only -inf in audio, which is accepted; NaN and +inf are not "
-                        "replaced)" if key == "audio" else
-                        " (MMSA replaces non-finite values only for -inf in audio)")
-                self.fail(split, key, f"contains {what} in {len(bad)} sample(s), first "
-                          f"{_sample_ids(sd, bad)}" + note, "Replace or drop these values (e.g. "
-                          "np.nan_to_num) and regenerate the pickle")
-        self.float32_range(split, key, a, lo, hi)
-
-    def float32_range(self, split: str, key: str, a: np.ndarray, lo: Any, hi: Any) -> None:
-        """Finite values a float32 cannot hold: MMSA's ``astype(np.float32)`` turns them into
-        +/-inf (and -inf in audio into 0) without a word."""
-        if a.dtype.itemsize <= 4 or not (hi > FLOAT32_MAX or lo < -FLOAT32_MAX):
-            return
-        flat = a.reshape(a.shape[0], -1)
-        over = np.isfinite(flat) & (np.abs(flat) > FLOAT32_MAX)
-        bad = np.flatnonzero(over.any(axis=1))
-        if not bad.size:  # only -inf (accepted in audio) beyond the range
-            return
-        worst = float(np.abs(flat[over]).max())
-        self.fail(split, key, f"has {int(over.sum())} {a.dtype} value(s) beyond float32's range "
-                  f"(|x| up to {worst:.3g} > {FLOAT32_MAX:.4g}) in {bad.size} sample(s), first "
-                  f"{_sample_ids(self.data[split], bad)}; MMSA converts features and labels to "
-                  f"float32, where they become inf",
-                  "Rescale or clip these values (they are almost certainly corrupt) and "
-                  "regenerate the pickle")
-
     # ---- across samples and splits ----------------------------------------------------------
     def clip_ids(self, all_arrs: Mapping[str, Mapping[str, Any]]) -> None:
         """The same clip in two splits leaks test data into training: an error.  The same id
@@ -406,100 +238,6 @@ class _Checker:
                               f"from {other})")
             seen[split] = (split, unique)
 
-    def scorable(self, split: str, labels: np.ndarray) -> None:
-        """MMSA scores every split (train after each epoch, valid for model selection, test for
-        the results row).  Pearson's Corr needs two samples and labels that are not all equal;
-        that also gives MOSI/MOSEI's Non0_acc_2 / Non0_F1_score the non-zero label they need
-        (MMSA fails with an IndexError when every label is 0)."""
-        v = np.asarray(labels).reshape(-1).astype(np.float32)  # what MMSA scores
-        n = v.size
-        fix = f"Give the {split} split more samples (at least 2, with different labels) or re-split the data"
-        if n < 2:
-            self.fail(split, "regression_labels", f"has {n} sample(s); MMSA's metrics need at "
-                      f"least 2 (Corr, Pearson's r, is undefined for one sample)", fix)
-        if np.all(v == v[0]):
-            self.fail(split, "regression_labels", f"all {n} labels are {float(v[0]):g}; Pearson's "
-                      f"Corr is undefined for constant labels (MMSA would write NaN)", fix)
-
-    def lengths(self, split: str, key: str, lens: Any, seq_len: int) -> None:
-        a = np.asarray(lens)
-        sd = self.data[split]
-        if a.dtype == object or not (np.issubdtype(a.dtype, np.integer)
-                                     or np.issubdtype(a.dtype, np.floating)):
-            self.fail(split, key, f"has dtype {a.dtype}", "Store integer lengths")
-        if np.issubdtype(a.dtype, np.floating):
-            bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
-            if bad.size:
-                self.fail(split, key, f"has non-integer values, first {_sample_ids(sd, bad)}: "
-                          f"{a[bad[:3]].tolist()}", "Store integer lengths (valid frames per sample)")
-        bad = np.flatnonzero(a <= 0)
-        if bad.size:
-            self.fail(split, key, f"has {bad.size} length(s) <= 0, first {_sample_ids(sd, bad)}",
-                      "Every sample needs at least one valid frame; drop empty samples or "
-                      "regenerate their features")
-        bad = np.flatnonzero(a > seq_len)
-        if bad.size:
-            self.fail(split, key, f"has {bad.size} length(s) greater than the sequence length "
-                      f"{seq_len}, first {_sample_ids(sd, bad)}: {a[bad[:3]].tolist()}",
-                      "Lengths must count valid frames of the padded array; clip them to the "
-                      "padded length or regenerate the features")
-
-    def labels(self, split: str, key: str, lab: np.ndarray) -> None:
-        sd = self.data[split]
-        v = lab.reshape(-1)
-        if np.issubdtype(v.dtype, np.floating):
-            bad = np.flatnonzero(~np.isfinite(v))
-            if bad.size:
-                self.fail(split, key, f"has {bad.size} non-finite label(s), first "
-                          f"{_sample_ids(sd, bad)}", "Drop these samples or fix their labels")
-            if v.size:
-                self.float32_range(split, key, v.reshape(-1, 1), v.min(), v.max())
-        rng = LABEL_RANGES.get(self.ds)
-        if rng is None:
-            return
-        lo, hi = rng
-        bad = np.flatnonzero((v < lo - LABEL_TOLERANCE) | (v > hi + LABEL_TOLERANCE))
-        if bad.size:
-            self.fail(split, key, f"has {bad.size} label(s) outside {self.ds}'s range [{lo:g}, "
-                      f"{hi:g}], first {_sample_ids(sd, bad)}: {v[bad[:3]].tolist()}",
-                      "Check dataset_name matches the labels, or rescale the labels to the "
-                      "dataset's range")
-
-    def text_bert(self, split: str, a: np.ndarray, vocab: Optional[int]) -> None:
-        sd = self.data[split]
-        key = "text_bert"
-        is_float = np.issubdtype(a.dtype, np.floating)
-        for row, name in ((0, "token ids"), (1, "attention mask"), (2, "segment ids")):
-            x = a[:, row, :]
-            if is_float:
-                badm = ~np.isfinite(x) | (x != np.round(x))
-                if badm.any():
-                    bad = np.flatnonzero(badm.any(axis=1))
-                    self.fail(split, key, f"{name} (text_bert[:, {row}]) are not integers, first "
-                              f"{_sample_ids(sd, bad)}", "Re-tokenise the text")
-            if row == 0:
-                bad = np.flatnonzero((x < 0).any(axis=1))
-                if bad.size:
-                    self.fail(split, key, f"negative token ids, first {_sample_ids(sd, bad)}",
-                              "Re-tokenise the text with the tokenizer of 'pretrained'")
-                if vocab is not None:
-                    mx = x.max()
-                    if mx >= vocab:
-                        bad = np.flatnonzero((x >= vocab).any(axis=1))
-                        self.fail(split, key, f"token id {int(mx)} >= the tokenizer's vocabulary "
-                                  f"size {vocab}, first {_sample_ids(sd, bad)}",
-                                  f"The features were tokenised with another vocabulary than "
-                                  f"pretrained={self.args.get('pretrained')!r}; use the matching "
-                                  f"model (e.g. bert-base-chinese for SIMS) or re-tokenise")
-            else:
-                bad = np.flatnonzero(((x != 0) & (x != 1)).any(axis=1))
-                if bad.size:
-                    self.fail(split, key, f"{name} (text_bert[:, {row}]) has values other than 0 "
-                              f"and 1, first {_sample_ids(sd, bad)}",
-                              "text_bert must be (ids, attention mask, segment ids) as MMSA-FET "
-                              "writes it; re-tokenise the text")
-
-
 def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: str,
                       role: Optional[str] = None, *, samples: Optional[Mapping[str, int]] = None,
                       ids: Optional[Mapping[str, Any]] = None, scored: bool = True) -> None:
@@ -526,7 +264,7 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
     in a feature array is rejected, and so is a float64 value beyond float32's range (MMSA
     converts to float32).
     """
-    role = _check_role(role)
+    role = check_role(role)
     chk = _Checker(data, args, source, role)
     if not isinstance(data, Mapping):
         chk.fail(None, None, f"the pickle holds a {type(data).__name__}, not a dict of splits",
@@ -553,16 +291,16 @@ def validate_features(data: Mapping[str, Any], args: Mapping[str, Any], source: 
                 chk.same_ids(split, all_arrs[split]["id"], ids[split])
     elif "id" in chk.keys:
         chk.clip_ids(all_arrs)
-    max_positions = _max_positions(args) if "text_bert" in chk.keys else None
+    positions = max_positions(args) if "text_bert" in chk.keys else None
 
-    vocab = _vocab_size(args) if chk.use_bert else None
+    vocab = vocab_size(args) if chk.use_bert else None
     for split in SPLITS:
         arrs = all_arrs[split]
         if "text_bert" in chk.keys:
             tb = arrs["text_bert"]
             if np.issubdtype(tb.dtype, np.floating) and tb.size and np.isfinite(tb).all():
                 chk.float32_range(split, "text_bert", tb, tb.min(), tb.max())
-            chk.text_positions(split, tb, max_positions)
+            chk.text_positions(split, tb, positions)
             chk.text_bert(split, tb, vocab)
         elif "text" in chk.keys:
             chk.finite(split, "text", arrs["text"], allow_neg_inf=False)

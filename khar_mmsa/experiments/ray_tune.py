@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: Grid points checked before Ray starts (all of them when the grid is this small or smaller,
 #: else this many, spread evenly over the grid).
@@ -260,6 +260,8 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     ``threads``: torch CPU threads of each trial (default: ``cpus_per_trial``, at least 1).
     Raises :class:`TuneSetupError` before Ray starts when no trial could succeed, and
     :class:`khar_mmsa.experiments.sweep.RayUnavailable` when ``address`` cannot be reached."""
+    from khar_mmsa.mmsa_conventions import check_seed
+    check_seed(seed, "seed")  # before Ray starts
     tune = _require_ray()
     import ray
     from ray.tune.schedulers import ASHAScheduler

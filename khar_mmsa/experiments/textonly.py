@@ -28,12 +28,12 @@ from torch.nn import functional as F
 
 from khar_mmsa.model.harvest import masked_mean
 from khar_mmsa.training.callbacks import EarlyStopping, KeepBestWeights
-from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
+from khar_mmsa.training.loop import Callback, Monitor, Order, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import parameter_groups, warmup_linear_decay_scheduler
 from khar_mmsa.training.seeding import seed_everything
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["TextOnlyConfig", "TextOnlyResult", "TextRegressor", "train_text_only"]
 
@@ -140,6 +140,8 @@ class TextOnlyTask(Task):
 
 class _History(Callback):
     """``{'epoch', 'train_l1', 'valid_l1'}`` per epoch, and the epoch's log line."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self) -> None:
         self.rows: List[Dict[str, float]] = []

@@ -14,7 +14,7 @@ module                     what it holds
 :mod:`.mmsa_fixes`         step 2, the fixes MMSA's own models need on today's torch, numpy, a CPU
 :mod:`.replacements`       every replaced MMSA name with its original, to put back
 :mod:`.extra_models`       the added model/dataset keys, MMSA's metrics for them, the settings check
-:mod:`.deferred`           registration when MMSA is imported after khar_mmsa
+:mod:`.entry_points`       the bodies of MMSA_run, MMSA_test and the config getters: our routes
 :mod:`.configs`            MMSA's default config JSON with ours (shipped in the wheel) merged in
 :mod:`.runner`             :func:`run`: seeds, config, checks, device, features, seed loop, results
 :mod:`.model_and_trainer`  the model and trainer of one seed, named (KHaR, KHaRTrainer; MMSA's own)
@@ -30,9 +30,9 @@ module                     what it holds
 :mod:`.predict`            predictions of a saved KHaR from its checkpoint's config
 =========================  =========================================================================
 """
-from khar_mmsa.integration.registration import (EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS, ImportOrderError,
-                                                LazyClass, is_registered, metrics_for, register,
-                                                registered_names, unregister)
+from khar_mmsa.integration.registration import (EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS, LazyClass,
+                                                is_registered, metrics_for, register, registered_names,
+                                                unregister)
 
-__all__ = ["register", "unregister", "is_registered", "registered_names", "metrics_for", "ImportOrderError",
+__all__ = ["register", "unregister", "is_registered", "registered_names", "metrics_for",
            "EXTRA_MODELS", "EXTRA_TRAINERS", "EXTRA_DATASETS", "LazyClass"]

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from khar_mmsa.integration.replacements import mmsa_module
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: ``MMSA_run``'s ``gpu_ids`` when the caller gives none.
 MMSA_DEFAULT_GPU_IDS = (0,)

@@ -1,9 +1,11 @@
 """The model and dataset keys khar-mmsa adds to MMSA, and what the runner asks of them.
 
 :data:`EXTRA_MODELS` / :data:`EXTRA_TRAINERS` are what MMSA's ``AMIO`` / ``ATIO`` tables gain
-(:mod:`.mmsa_additions`), for a caller that goes through MMSA's own classes; the runner names
-KHaR's classes itself (:mod:`.model_and_trainer`).  :data:`EXTRA_DATASETS` maps each extra dataset
-key to the MMSA dataset whose loader and metrics it shares.
+(:mod:`.mmsa_additions`), for a caller that goes through MMSA's own classes: each takes MMSA's
+``args`` and converts them once (:data:`EXTRA_SETTINGS`) before it builds the network or trainer,
+which take the typed config only; the runner names KHaR's classes itself (:mod:`.model_and_trainer`).
+:data:`EXTRA_DATASETS` maps each extra dataset key to the MMSA dataset whose loader and metrics it
+shares.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from khar_mmsa.integration.replacements import mmsa_module
 
 @dataclass(frozen=True)
 class LazyClass:
-    """A class named by module and attribute, imported on first use (``LazyClass(...)(args)``)."""
+    """A class or function named by module and attribute, imported on first use (``LazyClass(...)(args)``)."""
 
     module: str
     name: str
@@ -30,17 +32,20 @@ class LazyClass:
 
 @dataclass(frozen=True)
 class LazyTrainer(LazyClass):
-    """A trainer class imported on first use and built as ``cls(args, metrics=...)`` with MMSA's
-    metric function for the dataset."""
+    """A trainer factory imported on first use and called as ``factory(args, metrics=...)`` with
+    MMSA's metric function for the dataset."""
 
     def __call__(self, args: Mapping[str, Any]) -> Any:
         return self.resolve()(args, metrics=metrics_for(args["dataset_name"]))
 
 
-#: Extra model keys for ``AMIO``'s ``MODEL_MAP``.
-EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass("khar_mmsa.model.khar", "KHaR")}
-#: Extra model keys for ``ATIO``'s ``TRAIN_MAP``.
-EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyTrainer("khar_mmsa.training.trainer", "KHaRTrainer")}
+_BUILDERS = "khar_mmsa.integration.model_and_trainer"
+#: Extra model keys for ``AMIO``'s ``MODEL_MAP``: MMSA's ``args`` -> the network.
+EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_network")}
+#: Extra model keys for ``ATIO``'s ``TRAIN_MAP``: MMSA's ``args`` -> the trainer.
+EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyTrainer(_BUILDERS, "khar_trainer")}
+#: Each extra model's one conversion of MMSA's ``args`` into its checked, typed config.
+EXTRA_SETTINGS: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_settings")}
 #: Extra dataset keys -> the MMSA dataset whose loader path and metrics they share.
 EXTRA_DATASETS: Dict[str, str] = {"simsv2": "sims"}
 
@@ -57,9 +62,8 @@ def metrics_for(dataset_name: str, train_mode: str = "regression") -> Callable:
 
 
 def check_model_settings(args: Mapping[str, Any]) -> Any:
-    """An extra model's own settings check (``check_config(args)`` on its class), before anything
-    is read or built; returns what it returns (KHaR: its checked config), else None.  MMSA's own
-    models are not checked here."""
-    factory = EXTRA_MODELS.get(str(args.get("model_name", "")).lower())
-    check = None if factory is None else getattr(factory.resolve(), "check_config", None)
-    return None if check is None else check(args)
+    """An extra model's typed config of ``args`` (:data:`EXTRA_SETTINGS`; KHaR: the checked
+    :class:`~khar_mmsa.config.KHaRConfig`), before anything is read or built; None for MMSA's own
+    models (not checked here)."""
+    convert = EXTRA_SETTINGS.get(str(args.get("model_name", "")).lower())
+    return None if convert is None else convert(args)

@@ -7,11 +7,10 @@ validates each with :func:`khar_mmsa.data.validation.validate_features` (per-mod
 their modality, with the main file's split sizes) before any model is built.
 
 MMSA's ``MMDataset`` opens the files itself and calls ``pickle.load``.  Registration puts a
-:class:`FeatureServer` in ``MMSA.data_loader`` (and ``MMSA.run``) as its ``pickle``: inside ``with
+:class:`FeatureServer` in ``MMSA.data_loader`` as its ``pickle``: inside ``with
 serving(features)`` a file that was read here is served from memory (matched by path, device,
 inode, size and modification time); every other file -- MMSA's own models' through MMSA's own
-``MMSA_run`` -- is read with ``pickle.load`` as MMSA reads it.  The server stays in place after
-``importlib.reload`` of those modules (:mod:`.reloads`).
+``MMSA_run`` -- is read with ``pickle.load`` as MMSA reads it.
 """
 from __future__ import annotations
 
@@ -24,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from khar_mmsa.mmsa_conventions import DATASET_ROOT_ENV, SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 _MODALITY_FILES = (("feature_T", "T"), ("feature_A", "A"), ("feature_V", "V"))
 FileKey = Tuple[str, int, int, int, int]
@@ -90,10 +89,8 @@ def _split_sizes(data: Any) -> Optional[Dict[str, int]]:
 def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
     """Read and validate every feature file of ``args`` once: ``{file key: loaded object}``."""
     from khar_mmsa.config import parse_bool
-    from khar_mmsa.data import validation
-    from khar_mmsa.data.validation import validate_features
+    from khar_mmsa.data.validation import main_file_ids, validate_features
     from khar_mmsa.io.pickles import load_pickle
-    main_file_ids = getattr(validation, "main_file_ids", None)
     loaded: Dict[FileKey, Any] = {}
     samples = ids = None
     trusted = parse_bool("trust_pickle", args.get("trust_pickle", False))
@@ -107,7 +104,7 @@ def load_features(args: Mapping[str, Any]) -> Dict[FileKey, Any]:
         loaded[key] = data
         if role is None:
             samples = _split_sizes(data)
-            ids = main_file_ids(data) if main_file_ids else None  # same clips, same order
+            ids = main_file_ids(data)  # same clips, same order
     return loaded
 
 

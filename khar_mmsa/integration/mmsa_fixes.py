@@ -31,7 +31,7 @@ from typing import Any
 
 from khar_mmsa.integration.replacements import mmsa_module, replace
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: MMSA trainer modules that call ``ReduceLROnPlateau(..., verbose=True)``.
 VERBOSE_PLATEAU_MODULES = ("MMSA.trains.singleTask.MULT", "MMSA.trains.singleTask.MMIM",

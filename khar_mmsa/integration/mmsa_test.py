@@ -10,13 +10,16 @@ unpickler (``khar_mmsa.io.pickles``; a pickle that would run code is refused;
   'khar' here) the model is rebuilt from the checkpoint's saved config and tensors
   (:func:`khar_mmsa.integration.predict.predict_file`), not from the sample's shapes; a whole MMSA
   feature pickle is predicted split by split.
-* For MMSA's own models it is MMSA's ``MMSA_test`` on the checked sample (served to it from
-  memory, :mod:`.features`).  ``MMSA_test`` itself stays MMSA's for them.
+* For MMSA's own models it is MMSA's own ``MMSA_test`` body on the checked sample (pickled again,
+  from the checked arrays, into a temporary file that MMSA's plain ``pickle.load`` reads).
+  ``MMSA_test`` itself stays MMSA's for them.
 """
 from __future__ import annotations
 
 import json
 import logging
+import pickle
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -61,7 +64,6 @@ def _extra_models() -> tuple:
 def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optional[int] = None) -> Any:
     """``MMSA_test`` with the feature file read safely and checked, for every model (see above).
     ``gpu_id=None``: MMSA's default 0, on the CPU without a warning where there is no CUDA."""
-    from khar_mmsa.integration.features import file_key
     from khar_mmsa.io.pickles import load_pickle
     require_registration()
     asked, gpu_id = gpu_id is not None, MMSA_DEFAULT_GPU_ID if gpu_id is None else int(gpu_id)
@@ -81,8 +83,8 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optiona
         return predict_file(weights_path, feature_path, test_args, device=device, trusted=trusted)
     sample = load_pickle(feature_path, trusted=trusted)
     check_sample(sample, str(feature_path))
-    run = mmsa_module("MMSA.run")
-    original = getattr(run.MMSA_test, "__wrapped__", run.MMSA_test)
-    with run.pickle.serving({file_key(feature_path): sample}):
-        return original(config, weights_path,
-                        feature_path, gpu_id)
+    with tempfile.TemporaryDirectory(prefix="khar-mmsa-test-") as folder:
+        checked = Path(folder) / "sample.pkl"
+        checked.write_bytes(pickle.dumps(sample, protocol=4))
+        # MMSA's MMSA_test: for MMSA's own models its route runs MMSA's own body
+        return mmsa_module("MMSA.run").MMSA_test(config, weights_path, str(checked), gpu_id)

@@ -3,8 +3,10 @@
 For ``'khar'``: :class:`khar_mmsa.model.khar.KHaR` inside MMSA's ``AMIO`` wrapper (so checkpoints
 keep MMSA's ``Model.`` keys) and :class:`khar_mmsa.training.trainer.KHaRTrainer`, both built from
 the run's one checked :class:`~khar_mmsa.config.KHaRConfig` (given the shapes MMSA's loader read
-from the data).  For MMSA's own models: MMSA's ``AMIO`` and its ``ATIO`` trainer, as ``MMSA_run``
-builds them.
+from the data).  :func:`khar_settings` is the one place MMSA's ``EasyDict`` becomes that config, for
+the runner and for MMSA's own ``AMIO(args)`` / ``ATIO().getTrain(args)`` (:func:`khar_network`,
+:func:`khar_trainer`); ``model/`` and ``training/`` take the typed config only.  For MMSA's own
+models: MMSA's ``AMIO`` and its ``ATIO`` trainer, as ``MMSA_run`` builds them.
 """
 from __future__ import annotations
 
@@ -29,13 +31,37 @@ def init_amio(amio: Any, args: Any, build_network: Callable[[Any], Any]) -> None
     amio.Model = build_network(args)
 
 
+def khar_settings(args: Mapping[str, Any]) -> Any:
+    """The one conversion of MMSA's merged ``args`` into KHaR's checked, typed
+    :class:`~khar_mmsa.config.KHaRConfig` (:meth:`~khar_mmsa.config.KHaRConfig.from_mmsa_args`;
+    MMSA's and the runner's own keys ignored); raises :class:`~khar_mmsa.config.ConfigError` (or
+    ``ConfigTypeError``) naming each bad key, its value and the allowed range.  The runner calls it
+    before any data is read (:func:`.extra_models.check_model_settings`), MMSA's ``AMIO(args)`` /
+    ``ATIO().getTrain(args)`` through :func:`khar_network` / :func:`khar_trainer`."""
+    from khar_mmsa.config import KHaRConfig
+    return KHaRConfig.from_mmsa_args(args)
+
+
+def khar_network(args: Mapping[str, Any]) -> Any:
+    """``MODEL_MAP['khar'](args)`` in MMSA's ``AMIO``: KHaR built from :func:`khar_settings`."""
+    from khar_mmsa.model.khar import KHaR
+    return KHaR(khar_settings(args))
+
+
+def khar_trainer(args: Mapping[str, Any], metrics: Optional[Callable] = None) -> Any:
+    """``TRAIN_MAP['khar'](args)`` in MMSA's ``ATIO``: KHaRTrainer with :func:`khar_settings`."""
+    from khar_mmsa.training.trainer import KHaRTrainer
+    return KHaRTrainer(args, config=khar_settings(args), metrics=metrics)
+
+
 def build_model_and_trainer(args: Any, settings: Optional[Any] = None) -> Tuple[Any, Any, Optional[Any]]:
     """``(model on args['device'], trainer, settings)`` for one seed of ``args`` (after MMSA's
     loader filled ``feature_dims``/``seq_lens``).
 
-    'khar': ``settings`` is the run's checked KHaRConfig (None: checked from ``args`` here), given
-    the data's shapes once (:meth:`~khar_mmsa.config.KHaRConfig.with_data_shapes`: the same object
-    for every later seed) and passed to both KHaR and KHaRTrainer; the third item is that config.
+    'khar': ``settings`` is the run's checked KHaRConfig (None: :func:`khar_settings` of ``args``,
+    here), given the data's shapes once (:meth:`~khar_mmsa.config.KHaRConfig.with_data_shapes`: the
+    same object for every later seed) and passed to both KHaR and KHaRTrainer, which take the typed
+    config only; the third item is that config.
     MMSA's models: MMSA's ``AMIO(args)`` and ``ATIO().getTrain(args)``, and None.
     """
     if not is_extra_model(args["model_name"]):
@@ -43,21 +69,16 @@ def build_model_and_trainer(args: Any, settings: Optional[Any] = None) -> Tuple[
         return model, mmsa_module("MMSA.trains").ATIO().getTrain(args), None
     from khar_mmsa.model.khar import KHaR
     from khar_mmsa.training.trainer import KHaRTrainer
-    check = getattr(KHaR, "check_config", None)
-    if settings is None and check is not None:
-        settings = check(args)
+    checked = khar_settings(args) if settings is None else settings
     shaped = []
 
     def network(run_args: Mapping[str, Any]) -> Any:
-        if settings is None:  # a stand-in model class without a config of its own
-            return KHaR(run_args)
-        shaped.append(settings.with_data_shapes(run_args))
+        shaped.append(checked.with_data_shapes(run_args))
         return KHaR(shaped[0])
 
     amio_class = mmsa_module("MMSA.models").AMIO
     model = amio_class.__new__(amio_class)
     init_amio(model, args, network)
     model.to(args["device"])
-    config = shaped[0] if shaped else None
-    trainer = KHaRTrainer(args, metrics=metrics_for(args["dataset_name"]), **({"config": config} if config else {}))
-    return model, trainer, config
+    trainer = KHaRTrainer(args, config=shaped[0], metrics=metrics_for(args["dataset_name"]))
+    return model, trainer, shaped[0]

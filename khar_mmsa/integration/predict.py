@@ -32,7 +32,7 @@ from khar_mmsa.data.validation import FeatureValidationError, validate_features
 from khar_mmsa.integration.samples import check_length, check_sample
 from khar_mmsa.mmsa_conventions import SPLITS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: MMSA's ``AMIO`` keeps the network as ``self.Model``: checkpoint keys start with this.
 AMIO_PREFIX = "Model."

@@ -32,9 +32,9 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 
@@ -111,16 +111,21 @@ def is_tidy(path: Path) -> bool:
     return path.name.endswith(".tidy.csv")
 
 
-def _first_line(path: Path) -> Optional[bytes]:
-    """The raw first line of ``path`` (None when the file is absent or empty); never through a link."""
+def _read(path: Path, first_line: bool = False) -> Optional[bytes]:
+    """The bytes of ``path`` (only its first line with ``first_line``); None when absent, never
+    through a link."""
     from khar_mmsa.io.files import open_no_follow
     try:
         fd = open_no_follow(path, os.O_RDONLY, "read")
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
-        line = f.readline()
-    return line or None
+        return f.readline() if first_line else f.read()
+
+
+def _first_line(path: Path) -> Optional[bytes]:
+    """The raw first line of ``path`` (None when the file is absent or empty); never through a link."""
+    return _read(path, first_line=True) or None
 
 
 def _columns(raw: bytes, path: Path) -> List[str]:
@@ -204,11 +209,13 @@ def _repair(path: Path) -> None:
         repair_torn_last_line(path, _ours, "results row")
 
 
-def check_results_files(paths: Sequence[Path]) -> None:
+def check_results_files(paths: Sequence[Path], metrics_wanted: Optional[Sequence[str]] = None) -> None:
     """Before training: each results file (MMSA's table and the tidy one) and its ``.lock`` is a
     regular file or absent (never a link), writable, with a header of ours
     (:func:`header_metrics`: no BOM, no other layout) and parses as CSV; when both exist they name
-    the same metrics.  A last line cut by a killed append is removed first
+    the same metrics, and when ``metrics_wanted`` (the run's metrics, in order:
+    :func:`khar_mmsa.integration.run_metrics.result_columns`) is given, exactly those in that
+    order -- the row the run will append.  A last line cut by a killed append is removed first
     (:func:`khar_mmsa.io.files.repair_torn_last_line`, one warning)."""
     import pandas as pd
 
@@ -231,6 +238,12 @@ def check_results_files(paths: Sequence[Path]) -> None:
             if found is None:
                 continue
             metrics[path] = found
+            if metrics_wanted is not None and found != list(metrics_wanted):
+                same = "the same metrics in another order" if sorted(found) == sorted(metrics_wanted) else \
+                    "other metrics"
+                raise ResultsFileError(f"{path}: its header names the metrics {found} but this run's row has "
+                                       f"{list(metrics_wanted)} ({same}), so the row could not be appended. Pass "
+                                       f"another res_save_dir or move the file; nothing was trained.")
             try:
                 pd.read_csv(path)
             except pd.errors.EmptyDataError:
@@ -274,7 +287,8 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
     append_rows([(path, row)])
 
 
-def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]]) -> None:
+def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]], started: Optional[Mapping[str, int]] = None,
+                on_start: Optional[Callable[[Dict[str, int]], None]] = None) -> None:
     """Append each ``(path, row)`` as one line, all or none, under every file's lock.
 
     A new file gets a header; an existing file's rows are left byte for byte; a row whose
@@ -282,7 +296,12 @@ def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]]) -> None:
     is written.  Each line is written whole or not at all
     (:func:`khar_mmsa.io.files.append_whole`: one checked write, fsync, truncated back on a
     failure such as a full disk), and when a later file fails, the earlier ones are cut back:
-    a run's row is in both tables or in neither."""
+    a run's row is in both tables or in neither.
+
+    A kill (SIGKILL: nothing can be cut back) between two appends is made whole by the identical
+    rerun through a journal the caller keeps: ``on_start({path: length})`` is called, under the
+    locks, before the first append; a rerun passes what it recorded as ``started``, and the row is
+    then appended only to the files it has not reached yet (:func:`_already_appended`)."""
     from khar_mmsa.io.files import append_whole, truncate_back
     for path, _ in rows:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +309,14 @@ def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]]) -> None:
         for path, _ in rows:
             locks.enter_context(_results_lock(path))
         data = [(path, _row_bytes(path, row)) for path, row in rows]
+        if started:  # an earlier attempt at this row was killed part-way: only what it did not append
+            has = [p for p, line in data if str(p) in started and _already_appended(p, line, started[str(p)])]
+            if has:
+                logger.warning(f"{', '.join(map(str, has))} already got this row from a run killed while appending "
+                               f"it; the row is appended only to the table(s) without it, so they agree again.")
+            data = [(p, line) for p, line in data if p not in has]
+        elif on_start is not None:
+            on_start({str(p): p.stat().st_size if p.exists() else 0 for p, _ in data})
         done: List[Tuple[Path, int]] = []
         try:
             for path, line in data:
@@ -300,11 +327,20 @@ def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]]) -> None:
             raise
 
 
-def write_run_row(res_save_dir: os.PathLike, dataset_name: str, row: Mapping[str, Any]) -> Path:
-    """The run's row into MMSA's table and the numeric table (both or neither); returns MMSA's
-    table's path."""
+def _already_appended(path: Path, line: bytes, size_before: int) -> bool:
+    """Whether an earlier, killed attempt appended ``line``'s row to ``path``: the file grew past
+    ``size_before`` (its length when that attempt started appending) and ends with the row."""
+    text = _read(path) or b""
+    return len(text) > size_before and text.endswith(line.splitlines(keepends=True)[-1])
+
+
+def write_run_row(res_save_dir: os.PathLike, dataset_name: str, row: Mapping[str, Any],
+                  started: Optional[Mapping[str, int]] = None,
+                  on_start: Optional[Callable[[Dict[str, int]], None]] = None) -> Path:
+    """The run's row into MMSA's table and the numeric table (both or neither; ``started`` /
+    ``on_start``: the journal of :func:`append_rows`); returns MMSA's table's path."""
     mmsa_csv = results_csv_path(res_save_dir, dataset_name)
-    append_rows([(mmsa_csv, mmsa_row(row)), (tidy_csv_path(res_save_dir, dataset_name), row)])
+    append_rows([(mmsa_csv, mmsa_row(row)), (tidy_csv_path(res_save_dir, dataset_name), row)], started, on_start)
     return mmsa_csv
 
 

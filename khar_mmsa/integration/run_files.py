@@ -46,11 +46,13 @@ def adapter_path(args: Mapping[str, Any], settings: Any) -> Any:
     return Path(given) if given else default_adapter_path(args["model_save_path"])
 
 
-def check_adapter_file(path: Path) -> None:
-    """An existing adapters' file is readable as ours, or at least marked as ours (a damaged one
-    of ours is set aside when the run reaches it); anything else stops the run untouched."""
+def check_adapter_file(path: Path, own_name: bool = False) -> None:
+    """An existing adapters' file is readable as ours, or at least marked as ours, or at our own
+    default name (``own_name``): a damaged one is set aside when the run reaches it, at every
+    size.  A file at a ``pretrained_adapters_path`` the user gave that is none of these stops the
+    run untouched, naming the command that unblocks it."""
     from khar_mmsa.io.state_files import ForeignFileError, StateFileError, load_adapter_cache, written_by_us
-    if not path.exists():
+    if own_name or not path.exists():
         return
     try:
         load_adapter_cache(path)
@@ -58,7 +60,8 @@ def check_adapter_file(path: Path) -> None:
         if not written_by_us(path):
             raise ForeignFileError(path, f"{exc.problem}; it is not a pretrained adapters' file khar-mmsa "
                                          f"wrote, so it is neither renamed nor replaced: point "
-                                         f"pretrained_adapters_path at another file; nothing was trained") from exc
+                                         f"pretrained_adapters_path at another file (or move this one away: "
+                                         f"mv '{path}' '{path}.mine'); nothing was trained") from exc
 
 
 def check_run_files(args: Mapping[str, Any], settings: Any, res_dir: Path, dataset_name: str,
@@ -73,5 +76,7 @@ def check_run_files(args: Mapping[str, Any], settings: Any, res_dir: Path, datas
                                f"write elsewhere; nothing was trained.") from exc
     adapters = adapter_path(args, settings)
     if adapters is not None:
-        check_adapter_file(adapters)
-    check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)])
+        check_adapter_file(adapters, own_name=not getattr(settings, "pretrained_adapters_path", None))
+    from khar_mmsa.integration.run_metrics import result_columns
+    check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)],
+                        result_columns(args["model_name"], dataset_name))

@@ -4,8 +4,11 @@
 keyed by the run's identity (model, config, data content, seed list: :func:`run_key`).  A rerun
 with the same key uses those results instead of training the seed again and still writes one row
 over all seeds; a file with another key is ignored (one log line) and replaced; a damaged file is
-set aside as ``<name>.damaged-<k>`` (kept, named in the log) and every seed trains.  The runner
-removes the file once the run's row is written.
+set aside as ``<name>.damaged-<k>`` (kept, named in the log) and every seed trains.  Before the
+row is appended, the file also records each results table's length (``appending``), so that a
+rerun after a kill between the two appends appends the row only to the table that lacks it
+(:func:`khar_mmsa.integration.results_files.append_rows`).  The runner removes the file once the
+run's row is written.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from khar_mmsa.config import PATH_FIELDS, RUN_PLACE_KEYS
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: ``args`` keys left out of a run's identity: where things are and how this process runs, and
 #: the KHaR fields that name a file's place (the pretrained adapters' file).
@@ -43,6 +46,8 @@ class RunState:
         self.path = path.with_name(path.name + ".seeds.json")
         self.key = key
         self.results: Dict[str, Dict[str, float]] = {}
+        #: each results table's length before this run's row was first appended ({}: not yet)
+        self.appending: Dict[str, int] = {}
         self._load()
 
     def _load(self) -> None:
@@ -61,6 +66,7 @@ class RunState:
             self.path.unlink(missing_ok=True)
             return
         self.results = results
+        self.appending = dict(saved.get("appending") or {})
         if results:
             logger.info(f"Resuming the run recorded in {self.path}: seed(s) {', '.join(results)} "
                         f"finished before and are not trained again.")
@@ -70,11 +76,21 @@ class RunState:
 
     def record(self, seed: int, result: Mapping[str, Any]) -> None:
         from khar_mmsa.integration.results_files import is_number
+        self.results[str(seed)] = {k: float(v) for k, v in result.items() if is_number(v)}
+        self._write()
+
+    def record_appending(self, lengths: Mapping[str, int]) -> None:
+        """Record the results tables' lengths just before the row is appended to them."""
+        self.appending = dict(lengths)
+        self._write()
+
+    def _write(self) -> None:
         from khar_mmsa.io.files import atomic_write_text
         from khar_mmsa.io.state_files import WRITTEN_BY
-        self.results[str(seed)] = {k: float(v) for k, v in result.items() if is_number(v)}
-        atomic_write_text(self.path, json.dumps({"written_by": f"{WRITTEN_BY} seeds file", "key": self.key,
-                                                 "results": self.results}, indent=1))
+        state: Dict[str, Any] = {"written_by": f"{WRITTEN_BY} seeds file", "key": self.key, "results": self.results}
+        if self.appending:
+            state["appending"] = self.appending
+        atomic_write_text(self.path, json.dumps(state, indent=1))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

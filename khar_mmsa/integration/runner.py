@@ -42,16 +42,13 @@ from khar_mmsa.integration.output_folders import check_output_folders
 from khar_mmsa.integration.replacements import require_registration
 from khar_mmsa.integration.results_files import summarize, tidy_csv_path, write_run_row
 from khar_mmsa.integration.run_files import check_run_files
+from khar_mmsa.integration.run_metrics import check_key_eval
 from khar_mmsa.integration.run_state import RunState, run_key
 from khar_mmsa.io.names import check_run_names
 from khar_mmsa.reporting.run_log import run_log
-from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS
+from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, SeedError, check_seed  # noqa: F401 (runner.SeedError)
 
-logger = logging.getLogger("MMSA")
-
-
-class SeedError(ValueError):
-    """The seeds of a run are not a list of distinct integers."""
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
@@ -70,6 +67,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
     check_run_names(model_name, dataset_name)  # they become file names: refused before anything is written
     model_name, dataset_name = str(model_name).lower(), str(dataset_name).lower()
     seeds = checked_seeds(seeds)
+    check_key_eval(config, dataset_name)  # the call's KeyEval / key_eval, before any folder
     folders = check_output_folders({"model_save_dir": model_save_dir, "res_save_dir": res_save_dir,
                                     "log_dir": log_dir})
     cuda = cuda_available()
@@ -86,6 +84,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
                                       res_save_dir=folders["res_save_dir"], log_dir=folders["log_dir"])
         args = build_args(model_name, dataset_name, config_file, config, folders["model_save_dir"],
                           custom_feature, feature_T, feature_A, feature_V, verbose_level, folders["log_dir"])
+        check_key_eval(args, dataset_name)  # a config file's KeyEval too
         settings = check_model_settings(args)
         res_dir = folders["res_save_dir"]
         check_run_files(args, settings, res_dir, dataset_name, folders["log_dir"])
@@ -106,18 +105,18 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
             log_seed_result(seed, result)
             results.append(result)
         row = summarize(model_name, results, seeds)
-        path = write_run_row(res_dir, dataset_name, row)
+        path = write_run_row(res_dir, dataset_name, row, state.appending, state.record_appending)
         logger.info(f"Results saved to {path} (as numbers: {tidy_csv_path(res_dir, dataset_name).name}).")
         state.remove()
         return row
 
 
 def checked_seeds(seeds: Sequence[Any]) -> List[int]:
-    """MMSA's default seeds for an empty list; distinct integers otherwise."""
+    """MMSA's default seeds for an empty list; distinct integers in ``[0, 2**32)`` otherwise
+    (:func:`~khar_mmsa.mmsa_conventions.check_seed`)."""
     seeds = list(seeds) if seeds else list(MMSA_DEFAULT_SEEDS)
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise SeedError(f"seeds={seeds!r}: {seed!r} is not an integer")
+        check_seed(seed, f"seeds={seeds!r}")
     duplicates = sorted({s for s in seeds if seeds.count(s) > 1})
     if duplicates:
         raise SeedError(f"seeds={seeds!r}: seed(s) {duplicates} given more than once; a repeated seed "

@@ -37,7 +37,7 @@ from typing import IO, Any, Iterator, Optional, Union
 
 from khar_mmsa.io.pickles import UnsafePickleError
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -98,7 +98,7 @@ class ForeignFileError(StateFileError):
     """A file at a state file's place that khar-mmsa did not write: never renamed or replaced."""
 
 
-def set_aside(path: PathLike, reason: Union[str, BaseException]) -> Path:
+def set_aside(path: PathLike, reason: Union[str, BaseException], own_name: bool = False) -> Path:
     """Rename the damaged state file ``path`` to ``<name>.damaged-<k>`` (the first free k >= 1),
     log a warning on the 'MMSA' logger naming both paths and ``reason``, and return the new path.
 
@@ -106,13 +106,19 @@ def set_aside(path: PathLike, reason: Union[str, BaseException]) -> Path:
     (a user's, a link) raises :class:`ForeignFileError` naming it and stays untouched.  The file is
     kept, never deleted, and never renamed over an existing file: the new name is
     claimed with a hard link (which fails if the name exists) before the old name is removed; on a
-    file system without hard links the name is checked with ``lstat`` and renamed."""
+    file system without hard links the name is checked with ``lstat`` and renamed.
+
+    ``own_name``: ``path`` is a name khar-mmsa made itself for this file (the adapter cache's
+    default ``<model_save_dir>/<model>-<dataset>-adapters.pt``), not one the user gave: a regular
+    file there that cannot be read is set aside whatever its size, marker or not (a copy cut
+    before its marker is no more the user's than one cut after it); a link there never is."""
     src = Path(path)
-    if not written_by_us(src):
+    if not (written_by_us(src) or (own_name and src.is_file() and not src.is_symlink())):
         why = reason.problem if isinstance(reason, StateFileError) else str(reason)
         raise ForeignFileError(src, f"{why}; khar-mmsa did not write this file (it lacks the "
                                     f"'written_by: {WRITTEN_BY}' marker of its state files), so it is neither "
-                                    f"renamed nor replaced: move it away or point the run elsewhere")
+                                    f"renamed nor replaced: move it away (mv '{src}' '{src}.mine') or point "
+                                    f"the run elsewhere")
     k = 1
     while True:
         dst = src.with_name(f"{src.name}.damaged-{k}")
@@ -278,11 +284,15 @@ def load_checkpoint_config(path: PathLike, settings: Optional[Mapping[str, Any]]
 # --------------------------------------------------------------------------------------------
 def load_seeds_file(path: PathLike) -> Dict[str, Any]:
     """A run's finished seeds, ``<ckpt>.seeds.json``: ``{"key": str, "results": {"<seed>":
-    {metric: number, ...}, ...}}``.  Every seed is an integer, every seed has at least one
+    {metric: number, ...}, ...}}`` and, once the row is being appended, ``"appending": {"<results
+    table>": length}``.  Every seed is an integer, every seed has at least one
     metric and every metric is a finite number (a row with no metrics is damage, not a result)."""
     what = "seeds file"
     obj = _read_json(path, what)
-    _check_object(path, obj, what, _SEEDS_KEYS, _MARKER_KEY)
+    _check_object(path, obj, what, _SEEDS_KEYS, {**_MARKER_KEY, "appending": dict})
+    for table, length in obj.get("appending", {}).items():
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            raise StateFileError(path, f"{what}: appending[{table!r}] is {_kind(length)}, expected a length >= 0")
     for seed, metrics in obj["results"].items():
         try:
             int(seed)
@@ -335,9 +345,29 @@ def parse_manifest_line(line: str, path: PathLike, lineno: int) -> Dict[str, Any
     if rec["event"] == "done":
         if "outcome" not in rec:
             raise StateFileError(where, f"{what}: a 'done' record lacks 'outcome'")
-        if not isinstance(rec["outcome"].get("result"), dict):
+        result = rec["outcome"].get("result")
+        if not isinstance(result, dict):
             raise StateFileError(where, f"{what}: the 'done' record's outcome lacks its 'result' object")
+        _check_done_result(where, result, what)
     return rec
+
+
+#: What a 'done' record's ``result`` holds where the sweep's tables read it (the rest is the
+#: runner's own): ``metrics`` an object of numbers, ``row`` an object (execute.mmsa_run_one).
+_DONE_RESULT_OBJECTS = ("metrics", "row")
+
+
+def _check_done_result(where: str, result: Mapping[str, Any], what: str) -> None:
+    """A 'done' record's ``result``: each of :data:`_DONE_RESULT_OBJECTS` it has is a JSON object,
+    and ``metrics`` maps names to numbers (a list or a string there is damage: the run runs again)."""
+    for key in _DONE_RESULT_OBJECTS:
+        if key in result and not isinstance(result[key], dict):
+            raise StateFileError(where, f"{what}: the 'done' record's result[{key!r}] is {_kind(result[key])}, "
+                                        f"expected a JSON object")
+    for name, value in result.get("metrics", {}).items():
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise StateFileError(where, f"{what}: the 'done' record's metric {name!r} is {_kind(value)}, "
+                                        f"expected a number")
 
 
 def manifest_line(rec: Mapping[str, Any]) -> bytes:
@@ -405,13 +435,19 @@ def load_tune_marker(path: PathLike) -> Dict[str, Any]:
 def load_tune_table(path: PathLike) -> Any:
     """The tune CSV (``<res_save_dir>/tune/<dataset>-<model>.csv``) as a pandas DataFrame: it must
     parse, have a ``candidate`` column whose cells are JSON objects, and ``Valid_*`` columns that
-    are numbers (or empty)."""
+    are numbers (or empty).  Never read through a link (:class:`~khar_mmsa.io.files.UnsafePathError`);
+    which keys a candidate may set is the tune search's check (``integration/tune/table.py``)."""
     import pandas as pd
+
+    from khar_mmsa.io.files import open_no_follow
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: tune table not found")
     try:
-        table = pd.read_csv(p)
+        fd = open_no_follow(p, os.O_RDONLY, "read")  # a link is refused before anything is read through it
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: tune table not found") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            table = pd.read_csv(f)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise StateFileError(p, f"tune table is not a readable CSV ({type(exc).__name__}: {first})") from exc

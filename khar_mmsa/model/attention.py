@@ -13,6 +13,13 @@ of SDPA > 0 sends PyTorch's CPU dispatcher to the unfused math path, which store
 per layer). The layer's other dropouts (after attention, inside and after the feed-forward) are
 ``nn.TransformerEncoderLayer``'s and keep the configured rate. In eval mode both layers give the
 same outputs.
+
+Kept by measurement (issue 30; ``python -m benchmarks.layers --quick --threads 1``, MOSI shapes,
+shared 2-core CPU at load 5-7): a KHaR training step with every ``FusedEncoderLayer`` swapped for
+``nn.TransformerEncoderLayer`` holding the same parameters and computing the same maths (its
+attention-probability dropout set to 0) took **1.18x and 1.17x** ours in two runs of interleaved
+steps. (PyTorch's layer turns the key-padding mask into a float mask per layer and head, and copies
+the packed projection apart; this layer builds one boolean mask per stack and splits views.)
 """
 from __future__ import annotations
 
@@ -52,7 +59,10 @@ class FusedSelfAttention(nn.Module):
         """x: (b, n, d); attn_mask: (b, 1, 1, n) bool from :func:`key_padding_mask`."""
         b, n, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)           # (b, n, 3d)
-        q, k, v = qkv.view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, n, d/h)
+        # split on the packed axis first, then (b, n, h, d/h) -> (b, h, n, d/h) views: the backward's
+        # stack of the three gradients is then (b, n, 3, h, d/h), the layout of qkv, and needs no
+        # further copy (splitting a permuted view did: one (b, n, 3d) copy per call)
+        q, k, v = (t.transpose(1, 2) for t in qkv.view(b, n, 3, self.heads, d // self.heads).unbind(2))
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # amp on a CPU: PyTorch's bf16 flash-attention backward is ~3x slower than fp32's
             # (measured on the 2-core CPU); attention stays fp32, the projections use bf16

@@ -14,6 +14,13 @@ class Dropout(nn.Dropout):
     saved for backward instead of 4). The drop probability is ``p`` rounded to a multiple of 2^-16
     and the scale is its exact inverse keep-probability, so the layer stays unbiased. Elsewhere
     (CUDA, eval mode) it is ``nn.Dropout``.
+
+    Kept by measurement (issue 30; ``python -m benchmarks.layers --quick --threads 1``, shared
+    2-core CPU at load ~6): forward + backward alone, medians of 25 interleaved calls, ours vs
+    ``nn.Dropout``: 21.8 vs 34.1 ms at (16, 494, 128) p=0.2, 2.6 vs 17.0 ms at (16, 494, 64),
+    1.5 vs 2.1 ms at (16, 494, 32), 37.7 vs 50.5 ms at (16, 494, 256) -- 1.3x to 6.5x faster,
+    and a 1-byte mask saved instead of 4. In a whole KHaR step (dropout ~4 % of it) the gain is
+    below what step times resolve on that machine (a step with ``nn.Dropout``: 0.99x and 1.05x ours).
     """
 
     LEVELS = 1 << 16

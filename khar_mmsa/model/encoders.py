@@ -47,7 +47,7 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
         """x: (b, n, f) features; mask: (b, n) bool. The layers are iterated here to expose the
-        intermediate states (stock nn.TransformerEncoder hides them; anchors: KuDA pitfall)."""
+        intermediate states (stock nn.TransformerEncoder returns the last one only)."""
         n = x.shape[1]
         if n > self.position.shape[1]:
             raise ValueError(f"sequence of length {n} is longer than the encoder's max_len "

@@ -1,7 +1,7 @@
 """Knowledge harvesting (§3.3): wiring adapter blocks into an encoder's depth.
 
 The chained adapters read the encoder's intermediate states H_m through one shared LayerNorm
-(KuDA's design, anchors.md): x = Ad_1(LN(H[l0] + H[l1])), x = Ad_i(LN(x + H[l_i])).  The layers
+(KuDA's design, Feng et al., EMNLP Findings 2024): x = Ad_1(LN(H[l0] + H[l1])), x = Ad_i(LN(x + H[l_i])).  The layers
 ``l_i`` follow the encoder's depth (config ``adapter_layers_*`` or evenly spaced), so a 4-layer
 test BERT, 6-layer MiniLM and 12-layer BERT-base all work.  The harvested representation is
 X_m = [A_m; H_m] (eq. 3), where the config's ``harvested_state`` picks H_m: the encoder output O_m

@@ -1,13 +1,14 @@
 """The KHaR network (§3.1, Figure 2): harvest -> refine -> project -> fuse.
 
-``KHaR(args)`` accepts MMSA's EasyDict (converted once to :class:`KHaRConfig`) or a KHaRConfig.
+``KHaR(cfg)`` takes the run's checked :class:`KHaRConfig` (MMSA's EasyDict is converted once, where
+MMSA hands it over: :func:`khar_mmsa.integration.model_and_trainer.khar_settings`).
 ``forward`` returns raw outputs only: the prediction ``'M'`` (MMSA's key) plus what the criterion and
 the benchmarks need (the bottleneck's mu and sigma, each MoE's router outputs, the features); no
 loss term is computed here (see :mod:`khar_mmsa.losses.criterion`).
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -81,16 +82,11 @@ def batch_inputs(batch: Mapping, device: torch.device) -> tuple:
 
 
 class KHaR(nn.Module):
-    @staticmethod
-    def check_config(args: Mapping) -> KHaRConfig:
-        """MMSA's args -> the checked config; raises :class:`~khar_mmsa.config.ConfigError` (or
-        ``ConfigTypeError``) naming each bad key, its value and the allowed range.  Called by the
-        MMSA hooks before any data is read (khar_mmsa.integration.registration.check_model_settings)."""
-        return KHaRConfig.from_mmsa_args(args)
-
-    def __init__(self, args: Union[Mapping, KHaRConfig]) -> None:
+    def __init__(self, cfg: KHaRConfig) -> None:
         super().__init__()
-        cfg = args if isinstance(args, KHaRConfig) else KHaRConfig.from_mmsa_args(args)
+        if not isinstance(cfg, KHaRConfig):
+            raise TypeError(f"KHaR takes a KHaRConfig, not {type(cfg).__name__}: convert MMSA's args once "
+                            f"with KHaRConfig.from_mmsa_args(args)")
         self.cfg = cfg
         self.modalities = [m for m in MODALITIES if m in cfg.modalities]
         self.harvesters = nn.ModuleDict()
@@ -153,22 +149,7 @@ class KHaR(nn.Module):
         if "t" in self.harvesters and self.cfg.finetune_bert:
             self.harvesters["t"].encoder.hold(epoch <= self.cfg.freeze_bert_epochs)
 
-    def train(self, mode: bool = True) -> "KHaR":
-        """``nn.Module.train``, except that a frozen part of a harvester stays in eval mode (see
-        :meth:`Harvester.train <khar_mmsa.model.harvest.Harvester.train>`): frozen adapters (pretrained
-        knowledge loaded with ``freeze_pretrained_adapters``) with their LayerNorm, and a frozen text
-        encoder (``finetune_bert=False``), so dropout never perturbs fixed weights."""
-        return super().train(mode)
-
     # -- knowledge harvesting: pretrained adapters ----------------------------------------------
-    def adapter_parameters(self):
-        """(name, parameter) of every adapter block and adapter LayerNorm, selected by module type."""
-        for m in self.modalities:
-            if self.harvesters[m].adapters is None:
-                continue
-            for name, p in self.harvesters[m].adapters.named_parameters():
-                yield f"harvesters.{m}.adapters.{name}", p
-
     def missing_adapters(self, states: Mapping[str, Mapping[str, torch.Tensor]]) -> Dict[str, list]:
         """{modality: adapter weight names absent from ``states``} for each modality in use that
         would not get all of its pretrained adapters; empty when every one would."""
@@ -185,7 +166,8 @@ class KHaR(nn.Module):
 
     def load_harvested(self, states: Mapping[str, Mapping[str, torch.Tensor]], freeze: bool) -> list:
         """Load pretrained harvesters ({modality: state_dict of Harvester}); freeze their adapters
-        (``freeze``: no gradient, and eval mode whenever the model trains, see :meth:`train`).
+        (``freeze``: no gradient, and eval mode whenever the model trains, see
+        :meth:`Harvester.train <khar_mmsa.model.harvest.Harvester.train>`).
 
         Every modality in use must be in ``states`` with all of its adapter weights (the encoder's
         may be absent: text states hold the adapters only); otherwise :class:`KeyError` names what

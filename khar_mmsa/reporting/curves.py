@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: Raw loss terms drawn, in the order of eq. 22, with their panel titles.
 LOSS_TERMS = {"task": "task |y - D(mu)|", "mib_nll": "MIB NLL |y - D(z)|", "mib_kl": "MIB KL",

@@ -1,7 +1,9 @@
 """The log handlers of one run (``MMSA_run`` / :func:`khar_mmsa.integration.runner.run`).
 
 MMSA's two handlers -- ``<log_dir>/<model>-<dataset>.log`` at DEBUG and the console at
-``verbose_level`` -- are added to the ``'MMSA'`` logger for the run and removed after it.  Each
+``verbose_level`` -- are added to the ``'MMSA'`` logger for the run and removed after it; they get
+the lines of every khar_mmsa module too, each of which logs to a child named after it
+(``MMSA.khar_mmsa.training.trainer``), so a user can quiet one part.  Each
 takes only the records logged inside its own run (a :class:`contextvars.ContextVar` set by
 :func:`run_log`, which every thread has its own copy of), so two runs in two threads each write
 a log holding only their own lines.  The logger's level is raised to DEBUG while any run is open
@@ -56,7 +58,8 @@ def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Op
     console = logging.StreamHandler()
     console.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(
         verbose_level if verbose_level is not None else 1, logging.INFO))
-    console.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+    # the console keeps MMSA's short 'MMSA - ' prefix; the file names each line's logger (MMSA.khar_mmsa.<module>)
+    console.setFormatter(logging.Formatter("MMSA - %(message)s"))
     handlers = (file_handler, console)
     for handler in handlers:
         handler.addFilter(this_run)

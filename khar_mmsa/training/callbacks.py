@@ -1,9 +1,10 @@
 """The callbacks :func:`khar_mmsa.training.loop.fit` runs with: each does one thing.
 
-Order matters in ``on_epoch_end``: callbacks that change the state (best checkpoint, curves
-history, epoch results, early stopping) go before :class:`ResumeState`, which saves it, and
-callbacks that may stop the process (a tuner's report, a test's kill point) after it, so that a
-stop there loses nothing.
+Each declares when it runs (:class:`~khar_mmsa.training.loop.Order`, sorted by ``fit``): the ones
+that change the state (best checkpoint, curves history, epoch results, early stopping, the epoch's
+log line) before :class:`ResumeState`, which saves it, and those that may stop the process (a
+tuner's report :class:`EpochHook`, a test's kill point: any callback from outside) after it, so that
+a stop there loses nothing.
 """
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ import torch
 from khar_mmsa.reporting.log_format import plain_value
 from khar_mmsa.reporting.progress import progress
 from khar_mmsa.training.checkpoints import SeedCheckpoint
-from khar_mmsa.training.loop import Callback, Loop, TrainingState
+from khar_mmsa.training.loop import Callback, Loop, Order, TrainingState
 from khar_mmsa.training.seeding import rng_state, set_rng_state
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 class ProgressBar(Callback):
     """A tqdm bar over each epoch's training batches (``desc`` formatted with ``epoch`` and
     ``epochs``); it disappears when the epoch's training ends (the log keeps the epoch's line)."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self, desc: str, enabled: bool) -> None:
         self.desc, self.enabled, self.bar = desc, enabled, None
@@ -45,6 +48,8 @@ class EarlyStopping(Callback):
     """Stop after ``patience`` epochs without a better monitored value (the decision is part of the
     saved state, so a resumed run stops where the uninterrupted one did)."""
 
+    order = Order.BEFORE_SAVE
+
     def __init__(self, patience: int) -> None:
         self.patience = patience
 
@@ -55,6 +60,8 @@ class EarlyStopping(Callback):
 class KeepBestWeights(Callback):
     """A CPU copy of the model's weights at the best epoch, in memory (``.state``; None: no epoch
     improved)."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self) -> None:
         self.state: Optional[Dict[str, torch.Tensor]] = None
@@ -68,6 +75,8 @@ class BestCheckpoint(Callback):
     """The best epoch's weights written atomically to the seed's checkpoint file, with the config they
     were trained with beside it (:meth:`SeedCheckpoint.save_config`, written with this training's
     first checkpoint), and the resume state removed when training ends (:class:`SeedCheckpoint`)."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self, checkpoint: SeedCheckpoint, config: Mapping[str, Any]) -> None:
         self.checkpoint, self.config, self.config_saved = checkpoint, config, False
@@ -87,6 +96,8 @@ class EpochResults(Callback):
     """MMSA's ``return_epoch_results``: each epoch's training summary, validation results and a
     test pass (``test()``) in ``state.epoch_results``."""
 
+    order = Order.BEFORE_SAVE
+
     def __init__(self, test: Callable[[], Mapping[str, Any]]) -> None:
         self.test = test
 
@@ -101,6 +112,8 @@ class ResumeState(Callback):
     resume file; at the start, a resume file this very run wrote (same ``fingerprint``: config,
     seed, data) is loaded, so training continues after its last finished epoch exactly as the
     uninterrupted run would.  ``save=False``: only load (nothing is written)."""
+
+    order = Order.SAVE
 
     def __init__(self, checkpoint: SeedCheckpoint, fingerprint: str, label: str, key_eval: str,
                  save: bool = True) -> None:
@@ -133,6 +146,8 @@ class ResumeState(Callback):
 class EpochLog(Callback):
     """Log lines of a training: ``first`` when it starts, ``line(state)`` after each epoch and
     ``stopped(state)`` when early stopping ended it."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self, line: Callable[[TrainingState], str], first: str = "",
                  stopped: Optional[Callable[[TrainingState], str]] = None) -> None:
@@ -170,6 +185,8 @@ class TrainingCurves(Callback):
     """Keeps each epoch's validation value, raw loss terms, expert load and the training and
     validation metrics in ``state.history`` (saved with the resume state, so a resumed run keeps
     its whole curve) and draws them to ``path`` when training ends (:mod:`khar_mmsa.reporting.curves`)."""
+
+    order = Order.BEFORE_SAVE
 
     def __init__(self, path: Path, key_eval: str, title: str, enabled: bool = True) -> None:
         self.path, self.key_eval, self.title, self.enabled = Path(path), key_eval, title, enabled

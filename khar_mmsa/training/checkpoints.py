@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Optional
 from khar_mmsa.io.files import atomic_torch_save, atomic_write_text, file_digest, safe_torch_load
 from khar_mmsa.io.state_files import WRITTEN_BY, set_aside
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 class SeedCheckpoint:

@@ -15,12 +15,17 @@ One epoch::
     loss terms read to the host once (a non-finite loss raises here, naming its terms)
     task.training_epoch_end -> state.train
     on_validation_begin, task.validate -> state.valid; the monitor decides state.improved / best
-    on_epoch_end (in list order: so a callback that saves the state goes after those that change it)
+    on_epoch_end
+Callbacks run sorted by their :attr:`Callback.order` (:class:`Order`: those that change the state,
+then the one that saves it, then those that may stop the process), in the order given within one.
 
-Nothing inside the step reads a value back to the host: a GPU never waits on Python there.
+The loop reads nothing back to the host inside the step (the loss terms are summed on the device).
+The model may: the sparse MoE dispatch (``moe_dispatch='sparse'``, the default) reads each refiner's
+expert token counts once per forward pass; ``moe_dispatch='dense'`` reads nothing.
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -143,8 +148,21 @@ class Loop:
         return self.task.model
 
 
+class Order(enum.IntEnum):
+    """When a callback's hooks run among a fit's callbacks: :func:`fit` sorts them by
+    :attr:`Callback.order`, keeping the given order within one value.  The contract: everything
+    that changes the state is in the resume state, and a stop loses nothing."""
+
+    BEFORE_SAVE = 0  # changes the state or writes what comes from it (best checkpoint, history, early stop, log)
+    SAVE = 1         # writes the resume state (:class:`~khar_mmsa.training.callbacks.ResumeState`)
+    AFTER_SAVE = 2   # may end the process (a tuner's report, a test's kill point): a stop loses nothing
+
+
 class Callback:
-    """Hooks :func:`fit` calls, in the order the callbacks are given; each does nothing by default."""
+    """Hooks :func:`fit` calls, sorted by :attr:`order`; each does nothing by default."""
+
+    #: where the callback runs (:class:`Order`); a callback passed in from outside may stop the process
+    order: Order = Order.AFTER_SAVE
 
     def on_fit_begin(self, state: TrainingState, loop: Loop) -> None: ...
 
@@ -163,7 +181,7 @@ class Callback:
 
 class _Callbacks:
     def __init__(self, callbacks: Sequence[Callback]) -> None:
-        self.callbacks = list(callbacks)
+        self.callbacks = sorted(callbacks, key=lambda cb: getattr(cb, "order", Order.AFTER_SAVE))  # stable
 
     def __getattr__(self, hook: str):
         def call(state: TrainingState, loop: Loop) -> None:

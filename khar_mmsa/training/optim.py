@@ -1,7 +1,7 @@
 """Optimizer, parameter groups and learning-rate schedule shared by every training in khar_mmsa."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, List, Mapping, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Tuple, Union
 
 import torch
 from torch import nn
@@ -45,19 +45,16 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float,
             for (i, no_decay), params in sorted(groups.items())]
 
 
-def warmup_linear_decay(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
-    """LR multiplier: linear warmup from 1/warmup_steps (never 0) to 1 over ``warmup_ratio`` of
-    ``total_steps``, then linear decay to 0 (Appendix B)."""
-    warmup = max(1, int(round(total_steps * warmup_ratio)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-    return factor
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """The warm-up length of a run of ``total_steps`` optimizer steps: ``warmup_ratio`` of them,
+    rounded (0: no warm-up, decay from the first step)."""
+    return int(round(total_steps * warmup_ratio))
 
 
 def warmup_linear_decay_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
                                   warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """:func:`warmup_linear_decay` as a scheduler stepped once per optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(total_steps, warmup_ratio))
+    """Linear warm-up from 0 to the group's rate over :func:`warmup_steps`, then linear decay to 0
+    at ``total_steps`` (Appendix B): ``transformers.get_linear_schedule_with_warmup``, stepped once
+    per optimizer step."""
+    from transformers import get_linear_schedule_with_warmup
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps(total_steps, warmup_ratio), total_steps)

@@ -35,7 +35,7 @@ from khar_mmsa.training.callbacks import EarlyStopping, EpochLog, KeepBestWeight
 from khar_mmsa.training.loop import Callback, Monitor, StepOutput, Task, TrainingState, fit
 from khar_mmsa.training.optim import make_adamw, parameter_groups
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: The config sections pretraining depends on: the harvesters' architecture (``model``: the
 #: encoders, ``adapters``: the adapter blocks), the data (``data``: dataset, modalities, shapes) and
@@ -148,8 +148,9 @@ def harvest_knowledge(khar: KHaR, dataloader: Mapping, cfg: KHaRConfig, path: Pa
     if path.is_file():
         try:
             saved = load_adapter_cache(path)
-        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again; a file
-            set_aside(path, exc)       # we did not write: ForeignFileError, the file untouched
+        except StateFileError as exc:  # damaged: kept aside, the adapters are pretrained again; at a
+            # path the user gave, a file we did not write: ForeignFileError, the file untouched
+            set_aside(path, exc, own_name=not cfg.pretrained_adapters_path)
     if saved is not None:
         missing = khar.missing_adapters(saved.get("states") or {})
         if saved.get("fingerprint") != key:

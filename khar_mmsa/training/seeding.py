@@ -9,13 +9,14 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random and make cuDNN deterministic, as MMSA's ``setup_seed`` does
-    for every seed of ``MMSA_run`` (numpy takes 32 bits): the one seeding function of every run,
-    tuning candidate and pretraining stage."""
-    seed = int(seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
+    """Seed random, numpy and torch (the CPU and every GPU) with ``transformers.set_seed`` and make
+    cuDNN deterministic, as MMSA's ``setup_seed`` does for every seed of ``MMSA_run``: the one
+    seeding function of every run, tuning candidate and pretraining stage.  numpy takes 32 bits, so
+    the seed is taken modulo 2**32 for all three."""
+    from transformers import set_seed
+    set_seed(int(seed) % 2**32)
+    # set_seed leaves cuDNN alone (its deterministic=True switches on torch.use_deterministic_algorithms,
+    # which refuses ops without a deterministic kernel); MMSA's setup_seed sets these two, so do we.
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
 

@@ -10,14 +10,18 @@ those is one of its callbacks (:mod:`khar_mmsa.training.callbacks`).  Which file
 removed is decided by :class:`khar_mmsa.training.checkpoints.SeedCheckpoint`, the one owner of their
 life cycle (a whole run's finished seeds are the runner's: :mod:`khar_mmsa.integration.run_state`).
 
-Everything comes from ``args`` and the constructor; the runner adds to MMSA's ``args``:
+What trains comes from the typed ``config`` (the run's one checked
+:class:`~khar_mmsa.config.KHaRConfig`, converted from MMSA's ``args`` where MMSA hands them over:
+:func:`khar_mmsa.integration.model_and_trainer.khar_settings`); where files are and how the process
+runs from ``args`` (``model_save_path``, ``device``, the feature files), to which the runner adds:
 
 * ``seed``: the run's seed value (default: ``torch.initial_seed()``, the seed MMSA's
   ``setup_seed`` set; MMSA's ``cur_seed`` is only its position in the list);
 * ``verbose_level``: MMSA_run's console level (0 hides the progress bars; default None);
 * ``log_dir``: where the curves picture goes (default: the checkpoint's folder);
 * ``callbacks``: extra :class:`~khar_mmsa.training.loop.Callback` objects (a tuner's report, a
-  test's kill point), run after the trainer's own, in adapter pretraining too.
+  test's kill point), run after the trainer's own and after the resume state is saved (their
+  default :class:`~khar_mmsa.training.loop.Order`), in adapter pretraining too.
 """
 from __future__ import annotations
 
@@ -46,10 +50,8 @@ from khar_mmsa.training.optim import make_adamw, parameter_groups, warmup_linear
 from khar_mmsa.training.pretrain import default_adapter_path, harvest_knowledge
 from khar_mmsa.training.seeding import seed_everything
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
-#: ``args`` keys the runner adds for the trainer (not KHaR config fields).
-RUNNER_KEYS = ("seed", "verbose_level", "log_dir", "callbacks")
 #: MMSA's metric function: ``(y_pred, y_true) -> {name: value}``.
 Metrics = Callable[[torch.Tensor, torch.Tensor], Mapping[str, Any]]
 
@@ -96,19 +98,25 @@ def warn_if_paper_size_on_small_data(cfg: KHaRConfig, train_clips: int) -> bool:
 
 class KHaRTrainer(Task):
     """MMSA's trainer for ``'khar'``, and the :class:`~khar_mmsa.training.loop.Task` its
-    :func:`~khar_mmsa.training.loop.fit` runs.  ``metrics``: MMSA's metric function for the dataset
-    (``(y_pred, y_true) -> dict``); None: only ``Loss`` (the L1) is reported."""
+    :func:`~khar_mmsa.training.loop.fit` runs.  ``config``: the run's checked config (what trains);
+    ``args``: MMSA's run arguments (where files are, the device, the runner's keys above);
+    ``metrics``: MMSA's metric function for the dataset (``(y_pred, y_true) -> dict``); None: only
+    ``Loss`` (the L1) is reported."""
 
     #: The runner leaves this seed's checkpoint, resume state and saved config to this trainer's
     #: :class:`SeedCheckpoint`.
     owns_checkpoint_life_cycle = True
+    #: ``do_test`` reports MMSA's metrics for the dataset, then ``Loss``, as MMSA's trainers do
+    #: (:mod:`khar_mmsa.integration.run_metrics` checks results headers against them before work).
+    reports_mmsa_metrics = True
     name = "KHaR"
 
-    def __init__(self, args: Mapping, metrics: Optional[Metrics] = None, config: Optional[KHaRConfig] = None) -> None:
+    def __init__(self, args: Mapping, config: KHaRConfig, metrics: Optional[Metrics] = None) -> None:
+        if not isinstance(config, KHaRConfig):
+            raise TypeError(f"KHaRTrainer's config is a KHaRConfig, not {type(config).__name__}: convert "
+                            f"MMSA's args once with KHaRConfig.from_mmsa_args(args)")
         self.args = args
-        #: the run's checked config (the runner passes the one it built); from ``args`` when not given
-        self.cfg = config if config is not None else \
-            KHaRConfig.from_mmsa_args({k: v for k, v in args.items() if k not in RUNNER_KEYS})
+        self.cfg = config
         self.criterion = KHaRCriterion(self.cfg)
         self.metrics = metrics
         self.device = torch.device(args.get("device", "cpu"))
@@ -194,6 +202,7 @@ class KHaRTrainer(Task):
         scheduler = warmup_linear_decay_scheduler(optimizer, cfg.epochs * len(train_loader), cfg.warmup_ratio)
         self.model, self._valid_loader = model, dataloader["valid"]
         self._new_epoch()
+        # fit runs them by their declared order (training.loop.Order), not by their place here
         callbacks: List[Callback] = [
             ProgressBar("KHaR epoch {epoch}/{epochs}", show),
             BestCheckpoint(self.checkpoint, self.checkpoint_config()),

@@ -17,8 +17,9 @@ from khar_mmsa.experiments.sweep.processes import RayProcessRecord
 from khar_mmsa.experiments.sweep.progress import SweepProgress
 from khar_mmsa.experiments.sweep.spec import RunSpec
 from khar_mmsa.io.names import check_run_names
+from khar_mmsa.mmsa_conventions import check_seed
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: The sweep's name when the caller gives none; it starts the progress line and every message.
 DEFAULT_NAME = "sweep"
@@ -61,6 +62,7 @@ def run_sweep(specs: Sequence[RunSpec], options: Optional[ExecutorOptions] = Non
     specs = list(specs)
     for spec in specs:  # names become file names: refused before the manifest or any folder is written
         check_run_names(spec.model, spec.dataset)
+        check_seed(spec.seed, f"{spec.model}/{spec.dataset}/{spec.variant}: seed")
     ids = [s.run_id for s in specs]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

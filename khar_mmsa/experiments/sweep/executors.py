@@ -15,7 +15,7 @@ from khar_mmsa.experiments.sweep.processes import RayProcessRecord
 from khar_mmsa.experiments.sweep.progress import SweepProgress
 from khar_mmsa.experiments.sweep.spec import RunSpec
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: Environment variables a Ray worker gets from the driver (offline hub, quiet progress bars, data root).
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE", "MMSA_DATASET_ROOT",

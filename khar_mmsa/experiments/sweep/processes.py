@@ -42,7 +42,7 @@ import psutil
 
 from khar_mmsa.io.files import atomic_write_text
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 RAY_RECORD_NAME = "sweep-ray-processes.json"
 #: Seconds a recorded Ray process gets to exit after SIGTERM before SIGKILL.

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Optional, TextIO
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: Below this many seconds the ETA is shown in seconds, from it on in minutes.
 ETA_MINUTES_FROM_S = 120

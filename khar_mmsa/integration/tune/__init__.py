@@ -57,17 +57,16 @@ from khar_mmsa.integration.tune.candidate import (Candidate, EpochHook, attach_e
                                                   candidate_args, candidate_features, score_on_test,
                                                   train_candidate, use_device, with_epoch_hook)
 from khar_mmsa.integration.tune.config_file import RUNTIME_KEYS, write_mmsa_config
-from khar_mmsa.integration.tune.grid import candidate_key, grid_axes, grid_point, grid_size, pick_candidates
+from khar_mmsa.integration.tune.grid import (candidate_key, grid_axes, grid_point, grid_size, hyperparameters,
+                                             pick_candidates)
 from khar_mmsa.integration.tune.search import select_and_test, tune_by_validation
-from khar_mmsa.integration.tune.table import (CANDIDATE_FAILURES, best_marker, best_valid, done_candidates,
-                                              read_tune_csv)
+from khar_mmsa.integration.tune.table import (CANDIDATE_FAILURES, UntrustedCandidateError, best_marker, best_valid,
+                                              done_candidates, read_tune_csv)
 from khar_mmsa.training.loop import LOWER_IS_BETTER
 from khar_mmsa.training.seeding import seed_everything
 
-_read_tune_csv = read_tune_csv  # the name tests knew
-
 __all__ = ["CANDIDATE_FAILURES", "Candidate", "EpochHook", "LOWER_IS_BETTER", "RUNTIME_KEYS", "attach_epoch_hook",
            "base_tune_args", "best_marker", "best_valid", "candidate_args", "candidate_features", "candidate_key",
-           "done_candidates", "grid_axes", "grid_point", "grid_size", "pick_candidates", "read_tune_csv",
+           "done_candidates", "grid_axes", "grid_point", "grid_size", "hyperparameters", "pick_candidates", "read_tune_csv",
            "score_on_test", "seed_everything", "select_and_test", "train_candidate", "tune_by_validation",
-           "use_device", "with_epoch_hook", "write_mmsa_config"]
+           "UntrustedCandidateError", "use_device", "with_epoch_hook", "write_mmsa_config"]

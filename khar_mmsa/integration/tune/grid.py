@@ -11,6 +11,29 @@ from khar_mmsa.integration.tune.values import json_default
 
 Axes = Sequence[Tuple[str, Optional[str], List[Any]]]
 
+#: The KHaRConfig sections whose fields say what is trained and how: the hyperparameters a
+#: candidate read back from a tune table may set for 'khar' (the data's shapes and the runtime
+#: section -- devices, checkpoints, guards such as ``max_model_memory_gib`` -- are not among them).
+HYPERPARAMETER_SECTIONS = ("model", "adapters", "moe", "fusion", "losses", "optimisation", "pretraining")
+
+
+def hyperparameters(args: Mapping[str, Any]) -> frozenset:
+    """The keys a candidate read back from a tune table may set (:func:`candidate_args`), an
+    explicit list made from the call, never from the table: for 'khar' the KHaRConfig fields of
+    :data:`HYPERPARAMETER_SECTIONS` that name no file (``pretrained``, ``pretrained_adapters_path``
+    are left out); for MMSA's models the parameters of the call's grid (``d_paras``) that name no
+    place, path, trust or guard.  ``trust_pickle``, ``custom_feature``, ``featurePath``, folders
+    and ``max_model_memory_gib`` are never on it: they come from the call alone."""
+    import dataclasses
+
+    from khar_mmsa.config import PATH_FIELDS, RUN_PLACE_KEYS, KHaRConfig, section_fields
+    from khar_mmsa.io.state_files import GUARD_FIELDS
+    if str(args.get("model_name", "")).lower() == "khar":
+        files = {f.name for f in dataclasses.fields(KHaRConfig) if f.metadata.get("identity") in ("path", "text_encoder")}
+        return frozenset(section_fields(*HYPERPARAMETER_SECTIONS)) - files - set(GUARD_FIELDS)
+    never = RUN_PLACE_KEYS | PATH_FIELDS | set(GUARD_FIELDS) | {"trust_pickle", "model_name", "dataset_name", "d_paras"}
+    return frozenset(item for item, _, _ in grid_axes(args)) - never
+
 
 def grid_axes(args: Mapping[str, Any]) -> List[Tuple[str, Optional[str], List[Any]]]:
     """The tuning grid of ``args['d_paras']`` as ``(parameter, nested key or None, choices)``.

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from khar_mmsa.integration.results_files import is_number
+from khar_mmsa.integration.run_metrics import check_key_eval
 from khar_mmsa.integration.tune.candidate import (base_tune_args, candidate_args, candidate_features,
                                                   score_on_test, train_candidate)
 from khar_mmsa.integration.tune.config_file import write_mmsa_config
-from khar_mmsa.integration.tune.grid import candidate_key, grid_axes, grid_size, pick_candidates
+from khar_mmsa.integration.tune.grid import candidate_key, grid_axes, grid_size, hyperparameters, pick_candidates
 from khar_mmsa.integration.tune.table import (append_row, atomic_copy, best_marker, best_valid, done_candidates,
                                               is_candidate_failure, read_tune_csv, tune_csv_path, write_tune_csv)
 from khar_mmsa.integration.tune.values import cell
 from khar_mmsa.io.files import atomic_write_text
-from khar_mmsa.io.state_files import GUARD_FIELDS, WRITTEN_BY
+from khar_mmsa.io.state_files import WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
 from khar_mmsa.training.loop import LOWER_IS_BETTER, Monitor
@@ -48,10 +49,11 @@ def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = No
                           custom_feature, feature_T, feature_A, feature_V)
     # as a normal run: the console level and the log folder (curves beside the log) reach the trainer
     base["verbose_level"], base["log_dir"] = verbose_level, None if log_dir is None else str(log_dir)
+    check_key_eval({**base, **(config or {})}, dataset_name)  # before the table is read or anything trains
     key_eval = str((config or {}).get("KeyEval", base["KeyEval"]))  # what the trainers early-stop on
     axes = grid_axes(base)
     csv_file = tune_csv_path(res_dir, dataset_name, model_name)
-    table = read_tune_csv(csv_file)
+    table = read_tune_csv(csv_file, hyperparameters(base))  # a candidate there sets hyperparameters only
     done = done_candidates(table)
     best_ckpt = model_save_dir / f"{model_name}-{dataset_name}-tune-best.pth"
     best = best_valid(table, key_eval)
@@ -113,12 +115,7 @@ def select_and_test(table: Any, csv_file: Path, key_eval: str, base: Mapping[str
     values = scored[f"Valid_{key_eval}"].astype(float)
     pos = values.idxmin() if key_eval in LOWER_IS_BETTER else values.idxmax()
     selected = table.loc[pos]
-    point = json.loads(selected["candidate"])
-    raised = sorted(set(point) & set(GUARD_FIELDS))
-    if raised:  # a guard comes from the user's call, never from a file we read
-        logger.warning(f"{csv_file}: the selected row's candidate sets {raised}; ignored (a guard's limit is "
-                       f"the call's or its default, never a tune table's)")
-        point = {k: v for k, v in point.items() if k not in GUARD_FIELDS}
+    point = json.loads(selected["candidate"])  # hyperparameters only: read_tune_csv checked every row
     config_path = write_mmsa_config(csv_file.with_name(f"{dataset_name}-{model_name}-best.json"),
                                     candidate_args(base, point, config))  # before the loader edits args
     args = candidate_args(base, point, config)

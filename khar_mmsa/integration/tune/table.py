@@ -7,11 +7,13 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from khar_mmsa.io.files import atomic_open
+from khar_mmsa.io.state_files import StateFileError
 from khar_mmsa.training.loop import LOWER_IS_BETTER
 
 #: Failures that belong to a candidate's settings, not to the machine or the data: such a
@@ -44,9 +46,34 @@ def done_candidates(table: Any) -> set:
     return done
 
 
-def read_tune_csv(csv_file: Path) -> Any:
-    """The tune CSV as a DataFrame (None when absent or empty; a damaged one is set aside)."""
-    from khar_mmsa.io.state_files import StateFileError, load_tune_table, set_aside
+class UntrustedCandidateError(StateFileError):
+    """A tune table's candidate sets a key that is not a hyperparameter (:func:`.grid.hyperparameters`):
+    refused before any work, the table left as it is (it is not damage to set aside: someone edited it)."""
+
+
+def check_candidates(table: Any, csv_file: Path, allowed: frozenset) -> None:
+    """Every row's ``candidate`` sets only keys on ``allowed`` (the call's hyperparameters), else
+    :class:`UntrustedCandidateError` naming the file, the row, the keys and the one command that
+    unblocks the search."""
+    for i, text in enumerate(table["candidate"]):
+        bad = sorted(set(json.loads(str(text))) - allowed)
+        if bad:
+            named = ", ".join(sorted(allowed)) if len(allowed) <= 12 else \
+                f"the {len(allowed)} of khar_mmsa.integration.tune.hyperparameters"
+            raise UntrustedCandidateError(
+                csv_file, f"tune table row {i + 1}: its candidate sets {bad}, which a tune table may not set: a "
+                          f"candidate read back sets only hyperparameters ({named}); trust_pickle, "
+                          f"feature paths, folders and guards such as max_model_memory_gib come from the call "
+                          f"(config=..., --set KEY=VALUE). Remove {bad} from that row or move the table away "
+                          f"(mv '{csv_file}' '{csv_file}.old') to start the search afresh; nothing was trained")
+
+
+def read_tune_csv(csv_file: Path, allowed: frozenset) -> Any:
+    """The tune CSV as a DataFrame (None when absent or empty; a damaged one is set aside), after
+    :func:`check_candidates` with ``allowed``; never read through a link."""
+    from khar_mmsa.io.files import check_writable_file
+    from khar_mmsa.io.state_files import load_tune_table, set_aside
+    check_writable_file(csv_file)  # a link (to a CSV of yours) is refused before anything is read
     if not csv_file.is_file() or csv_file.stat().st_size == 0:
         return None
     try:
@@ -54,6 +81,7 @@ def read_tune_csv(csv_file: Path) -> Any:
     except StateFileError as exc:  # damaged: kept aside, the search starts afresh
         set_aside(csv_file, exc)
         return None
+    check_candidates(table, csv_file, allowed)
     retried = set(table["candidate"]) - done_candidates(table)
     return table[~table["candidate"].isin(retried)].reset_index(drop=True) if retried else table
 
