@@ -14,14 +14,21 @@ costs, not disk costs):
 * ``khar_mmsa.data.validation.validate_features`` on the loaded dict;
 * ``khar_mmsa.io.files.file_digest`` -- SHA-256 of the file (the key of saved adapters and resume
   files), its per-process cache cleared before each timing; once per run.
+
+A second table measures the memory multiple the loader promises (docs/reliability.md): for each
+adversarial file of :func:`adversarial_files` (what Python allocates most for per byte of pickle),
+tracemalloc's peak while ``load_pickle_stream`` reads or refuses it, against the bytes it read.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import pickle
+import struct
+import tracemalloc
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -34,9 +41,11 @@ logger = logging.getLogger("MMSA")
 
 # samples (train, valid, test) and shapes (text tokens, audio frames x width, vision frames x width)
 SETTINGS = {
-    "smoke": dict(sizes=(40, 10, 10), text=8, audio=(10, 5), vision=(12, 20), repeats=1),
-    "quick": dict(sizes=(16326, 1871, 4659), text=50, audio=(375, 5), vision=(500, 20), repeats=2),
-    "full": dict(sizes=(16326, 1871, 4659), text=50, audio=(500, 74), vision=(500, 35), repeats=2),
+    "smoke": dict(sizes=(40, 10, 10), text=8, audio=(10, 5), vision=(12, 20), repeats=1, adversarial=2 ** 16),
+    "quick": dict(sizes=(16326, 1871, 4659), text=50, audio=(375, 5), vision=(500, 20), repeats=2,
+                  adversarial=2 ** 22),
+    "full": dict(sizes=(16326, 1871, 4659), text=50, audio=(500, 74), vision=(500, 35), repeats=2,
+                 adversarial=2 ** 24),
 }
 
 
@@ -61,6 +70,52 @@ def make_pickle(path: Path, sizes: Sequence[int], text: int, audio: Sequence[int
     with open(path, "wb") as f:
         pickle.dump(data, f, protocol=4)
     return path.stat().st_size
+
+
+def _flood(unit: bytes, size: int, head: bytes = b"\x80\x04](", tail: bytes = b"e.") -> bytes:
+    """``head``, ``unit`` repeated to about ``size`` bytes, ``tail``: one list of the same element."""
+    return head + unit * max(size // len(unit), 1) + tail
+
+
+def adversarial_files(size: int) -> Dict[str, bytes]:
+    """Pickles of about ``size`` bytes, each the element Python (or a later np.asarray) allocates
+    most for per byte read, in one list."""
+    array = pickle.dumps(np.ones(2 ** 16, np.float32), protocol=4)[2:-1]
+    return {
+        "empty lists": _flood(b"]", size),
+        "empty dicts": _flood(b"}", size),
+        "1-tuples of None": _flood(b"N\x85", size),
+        "None, memoized": _flood(b"N\x94", size),
+        "2-character strings, memoized": _flood(b"\x8c\x02ab\x94", size),
+        "16-bit ints": _flood(b"M\xff\xff", size),
+        "floats": _flood(b"G?\xe0\x00\x00\x00\x00\x00\x00", size),
+        "dict entries (int keys)": b"\x80\x04}(" + b"".join(b"J" + struct.pack("<i", i) + b"N"
+                                                        for i in range(max(size // 6, 1))) + b"u.",
+        "references to a 64-character string": _flood(b"h\x00", size, b"\x80\x04](\x8c@" + b"x" * 64 + b"\x94"),
+        "references to a 256 KiB array": _flood(b"2", size, b"\x80\x04](" + array),
+    }
+
+
+def memory_multiples(size: int) -> List[List[str]]:
+    """One row per adversarial file: bytes read, tracemalloc's peak, their ratio, the outcome."""
+    from khar_mmsa.io.pickles import FLOOR_BYTES, MEMORY_MULTIPLE, load_pickle_stream
+    rows = []
+    for name, raw in adversarial_files(size).items():
+        stream = io.BytesIO(raw)
+        tracemalloc.start()
+        try:
+            load_pickle_stream(stream, source=name)
+            outcome = "loaded"
+        except Exception as exc:  # noqa: BLE001 - the refusal is the measurement's outcome
+            outcome = f"refused ({type(exc).__name__})"
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        read = stream.tell()
+        bound = MEMORY_MULTIPLE * read + FLOOR_BYTES
+        rows.append([name, f"{read / 2 ** 20:.2f}", f"{peak / 2 ** 20:.1f}", f"{peak / read:.1f}",
+                     f"{peak / bound:.2f}", outcome])
+    return rows
 
 
 def best_of(repeats: int, fn) -> float:
@@ -101,6 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             io_files._DIGESTS.clear()
             io_files.file_digest(path)
         results["file_digest (SHA-256)"] = best_of(repeats, digest)
+    multiples = memory_multiples(settings["adversarial"])
     plain = results["pickle.load (MMSA, no checks)"]
     rows = [[name, f"{s:.2f}", f"{mb / s:.0f}" if s > 0 else "-", f"{s / plain:.2f}x"]
             for name, s in results.items()]
@@ -109,15 +165,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                  f"{'/'.join(map(str, settings['sizes']))} samples, text_bert (N,3,{settings['text']}) float64, "
                  f"audio (N,{settings['audio'][0]},{settings['audio'][1]}) and vision "
                  f"(N,{settings['vision'][0]},{settings['vision'][1]}) float32, ids and raw text")
-    body = section_body(table)
+    from khar_mmsa.io.pickles import FLOOR_BYTES, MEMORY_MULTIPLE
+    memory = common.markdown_table(["adversarial file", "MiB read", "peak MiB (tracemalloc)", "peak / read",
+                                    f"peak / ({MEMORY_MULTIPLE} x read + {FLOOR_BYTES // 2 ** 20} MiB)", "outcome"],
+                                   multiples)
+    body = section_body(table) + (
+        f"\n\nMemory per byte read, adversarial files of about {settings['adversarial'] / 2 ** 20:.2f} MiB "
+        f"(the loader holds memory and expansion to {MEMORY_MULTIPLE}x the bytes read + "
+        f"{FLOOR_BYTES // 2 ** 20} MiB, refusing beyond):\n\n" + memory)
     text = common.section("Loading: restricted unpickling, validation, content hash",
                           common.command_line("benchmarks.loading", argv), common.machine_line(machine),
                           [0], data_line, total.seconds, body)
     common.update_results_md(args.results_md, f"loading-{args.mode}", text)
-    (args.tables_dir / "loading.md").write_text(table + "\n")
-    print(table)
+    (args.tables_dir / "loading.md").write_text(table + "\n\n" + memory + "\n")
+    print(table + "\n\n" + memory)
     path.unlink(missing_ok=True)
-    return {"results": results, "size_mb": mb}
+    return {"results": results, "size_mb": mb, "memory": multiples}
 
 
 def section_body(table: str) -> str:

@@ -8,9 +8,14 @@ docs/mmsa-changes.md.)"""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import pickletools
+import re
 import struct
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -23,6 +28,8 @@ import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.io.pickles import PickleSizeError, UnsafePickleError
 from MMSA import MMSA_run, MMSA_test
 from conftest import TINY_KHAR_SIZE, TINY_SEQ_LENS
+
+REPO = Path(__file__).resolve().parents[1]
 
 MiB = 2 ** 20
 #: What each bomb asks numpy or Python to allocate (at load, or when validation / MMSA stack it).
@@ -150,17 +157,68 @@ def nesting_bomb(features: dict) -> bytes:
     return _with_labels(features, deep)
 
 
+# --- round 5 (issue 31) -------------------------------------------------------------------------
+from numpy._core.multiarray import scalar as _scalar  # noqa: E402  (numpy 2; pickled by name)
+
+VOID = 1610612736  # 1.5 GiB per element
+
+
+def scalar_void_bomb(features: dict) -> bytes:
+    """numpy's ``scalar`` with a 1.5 GiB void dtype and no data (~70 bytes of opcodes)."""
+    return pickle.dumps({"train": {"audio": Reduces(_scalar, (np.dtype(f"V{VOID}"), b""))}}, protocol=2)
+
+
+def bytes_of_numpy_int_bomb(features: dict) -> bytes:
+    """``bytes(np.int64(n))``: the round-4 size check looked only at Python ints."""
+    return pickle.dumps({"train": {"audio": Reduces(bytes, (np.int64(VOID),))}}, protocol=4)
+
+
+def bytearray_of_numpy_int_bomb(features: dict) -> bytes:
+    return pickle.dumps({"train": {"audio": Reduces(bytearray, (np.int64(VOID),))}}, protocol=4)
+
+
+def object_state_bomb(features: dict) -> bytes:
+    """An object array's state of shape (10,) with an empty list: numpy read past it (SIGSEGV)."""
+    state = (1, (10,), np.dtype("O"), False, [])
+    return pickle.dumps({"train": {"audio": Reduces(_reconstruct, (np.ndarray, (0,), b"b"), state)}}, protocol=4)
+
+
+def deep_arguments_bomb(features: dict) -> bytes:
+    """200,000 TUPLE1s inside a call's arguments (round 4: a bare RecursionError)."""
+    return _audio_only(b"cnumpy._core.multiarray\n_reconstruct\n" + b"N" + b"\x85" * 200000 + b"\x85R")
+
+
+def long_string_refs_bomb(features: dict) -> bytes:
+    """200,000 references to one 64-character string: np.asarray makes 256 bytes of each (round 4:
+    charged a byte each, 118x the file)."""
+    return _with_labels(features, ["x" * 64] * 200000)
+
+
+def float_list_refs_bomb(features: dict) -> bytes:
+    """References to one list of 63 floats (round 4: 241x the file once stacked)."""
+    return _with_labels(features, [[0.5] * 63] * 20000)
+
+
 BOMBS: Dict[str, Callable[[dict], bytes]] = {
+    "scalar void": scalar_void_bomb, "bytes(np.int64)": bytes_of_numpy_int_bomb,
+    "bytearray(np.int64)": bytearray_of_numpy_int_bomb, "object state": object_state_bomb,
+    "deep arguments": deep_arguments_bomb, "string references": long_string_refs_bomb,
+    "float-list references": float_list_refs_bomb,
     "REDUCE ndarray": reduce_bomb, "NEWOBJ": newobj_bomb, "NEWOBJ_EX": newobj_ex_bomb,
     "BUILD": build_bomb, "_reconstruct": reconstruct_bomb, "void dtype": void_dtype_bomb,
     "frombuffer": frombuffer_bomb, "GET of an array": get_array_bomb, "DUP list": dup_bomb,
     "GET of a container": get_container_bomb, "[row]*2000": row_bomb, "deep nesting": nesting_bomb,
 }
 #: The phrase each refusal's message carries (besides the file's name).
-EXPECTED = {"REDUCE ndarray": "REDUCE at byte", "NEWOBJ": "NEWOBJ at byte", "NEWOBJ_EX": "NEWOBJ_EX at byte",
-            "BUILD": "BUILD at byte", "_reconstruct": "numpy's _reconstruct", "void dtype": "dtype |V1048576",
-            "frombuffer": "a second reference to an array", "GET of an array": "BINGET at byte",
-            "DUP list": "DUP at byte", "GET of a container": "a second reference to a list",
+EXPECTED = {"scalar void": f"asks for dtype 'V{VOID}'", "bytes(np.int64)": "calls bytes(np.int64(1610612736),)",
+            "bytearray(np.int64)": "calls bytearray(np.int64(1610612736),)",
+            "object state": "gives an object array of shape (10,) a list of length 0",
+            "deep arguments": "nest more than 100 deep", "string references": "a list that stacks (np.asarray) to",
+            "float-list references": "a second reference to a list of 63 item(s)","REDUCE ndarray": "REDUCE at byte", "NEWOBJ": "NEWOBJ at byte", "NEWOBJ_EX": "NEWOBJ_EX at byte",
+            "BUILD": "BUILD at byte", "_reconstruct": "numpy's _reconstruct", "void dtype": "asks for dtype 'V1048576'",
+            "frombuffer": "a list that stacks (np.asarray) to 250.0 MiB",
+            "GET of an array": "a list that stacks (np.asarray) to 250.0 MiB",
+            "DUP list": "a list that stacks (np.asarray) to 250.0 MiB", "GET of a container": "a second reference to a list",
             "[row]*2000": "a second reference to a list", "deep nesting": "nest more than 100 deep"}
 
 
@@ -176,7 +234,7 @@ def bomb_files(tmp_path_factory, features) -> Dict[str, Path]:
     folder = tmp_path_factory.mktemp("bombs")
     files = {}
     for name, make in BOMBS.items():
-        path = folder / (name.replace(" ", "-").replace("*", "x").replace("[", "").replace("]", "") + ".pkl")
+        path = folder / (re.sub(r"[^\w-]", "", name.replace(" ", "-").replace("*", "x")) + ".pkl")
         path.write_bytes(make(features))
         assert path.stat().st_size < ASKED / 50, (name, path.stat().st_size)  # small file, big ask
         files[name] = path
@@ -312,3 +370,53 @@ def test_pth_json_guard_is_ignored_for_the_default(untrained_khar, features, tmp
     assert isinstance(MMSA_test("khar", str(weights), str(_one_sample(features, tmp_path)), gpu_id=-1), float)
     assert load_model(weights, {}, "cpu").cfg.max_model_memory_gib == KHaRConfig().max_model_memory_gib
     assert load_model(weights, {"max_model_memory_gib": 7.0}, "cpu").cfg.max_model_memory_gib == 7.0
+# --- the budget counts bytes read, not the file's size (issue 31) ---------------------------------
+@pytest.fixture(scope="module")
+def sparse_bomb(tmp_path_factory, features) -> Path:
+    """The DUP list bomb at the start of a 1 TiB sparse file (a few hundred KB on disk): round 4's
+    budget was st_size, so everything fit."""
+    path = tmp_path_factory.mktemp("sparse") / "sparse.pkl"
+    with open(path, "wb") as f:
+        f.write(dup_bomb(features))
+        f.truncate(2 ** 40)
+    if path.stat().st_blocks * 512 > 64 * MiB:  # pragma: no cover - a file system without holes
+        pytest.skip("this file system does not make sparse files")
+    return path
+
+
+@pytest.mark.parametrize("door", ["MMSA_run('khar')", "MMSA_test('khar')"])
+def test_a_sparse_terabyte_does_not_widen_the_budget(door, sparse_bomb, tmp_path, tiny_bert, untrained_khar,
+                                                     fast_mmsa):
+    raised, peak = _peak(_doors("sparse", sparse_bomb, tmp_path, tiny_bert, untrained_khar)[door])
+    assert isinstance(raised, PickleSizeError), repr(raised)
+    assert str(raised).startswith(f"{sparse_bomb}: APPENDS at byte ") and "read so far" in str(raised), str(raised)
+    assert peak < PEAK_LIMIT, f"{door} allocated {peak / MiB:.0f} MiB"
+
+
+# --- the command line (issue 31's crash and allocation cases) -------------------------------------
+def test_the_command_line_refuses_a_short_object_state_in_one_line(bomb_files, tmp_path, tiny_bert):
+    """``python -m khar_mmsa --custom-feature`` with the short object-array state (a SIGSEGV in round
+    4; the void-dtype scalar and the rest reach the same loader, tested at the API doors above):
+    exit status 1, one line naming the file, no traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               HF_HUB_OFFLINE="1")
+    script = textwrap.dedent("""
+        import subprocess, sys
+        for path in sys.argv[2:]:
+            proc = subprocess.run([sys.executable, "-m", "khar_mmsa", "-m", "khar", "-d", "mosi", "-s", "1",
+                                   "-n", "0", "--threads", "1", "--custom-feature", path, "--set", "pretrained=" + sys.argv[1],
+                                   "--model-save-dir", path + ".m", "--res-save-dir", path + ".r",
+                                   "--log-dir", path + ".l"], capture_output=True, text=True)
+            print(proc.returncode, repr(proc.stderr.strip()))
+    """)
+    paths = [str(bomb_files["object state"])]
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_bert), *paths], capture_output=True, text=True,
+                          env=env, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    for line, path, phrase in zip(lines, paths, [EXPECTED["object state"]]):
+        code, err = line.split(" ", 1)
+        err = eval(err)  # noqa: S307 - our own repr
+        last = err.splitlines()[-1]  # the log's lines come before it
+        assert code == "1" and "Traceback" not in err, line
+        assert last.startswith(f"python -m khar_mmsa: error: {path}: ") and phrase in last, last

@@ -1,30 +1,55 @@
-"""What a pickle may allocate: the byte budget of :mod:`khar_mmsa.io.pickles`' restricted
-unpickler, the sizes it charges (an array's bytes, an object's size as a tree when referenced
-again, how deep containers nest) and the errors it raises when a pickle asks for more."""
+"""What a pickle may cost: the byte budget of :mod:`khar_mmsa.io.pickles`' loader.
+
+Two sums are kept, each held to :data:`MEMORY_MULTIPLE` times the bytes *actually read* so far plus
+:data:`FLOOR_BYTES` (never the file's stated size: a sparse file of 1 TiB widens nothing):
+
+* **memory**: every object the loader builds is charged, when it is built, at least what CPython
+  and numpy allocate for it (:data:`COST`: a list's header and its slots, a dict's entries, a
+  string's characters at 4 bytes each, an array's header; an array's data is the bytes read);
+* **expansion**: what code that stacks a container (validation's ``np.asarray``, MMSA's
+  ``np.array``) would allocate for it: its leaves (numbers, strings, array elements; an array or
+  string referenced again counts again) times the widest leaf (8 bytes a number, 4 bytes per
+  character of the longest string, 128 bytes when strings and numbers mix: numpy's ``<U32``), plus
+  the dicts inside it.  A container can only grow, so the check at each addition is final.
+
+:class:`Stats` holds a container's expansion; :class:`Budget` the sums and the errors.
+"""
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any, Dict, Optional
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
-__all__ = ["PickleReadError", "PickleSizeError", "MAX_NESTING", "POINTER_BYTES", "SMALL_REFERENCE_BYTES",
-           "TRUST_HINT", "Budget", "tree_size", "nesting_depth", "describe", "human"]
+__all__ = ["UnsafePickleError", "PickleReadError", "PickleSizeError", "MAX_NESTING", "MEMORY_MULTIPLE", "FLOOR_BYTES",
+           "COST", "TRUST_HINT", "Budget", "Stats", "atom_stats", "on_disk", "human"]
 
-#: Containers nested deeper than this are refused.  An MMSA feature file nests 3 deep (file dict,
-#: split dict, list of values); 100 leaves room for any sane layout and stays far below Python's
-#: recursion limit (1000), which validation, MMSA and pickle itself recurse against.
+#: Containers (and MARKs) nested deeper than this are refused as they are built.  An MMSA feature
+#: file nests 3 deep (file dict, split dict, list of values); 100 stays far below Python's recursion
+#: limit (1000), which validation, MMSA and ``repr`` recurse against.
 MAX_NESTING = 100
-#: Bytes numpy allocates per element of an object array (a pointer); such an element costs at
-#: least one opcode byte of pickle, so an object dtype counts ``itemsize / POINTER_BYTES`` bytes.
-POINTER_BYTES = 8
-#: A reference to an object of at most this many bytes (a label string drawn from a few, a dict key
-#: repeated in every split) counts one byte, the least a reference costs in the file: real feature
-#: pickles hold thousands of them.  They can make what a file stands for at most this many times its
-#: size, the order of Python's own overhead per object; anything larger counts in full.
-SMALL_REFERENCE_BYTES = 64
+#: Memory (and expansion) allowed per byte read.  Real feature pickles need about 1 (their arrays'
+#: bytes); lists of numbers up to ~19 and lists of short strings ~18 (benchmarks.loading measures
+#: the adversarial shapes with tracemalloc; docs/reliability.md states the result).
+MEMORY_MULTIPLE = 32
+#: Allowed before any multiple applies: the loader's own working set (one read chunk included), so
+#: that small files (a one-sample pickle) are never refused for their headers.
+FLOOR_BYTES = 8 * 2 ** 20
+
+#: What the loader charges besides ``sys.getsizeof`` of each object it builds (CPython 3.11+ on 64
+#: bits, rounded up): a stack or list slot (a pointer and over-allocation), a dict entry (table,
+#: index and growth), a memo slot, a MARK's stack, an array's header, and the loader's own record
+#: of a container (its :class:`Stats` and the table entries that find it).
+COST = {"push": 8, "slot": 16, "entry": 80, "memo": 16, "mark": 64, "array": 160, "book": 224}
 
 TRUST_HINT = ("If, and only if, you trust this file, pass config={'trust_pickle': True} to MMSA_run "
-               "(or trusted=True to load_pickle) to load it with plain pickle.")
+              "(or trusted=True to load_pickle) to load it with plain pickle.")
+
+
+class UnsafePickleError(RuntimeError):
+    """A pickle asks for a global outside the allow-list (it could run code) or for a value outside
+    the grammar of feature pickles, or a checkpoint is not loadable with
+    ``torch.load(weights_only=True)``."""
 
 
 class PickleReadError(ValueError):
@@ -32,7 +57,8 @@ class PickleReadError(ValueError):
 
 
 class PickleSizeError(PickleReadError):
-    """A pickle declares (or references again) more data than the file holds, or nests too deep."""
+    """A pickle asks for more memory than the bytes read from it back, or nests too deep."""
+
 
 def human(nbytes: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -41,163 +67,103 @@ def human(nbytes: float) -> str:
         nbytes /= 1024
     return ""  # pragma: no cover
 
-_SEQUENCES = (list, tuple, set, frozenset)
+
+@dataclass(slots=True)
+class Stats:
+    """A value's size when stacked into an array: ``leaves`` x the widest ``item`` (+ ``extra``,
+    the dicts inside a list, which are stacked on their own), and how deep containers nest."""
+
+    leaves: int = 0
+    item: int = 0
+    strings: bool = False
+    numbers: bool = False
+    extra: int = 0
+    depth: int = 0
+
+    def expanded(self) -> int:
+        item = max(self.item, 128) if (self.strings and self.numbers) else self.item
+        return self.leaves * item + self.extra
+
+    def add(self, other: "Stats") -> None:
+        """``other`` became an element of this list, tuple or object array."""
+        self.leaves += other.leaves
+        self.item = max(self.item, other.item)
+        self.strings |= other.strings
+        self.numbers |= other.numbers
+        self.extra += other.extra
+        self.depth = max(self.depth, other.depth + 1)
+
+    def add_entry(self, key: "Stats", value: "Stats") -> None:
+        """``key: value`` became an entry of this dict (each value is stacked on its own)."""
+        self.extra += key.expanded() + value.expanded() + 8
+        self.depth = max(self.depth, key.depth + 1, value.depth + 1)
+
+    def as_element(self, is_dict: bool) -> "Stats":
+        """What this value adds to a list holding it (a dict is one pointer there, plus itself)."""
+        if is_dict:
+            return Stats(leaves=1, item=8, extra=self.expanded(), depth=self.depth)
+        return self
 
 
-def tree_size(obj: Any, limit: float) -> int:
-    """``obj``'s size as a tree, in bytes of pickle it stands for: an array's bytes (object arrays:
-    their elements'), a string's length, a container one plus its elements' (a dict's keys and
-    values), 1 for anything else; an element shared n times counts n times.  Computed once per
-    distinct object (a DAG of doublings is cheap) and stopped once above ``limit``."""
-    import numpy
-    sizes: Dict[int, int] = {}
-    stack = [(obj, False)]
-    while stack:
-        o, expanded = stack.pop()
-        key = id(o)
-        if key in sizes and not expanded:
-            continue
-        if isinstance(o, (str, bytes, bytearray)):
-            sizes[key] = max(1, len(o))
-            continue
-        if isinstance(o, numpy.ndarray):
-            if o.dtype != object:
-                sizes[key] = max(1, o.nbytes)
-                continue
-            children = list(o.ravel(order="K"))
-        elif isinstance(o, dict):
-            children = [x for kv in o.items() for x in kv]
-        elif isinstance(o, _SEQUENCES):
-            children = list(o)
-        elif isinstance(o, numpy.generic):
-            sizes[key] = max(1, o.nbytes)
-            continue
-        else:
-            sizes[key] = 1
-            continue
-        if not expanded:
-            sizes[key] = 1  # a container met again while its elements are summed: a cycle
-            stack.append((o, True))
-            stack.extend((c, False) for c in children if id(c) not in sizes)
-            continue
-        total = 1 + sum(sizes[id(c)] for c in children)
-        sizes[key] = total
-        if total > limit:
-            return total
-    return sizes[id(obj)]
+def on_disk(file: Any) -> bool:
+    """Whether ``file`` is a regular file holding its whole size in disk blocks (not sparse): then
+    a declared length it backs may be allocated before it is read."""
+    try:
+        st = os.fstat(file.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and getattr(st, "st_blocks", 0) * 512 >= st.st_size
 
 
-def nesting_depth(obj: Any, limit: int) -> int:
-    """How deep containers nest in ``obj`` (1 for a flat list, 0 for no container), level by
-    level (each distinct container once per level), stopped once above ``limit``."""
-    import numpy
-    containers = (dict,) + _SEQUENCES
-
-    def is_container(x: Any) -> bool:
-        return isinstance(x, containers) or (isinstance(x, numpy.ndarray) and x.dtype == object)
-
-    level = [obj] if is_container(obj) else []
-    depth = 0
-    while level and depth <= limit:
-        depth += 1
-        deeper: Dict[int, Any] = {}
-        for o in level:
-            elements = _elements(o)
-            if isinstance(elements, list) and all(type(x) in _LEAVES for x in elements):
-                continue  # a list of strings or numbers: nothing deeper (the common case, fast)
-            for x in elements:
-                if is_container(x):
-                    deeper[id(x)] = x
-        level = list(deeper.values())
-    return depth
+def atom_stats(item: int, string: bool = False) -> Stats:
+    return Stats(leaves=1, item=item, strings=string, numbers=not string)
 
 
-#: Element types that are never containers (checked by exact type for speed).
-_LEAVES = frozenset({str, int, float, bool, bytes, type(None)})
+Where = Union[str, Callable[[], str]]  # the opcode and offset, computed only for a message
 
 
-def _elements(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return [x for kv in obj.items() for x in kv]
-    if isinstance(obj, _SEQUENCES):
-        return obj
-    return obj.ravel(order="K")  # an object array
-
-
-def describe(obj: Any) -> str:
-    import numpy
-    if isinstance(obj, numpy.ndarray):
-        return f"an array of shape {obj.shape} and dtype {obj.dtype}"
-    if isinstance(obj, (list, tuple, set, frozenset, dict)):
-        return f"a {type(obj).__name__} of {len(obj)} item(s)"
-    if isinstance(obj, (str, bytes, bytearray)):
-        return f"a {type(obj).__name__} of length {len(obj)}"
-    return f"a {type(obj).__name__}"
+def _at(where: Where) -> str:
+    return where() if callable(where) else where
 
 
 class Budget:
-    """What the file can back: ``limit`` bytes (from where unpickling started; None when unknown,
-    then nothing is size-checked).  ``used`` adds up every array allocated, every byte string
-    made by ``bytes(n)``, and every object fetched again."""
+    """Bytes read so far, and the memory and expansion charged against them."""
 
-    def __init__(self, limit: Optional[int], source: str) -> None:
-        self.limit, self.source = limit, source
-        self.used = 0
+    def __init__(self, source: str, multiple: int = MEMORY_MULTIPLE, floor: int = FLOOR_BYTES) -> None:
+        self.source, self.multiple, self.floor = source, multiple, floor
+        self.read = 0
+        self.memory = 0
 
-    def array(self, shape: Any, dtype: Any, what: str) -> None:
-        import numpy
-        try:
-            dt = numpy.dtype(dtype)
-        except (TypeError, ValueError):
-            return  # numpy itself rejects it with its own error, before allocating
-        dims = shape if isinstance(shape, (tuple, list)) else (shape,)
-        if not all(isinstance(d, (numbers.Integral, numpy.integer)) and not isinstance(d, bool)
-                   for d in dims):
-            raise PickleReadError(f"{self.source}: {what} gives an array shape {shape!r} that is "
-                                  f"not a tuple of integers; the file is corrupt or crafted.")
-        dims = tuple(int(d) for d in dims)
-        if self.limit is None:
-            return
-        count = math.prod(max(d, 0) for d in dims)
-        need = -(-count * dt.itemsize // POINTER_BYTES) if dt.hasobject else count * dt.itemsize
-        if need > self.limit:
-            size = (f"{count} object elements, at least {human(need)} of pickle"
-                    if dt.hasobject else human(need))
+    def limit(self) -> int:
+        return self.multiple * self.read + self.floor
+
+    def _refuse(self, what: str, amount: int, where: Where) -> None:
+        raise PickleSizeError(
+            f"{self.source}: {_at(where)}: {what} {human(amount)}, more than {self.multiple}x the "
+            f"{human(self.read)} read so far (+ {human(self.floor)}); refusing to allocate it. A "
+            f"feature pickle's arrays are backed by its own bytes; this file is corrupt or crafted. "
+            + TRUST_HINT)
+
+    def charge(self, nbytes: int, where: Where, what: str = "the objects built so far take") -> None:
+        self.memory += nbytes
+        if self.memory > self.limit():
+            self._refuse(what, self.memory, where)
+
+    def expansion(self, stats: Stats, kind: str, where: Where) -> None:
+        size = stats.expanded()
+        if size > self.limit():
+            self._refuse(f"{kind} that stacks (np.asarray) to", size, where)
+        if stats.depth > MAX_NESTING:
             raise PickleSizeError(
-                f"{self.source}: {what} declares an array of shape {dims} and dtype {dt} "
-                f"({size}), but the file holds only {human(self.limit)}; refusing to allocate it. "
-                f"The file is corrupt or crafted; re-download or regenerate it.")
-        self.charge(need, f"{what}, an array of shape {dims}")
+                f"{self.source}: {_at(where)}: containers nest more than {MAX_NESTING} deep "
+                f"(MAX_NESTING); a feature pickle nests 3 (file, split, list of values). Refusing "
+                f"it: code walking it would exhaust Python's recursion limit. The file is corrupt "
+                f"or crafted.")
 
-    def data(self, nbytes: int, available: int, what: str) -> None:
-        """A declared length about to be read or allocated: at most what is left of the file."""
-        if nbytes > available:
+    def data(self, nbytes: int, available: Optional[int], where: Where) -> None:
+        """A declared length about to be read: refuse more than the stream has left (when known)."""
+        if available is not None and nbytes > available:
             raise PickleSizeError(
-                f"{self.source}: {what} declares {nbytes} bytes of data ({human(nbytes)}), but "
+                f"{self.source}: {_at(where)} declares {nbytes} bytes of data ({human(nbytes)}), but "
                 f"only {human(available)} of the file are left; refusing to allocate it. The file "
                 f"is truncated, corrupt or crafted; re-download or regenerate it.")
-
-    def byte_string(self, args: tuple, name: str, what: str) -> None:
-        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and self.limit is not None:
-            if args[0] > self.limit:
-                raise PickleSizeError(
-                    f"{self.source}: {what} asks for {name}({args[0]}) ({human(args[0])}), but "
-                    f"the file holds only {human(self.limit)}; refusing to allocate it. The file "
-                    f"is corrupt or crafted; re-download or regenerate it.")
-            self.charge(args[0], f"{what}, {name}({args[0]})")
-
-    def reference(self, obj: Any, what: str) -> None:
-        if self.limit is None:
-            return
-        size = tree_size(obj, self.limit - self.used)
-        self.charge(size if size > SMALL_REFERENCE_BYTES else 1,
-                    f"{what}: a second reference to {describe(obj)} ({human(size)})")
-
-    def charge(self, need: int, what: str) -> None:
-        self.used += need
-        if self.limit is not None and self.used > self.limit:
-            raise PickleSizeError(
-                f"{self.source}: the arrays this pickle declares, each shared reference counted "
-                f"again, add up to more than {human(self.used)} (at {what}), but the file holds "
-                f"only {human(self.limit)}; refusing to allocate them. A feature pickle holds "
-                f"each array once; this one is corrupt or crafted. " + TRUST_HINT)
