@@ -44,6 +44,8 @@ _BUILDERS = "khar_mmsa.integration.model_and_trainer"
 EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_network")}
 #: Extra model keys for ``ATIO``'s ``TRAIN_MAP``: MMSA's ``args`` -> the trainer.
 EXTRA_TRAINERS: Dict[str, LazyClass] = {"khar": LazyTrainer(_BUILDERS, "khar_trainer")}
+#: The class each extra trainer factory builds (asked before training what its results row holds).
+EXTRA_TRAINER_CLASSES: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_trainer_class")}
 #: Each extra model's one conversion of MMSA's ``args`` into its checked, typed config.
 EXTRA_SETTINGS: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_settings")}
 #: Extra dataset keys -> the MMSA dataset whose loader path and metrics they share.

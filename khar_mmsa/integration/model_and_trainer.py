@@ -48,16 +48,17 @@ def khar_network(args: Mapping[str, Any]) -> Any:
     return KHaR(khar_settings(args))
 
 
+def khar_trainer_class() -> type:
+    """The class :func:`khar_trainer` builds (what the runner asks, before training, whether its
+    results row holds MMSA's metrics: ``reports_mmsa_metrics``)."""
+    from khar_mmsa.training.trainer import KHaRTrainer
+    return KHaRTrainer
+
+
 def khar_trainer(args: Mapping[str, Any], metrics: Optional[Callable] = None) -> Any:
     """``TRAIN_MAP['khar'](args)`` in MMSA's ``ATIO``: KHaRTrainer with :func:`khar_settings`."""
-    from khar_mmsa.training.trainer import KHaRTrainer
-    return KHaRTrainer(args, config=khar_settings(args), metrics=metrics)
+    return khar_trainer_class()(args, config=khar_settings(args), metrics=metrics)
 
-
-#: KHaRTrainer's ``do_test`` reports MMSA's metrics for the dataset, then ``Loss``, as MMSA's trainers
-#: do, so the run checks an existing results header
-#: against them before training (:func:`khar_mmsa.integration.run_metrics.result_columns`).
-khar_trainer.reports_mmsa_metrics = True  # type: ignore[attr-defined]
 
 
 def build_model_and_trainer(args: Any, settings: Optional[Any] = None) -> Tuple[Any, Any, Optional[Any]]:

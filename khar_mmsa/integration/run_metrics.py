@@ -12,7 +12,7 @@ import functools
 from typing import Any, List, Mapping, Optional
 
 from khar_mmsa.config.errors import ConfigError
-from khar_mmsa.integration.extra_models import EXTRA_TRAINERS, metrics_for
+from khar_mmsa.integration.extra_models import EXTRA_TRAINER_CLASSES, metrics_for
 
 #: The metric every trainer adds after MMSA's metric function's (the L1 of the prediction).
 LOSS_METRIC = "Loss"
@@ -37,8 +37,8 @@ def result_columns(model_name: str, dataset_name: str) -> Optional[List[str]]:
     """The metric columns this run's results row will have, in order: :func:`run_metrics` for
     MMSA's models and for an extra model whose trainer says it reports them
     (``reports_mmsa_metrics``: KHaR's); None when not known before training (another trainer)."""
-    trainer = EXTRA_TRAINERS.get(str(model_name).lower())
-    if trainer is not None and not getattr(trainer.resolve(), "reports_mmsa_metrics", False):
+    trainer_class = EXTRA_TRAINER_CLASSES.get(str(model_name).lower())
+    if trainer_class is not None and not getattr(trainer_class.resolve()(), "reports_mmsa_metrics", False):
         return None
     return run_metrics(dataset_name)
 

@@ -106,6 +106,9 @@ class KHaRTrainer(Task):
     #: The runner leaves this seed's checkpoint, resume state and saved config to this trainer's
     #: :class:`SeedCheckpoint`.
     owns_checkpoint_life_cycle = True
+    #: ``do_test`` reports MMSA's metrics for the dataset, then ``Loss``, as MMSA's trainers do
+    #: (:mod:`khar_mmsa.integration.run_metrics` checks results headers against them before work).
+    reports_mmsa_metrics = True
     name = "KHaR"
 
     def __init__(self, args: Mapping, config: KHaRConfig, metrics: Optional[Metrics] = None) -> None:
