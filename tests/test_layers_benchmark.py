@@ -29,6 +29,7 @@ def test_smoke_swaps_every_layer_and_writes_both_tables(tmp_path: Path, tiny_ber
     from benchmarks import layers
     from khar_mmsa.model.attention import FusedEncoderLayer
     from khar_mmsa.model.dropout import Dropout
+    from khar_mmsa.config import KHaRConfig
     from khar_mmsa.model.khar import KHaR
     committed = (REPO / "benchmarks" / "RESULTS.md").read_bytes()
     res = layers.main(["--smoke", "--out", str(tmp_path / "l"), "--encoder", str(tiny_bert)])
@@ -42,7 +43,7 @@ def test_smoke_swaps_every_layer_and_writes_both_tables(tmp_path: Path, tiny_ber
     from benchmarks.steppers import build_args, make_batch
     batch = make_batch(tiny_bert, 2, (8, 10, 12))
     for variant, kind in (("nn.TransformerEncoderLayer", FusedEncoderLayer), ("nn.Dropout", Dropout)):
-        model = KHaR(build_args("khar", tiny_bert, batch, torch.device("cpu"), "smoke"))
+        model = KHaR(KHaRConfig.from_mmsa_args(build_args("khar", tiny_bert, batch, torch.device("cpu"), "smoke")))
         before = sum(type(m) is kind for m in model.modules())
         layers.swap_for(variant)(model)
         assert before > 0 and sum(type(m) is kind for m in model.modules()) == 0
