@@ -15,7 +15,7 @@ from MMSA import MMSA_run
 from test_sweep import sweep_with_runner
 
 pytestmark = pytest.mark.usefixtures("fast_mmsa")
-SEEDS = (1, 2, 3)
+SEEDS = (1, 2)  # two seeds: a mean and a std over seeds, as three give
 
 
 def test_sweep_cli_with_pretraining_as_shipped_summarises_as_mmsa_does(tmp_path, tiny_features, tiny_bert,

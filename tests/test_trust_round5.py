@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import pickle
-import subprocess
+import runpy
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -30,6 +32,7 @@ from conftest import TINY_KHAR_SIZE
 from test_mmsa_package import DummyTrainer, dummy_khar  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[1]
+KILL_SCRIPT = REPO / "tests" / "scripts" / "mmsa_run_kill_between_appends.py"
 TINY_KHAR = dict(TINY_KHAR_SIZE, epochs=1, early_stop=1, pretrain_adapters=False, save_curves=False)
 
 
@@ -203,6 +206,15 @@ def _tables(res_dir: Path) -> List[Path]:
     return [results_csv_path(res_dir, "mosi"), tidy_csv_path(res_dir, "mosi")]
 
 
+def _kill_between_appends(spec: str, cwd: str) -> None:
+    """tests/scripts/mmsa_run_kill_between_appends.py run as ``python <script> <spec>`` runs it, in a
+    forked child of the test process."""
+    os.chdir(cwd)
+    os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLCONFIGDIR=str(Path(cwd) / "mpl"))
+    sys.argv = [str(KILL_SCRIPT), spec]
+    runpy.run_path(str(KILL_SCRIPT), run_name="__main__")
+
+
 def test_a_kill_between_the_two_appends_is_made_whole_by_the_identical_rerun(tmp_path: Path, tiny_features,
                                                                            tiny_bert, mmsa_run_kwargs,
                                                                            fast_mmsa) -> None:
@@ -210,11 +222,16 @@ def test_a_kill_between_the_two_appends_is_made_whole_by_the_identical_rerun(tmp
     config = dict(TINY_KHAR, pretrained=str(tiny_bert))
     kwargs = dict(mmsa_run_kwargs, custom_feature=str(tiny_features("mosi")))
     spec = {"config": config, "kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               TQDM_DISABLE="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", MPLCONFIGDIR=str(tmp_path / "mpl"))
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "scripts" / "mmsa_run_kill_between_appends.py"),
-                             json.dumps(spec)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    # the script runs in a forked child of this process (MMSA imported already, as in test_sweep's
+    # killed driver): a process of its own, SIGKILLed by itself between the two appends
+    killed = multiprocessing.get_context("fork").Process(
+        target=_kill_between_appends, args=(json.dumps(spec), str(tmp_path)))
+    killed.start()
+    killed.join(timeout=300)
+    if killed.is_alive():  # pragma: no cover - the test fails below
+        killed.kill()
+        killed.join(timeout=30)
+    assert killed.exitcode == -signal.SIGKILL, f"exit code {killed.exitcode} (stderr above)"
     mmsa_csv, tidy_csv = _tables(mmsa_run_kwargs["res_save_dir"])
     assert len(pd.read_csv(mmsa_csv)) == 1 and not tidy_csv.exists()  # the row in one table only
     row = MMSA_run("khar", "mosi", config=config, **kwargs)  # the identical rerun

@@ -61,7 +61,8 @@ def test_tune_mode_selects_by_validation_and_tests_only_the_selected(
 
     module, name = TRAINERS[model]
     monkeypatch.setattr(getattr(importlib.import_module(module), name), "do_test", planted_do_test)
-    config = dict(TINY_KHAR, pretrained=str(tiny_bert)) if model == "khar" else {"early_stop": 1, "batch_size": 8}
+    # one epoch a candidate: the planted scores are the same every epoch
+    config = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=1) if model == "khar" else {"early_stop": 1, "batch_size": 8}
     config_file = tune_config_file(tmp_path, model, {"learning_rate": list(PLANTED) + [FAILING_LR]})
     kwargs = dict(mmsa_run_kwargs, verbose_level=1)
     with caplog.at_level("INFO", logger="MMSA"):
@@ -94,7 +95,9 @@ def test_selected_config_file_reproduces_the_reported_test_score(tmp_path, tiny_
     """No planting: the best-config JSON, passed back to MMSA_run, trains the same model (CPU,
     same seed) and so gives the test score the tune run reported for the selected candidate."""
     config_file = tune_config_file(tmp_path, "khar", {"learning_rate": [1e-3, 1e-4]})
-    result = MMSA_run("khar", "mosi", config_file=str(config_file), config=dict(TINY_KHAR, pretrained=str(tiny_bert)),
+    # one epoch a candidate: the rerun trains from the written file alone (its epochs=1 included)
+    result = MMSA_run("khar", "mosi", config_file=str(config_file), config=dict(TINY_KHAR, pretrained=str(tiny_bert),
+                                                                                  epochs=1),
                       is_tune=True, tune_times=5, custom_feature=str(tiny_features("mosi")), **mmsa_run_kwargs)
     again = dict(mmsa_run_kwargs, res_save_dir=tmp_path / "again")
     row = MMSA_run("khar", "mosi", config_file=str(result["config_file"]), **again)

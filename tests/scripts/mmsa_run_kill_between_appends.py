@@ -2,6 +2,8 @@
 between the two results-table appends of its row -- after ``<dataset>.csv`` got the row, before
 ``<dataset>.tidy.csv`` does.  ``argv[1]``: a JSON object ``{"config": {...}, "kwargs": {...}}`` of
 ``MMSA_run`` arguments (paths as strings).  Nothing in khar_mmsa knows: ``append_whole`` is wrapped here.
+The test runs it with ``runpy`` in a forked child of the test process (MMSA imported once); it also
+runs on its own as ``python tests/scripts/mmsa_run_kill_between_appends.py '<spec>'``.
 """
 import json
 import os
