@@ -16,32 +16,75 @@ def _env(home: Path) -> dict:
     return dict(os.environ, HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
 
-@pytest.mark.parametrize("argv", [["-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl"],
-                                  ["-m", "tfn", "-d", "mosi", "-Fa", "missing.pkl"],
-                                  ["tune", "-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl"],
-                                  ["sweep", "-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl",
-                                   "--out", "o"]])
-def test_cli_missing_feature_file_is_one_line_before_heavy_imports_and_folders(argv, tmp_path) -> None:
-    code = ("import json, sys\nfrom khar_mmsa import cli\nrc = cli.main(sys.argv[1:])\n"
-            "print(json.dumps([rc, sorted(m for m in ('torch', 'MMSA', 'transformers', 'ray') if m in sys.modules)]))")
-    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=_env(tmp_path),
+ARGVS = [["-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl"],
+         ["-m", "tfn", "-d", "mosi", "-Fa", "missing.pkl"],
+         ["tune", "-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl"],
+         ["sweep", "-m", "khar", "-d", "mosi", "--custom-feature", "missing.pkl", "--out", "o"]]
+
+
+def test_cli_missing_feature_file_is_one_line_before_heavy_imports_and_folders(tmp_path) -> None:
+    """Every command of ARGVS in one fresh interpreter (one start instead of four), each from an empty
+    working folder of its own, its standard error captured on its own: the heavy modules are
+    checked after each command, so one that imports them is named."""
+    code = ("import contextlib, io, json, os, sys\nfrom khar_mmsa import cli\n"
+            "for i, argv in enumerate(json.loads(sys.argv[1])):\n"
+            "    os.chdir(str(i))\n    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n        rc = cli.main(argv)\n"
+            "    os.chdir('..')\n"
+            "    print(json.dumps([rc, sorted(m for m in ('torch', 'MMSA', 'transformers', 'ray') if m in sys.modules),"
+            " err.getvalue()]))")
+    for i in range(len(ARGVS)):
+        (tmp_path / str(i)).mkdir()
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(ARGVS)], cwd=tmp_path, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=120)
-    rc, heavy = json.loads(done.stdout.strip().splitlines()[-1])
-    flag = argv[argv.index("missing.pkl") - 1]
-    assert rc == 1 and heavy == [], (done.stdout, done.stderr)
-    assert done.stderr.splitlines() == [f"python -m khar_mmsa: error: {flag} missing.pkl: no such feature file "
-                                        f"(nothing was trained, no folder made)"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a folder was made (~/MMSA, --out)"
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == len(ARGVS), (done.stdout, done.stderr)
+    assert done.stderr == "", done.stderr  # nothing outside the commands' own error lines
+    for i, (argv, line) in enumerate(zip(ARGVS, lines)):
+        rc, heavy, stderr = json.loads(line)
+        flag = argv[argv.index("missing.pkl") - 1]
+        assert rc == 1 and heavy == [], (argv, line, done.stderr)
+        assert stderr.splitlines() == [f"python -m khar_mmsa: error: {flag} missing.pkl: no such feature file "
+                                       f"(nothing was trained, no folder made)"], (argv, stderr)
+        assert sorted(p.name for p in (tmp_path / str(i)).iterdir()) == [], f"{argv}: a folder was made (~/MMSA, --out)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(i) for i in range(len(ARGVS))], "a folder was made in HOME"
+
+
+def _transcripts_child(argv, cwd: str, errors: str) -> None:
+    """``python -m khar_mmsa.data.transcripts <argv>`` in a forked child of the test process (its heavy
+    imports done once, there): HOME and the working folder ``cwd``, standard error (fd 2 and
+    ``sys.stderr``) to ``errors``, the 'MMSA' logger without handlers as in a fresh interpreter."""
+    import logging
+    import runpy
+    os.chdir(cwd)
+    os.environ.update(_env(Path(cwd)))
+    fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = open(2, "w", closefd=False)
+    sys.stdout = open(os.devnull, "w")
+    logging.getLogger("MMSA").handlers.clear()
+    sys.modules.pop("khar_mmsa.data.transcripts", None)  # run as __main__, not found imported
+    sys.argv = ["transcripts", *argv]
+    runpy.run_module("khar_mmsa.data.transcripts", run_name="__main__", alter_sys=True)
 
 
 def test_transcripts_builder_missing_label_csv_is_one_line(tmp_path, tiny_bert) -> None:
-    done = subprocess.run([sys.executable, "-m", "khar_mmsa.data.transcripts", "--labels", "MOSI/label.csv",
-                           "--encoder", str(tiny_bert), "--out", "t.pkl"], cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.splitlines() == ["python -m khar_mmsa.data.transcripts: error: nothing written: label csv "
-                                        "MOSI/label.csv: no such file"]
-    assert not (tmp_path / "t.pkl").exists()
+    import multiprocessing
+    work, errors = tmp_path / "work", tmp_path / "stderr.txt"
+    work.mkdir()
+    child = multiprocessing.get_context("fork").Process(target=_transcripts_child, args=(
+        ["--labels", "MOSI/label.csv", "--encoder", str(tiny_bert), "--out", "t.pkl"], str(work), str(errors)))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():  # pragma: no cover - the test fails below
+        child.kill()
+        child.join(timeout=30)
+    stderr = errors.read_text() if errors.is_file() else ""
+    assert child.exitcode == 2, (child.exitcode, stderr)
+    assert stderr.splitlines() == ["python -m khar_mmsa.data.transcripts: error: nothing written: label csv "
+                                   "MOSI/label.csv: no such file"]
+    assert not (work / "t.pkl").exists()
 
 
 def test_top_level_help_says_which_subcommand_needs_ray(capsys) -> None:
