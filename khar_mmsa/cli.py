@@ -43,7 +43,7 @@ logger = logging.getLogger(f"MMSA.{__name__}")
 def _config_keys() -> Dict[str, List[str]]:
     """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
     (MMSA's file found without importing MMSA)."""
-    from khar_mmsa.integration.configs import installed_mmsa_config_file, overlay
+    from khar_mmsa.registration.configs import installed_mmsa_config_file, overlay
     configs = [overlay("regression")]
     path = installed_mmsa_config_file("regression")
     if path is not None:

@@ -20,7 +20,7 @@ import pytest
 
 import khar_mmsa  # noqa: F401 - registers 'khar'
 from khar_mmsa.experiments.sweep import Manifest, RunSpec, run_sweep
-from khar_mmsa.integration import results_files
+from khar_mmsa.runs import results_files
 from khar_mmsa.io import files as io_files
 from MMSA import MMSA_run
 from test_mmsa_package import DummyTrainer, dummy_khar  # noqa: F401 - the fixture

@@ -1,4 +1,4 @@
-"""The log handlers of one run (``MMSA_run`` / :func:`khar_mmsa.integration.runner.run`).
+"""The log handlers of one run (``MMSA_run`` / :func:`khar_mmsa.runs.runner.run`).
 
 MMSA's two handlers -- ``<log_dir>/<model>-<dataset>.log`` at DEBUG and the console at
 ``verbose_level`` -- are added to the ``'MMSA'`` logger for the run and removed after it; they get

@@ -214,7 +214,7 @@ def check_results_files(paths: Sequence[Path], metrics_wanted: Optional[Sequence
     regular file or absent (never a link), writable, with a header of ours
     (:func:`header_metrics`: no BOM, no other layout) and parses as CSV; when both exist they name
     the same metrics, and when ``metrics_wanted`` (the run's metrics, in order:
-    :func:`khar_mmsa.integration.run_metrics.result_columns`) is given, exactly those in that
+    :func:`khar_mmsa.runs.run_metrics.result_columns`) is given, exactly those in that
     order -- the row the run will append.  A last line cut by a killed append is removed first
     (:func:`khar_mmsa.io.files.repair_torn_last_line`, one warning)."""
     import pandas as pd
