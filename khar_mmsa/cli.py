@@ -281,7 +281,7 @@ def tune_main(argv: Sequence[str]) -> int:
     check_run_names(args.model, args.dataset)
     overrides = _overrides(args.overrides)
     check_feature_files(custom_feature=args.custom_feature)
-    from khar_mmsa.experiments import ray_tune
+    from khar_mmsa.tuning import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
         args.model, args.dataset, config_file=_none_if_empty(args.config), config=overrides,
