@@ -80,7 +80,7 @@ def report(message: str, prog: str) -> None:
     handler: Optional[logging.Handler] = None
     path = ERROR_LOG["file"]
     if path is not None and Path(path).parent.is_dir():
-        from khar_mmsa.io.files import NoFollowFileHandler
+        from khar_mmsa.io.appends import NoFollowFileHandler
         try:
             handler = NoFollowFileHandler(path)  # a link at the log's place is not followed
         except OSError:

@@ -51,7 +51,7 @@ def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Op
         mmsa_logger.setLevel(logging.DEBUG)
     token = object()
     this_run = _ThisRunOnly(token)
-    from khar_mmsa.io.files import NoFollowFileHandler
+    from khar_mmsa.io.appends import NoFollowFileHandler
     file_handler = NoFollowFileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")  # a link: refused
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))

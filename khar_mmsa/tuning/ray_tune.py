@@ -240,7 +240,7 @@ def _log_to(path: Path) -> None:
     if _TRIAL_LOG["handler"] is not None:
         mmsa_logger.removeHandler(_TRIAL_LOG["handler"])
         _TRIAL_LOG["handler"].close()
-    from khar_mmsa.io.files import NoFollowFileHandler
+    from khar_mmsa.io.appends import NoFollowFileHandler
     handler = NoFollowFileHandler(path)  # a link at the trial log's place is refused, not followed
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
     mmsa_logger.addHandler(handler)

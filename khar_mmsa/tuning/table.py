@@ -150,7 +150,7 @@ def load_tune_table(path: PathLike) -> Any:
     which keys a candidate may set is the tune search's check (:func:`read_tune_table`)."""
     import pandas as pd
 
-    from khar_mmsa.io.files import open_no_follow
+    from khar_mmsa.io.appends import open_no_follow
     p = Path(path)
     try:
         fd = open_no_follow(p, os.O_RDONLY, "read")  # a link is refused before anything is read through it

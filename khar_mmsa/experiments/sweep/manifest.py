@@ -80,10 +80,10 @@ def append_manifest_record(path: PathLike, rec: Mapping[str, Any]) -> None:
     """Append ``rec`` to the manifest as one whole line of its own (the driver holds the sweep lock).
 
     A last line of ours that a killed driver cut is removed first, with a warning quoting it
-    (:func:`khar_mmsa.io.files.repair_torn_last_line`); a partial last line someone else wrote
+    (:func:`khar_mmsa.io.appends.repair_torn_last_line`); a partial last line someone else wrote
     is left as it is and our record starts on a new line, so it cannot swallow the record (the
     reader ignores that foreign line with a warning).  The file is never written through a link."""
-    from khar_mmsa.io.files import append_whole, repair_torn_last_line
+    from khar_mmsa.io.appends import append_whole, repair_torn_last_line
     p = Path(path)
     if p.exists():
         repair_torn_last_line(p, lambda head, tail: tail.startswith(_OUR_RECORD_STARTS), "manifest record")
