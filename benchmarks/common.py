@@ -107,7 +107,7 @@ def fmt_paper(key: str, value: Optional[float]) -> str:
 def stats_from_runs(per_seed: Sequence[Mapping[str, float]]) -> Dict[str, Stat]:
     """Per-seed metric dicts (natural units, as ``do_test`` returns them) -> Stats in MMSA's
     convention: mean and population std (``np.std``) x100, rounded to 2 decimals like MMSA."""
-    from khar_mmsa.integration.results_files import mean_std_x100
+    from khar_mmsa.runs.results_files import mean_std_x100
     out: Dict[str, Stat] = {}
     for key in per_seed[0]:
         values = [float(r[key]) for r in per_seed]

@@ -51,7 +51,7 @@ def train_and_embed(feature_path: Path, dataset: str, overrides: Mapping[str, An
     from MMSA.data_loader import MMDataLoader
 
     from khar_mmsa.config import KHaRConfig
-    from khar_mmsa.integration import metrics_for
+    from khar_mmsa.registration import metrics_for
     from khar_mmsa.model.khar import KHaR
     from khar_mmsa.io.files import safe_torch_load
     from khar_mmsa.training.seeding import seed_everything

@@ -43,7 +43,7 @@ logger = logging.getLogger(f"MMSA.{__name__}")
 def _config_keys() -> Dict[str, List[str]]:
     """Model and dataset keys of MMSA's ``config_regression.json`` and our overlay, read as JSON
     (MMSA's file found without importing MMSA)."""
-    from khar_mmsa.integration.configs import installed_mmsa_config_file, overlay
+    from khar_mmsa.registration.configs import installed_mmsa_config_file, overlay
     configs = [overlay("regression")]
     path = installed_mmsa_config_file("regression")
     if path is not None:
@@ -281,7 +281,7 @@ def tune_main(argv: Sequence[str]) -> int:
     check_run_names(args.model, args.dataset)
     overrides = _overrides(args.overrides)
     check_feature_files(custom_feature=args.custom_feature)
-    from khar_mmsa.experiments import ray_tune
+    from khar_mmsa.tuning import ray_tune
     apply_threads(args.threads)
     outcome = ray_tune.search(
         args.model, args.dataset, config_file=_none_if_empty(args.config), config=overrides,

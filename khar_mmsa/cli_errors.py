@@ -22,15 +22,15 @@ USER_ERRORS: Dict[str, Tuple[str, ...]] = {
     "khar_mmsa.io.names": ("UnsafeNameError",),
     "khar_mmsa.io.state_files": ("StateFileError",),
     "khar_mmsa.io.files": ("UnsafePathError",),
-    "khar_mmsa.integration.features": ("FeatureFileNotFoundError",),
-    "khar_mmsa.integration.output_folders": ("OutputFolderError",),
-    "khar_mmsa.integration.configs": ("ConfigOverlayMissingError", "ConfigFileError"),
+    "khar_mmsa.runs.features": ("FeatureFileNotFoundError",),
+    "khar_mmsa.runs.output_folders": ("OutputFolderError",),
+    "khar_mmsa.registration.configs": ("ConfigOverlayMissingError", "ConfigFileError"),
     "khar_mmsa.mmsa_conventions": ("SeedError",),
-    "khar_mmsa.integration.results_files": ("ResultsFileError",),
+    "khar_mmsa.runs.results_files": ("ResultsFileError",),
     "khar_mmsa.experiments.sweep.driver_lock": ("SweepLocked",),
     "khar_mmsa.experiments.sweep.driver": ("SweepFailed",),
     "khar_mmsa.experiments.sweep.executors": ("RayUnavailable",),
-    "khar_mmsa.experiments.ray_tune": ("TuneSetupError",),
+    "khar_mmsa.tuning.ray_tune": ("TuneSetupError",),
 }
 #: The settings errors whose message :func:`cli_message` respells (a subset of :data:`USER_ERRORS`).
 SETTINGS_ERRORS: Dict[str, Tuple[str, ...]] = {
@@ -80,7 +80,7 @@ def report(message: str, prog: str) -> None:
     handler: Optional[logging.Handler] = None
     path = ERROR_LOG["file"]
     if path is not None and Path(path).parent.is_dir():
-        from khar_mmsa.io.files import NoFollowFileHandler
+        from khar_mmsa.io.appends import NoFollowFileHandler
         try:
             handler = NoFollowFileHandler(path)  # a link at the log's place is not followed
         except OSError:

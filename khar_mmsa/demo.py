@@ -117,7 +117,7 @@ def run_demo(out: Path, seeds: Sequence[int] = (DEMO_SEED,), encoder: Optional[P
     MMSA_run("khar", "mosi", config={**KHAR_DEMO_CONFIG, **(khar_config or {}), "pretrained": str(pretrained)},
              **common)
     MMSA_run("tfn", "mosi", config=TFN_DEMO_CONFIG, **common)
-    from khar_mmsa.integration.results_files import read_results_table
+    from khar_mmsa.runs.results_files import read_results_table
     table = read_results_table(run_dir / "results" / "normal" / "mosi.csv")
     table.insert(0, "run", run_dir.name)
     return DemoRun(run_dir, table, dirs["log_dir"] / "khar-mosi-curves.png", info.noise_floor_mae,

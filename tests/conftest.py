@@ -115,7 +115,7 @@ def unregistered() -> Iterator[None]:
     test that ran alone would leave too."""
     import logging
     importlib.import_module("MMSA.run")
-    from khar_mmsa.integration import registration as mmsa_patches
+    from khar_mmsa import registration as mmsa_patches
     mmsa_logger = logging.getLogger("MMSA")
     handlers = list(mmsa_logger.handlers)
     was = mmsa_patches.is_registered()

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 
 from khar_mmsa.data.bucketing import LengthBucketSampler, bucketed_loader, padding_overhead, sample_lengths
 from khar_mmsa.data.planted import planted_data
-from khar_mmsa.integration.model_and_trainer import khar_network, khar_trainer
+from khar_mmsa.runs.model_and_trainer import khar_network, khar_trainer
 from khar_mmsa.model.text_encoders import make_tiny_bert
 from khar_mmsa.training.loop import Callback
 

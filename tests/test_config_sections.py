@@ -10,12 +10,12 @@ import pytest
 
 from khar_mmsa.config import (ARCHITECTURE_SECTIONS, FUSION_CHOICES, REFINER_CHOICES, SECTIONS, ConfigError,
                               KHaRConfig, config_field, config_reference_markdown, section_fields)
-from khar_mmsa.integration.predict import checkpoint_config as rebuild_config
+from khar_mmsa.prediction.predict import checkpoint_config as rebuild_config
 from khar_mmsa.io.identity import config_identity, fingerprint_of
 from khar_mmsa.io.state_files import StateFileError, load_checkpoint_config
 from khar_mmsa.losses import information_bottleneck
 from khar_mmsa.training.pretrain import PRETRAIN_SECTIONS, pretrain_fingerprint
-from khar_mmsa.integration.model_and_trainer import khar_trainer
+from khar_mmsa.runs.model_and_trainer import khar_trainer
 from khar_mmsa.training.trainer import KHaRTrainer
 
 # The field list pretraining's cache key was once kept by hand: every one of them must still take part.

@@ -56,7 +56,7 @@ def test_a_damaged_adapter_cache_is_set_aside_and_the_adapters_pretrained_again(
 
 
 def test_a_damaged_tune_table_is_set_aside_and_the_search_starts_afresh(tmp_path, caplog):
-    from khar_mmsa.integration.tune import hyperparameters, read_tune_csv
+    from khar_mmsa.tuning import hyperparameters, read_tune_csv
     table = tmp_path / "mosi-khar-by-valid.csv"
     table.write_text("candidate,Valid_Loss,selected_by\nnot json,0.5,valid Loss\n")
     with caplog.at_level("WARNING", logger="MMSA"):

@@ -46,7 +46,7 @@ def test_a_busy_cpu_with_more_threads_than_free_cores_gets_a_one_line_hint(load,
     import os
 
     import torch
-    from khar_mmsa.integration.features import FeatureFileNotFoundError
+    from khar_mmsa.runs.features import FeatureFileNotFoundError
     monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -16,8 +16,8 @@ import torch
 
 import khar_mmsa
 from khar_mmsa.experiments.sweep import RunSpec, run_sweep
-from khar_mmsa.integration.configs import ConfigFileError
-from khar_mmsa.integration.run_files import RunFileError
+from khar_mmsa.registration.configs import ConfigFileError
+from khar_mmsa.runs.run_files import RunFileError
 from khar_mmsa.io.names import UnsafeNameError
 from khar_mmsa.io.state_files import ForeignFileError
 from MMSA import MMSA_run, MMSA_test

@@ -117,7 +117,7 @@ def test_a_runs_finished_seed_record_knows_the_text_encoder_by_content(tmp_path,
     weights are another run (so a rerun never reuses seeds trained with another encoder)."""
     import shutil
 
-    from khar_mmsa.integration.run_state import run_key
+    from khar_mmsa.runs.run_state import run_key
     from khar_mmsa.model.text_encoders import make_tiny_bert
     copy = shutil.copytree(tiny_bert, tmp_path / "same-encoder-elsewhere")
     other = make_tiny_bert(tmp_path / "other", hidden_size=16)

@@ -1,6 +1,6 @@
 """The import graph of khar_mmsa, read with ``ast`` (imports inside functions included): no cycle,
-and the layering rules (model/ never imports losses/ or io/; nothing outside integration/ imports
-MMSA)."""
+and the layering rules (model/ never imports losses/ or io/; only registration/, runs/ and
+prediction/ import MMSA)."""
 from __future__ import annotations
 
 import ast
@@ -12,7 +12,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "khar_mmsa"
 #: Calls that import the module named by their first (literal string) argument.
 IMPORTING_CALLS = ("import_module", "mmsa_module", "find_spec")
-#: Modules outside integration/ allowed to import MMSA, and why.
+#: The packages that touch MMSA: what ``import khar_mmsa`` adds to it, one ``MMSA_run``, ``MMSA_test``.
+MMSA_PACKAGES = ("khar_mmsa.registration", "khar_mmsa.runs", "khar_mmsa.prediction")
+#: Modules outside :data:`MMSA_PACKAGES` allowed to import MMSA, and why.
 MMSA_IMPORT_EXCEPTIONS = {
     # the README's first command is an example of a user's script: it calls MMSA's public MMSA_run
     # exactly as a user does after `import khar_mmsa`
@@ -119,8 +121,8 @@ def graph(files: Dict[str, Path]) -> Dict[str, Set[str]]:
 
 def test_the_graph_sees_imports_inside_functions(graph):
     """What the cycle check relies on: the runner imports tuning only inside ``run``."""
-    assert "khar_mmsa.integration.tune" in graph["khar_mmsa.integration.runner"]
-    assert "khar_mmsa.integration.runner" in graph["khar_mmsa.integration.entry_points"]
+    assert "khar_mmsa.tuning" in graph["khar_mmsa.runs.runner"]
+    assert "khar_mmsa.runs.runner" in graph["khar_mmsa.registration.entry_points"]
 
 
 def test_no_import_cycle(graph):
@@ -133,9 +135,9 @@ def test_model_imports_nothing_from_losses_or_io(graph):
     assert {m: t for m, t in bad.items() if t} == {}
 
 
-def test_only_integration_imports_mmsa(files):
+def test_only_the_mmsa_packages_import_mmsa(files):
     bad = sorted(module for module, path in files.items()
-                 if not module.startswith("khar_mmsa.integration") and module not in MMSA_IMPORT_EXCEPTIONS
+                 if not module.startswith(MMSA_PACKAGES) and module not in MMSA_IMPORT_EXCEPTIONS
                  and any(name == "MMSA" or name.startswith("MMSA.") for name in imported_names(path, module)))
     assert bad == []
 
@@ -143,6 +145,6 @@ def test_only_integration_imports_mmsa(files):
 def test_the_runner_names_the_trainer_it_calls(files):
     """runner -> trainer can be followed in the code: KHaRTrainer is imported by name, not looked up
     through MMSA's ``ATIO().getTrain`` and a class name in a string."""
-    names = imported_names(files["khar_mmsa.integration.model_and_trainer"], "khar_mmsa.integration.model_and_trainer")
+    names = imported_names(files["khar_mmsa.runs.model_and_trainer"], "khar_mmsa.runs.model_and_trainer")
     assert "khar_mmsa.training.trainer.KHaRTrainer" in names and "khar_mmsa.model.khar.KHaR" in names
-    assert "khar_mmsa.integration.model_and_trainer" in import_graph(files)["khar_mmsa.integration.runner"]
+    assert "khar_mmsa.runs.model_and_trainer" in import_graph(files)["khar_mmsa.runs.runner"]

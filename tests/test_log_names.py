@@ -29,14 +29,14 @@ def test_a_user_quiets_one_module_and_keeps_the_others(tiny_features, tiny_bert,
     lines = [m.groups() for m in map(LINE.search, log.splitlines()) if m]
     names = {name for name, _, _ in lines}
     # the file names each line's module, a real one under MMSA's logger
-    assert {"MMSA.khar_mmsa.integration.runner", "MMSA.khar_mmsa.training.trainer"} <= names
+    assert {"MMSA.khar_mmsa.runs.runner", "MMSA.khar_mmsa.training.trainer"} <= names
     assert all(n == "MMSA" or importlib.util.find_spec(n[len("MMSA."):]) is not None for n in names), names
     assert "MMSA.khar_mmsa.training.callbacks" not in names  # quieted ...
     assert not any("EPOCH-(khar)" in message for _, _, message in lines)
     assert any(message.startswith("TRAIN-(khar) epoch 1") for _, _, message in lines)  # ... its sibling not
     assert any(message.startswith("Results saved to") for _, _, message in lines)
     # a handler on 'MMSA' (caplog's capture, as MMSA's own) gets the children's records
-    assert any(r.name == "MMSA.khar_mmsa.integration.runner" and r.getMessage().startswith("Results saved to")
+    assert any(r.name == "MMSA.khar_mmsa.runs.runner" and r.getMessage().startswith("Results saved to")
                for r in caplog.records)
 
 

@@ -1,4 +1,4 @@
-"""Tests of :mod:`khar_mmsa.integration`: registration (it adds), the 'khar' and 'simsv2' keys, each
+"""Tests of :mod:`khar_mmsa.registration` and :mod:`khar_mmsa.runs`: registration (it adds), the 'khar' and 'simsv2' keys, each
 fix for MMSA 2.2.1 on today's stack, the runner's results files and checks, and real CPU runs of
 TFN, MulT and Self-MM through MMSA's own ``MMSA_run``.
 
@@ -30,8 +30,10 @@ import torch
 import torch.nn as nn
 
 import khar_mmsa  # noqa: F401 - registers 'khar' with MMSA
-from khar_mmsa.integration import configs, registration, results_files
-from khar_mmsa.integration.checkpoints import MissingCheckpointError
+from khar_mmsa import registration
+from khar_mmsa.registration import configs
+from khar_mmsa.runs import results_files
+from khar_mmsa.training.checkpoints import MissingCheckpointError
 from conftest import TINY_BERT_HIDDEN, TINY_SEQ_LENS, TINY_SIZES
 
 MMSA = importlib.import_module("MMSA")
@@ -103,7 +105,7 @@ def dummy_khar(monkeypatch: pytest.MonkeyPatch, tiny_features, tmp_path: Path) -
     trainer_mod.KHaRTrainer = DummyTrainer
     monkeypatch.setitem(sys.modules, "khar_mmsa.model.khar", model_mod)
     monkeypatch.setitem(sys.modules, "khar_mmsa.training.trainer", trainer_mod)
-    monkeypatch.setattr(importlib.import_module("khar_mmsa.integration.model_and_trainer"), "khar_settings",
+    monkeypatch.setattr(importlib.import_module("khar_mmsa.runs.model_and_trainer"), "khar_settings",
                         DummySettings)
     monkeypatch.setattr(DummyTrainer, "write_checkpoint", True)
     monkeypatch.setattr(DummyTrainer, "events", [])
@@ -185,7 +187,7 @@ def test_every_registered_name_is_listed_with_its_reason_in_the_docs() -> None:
 def test_entry_points_are_mmsa_own_function_objects_with_our_bodies() -> None:
     """One function object per entry point in every namespace MMSA binds it in, its body ours, its
     defaults, annotations and docstring MMSA's; MMSA's informational lists stay MMSA's."""
-    from khar_mmsa.integration.entry_points import BODIES
+    from khar_mmsa.registration.entry_points import BODIES
     for name, (module, body) in BODIES.items():
         function = getattr(importlib.import_module(module), name)
         holders = [m for m in (MMSA, RUN, CONFIG) if hasattr(m, name)]
@@ -200,7 +202,7 @@ def test_entry_points_are_mmsa_own_function_objects_with_our_bodies() -> None:
 def test_the_bodies_read_no_global_name_and_have_no_closure() -> None:
     """A body runs with MMSA's module globals: a global it read would be MMSA's (or missing)."""
     import dis
-    from khar_mmsa.integration.entry_points import BODIES
+    from khar_mmsa.registration.entry_points import BODIES
     for name, (_, body) in BODIES.items():
         code = body.__code__
         assert code.co_freevars == () and code.co_cellvars == ()
@@ -208,7 +210,7 @@ def test_the_bodies_read_no_global_name_and_have_no_closure() -> None:
 
 
 def test_an_mmsa_whose_entry_point_has_other_parameters_is_refused_by_name(monkeypatch) -> None:
-    from khar_mmsa.integration import entry_points
+    from khar_mmsa.registration import entry_points
 
     def body_of_MMSA_test(config, weights_path, feature_path):  # noqa: N802 - MMSA_test without gpu_id
         return None
@@ -319,7 +321,7 @@ def test_a_source_checkout_reads_its_own_config_files(tmp_path: Path) -> None:
     data = json.loads(path.read_text())
     data["khar"]["commonParams"]["marker_of_this_checkout"] = 7
     path.write_text(json.dumps(data))
-    code = ("from khar_mmsa.integration import configs; "
+    code = ("from khar_mmsa.registration import configs; "
             "print(configs.overlay('regression')['khar']['commonParams'].get('marker_of_this_checkout'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(copy)})
@@ -601,7 +603,7 @@ def test_a_checkpoint_this_run_did_not_write_is_refused_and_kept(dummy_khar: Pat
 
 
 def test_duplicate_seeds_are_refused(dummy_khar: Path, mmsa_run_kwargs) -> None:
-    from khar_mmsa.integration.runner import SeedError
+    from khar_mmsa.runs.runner import SeedError
     with pytest.raises(SeedError, match=r"\[1\] given more than once"):
         MMSA.MMSA_run("khar", "mosi", config_file=str(dummy_khar), **dict(mmsa_run_kwargs, seeds=[1, 1]))
 

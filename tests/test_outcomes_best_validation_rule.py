@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from khar_mmsa.integration.tune.table import best_valid
+from khar_mmsa.tuning.table import best_valid
 from khar_mmsa.training.loop import MIN_DELTA, Monitor
 
 

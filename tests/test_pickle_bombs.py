@@ -365,7 +365,7 @@ def test_pth_json_cannot_lift_the_users_memory_guard(untrained_khar, features, t
 
 def test_pth_json_guard_is_ignored_for_the_default(untrained_khar, features, tmp_path):
     from khar_mmsa.config import KHaRConfig
-    from khar_mmsa.integration.predict import load_model
+    from khar_mmsa.prediction.predict import load_model
     weights = _json_with(untrained_khar, tmp_path, max_model_memory_gib=1e9)
     assert isinstance(MMSA_test("khar", str(weights), str(_one_sample(features, tmp_path)), gpu_id=-1), float)
     assert load_model(weights, {}, "cpu").cfg.max_model_memory_gib == KHaRConfig().max_model_memory_gib

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import khar_mmsa  # noqa: F401
-from khar_mmsa.integration import results_files
+from khar_mmsa.runs import results_files
 from conftest import TINY_KHAR_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +45,10 @@ def test_looking_mmsa_up_without_loading_it_does_not_use_up_the_registration(tmp
     done = _python("""
         import importlib.util, sys
         import khar_mmsa
-        from khar_mmsa.integration import registration
+        from khar_mmsa import registration
         assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules
         import MMSA.run
-        from khar_mmsa.integration.entry_points import body_of_MMSA_run
+        from khar_mmsa.registration.entry_points import body_of_MMSA_run
         print("REGISTERED", registration.is_registered(), MMSA.run.MMSA_run.__code__ is body_of_MMSA_run.__code__)
     """, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -176,7 +176,7 @@ def test_wheel_imported_first_registers_when_mmsa_is_imported_and_trains_khar(wh
         print("MMSA LOADED BY IMPORT", "MMSA" in sys.modules)
         from MMSA import MMSA_run
         import MMSA.run
-        from khar_mmsa.integration.entry_points import body_of_MMSA_run
+        from khar_mmsa.registration.entry_points import body_of_MMSA_run
         print("ROUTED", MMSA_run is MMSA.run.MMSA_run and MMSA_run.__code__ is body_of_MMSA_run.__code__)
         row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], gpu_ids=[], num_workers=0, verbose_level=0,
                        model_save_dir='m', res_save_dir='r', log_dir='l')
@@ -204,7 +204,7 @@ def test_register_before_mmsa_is_imported_registers_once() -> None:
               "assert 'MMSA' not in sys.modules\n"
               "khar_mmsa.register()\n"
               "import MMSA.run\n"
-              "from khar_mmsa.integration.registration import registered_names\n"
+              "from khar_mmsa.registration import registered_names\n"
               "names = [(id(o), a) for o, a in registered_names()]\n"
               "assert len(names) == len(set(names)), 'a name replaced twice'\n"
               "assert not hasattr(importlib.import_module('MMSA.models.AMIO').AMIO.__init__.__wrapped__,\n"

@@ -63,7 +63,8 @@ def test_ray_tune_search_that_must_fail_stops_before_ray_starts(tmp_path, tiny_f
                                                                  monkeypatch) -> None:
     """Every grid point's width not divisible by the heads, or a missing feature file: a
     TuneSetupError at once, and Ray is never started (its start raises here)."""
-    from khar_mmsa.experiments import ray_tune, sweep
+    from khar_mmsa.experiments import sweep
+    from khar_mmsa.tuning import ray_tune
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(sweep, "ray_init", lambda *a, **k: pytest.fail("Ray was started"))
     grid = {"modal_dim": [18, 30], "learning_rate": [1e-3, 1e-4]}
@@ -87,7 +88,8 @@ def test_ray_tune_checks_at_most_the_limit_of_grid_points_and_says_so(tmp_path, 
     """``python -m khar_mmsa tune -m khar``: KHaR's grid is larger than the preflight limit; the log
     names how many points were checked (at most the limit) out of the grid's size."""
     from khar_mmsa import cli
-    from khar_mmsa.experiments import ray_tune, sweep
+    from khar_mmsa.experiments import sweep
+    from khar_mmsa.tuning import ray_tune
 
     def start_ray(*args, **kwargs):
         raise _RayStarted()
@@ -149,7 +151,7 @@ def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_clus
 def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_features, tiny_bert, ray_cluster,
                                                                mmsa_run_kwargs, fast_mmsa, caplog,
                                                                monkeypatch) -> None:
-    from khar_mmsa.experiments import ray_tune
+    from khar_mmsa.tuning import ray_tune
     from MMSA import MMSA_run
     grid = {"learning_rate": [1e-3, 1e-4], "contrastive_weight": [0.0, 0.1]}
     config_file = tune_config_file(tmp_path, "khar", grid)

@@ -205,7 +205,7 @@ def test_resume_state_of_another_config_is_ignored_with_one_line(tmp_path, khar_
 def test_unusable_output_folder_fails_before_training(key, tmp_path, khar_config, mmsa_run_kwargs,
                                                       monkeypatch):
     from MMSA import MMSA_run
-    from khar_mmsa.integration.output_folders import OutputFolderError
+    from khar_mmsa.runs.output_folders import OutputFolderError
     from khar_mmsa.training.trainer import KHaRTrainer
     monkeypatch.setattr(KHaRTrainer, "do_train", lambda *a, **k: pytest.fail("trained"))
     blocker = tmp_path / "a-file"
@@ -219,7 +219,7 @@ def test_unusable_output_folder_fails_before_training(key, tmp_path, khar_config
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder_fails_before_training(tmp_path, khar_config, mmsa_run_kwargs):
     from MMSA import MMSA_run
-    from khar_mmsa.integration.output_folders import OutputFolderError
+    from khar_mmsa.runs.output_folders import OutputFolderError
     folder = tmp_path / "read-only"
     folder.mkdir()
     folder.chmod(0o500)

@@ -11,7 +11,7 @@ import pytest
 
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.reporting.log_format import LINE_WIDTH
-from khar_mmsa.integration.features import FeatureFileNotFoundError
+from khar_mmsa.runs.features import FeatureFileNotFoundError
 from khar_mmsa.model.text_encoders import minilm_path
 from MMSA import MMSA_run
 from conftest import TINY_KHAR_SIZE

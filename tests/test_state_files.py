@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from khar_mmsa.config import KHaRConfig
+from khar_mmsa.experiments.sweep.manifest import load_manifest, parse_manifest_line
 from khar_mmsa.io.state_files import (StateFileError, load_adapter_cache, load_checkpoint,
-                                      load_checkpoint_config, load_manifest, load_seeds_file,
-                                      load_tune_marker, load_tune_table, parse_manifest_line,
-                                      set_aside)
+                                      load_checkpoint_config, load_seeds_file, set_aside)
+from khar_mmsa.tuning.table import load_tune_marker, load_tune_table
 
 
 class _RunsCode:

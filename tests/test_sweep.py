@@ -137,7 +137,7 @@ def test_cli_help_lists_mmsa_models_and_ours(capsys) -> None:
 def test_cli_trains_khar_on_a_tiny_planted_pickle(tmp_path: Path, tiny_features, tiny_bert, fast_mmsa, capsys,
                                                   monkeypatch) -> None:
     """``python -m khar_mmsa -m khar ...``: the module entry point, run in-process (runpy)."""
-    from khar_mmsa.integration.configs import merged_config
+    from khar_mmsa.registration.configs import merged_config
     from test_tune_mode import TINY_KHAR
     config = merged_config("regression")
     config["khar"]["datasetParams"]["mosi"].update(TINY_KHAR, pretrained=str(tiny_bert))
@@ -635,7 +635,7 @@ def test_a_lock_file_link_stops_the_sweep_before_any_work(tmp_path: Path, capsys
 def test_preflight_checks_every_grid_point_up_to_the_limit_and_never_more(size: int) -> None:
     """Ray Tune's preflight (no Ray needed to pick the points): all points up to
     PREFLIGHT_MAX_POINTS, else at most that many, first point included."""
-    from khar_mmsa.experiments.ray_tune import PREFLIGHT_MAX_POINTS, preflight_indices
+    from khar_mmsa.tuning.ray_tune import PREFLIGHT_MAX_POINTS, preflight_indices
     indices = preflight_indices(size)
     assert len(indices) == min(size, PREFLIGHT_MAX_POINTS) or size > PREFLIGHT_MAX_POINTS >= len(indices)
     assert len(indices) <= PREFLIGHT_MAX_POINTS and indices[0] == 0 and indices[-1] < size

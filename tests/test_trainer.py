@@ -7,8 +7,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from khar_mmsa.data.planted import planted_data
-from khar_mmsa.integration import metrics_for
-from khar_mmsa.integration.model_and_trainer import khar_network, khar_trainer
+from khar_mmsa.registration import metrics_for
+from khar_mmsa.runs.model_and_trainer import khar_network, khar_trainer
 from khar_mmsa.training.pretrain import HarvestTask, pretrain_fingerprint
 from khar_mmsa.io.files import safe_torch_load
 from khar_mmsa.model.text_encoders import make_tiny_bert

@@ -23,7 +23,7 @@ import pytest
 import khar_mmsa
 from khar_mmsa import cli
 from khar_mmsa.experiments.sweep import Manifest, RunSpec, run_sweep, write_tables
-from khar_mmsa.integration.tune import UntrustedCandidateError
+from khar_mmsa.tuning import UntrustedCandidateError
 from khar_mmsa.io.files import UnsafePathError
 from khar_mmsa.io.names import UnsafeNameError, check_name
 from khar_mmsa.mmsa_conventions import SeedError
@@ -66,7 +66,7 @@ def test_mmsa_run_and_its_tune_mode_refuse_a_seed_outside_32_bits(seed: int, tmp
 
 
 def test_the_largest_32_bit_seed_is_a_seed() -> None:
-    from khar_mmsa.integration.runner import checked_seeds
+    from khar_mmsa.runs.runner import checked_seeds
     assert checked_seeds([0, 2**32 - 1]) == [0, 2**32 - 1]
 
 
@@ -127,7 +127,7 @@ def test_a_done_record_whose_metrics_are_not_numbers_makes_its_run_again(metrics
 
 # ---- tune: a table grants no trust ------------------------------------------------------------------
 def _tune_config(tmp_path: Path) -> Path:
-    from khar_mmsa.integration.configs import merged_config
+    from khar_mmsa.registration.configs import merged_config
     config = merged_config("tune")
     debug = config["khar"]["debugParams"]
     for key in list(debug):
@@ -202,7 +202,7 @@ def test_a_tune_table_that_is_a_link_is_refused_without_reading_it(tmp_path: Pat
 
 # ---- results tables: whole after a kill, checked before work ------------------------------------------
 def _tables(res_dir: Path) -> List[Path]:
-    from khar_mmsa.integration.results_files import results_csv_path, tidy_csv_path
+    from khar_mmsa.runs.results_files import results_csv_path, tidy_csv_path
     return [results_csv_path(res_dir, "mosi"), tidy_csv_path(res_dir, "mosi")]
 
 
@@ -218,7 +218,7 @@ def _kill_between_appends(spec: str, cwd: str) -> None:
 def test_a_kill_between_the_two_appends_is_made_whole_by_the_identical_rerun(tmp_path: Path, tiny_features,
                                                                            tiny_bert, mmsa_run_kwargs,
                                                                            fast_mmsa) -> None:
-    from khar_mmsa.integration.results_files import read_results_table
+    from khar_mmsa.runs.results_files import read_results_table
     config = dict(TINY_KHAR, pretrained=str(tiny_bert))
     kwargs = dict(mmsa_run_kwargs, custom_feature=str(tiny_features("mosi")))
     spec = {"config": config, "kwargs": {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}}
@@ -245,7 +245,7 @@ def test_a_kill_between_the_two_appends_is_made_whole_by_the_identical_rerun(tmp
 
 def test_a_stop_after_both_appends_before_the_seeds_record_is_removed_adds_no_second_row(
         dummy_khar, mmsa_run_kwargs, fast_mmsa, monkeypatch) -> None:
-    from khar_mmsa.integration.run_state import RunState
+    from khar_mmsa.runs.run_state import RunState
     with monkeypatch.context() as stop:
         stop.setattr(RunState, "remove", lambda self: (_ for _ in ()).throw(KeyboardInterrupt("stopped")))
         with pytest.raises(KeyboardInterrupt):
@@ -268,7 +268,7 @@ METRICS = ["Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_a
 def test_a_results_header_that_is_not_this_runs_row_is_refused_before_training(
         table: int, metrics: List[str], fragment: str, tiny_features, tiny_bert, mmsa_run_kwargs, fast_mmsa,
         monkeypatch) -> None:
-    from khar_mmsa.integration.results_files import ResultsFileError
+    from khar_mmsa.runs.results_files import ResultsFileError
     from khar_mmsa.training import trainer
     path = _tables(mmsa_run_kwargs["res_save_dir"])[table]
     path.parent.mkdir(parents=True)
@@ -306,7 +306,7 @@ def test_the_command_line_refuses_a_key_eval_that_is_not_a_metric_in_one_line(tm
 def test_a_key_eval_in_a_config_file_is_checked_before_training(tune: bool, tmp_path: Path, tiny_features, tiny_bert,
                                                                 mmsa_run_kwargs, fast_mmsa, monkeypatch) -> None:
     from khar_mmsa.config import ConfigError
-    from khar_mmsa.integration.configs import merged_config
+    from khar_mmsa.registration.configs import merged_config
     from khar_mmsa.training import trainer
     config_file = _tune_config(tmp_path) if tune else tmp_path / "config.json"
     config = json.loads(config_file.read_text()) if tune else merged_config("regression")

@@ -1,4 +1,4 @@
-"""Our runner's tune mode selects on the validation split (:mod:`khar_mmsa.integration.tune`):
+"""Our runner's tune mode selects on the validation split (:mod:`khar_mmsa.tuning`):
 ``MMSA_run('khar', ..., is_tune=True)`` and ``khar_mmsa.run(<any model>, ..., is_tune=True)``.
 
 MMSA 2.2.1 scores every candidate on the test split.  Here each candidate's validation and test
@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 import khar_mmsa  # registers 'khar' with MMSA
-from khar_mmsa.integration.configs import merged_config
-from khar_mmsa.integration.tune import candidate_args
+from khar_mmsa.registration.configs import merged_config
+from khar_mmsa.tuning import candidate_args
 from MMSA import MMSA_run
 from conftest import TINY_KHAR_SIZE
 
@@ -134,7 +134,7 @@ def test_train_candidate_reports_validation_after_every_epoch(model, tiny_featur
     """The per-epoch hook the Ray Tune trials report through: an EpochHook callback in
     args['callbacks'] for khar, the wrapped per-epoch do_test(mode='VAL') for MMSA's trainers;
     never the test split."""
-    from khar_mmsa.integration.tune import base_tune_args, seed_everything, train_candidate
+    from khar_mmsa.tuning import base_tune_args, seed_everything, train_candidate
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=3, early_stop=3) if model == "khar" else \
         {"early_stop": 2, "batch_size": 8}
     base = base_tune_args(model, "mosi", "", model_save_path=tmp_path / f"{model}.pth",

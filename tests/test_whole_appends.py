@@ -20,7 +20,8 @@ import pytest
 
 import khar_mmsa  # noqa: F401 - registers 'khar'
 from khar_mmsa.experiments.sweep import Manifest, RunSpec, run_sweep
-from khar_mmsa.integration import results_files
+from khar_mmsa.runs import results_files
+from khar_mmsa.io import appends as io_appends
 from khar_mmsa.io import files as io_files
 from MMSA import MMSA_run
 from test_mmsa_package import DummyTrainer, dummy_khar  # noqa: F401 - the fixture
@@ -238,12 +239,12 @@ def test_append_whole_refuses_a_link_and_a_read_only_file(tmp_path: Path) -> Non
     link = tmp_path / "appended.txt"
     link.symlink_to(journal)
     with pytest.raises(io_files.UnsafePathError):
-        io_files.append_whole(link, b"ours\n")
+        io_appends.append_whole(link, b"ours\n")
     read_only = tmp_path / "read-only.txt"
     read_only.write_text("kept\n")
     read_only.chmod(0o444)
     with pytest.raises(PermissionError):
-        io_files.append_whole(read_only, b"ours\n")
+        io_appends.append_whole(read_only, b"ours\n")
     assert journal.read_text() == "mine\n" and read_only.read_text() == "kept\n"
 
 

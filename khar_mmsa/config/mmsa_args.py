@@ -15,8 +15,8 @@ from khar_mmsa.config.booleans import parse_bool
 from khar_mmsa.config.errors import ConfigError
 
 #: ``args`` keys that say where things are and how this process runs, not what is trained: left
-#: out of a run's identity (:mod:`khar_mmsa.integration.run_state`) and of a tuned config file
-#: (:mod:`khar_mmsa.integration.tune`), each of which adds its own few.
+#: out of a run's identity (:mod:`khar_mmsa.runs.run_state`) and of a tuned config file
+#: (:mod:`khar_mmsa.tuning`), each of which adds its own few.
 RUN_PLACE_KEYS = frozenset({
     "model_save_path", "device", "train_mode", "cur_seed", "seed", "custom_feature", "featurePath",
     "feature_T", "feature_A", "feature_V", "log_dir", "verbose_level", "callbacks",

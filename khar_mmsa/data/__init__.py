@@ -5,6 +5,9 @@
   (``python -m khar_mmsa.data.planted --help``).
 * :mod:`khar_mmsa.data.transcripts` — real transcripts (e.g. CMU-MOSI's ``label.csv``) encoded
   with a local BERT, audio and vision marked absent (``python -m khar_mmsa.data.transcripts --help``).
+* :mod:`khar_mmsa.data.validation` — the check of a feature pickle before any model sees it
+  (:mod:`.feature_keys`: which keys it must hold; :mod:`.value_checks`: its values).
+* :mod:`khar_mmsa.data.bucketing` — batches of similar clip lengths.
 
 The names below are imported on first use (PEP 562), so that ``python -m khar_mmsa.data.planted``
 does not find its own module already imported by this package (runpy's RuntimeWarning).

@@ -4,7 +4,7 @@ A baseline for the real-transcripts benchmark: the same encoder KHaR uses (e.g. 
 fine-tuned end to end with one ``Linear(hidden, 1)`` on its pooled output, L1 loss on the
 sentiment label, on the same splits of the same MMSA feature pickle (``text_bert`` ids), model
 selection and early stopping on the validation L1 (MMSA's ``KeyEval='Loss'`` for MOSI), and the
-test set scored by MMSA's metric function (:func:`khar_mmsa.integration.metrics_for`), so its
+test set scored by MMSA's metric function (:func:`khar_mmsa.registration.metrics_for`), so its
 numbers read exactly like an ``MMSA_run`` row.
 
 Pooling: ``'mean'`` (masked mean of the last hidden states, the pooling all-MiniLM-L6-v2 was
@@ -161,7 +161,7 @@ def train_text_only(feature_path: Union[str, Path], encoder_folder: Union[str, P
     The best epoch by validation L1 is restored and scored on the test split with MMSA's metrics
     for ``dataset`` (plus ``'Loss'`` = test L1, as KHaR's trainer reports it).  ``callbacks`` run
     after the floor's own (:func:`khar_mmsa.training.loop.fit`)."""
-    from khar_mmsa.integration import metrics_for
+    from khar_mmsa.registration import metrics_for
     from khar_mmsa.io.pickles import load_pickle
 
     cfg = config or TextOnlyConfig()

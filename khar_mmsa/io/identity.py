@@ -118,7 +118,7 @@ def source_tree_configs() -> Optional[Path]:
 
 #: Our MMSA config JSON (the package ``khar_mmsa.mmsa_configs``): the top-level ``mmsa_configs/``
 #: beside the package in a checkout, ``khar_mmsa/mmsa_configs/`` in an installed wheel -- the
-#: files :mod:`khar_mmsa.integration.configs` reads.
+#: files :mod:`khar_mmsa.registration.configs` reads.
 CONFIG_OVERLAY_DIR: Path = source_tree_configs() or PACKAGE_DIR / "mmsa_configs"
 
 

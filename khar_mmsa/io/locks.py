@@ -17,7 +17,7 @@ the callers promise:
   longer its file and locks the new one instead.
 
 Callers: the sweep driver's ``sweep.lock`` (:mod:`khar_mmsa.experiments.sweep.driver_lock`) and the
-results tables' ``<file>.lock`` (:mod:`khar_mmsa.integration.results_files`).
+results tables' ``<file>.lock`` (:mod:`khar_mmsa.runs.results_files`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """One loader per kind of state file khar-mmsa reads back, and :func:`set_aside` for damaged ones.
 
 State files are what a run leaves for the next one: checkpoints and their ``.pth.json`` config,
-the per-run seeds file, the adapter cache, the sweep manifest, the tune table and its best-candidate
-marker.  Each loader here reads one kind, checks what is inside (readable at all, the top-level
+the per-run seeds file, the adapter cache (the sweep manifest and the tune table are read by their
+owners, :mod:`khar_mmsa.experiments.sweep.manifest` and :mod:`khar_mmsa.tuning.table`, with the
+JSON checks of this module).  Each loader here reads one kind, checks what is inside (readable at all, the top-level
 type, required and unknown keys, the type of every value) and raises one :class:`StateFileError`
 naming the file and what is wrong -- never a bare ``JSONDecodeError``, ``KeyError`` or PyTorch's
 "failed finding central directory".  A file that is merely absent raises
@@ -16,8 +17,8 @@ when khar-mmsa wrote it (:func:`written_by_us`: our JSON and PyTorch state files
 at that place is a :class:`ForeignFileError` naming it, and stays untouched.
 
 Loaders: :func:`load_checkpoint`, :func:`load_checkpoint_config`, :func:`load_seeds_file`,
-:func:`load_adapter_cache`, :func:`parse_manifest_line` / :func:`load_manifest`,
-:func:`load_tune_marker`, :func:`load_tune_table`.
+:func:`load_adapter_cache`; the checks they share: :func:`read_json`, :func:`parse_json`,
+:func:`check_object`, :func:`kind`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import numbers
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Union
+
+from khar_mmsa.config.fields import MODALITIES
 
 logger = logging.getLogger(f"MMSA.{__name__}")
 
@@ -37,12 +40,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["StateFileError", "ForeignFileError", "WRITTEN_BY", "written_by_us", "GUARD_FIELDS", "guard_settings",
            "set_aside", "load_checkpoint", "load_checkpoint_config", "load_seeds_file", "load_adapter_cache",
-           "parse_manifest_line", "load_manifest", "load_tune_marker", "load_tune_table", "MANIFEST_EVENTS",
-           "manifest_line", "append_manifest_record"]
+           "read_json", "parse_json", "check_object", "kind", "MARKER_KEY", "PathLike"]
 
-#: Events a sweep manifest line may record (experiments/sweep.py's Manifest.record).
-MANIFEST_EVENTS = ("start", "done", "failed")
-_MANIFEST_KEYS = {"event", "run_id", "identity", "title", "time", "executor", "outcome", "error"}
 _CHECKPOINT_CONFIG_KEYS = {"model_name": str, "dataset_name": str, "config": dict}
 #: KHaRConfig settings that bound what a run may allocate.  They come from the user's call or
 #: config, never from a file we read back: a checkpoint's ``.pth.json`` saying
@@ -50,9 +49,8 @@ _CHECKPOINT_CONFIG_KEYS = {"model_name": str, "dataset_name": str, "config": dic
 GUARD_FIELDS = ("max_model_memory_gib",)
 _SEEDS_KEYS = {"key": str, "results": dict}
 _ADAPTER_KEYS = {"fingerprint": str, "states": dict, "labels": dict, "config": dict}
-_MODALITIES = ("t", "a", "v")
 #: The marker key of our state files (optional when read: files written before it lack it).
-_MARKER_KEY = {"written_by": str}
+MARKER_KEY = {"written_by": str}
 
 
 class StateFileError(ValueError):
@@ -148,7 +146,7 @@ _JSON_TYPE_NAMES = {dict: "a JSON object", list: "a JSON list", str: "a string",
                     int: "an integer", bool: "true/false", type(None): "null"}
 
 
-def _kind(value: Any, json_names: bool = True) -> str:
+def kind(value: Any, json_names: bool = True) -> str:
     if json_names:
         for t, name in _JSON_TYPE_NAMES.items():
             if type(value) is t:
@@ -156,17 +154,17 @@ def _kind(value: Any, json_names: bool = True) -> str:
     return f"a {type(value).__name__}"
 
 
-def _read_json(path: PathLike, what: str) -> Any:
+def read_json(path: PathLike, what: str) -> Any:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: {what} not found")
     raw = p.read_bytes()
     if not raw.strip():
         raise StateFileError(p, f"{what} is empty (truncated when it was written?)")
-    return _parse_json(raw, p, what)
+    return parse_json(raw, p, what)
 
 
-def _parse_json(raw: Union[bytes, str], path: PathLike, what: str) -> Any:
+def parse_json(raw: Union[bytes, str], path: PathLike, what: str) -> Any:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
@@ -178,14 +176,14 @@ def _parse_json(raw: Union[bytes, str], path: PathLike, what: str) -> Any:
                                    f"column {exc.colno}; truncated or corrupt)") from exc
 
 
-def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, type],
+def check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, type],
                   optional: Optional[Mapping[str, type]] = None, json_names: bool = True) -> None:
     """``obj`` is a dict with every ``required`` key, no key outside ``required``/``optional``,
     and each value of the given type (types named as JSON's unless ``json_names`` is False)."""
     at = ""
     if not isinstance(obj, dict):
         expected = "a JSON object" if json_names else "a dict"
-        raise StateFileError(path, f"{what}{at} is {_kind(obj, json_names)}, expected {expected} "
+        raise StateFileError(path, f"{what}{at} is {kind(obj, json_names)}, expected {expected} "
                                    f"with keys {sorted(required)}")
     optional = dict(optional or {})
     missing = [k for k in required if k not in obj]
@@ -197,7 +195,7 @@ def _check_object(path: PathLike, obj: Any, what: str, required: Mapping[str, ty
                                    f"{sorted(set(required) | set(optional))})")
     for key, t in {**required, **optional}.items():
         if key in obj and not (isinstance(obj[key], t) and not (t is not bool and isinstance(obj[key], bool))):
-            raise StateFileError(path, f"{what}{at}: '{key}' is {_kind(obj[key], json_names)}, expected "
+            raise StateFileError(path, f"{what}{at}: '{key}' is {kind(obj[key], json_names)}, expected "
                                        f"{_JSON_TYPE_NAMES.get(t, t.__name__)}")
 
 
@@ -261,8 +259,8 @@ def load_checkpoint_config(path: PathLike, settings: Optional[Mapping[str, Any]]
     of ``max_model_memory_gib`` is never used (logged and dropped)."""
     from khar_mmsa.config import ConfigError, KHaRConfig
     what = "checkpoint config"
-    obj = _read_json(path, what)
-    _check_object(path, obj, what, _CHECKPOINT_CONFIG_KEYS)
+    obj = read_json(path, what)
+    check_object(path, obj, what, _CHECKPOINT_CONFIG_KEYS)
     fields = {f.name for f in dataclasses.fields(KHaRConfig)}
     unknown = sorted(k for k in obj["config"] if k not in fields)
     if unknown:
@@ -288,18 +286,18 @@ def load_seeds_file(path: PathLike) -> Dict[str, Any]:
     table>": length}``.  Every seed is an integer, every seed has at least one
     metric and every metric is a finite number (a row with no metrics is damage, not a result)."""
     what = "seeds file"
-    obj = _read_json(path, what)
-    _check_object(path, obj, what, _SEEDS_KEYS, {**_MARKER_KEY, "appending": dict})
+    obj = read_json(path, what)
+    check_object(path, obj, what, _SEEDS_KEYS, {**MARKER_KEY, "appending": dict})
     for table, length in obj.get("appending", {}).items():
         if not isinstance(length, int) or isinstance(length, bool) or length < 0:
-            raise StateFileError(path, f"{what}: appending[{table!r}] is {_kind(length)}, expected a length >= 0")
+            raise StateFileError(path, f"{what}: appending[{table!r}] is {kind(length)}, expected a length >= 0")
     for seed, metrics in obj["results"].items():
         try:
             int(seed)
         except ValueError:
             raise StateFileError(path, f"{what}: seed {seed!r} is not an integer") from None
         if not isinstance(metrics, dict) or not metrics:
-            raise StateFileError(path, f"{what}: seed {seed} has {_kind(metrics) if not isinstance(metrics, dict) else 'no metrics'}, "
+            raise StateFileError(path, f"{what}: seed {seed} has {kind(metrics) if not isinstance(metrics, dict) else 'no metrics'}, "
                                        f"expected an object of metric values")
         for name, value in metrics.items():
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
@@ -317,150 +315,10 @@ def load_adapter_cache(path: PathLike) -> Dict[str, Any]:
     't', 'a', 'v', every state a dict of tensors."""
     what = "adapter cache"
     obj = _torch_file(path, what)
-    _check_object(path, obj, what, _ADAPTER_KEYS, _MARKER_KEY, json_names=False)
+    check_object(path, obj, what, _ADAPTER_KEYS, MARKER_KEY, json_names=False)
     for m, state in obj["states"].items():
-        if m not in _MODALITIES:
+        if m not in MODALITIES:
             raise StateFileError(path, f"{what}: 'states' has modality {m!r}, expected one of "
-                                       f"{list(_MODALITIES)}")
+                                       f"{list(MODALITIES)}")
         _tensor_dict(path, state, f"{what}: states[{m!r}]")
     return obj
-
-
-# --------------------------------------------------------------------------------------------
-# sweep manifest
-# --------------------------------------------------------------------------------------------
-def parse_manifest_line(line: str, path: PathLike, lineno: int) -> Dict[str, Any]:
-    """One record of ``sweep-manifest.jsonl`` (experiments/sweep.py): a JSON object with
-    ``event`` (start, done or failed) and ``run_id`` strings; a ``done`` record carries
-    ``outcome`` = ``{"result": {...}, ...}``, a ``failed`` one an ``error`` string.  Errors name
-    ``path:lineno``."""
-    where = f"{Path(path)}:{lineno}"
-    what = "manifest record"
-    rec = _parse_json(line, where, what)
-    _check_object(where, rec, what, {"event": str, "run_id": str},
-                  {"identity": object, "title": str, "time": str, "executor": str,
-                   "outcome": dict, "error": str})
-    if rec["event"] not in MANIFEST_EVENTS:
-        raise StateFileError(where, f"{what}: event {rec['event']!r}, expected one of {list(MANIFEST_EVENTS)}")
-    if rec["event"] == "done":
-        if "outcome" not in rec:
-            raise StateFileError(where, f"{what}: a 'done' record lacks 'outcome'")
-        result = rec["outcome"].get("result")
-        if not isinstance(result, dict):
-            raise StateFileError(where, f"{what}: the 'done' record's outcome lacks its 'result' object")
-        _check_done_result(where, result, what)
-    return rec
-
-
-#: What a 'done' record's ``result`` holds where the sweep's tables read it (the rest is the
-#: runner's own): ``metrics`` an object of numbers, ``row`` an object (execute.mmsa_run_one).
-_DONE_RESULT_OBJECTS = ("metrics", "row")
-
-
-def _check_done_result(where: str, result: Mapping[str, Any], what: str) -> None:
-    """A 'done' record's ``result``: each of :data:`_DONE_RESULT_OBJECTS` it has is a JSON object,
-    and ``metrics`` maps names to numbers (a list or a string there is damage: the run runs again)."""
-    for key in _DONE_RESULT_OBJECTS:
-        if key in result and not isinstance(result[key], dict):
-            raise StateFileError(where, f"{what}: the 'done' record's result[{key!r}] is {_kind(result[key])}, "
-                                        f"expected a JSON object")
-    for name, value in result.get("metrics", {}).items():
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise StateFileError(where, f"{what}: the 'done' record's metric {name!r} is {_kind(value)}, "
-                                        f"expected a number")
-
-
-def manifest_line(rec: Mapping[str, Any]) -> bytes:
-    """One manifest record as its line: sorted-key JSON and a newline (so every record of ours
-    starts with ``{"error": `` or ``{"event": ``, what :func:`append_manifest_record` knows a cut
-    record of ours by)."""
-    return (json.dumps(dict(rec), sort_keys=True, default=str) + "\n").encode("utf-8")
-
-
-#: How a record of ours starts (sorted keys: 'error' or 'event' first; every record has 'event').
-_OUR_RECORD_STARTS = (b'{"error": ', b'{"event": ')
-
-
-def append_manifest_record(path: PathLike, rec: Mapping[str, Any]) -> None:
-    """Append ``rec`` to the manifest as one whole line of its own (the driver holds the sweep lock).
-
-    A last line of ours that a killed driver cut is removed first, with a warning quoting it
-    (:func:`khar_mmsa.io.files.repair_torn_last_line`); a partial last line someone else wrote
-    is left as it is and our record starts on a new line, so it cannot swallow the record (the
-    reader ignores that foreign line with a warning).  The file is never written through a link."""
-    from khar_mmsa.io.files import append_whole, repair_torn_last_line
-    p = Path(path)
-    if p.exists():
-        repair_torn_last_line(p, lambda head, tail: tail.startswith(_OUR_RECORD_STARTS), "manifest record")
-    append_whole(p, manifest_line(rec), own_line=True)
-
-
-def load_manifest(path: PathLike) -> Tuple[List[Dict[str, Any]], List[StateFileError]]:
-    """Every usable record of a sweep manifest, in order, and one :class:`StateFileError` per line
-    that is not (a line cut by a killed driver, a list, a record without ``run_id``...), each also
-    logged as a warning.  A run whose only records are damaged counts as never run, so it runs
-    again.  A missing file: ``([], [])``."""
-    p = Path(path)
-    if not p.is_file():
-        return [], []
-    records, damaged = [], []
-    with open(p, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                records.append(parse_manifest_line(raw.decode("utf-8", "replace"), p, n))
-            except StateFileError as exc:
-                logger.warning(f"{exc} Ignored: the run it records runs again.")
-                damaged.append(exc)
-    return records, damaged
-
-
-# --------------------------------------------------------------------------------------------
-# tune files
-# --------------------------------------------------------------------------------------------
-def load_tune_marker(path: PathLike) -> Dict[str, Any]:
-    """The tune search's best-checkpoint marker (``<model>-<dataset>-tune-best.json``,
-    integration/tune.py): ``{"candidate": "<the candidate's JSON>"}``, the candidate itself a JSON
-    object."""
-    what = "tune best-checkpoint marker"
-    obj = _read_json(path, what)
-    _check_object(path, obj, what, {"candidate": str}, _MARKER_KEY)
-    candidate = _parse_json(obj["candidate"], path, f"{what}'s candidate")
-    if not isinstance(candidate, dict):
-        raise StateFileError(path, f"{what}: the candidate is {_kind(candidate)}, expected a JSON object")
-    return obj
-
-
-def load_tune_table(path: PathLike) -> Any:
-    """The tune CSV (``<res_save_dir>/tune/<dataset>-<model>.csv``) as a pandas DataFrame: it must
-    parse, have a ``candidate`` column whose cells are JSON objects, and ``Valid_*`` columns that
-    are numbers (or empty).  Never read through a link (:class:`~khar_mmsa.io.files.UnsafePathError`);
-    which keys a candidate may set is the tune search's check (``integration/tune/table.py``)."""
-    import pandas as pd
-
-    from khar_mmsa.io.files import open_no_follow
-    p = Path(path)
-    try:
-        fd = open_no_follow(p, os.O_RDONLY, "read")  # a link is refused before anything is read through it
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{p}: tune table not found") from None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            table = pd.read_csv(f)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StateFileError(p, f"tune table is not a readable CSV ({type(exc).__name__}: {first})") from exc
-    if "candidate" not in table.columns:
-        raise StateFileError(p, f"tune table lacks the 'candidate' column (columns: {list(table.columns)})")
-    for i, cell in enumerate(table["candidate"]):
-        try:
-            ok = isinstance(json.loads(str(cell)), dict)
-        except json.JSONDecodeError:
-            ok = False
-        if not ok:
-            raise StateFileError(p, f"tune table row {i + 1}: candidate {cell!r} is not a JSON object")
-    for col in (c for c in table.columns if str(c).startswith("Valid_")):
-        if not pd.api.types.is_numeric_dtype(table[col]):
-            raise StateFileError(p, f"tune table column {col!r} holds non-numbers")
-    return table

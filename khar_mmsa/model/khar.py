@@ -1,7 +1,7 @@
 """The KHaR network (§3.1, Figure 2): harvest -> refine -> project -> fuse.
 
 ``KHaR(cfg)`` takes the run's checked :class:`KHaRConfig` (MMSA's EasyDict is converted once, where
-MMSA hands it over: :func:`khar_mmsa.integration.model_and_trainer.khar_settings`).
+MMSA hands it over: :func:`khar_mmsa.runs.model_and_trainer.khar_settings`).
 ``forward`` returns raw outputs only: the prediction ``'M'`` (MMSA's key) plus what the criterion and
 the benchmarks need (the bottleneck's mu and sigma, each MoE's router outputs, the features); no
 loss term is computed here (see :mod:`khar_mmsa.losses.criterion`).

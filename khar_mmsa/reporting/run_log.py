@@ -1,4 +1,4 @@
-"""The log handlers of one run (``MMSA_run`` / :func:`khar_mmsa.integration.runner.run`).
+"""The log handlers of one run (``MMSA_run`` / :func:`khar_mmsa.runs.runner.run`).
 
 MMSA's two handlers -- ``<log_dir>/<model>-<dataset>.log`` at DEBUG and the console at
 ``verbose_level`` -- are added to the ``'MMSA'`` logger for the run and removed after it; they get
@@ -51,7 +51,7 @@ def run_log(log_dir: Path, model_name: str, dataset_name: str, verbose_level: Op
         mmsa_logger.setLevel(logging.DEBUG)
     token = object()
     this_run = _ThisRunOnly(token)
-    from khar_mmsa.io.files import NoFollowFileHandler
+    from khar_mmsa.io.appends import NoFollowFileHandler
     file_handler = NoFollowFileHandler(Path(log_dir) / f"{model_name}-{dataset_name}.log")  # a link: refused
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))

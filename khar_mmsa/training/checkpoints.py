@@ -113,3 +113,7 @@ class SeedCheckpoint:
     def finish_training(self) -> None:
         """Training of this seed is over: its resume state is no longer needed."""
         self.resume_path.unlink(missing_ok=True)
+
+
+class MissingCheckpointError(RuntimeError):
+    """Training finished without writing the checkpoint that is about to be tested."""

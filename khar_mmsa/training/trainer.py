@@ -8,11 +8,11 @@ the last completed epoch after an interruption (``<model_save_path>.resume``) an
 run (:mod:`khar_mmsa.reporting.curves`).  The loop is :func:`khar_mmsa.training.loop.fit`; each of
 those is one of its callbacks (:mod:`khar_mmsa.training.callbacks`).  Which files are kept or
 removed is decided by :class:`khar_mmsa.training.checkpoints.SeedCheckpoint`, the one owner of their
-life cycle (a whole run's finished seeds are the runner's: :mod:`khar_mmsa.integration.run_state`).
+life cycle (a whole run's finished seeds are the runner's: :mod:`khar_mmsa.runs.run_state`).
 
 What trains comes from the typed ``config`` (the run's one checked
 :class:`~khar_mmsa.config.KHaRConfig`, converted from MMSA's ``args`` where MMSA hands them over:
-:func:`khar_mmsa.integration.model_and_trainer.khar_settings`); where files are and how the process
+:func:`khar_mmsa.runs.model_and_trainer.khar_settings`); where files are and how the process
 runs from ``args`` (``model_save_path``, ``device``, the feature files), to which the runner adds:
 
 * ``seed``: the run's seed value (default: ``torch.initial_seed()``, the seed MMSA's
@@ -107,7 +107,7 @@ class KHaRTrainer(Task):
     #: :class:`SeedCheckpoint`.
     owns_checkpoint_life_cycle = True
     #: ``do_test`` reports MMSA's metrics for the dataset, then ``Loss``, as MMSA's trainers do
-    #: (:mod:`khar_mmsa.integration.run_metrics` checks results headers against them before work).
+    #: (:mod:`khar_mmsa.runs.run_metrics` checks results headers against them before work).
     reports_mmsa_metrics = True
     name = "KHaR"
 

@@ -15,10 +15,10 @@ import torch
 torch.set_num_threads(1)
 
 import khar_mmsa  # noqa: E402,F401  (registers 'khar')
-import khar_mmsa.io.files as files  # noqa: E402
+import khar_mmsa.io.appends as appends  # noqa: E402
 from MMSA import MMSA_run  # noqa: E402
 
-real_append_whole = files.append_whole
+real_append_whole = appends.append_whole
 
 
 def append_then_die(path, data, own_line=False):
@@ -27,6 +27,6 @@ def append_then_die(path, data, own_line=False):
     return real_append_whole(path, data, own_line)
 
 
-files.append_whole = append_then_die
+appends.append_whole = append_then_die
 spec = json.loads(sys.argv[1])
 MMSA_run("khar", "mosi", config=spec["config"], **spec["kwargs"])

@@ -24,7 +24,7 @@ WALL_S_DECIMALS = 3
 
 
 def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
-    """khar-mmsa's runner (``MMSA_run``'s arguments, :func:`khar_mmsa.integration.runner.run`) of
+    """khar-mmsa's runner (``MMSA_run``'s arguments, :func:`khar_mmsa.runs.runner.run`) of
     ``spec.model`` on ``spec.dataset`` with ``config=spec.config, seeds=[spec.seed]`` on
     ``feature_path`` into ``spec.out_dir`` (its own checkpoints, logs and results CSV).
 
@@ -35,7 +35,7 @@ def mmsa_run_one(spec: RunSpec, feature_path: str) -> Dict[str, Any]:
     its per-epoch ``curve``, ``best_epoch``, ``epochs_run`` and ``valid`` (the validation metrics
     of the selected epoch), from a :class:`~khar_mmsa.training.callbacks.RecordHistory` callback.
     """
-    from khar_mmsa.integration.runner import run  # MMSA_run's arguments, any model; returns the row
+    from khar_mmsa.runs.runner import run  # MMSA_run's arguments, any model; returns the row
     out = Path(spec.out_dir)
     dirs = {k: out / k.replace("_dir", "") for k in ("model_save_dir", "res_save_dir", "log_dir")}
     for d in dirs.values():

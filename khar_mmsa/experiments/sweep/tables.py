@@ -60,7 +60,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]], scale: float = 1.0) -> List
     ``<metric>_std`` (population std, ``np.std``) times ``scale``, rounded to 2 decimals as MMSA
     does.  :func:`write_tables` passes unrounded rows in natural units and ``scale=100``: MMSA's
     ``round(np.mean(values) * 100, 2)``."""
-    from khar_mmsa.integration.results_files import mean_std_x100
+    from khar_mmsa.runs.results_files import mean_std_x100
     groups: Dict[tuple, List[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["model"], row.get("variant", "default")), []).append(row)

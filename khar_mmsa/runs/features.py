@@ -60,7 +60,7 @@ def file_key(path: Any) -> Optional[FileKey]:
 
 def missing_feature_message(path: str, args: Mapping[str, Any]) -> str:
     """Which argument named ``path`` and the three ways to point MMSA at the data."""
-    from khar_mmsa.integration.configs import merged_config
+    from khar_mmsa.registration.configs import merged_config
     keys = [k for k in ("custom_feature", "feature_T", "feature_A", "feature_V", "featurePath")
             if args.get(k) and str(args[k]) == str(path)]
     source = keys[0] if keys else "featurePath"

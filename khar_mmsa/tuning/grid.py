@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from khar_mmsa.integration.tune.values import json_default
+from khar_mmsa.tuning.values import json_default
 
 Axes = Sequence[Tuple[str, Optional[str], List[Any]]]
 

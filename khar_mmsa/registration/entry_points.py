@@ -29,8 +29,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Dict, Mapping, Tuple
 
-from khar_mmsa.integration.extra_models import is_extra_model
-from khar_mmsa.integration.replacements import mmsa_module, replace
+from khar_mmsa.registration.extra_models import is_extra_model
+from khar_mmsa.registration.replacements import mmsa_module, replace
 
 
 # -- the bodies: each runs as MMSA's function's code, with MMSA's globals (read none) ---------------
@@ -38,7 +38,7 @@ def body_of_MMSA_run(model_name, dataset_name, config_file, config, seeds, is_tu
                      custom_feature, feature_T, feature_A, feature_V, gpu_ids, num_workers, verbose_level,
                      model_save_dir, res_save_dir, log_dir):
     """``MMSA_run``'s body once registered: :func:`route` decides."""
-    from khar_mmsa.integration.entry_points import route
+    from khar_mmsa.registration.entry_points import route
     return route("MMSA_run", model_name, dataset_name, config_file, config, seeds, is_tune, tune_times,
                  custom_feature, feature_T, feature_A, feature_V, gpu_ids, num_workers, verbose_level,
                  model_save_dir, res_save_dir, log_dir)
@@ -46,19 +46,19 @@ def body_of_MMSA_run(model_name, dataset_name, config_file, config, seeds, is_tu
 
 def body_of_MMSA_test(config, weights_path, feature_path, gpu_id):  # noqa: N802
     """``MMSA_test``'s body once registered: :func:`route` decides."""
-    from khar_mmsa.integration.entry_points import route
+    from khar_mmsa.registration.entry_points import route
     return route("MMSA_test", config, weights_path, feature_path, gpu_id)
 
 
 def body_of_get_config_regression(model_name, dataset_name, config_file):
     """``get_config_regression``'s body once registered: :func:`route` decides."""
-    from khar_mmsa.integration.entry_points import route
+    from khar_mmsa.registration.entry_points import route
     return route("get_config_regression", model_name, dataset_name, config_file)
 
 
 def body_of_get_config_tune(model_name, dataset_name, config_file, random_choice):
     """``get_config_tune``'s body once registered: :func:`route` decides."""
-    from khar_mmsa.integration.entry_points import route
+    from khar_mmsa.registration.entry_points import route
     return route("get_config_tune", model_name, dataset_name, config_file, random_choice)
 
 
@@ -114,14 +114,14 @@ def route(name: str, *values: Any) -> Any:
         from khar_mmsa.io.names import check_run_names  # MMSA makes file names of them: first
         check_run_names(arguments["model_name"], arguments["dataset_name"])
         if is_extra_model(arguments["model_name"]):
-            from khar_mmsa.integration.runner import run
+            from khar_mmsa.runs.runner import run
             return run(**_given(name, arguments))
     elif name == "MMSA_test":
         if is_extra_model(_test_model_name(arguments["config"])):
-            from khar_mmsa.integration.mmsa_test import mmsa_test
+            from khar_mmsa.prediction.mmsa_test import mmsa_test
             return mmsa_test(**_given(name, arguments))
     else:  # get_config_<kind>: with MMSA's default file, what MMSA's JSON lacks is read from ours
-        from khar_mmsa.integration.configs import config_for, is_default_config_file, knows
+        from khar_mmsa.registration.configs import config_for, is_default_config_file, knows
         kind = name[len("get_config_"):]
         model_name, dataset_name = arguments["model_name"], arguments["dataset_name"]
         if is_default_config_file(arguments["config_file"], kind) and not knows(model_name, dataset_name, kind):

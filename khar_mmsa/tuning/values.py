@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-from khar_mmsa.integration.results_files import is_number
+from khar_mmsa.runs.results_files import is_number
 
 
 def json_default(value: Any) -> Any:

@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from khar_mmsa.io.files import atomic_open
-from khar_mmsa.io.state_files import StateFileError
+from khar_mmsa.io.state_files import (MARKER_KEY, PathLike, StateFileError, check_object, kind, parse_json,
+                                       read_json)
 from khar_mmsa.training.loop import Monitor
 
 #: Failures that belong to a candidate's settings, not to the machine or the data: such a
@@ -59,7 +61,7 @@ def check_candidates(table: Any, csv_file: Path, allowed: frozenset) -> None:
         bad = sorted(set(json.loads(str(text))) - allowed)
         if bad:
             named = ", ".join(sorted(allowed)) if len(allowed) <= 12 else \
-                f"the {len(allowed)} of khar_mmsa.integration.tune.hyperparameters"
+                f"the {len(allowed)} of khar_mmsa.tuning.hyperparameters"
             raise UntrustedCandidateError(
                 csv_file, f"tune table row {i + 1}: its candidate sets {bad}, which a tune table may not set: a "
                           f"candidate read back sets only hyperparameters ({named}); trust_pickle, "
@@ -72,7 +74,7 @@ def read_tune_csv(csv_file: Path, allowed: frozenset) -> Any:
     """The tune CSV as a DataFrame (None when absent or empty; a damaged one is set aside), after
     :func:`check_candidates` with ``allowed``; never read through a link."""
     from khar_mmsa.io.files import check_writable_file
-    from khar_mmsa.io.state_files import load_tune_table, set_aside
+    from khar_mmsa.io.state_files import set_aside
     check_writable_file(csv_file)  # a link (to a CSV of yours) is refused before anything is read
     if not csv_file.is_file() or csv_file.stat().st_size == 0:
         return None
@@ -88,7 +90,7 @@ def read_tune_csv(csv_file: Path, allowed: frozenset) -> Any:
 
 def best_marker(path: Path) -> Dict[str, Any]:
     """Which candidate the best checkpoint holds ({} when unknown; a damaged marker is set aside)."""
-    from khar_mmsa.io.state_files import StateFileError, load_tune_marker, set_aside
+    from khar_mmsa.io.state_files import set_aside
     if not path.is_file():
         return {}
     try:
@@ -125,3 +127,51 @@ def write_tune_csv(table: Any, csv_file: Path, key_eval: str) -> None:
 def atomic_copy(src: Path, dst: Path) -> None:
     with open(src, "rb") as source, atomic_open(dst, "wb") as target:
         shutil.copyfileobj(source, target)
+
+
+# ---- reading the table and the marker back ----------------------------------------------------
+def load_tune_marker(path: PathLike) -> Dict[str, Any]:
+    """The tune search's best-checkpoint marker (``<model>-<dataset>-tune-best.json``,
+    tuning/search.py): ``{"candidate": "<the candidate's JSON>"}``, the candidate itself a JSON
+    object."""
+    what = "tune best-checkpoint marker"
+    obj = read_json(path, what)
+    check_object(path, obj, what, {"candidate": str}, MARKER_KEY)
+    candidate = parse_json(obj["candidate"], path, f"{what}'s candidate")
+    if not isinstance(candidate, dict):
+        raise StateFileError(path, f"{what}: the candidate is {kind(candidate)}, expected a JSON object")
+    return obj
+
+
+def load_tune_table(path: PathLike) -> Any:
+    """The tune CSV (``<res_save_dir>/tune/<dataset>-<model>.csv``) as a pandas DataFrame: it must
+    parse, have a ``candidate`` column whose cells are JSON objects, and ``Valid_*`` columns that
+    are numbers (or empty).  Never read through a link (:class:`~khar_mmsa.io.files.UnsafePathError`);
+    which keys a candidate may set is the tune search's check (:func:`read_tune_table`)."""
+    import pandas as pd
+
+    from khar_mmsa.io.appends import open_no_follow
+    p = Path(path)
+    try:
+        fd = open_no_follow(p, os.O_RDONLY, "read")  # a link is refused before anything is read through it
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: tune table not found") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            table = pd.read_csv(f)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StateFileError(p, f"tune table is not a readable CSV ({type(exc).__name__}: {first})") from exc
+    if "candidate" not in table.columns:
+        raise StateFileError(p, f"tune table lacks the 'candidate' column (columns: {list(table.columns)})")
+    for i, cell in enumerate(table["candidate"]):
+        try:
+            ok = isinstance(json.loads(str(cell)), dict)
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise StateFileError(p, f"tune table row {i + 1}: candidate {cell!r} is not a JSON object")
+    for col in (c for c in table.columns if str(c).startswith("Valid_")):
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            raise StateFileError(p, f"tune table column {col!r} holds non-numbers")
+    return table

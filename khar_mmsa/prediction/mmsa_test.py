@@ -8,7 +8,7 @@ unpickler (``khar_mmsa.io.pickles``; a pickle that would run code is refused;
 
 * For 'khar' (``MMSA_test('khar', weights, features)`` after ``import khar_mmsa``, which sends
   'khar' here) the model is rebuilt from the checkpoint's saved config and tensors
-  (:func:`khar_mmsa.integration.predict.predict_file`), not from the sample's shapes; a whole MMSA
+  (:func:`khar_mmsa.prediction.predict.predict_file`), not from the sample's shapes; a whole MMSA
   feature pickle is predicted split by split.
 * For MMSA's own models it is MMSA's own ``MMSA_test`` body on the checked sample (pickled again,
   from the checked arrays, into a temporary file that MMSA's plain ``pickle.load`` reads).
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from khar_mmsa.config import normalize_bools
-from khar_mmsa.integration.devices import cuda_available
-from khar_mmsa.integration.extra_models import EXTRA_MODELS, is_extra_model
-from khar_mmsa.integration.replacements import mmsa_module, require_registration
-from khar_mmsa.integration.samples import check_sample
+from khar_mmsa.runs.devices import cuda_available
+from khar_mmsa.registration.extra_models import EXTRA_MODELS, is_extra_model
+from khar_mmsa.registration.replacements import mmsa_module, require_registration
+from khar_mmsa.prediction.samples import check_sample
 
 logger = logging.getLogger("MMSA")
 
@@ -79,7 +79,7 @@ def mmsa_test(config: Any, weights_path: Any, feature_path: Any, gpu_id: Optiona
     trusted = test_args.get("trust_pickle") or False
     device = "cpu" if gpu_id < 0 else f"cuda:{gpu_id}"
     if is_extra_model(test_args.get("model_name", "")):
-        from khar_mmsa.integration.predict import predict_file
+        from khar_mmsa.prediction.predict import predict_file
         return predict_file(weights_path, feature_path, test_args, device=device, trusted=trusted)
     sample = load_pickle(feature_path, trusted=trusted)
     check_sample(sample, str(feature_path))

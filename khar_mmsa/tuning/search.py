@@ -1,6 +1,6 @@
 """The tune loop: candidates trained and scored on validation, the selected one tested once.
 
-See :mod:`khar_mmsa.integration.tune` for what it promises; this module holds the loop
+See :mod:`khar_mmsa.tuning` for what it promises; this module holds the loop
 (:func:`tune_by_validation`) and the selection (:func:`select_and_test`).
 """
 from __future__ import annotations
@@ -10,15 +10,15 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from khar_mmsa.integration.results_files import is_number
-from khar_mmsa.integration.run_metrics import check_key_eval
-from khar_mmsa.integration.tune.candidate import (base_tune_args, candidate_args, candidate_features,
+from khar_mmsa.runs.results_files import is_number
+from khar_mmsa.runs.run_metrics import check_key_eval
+from khar_mmsa.tuning.candidate import (base_tune_args, candidate_args, candidate_features,
                                                   score_on_test, train_candidate)
-from khar_mmsa.integration.tune.config_file import write_mmsa_config
-from khar_mmsa.integration.tune.grid import candidate_key, grid_axes, grid_size, hyperparameters, pick_candidates
-from khar_mmsa.integration.tune.table import (append_row, atomic_copy, best_marker, best_valid, done_candidates,
+from khar_mmsa.tuning.config_file import write_mmsa_config
+from khar_mmsa.tuning.grid import candidate_key, grid_axes, grid_size, hyperparameters, pick_candidates
+from khar_mmsa.tuning.table import (append_row, atomic_copy, best_marker, best_valid, done_candidates,
                                               is_candidate_failure, read_tune_csv, tune_csv_path, write_tune_csv)
-from khar_mmsa.integration.tune.values import cell
+from khar_mmsa.tuning.values import cell
 from khar_mmsa.io.files import atomic_write_text
 from khar_mmsa.io.state_files import WRITTEN_BY
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, default_folder

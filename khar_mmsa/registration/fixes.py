@@ -29,7 +29,7 @@ import builtins
 import logging
 from typing import Any
 
-from khar_mmsa.integration.replacements import mmsa_module, replace
+from khar_mmsa.registration.replacements import mmsa_module, replace
 
 logger = logging.getLogger(f"MMSA.{__name__}")
 
@@ -71,7 +71,7 @@ class TorchForMMSARun:
         return getattr(self._torch, name)
 
     def __repr__(self) -> str:
-        return f"<{self._torch!r} as MMSA.run sees it (khar_mmsa.integration.mmsa_fixes)>"
+        return f"<{self._torch!r} as MMSA.run sees it (khar_mmsa.registration.fixes)>"
 
 
 def plain_round(number: Any, ndigits: Any = None) -> Any:

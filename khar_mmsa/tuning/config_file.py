@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from khar_mmsa.config import RUN_PLACE_KEYS
-from khar_mmsa.integration.tune.values import json_value, jsonable
+from khar_mmsa.tuning.values import json_value, jsonable
 from khar_mmsa.io.files import atomic_write_text
 
 #: ``args`` keys that describe the run, not the config (left out of the best-config JSON).

@@ -12,7 +12,7 @@ rounded to two decimals; ``pd.read_csv`` gives float columns.
 
 Both files are appended under an exclusive lock on ``<file>.lock`` (:mod:`khar_mmsa.io.locks`: never
 through a link, removed on release), so runs finishing together never lose a row.  Appends are whole
-(:func:`khar_mmsa.io.files.append_whole`: ``O_APPEND | O_NOFOLLOW``, one checked write, fsync,
+(:func:`khar_mmsa.io.appends.append_whole`: ``O_APPEND | O_NOFOLLOW``, one checked write, fsync,
 truncated back on failure) and a run's row goes to both tables or to neither.  Nothing is written
 to a temporary file and renamed: existing rows stay where they are, byte for byte.  A complete last
 row without a final newline (a hand edit) is kept and the next row starts on a line of its own; a
@@ -114,7 +114,7 @@ def is_tidy(path: Path) -> bool:
 def _read(path: Path, first_line: bool = False) -> Optional[bytes]:
     """The bytes of ``path`` (only its first line with ``first_line``); None when absent, never
     through a link."""
-    from khar_mmsa.io.files import open_no_follow
+    from khar_mmsa.io.appends import open_no_follow
     try:
         fd = open_no_follow(path, os.O_RDONLY, "read")
     except FileNotFoundError:
@@ -204,7 +204,7 @@ def _is_metric_cell(text: str) -> bool:
 
 
 def _repair(path: Path) -> None:
-    from khar_mmsa.io.files import repair_torn_last_line
+    from khar_mmsa.io.appends import repair_torn_last_line
     if path.exists():
         repair_torn_last_line(path, _ours, "results row")
 
@@ -214,9 +214,9 @@ def check_results_files(paths: Sequence[Path], metrics_wanted: Optional[Sequence
     regular file or absent (never a link), writable, with a header of ours
     (:func:`header_metrics`: no BOM, no other layout) and parses as CSV; when both exist they name
     the same metrics, and when ``metrics_wanted`` (the run's metrics, in order:
-    :func:`khar_mmsa.integration.run_metrics.result_columns`) is given, exactly those in that
+    :func:`khar_mmsa.runs.run_metrics.result_columns`) is given, exactly those in that
     order -- the row the run will append.  A last line cut by a killed append is removed first
-    (:func:`khar_mmsa.io.files.repair_torn_last_line`, one warning)."""
+    (:func:`khar_mmsa.io.appends.repair_torn_last_line`, one warning)."""
     import pandas as pd
 
     from khar_mmsa.io.locks import check_lock_path
@@ -294,7 +294,7 @@ def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]], started: Optiona
     A new file gets a header; an existing file's rows are left byte for byte; a row whose
     columns differ from its file's header is refused (:class:`ResultsFileError`) before any file
     is written.  Each line is written whole or not at all
-    (:func:`khar_mmsa.io.files.append_whole`: one checked write, fsync, truncated back on a
+    (:func:`khar_mmsa.io.appends.append_whole`: one checked write, fsync, truncated back on a
     failure such as a full disk), and when a later file fails, the earlier ones are cut back:
     a run's row is in both tables or in neither.
 
@@ -302,7 +302,7 @@ def append_rows(rows: Sequence[Tuple[Path, Mapping[str, Any]]], started: Optiona
     rerun through a journal the caller keeps: ``on_start({path: length})`` is called, under the
     locks, before the first append; a rerun passes what it recorded as ``started``, and the row is
     then appended only to the files it has not reached yet (:func:`_already_appended`)."""
-    from khar_mmsa.io.files import append_whole, truncate_back
+    from khar_mmsa.io.appends import append_whole, truncate_back
     for path, _ in rows:
         path.parent.mkdir(parents=True, exist_ok=True)
     with _THREAD_LOCK, contextlib.ExitStack() as locks:

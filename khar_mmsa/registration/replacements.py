@@ -2,8 +2,8 @@
 
 :func:`replace` sets one attribute of one MMSA object and records ``(object, attribute, original)``;
 :func:`restore_all` puts every original back, last first.  The two registration steps
-(:func:`khar_mmsa.integration.mmsa_additions.add_to_mmsa` and
-:func:`khar_mmsa.integration.mmsa_fixes.fix_mmsa`) replace names only through here.
+(:func:`khar_mmsa.registration.additions.add_to_mmsa` and
+:func:`khar_mmsa.registration.fixes.fix_mmsa`) replace names only through here.
 """
 from __future__ import annotations
 

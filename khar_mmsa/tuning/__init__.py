@@ -3,7 +3,7 @@
 MMSA 2.2.1's ``MMSA_run(..., is_tune=True)`` trains candidates drawn from ``config_tune.json`` and
 scores **each on the test split** (``MMSA/run.py``, tune branch: the validation line is commented
 out), so picking the best row of its CSV selects hyperparameters on test.  The runner
-(:mod:`khar_mmsa.integration.runner`) sends tuning calls to :func:`tune_by_validation` instead, for
+(:mod:`khar_mmsa.runs.runner`) sends tuning calls to :func:`tune_by_validation` instead, for
 every model it runs ('khar' through ``MMSA_run``; MMSA's own through ``khar_mmsa.run`` and the
 command line -- MMSA's own ``MMSA_run(..., is_tune=True)`` for them is left as MMSA made it):
 
@@ -39,7 +39,7 @@ Learning rates of ``'khar'``: ``learning_rate`` (everything but the text encoder
 drawn ``learning_rate`` (Table 5 uses one rate for both).
 
 :func:`train_candidate`, :func:`base_tune_args`, :func:`grid_axes`, :func:`candidate_args` and
-:func:`write_mmsa_config` are also what the Ray Tune search (:mod:`khar_mmsa.experiments.ray_tune`) runs, so a
+:func:`write_mmsa_config` are also what the Ray Tune search (:mod:`khar_mmsa.tuning.ray_tune`) runs, so a
 Ray trial trains and validates exactly like a candidate here.
 
 =======================  ===========================================================================
@@ -53,14 +53,14 @@ module                   what it holds
 :mod:`.values`           grid values as JSON, CSV cells and plain numbers
 =======================  ===========================================================================
 """
-from khar_mmsa.integration.tune.candidate import (Candidate, EpochHook, attach_epoch_hook, base_tune_args,
+from khar_mmsa.tuning.candidate import (Candidate, EpochHook, attach_epoch_hook, base_tune_args,
                                                   candidate_args, candidate_features, score_on_test,
                                                   train_candidate, use_device, with_epoch_hook)
-from khar_mmsa.integration.tune.config_file import RUNTIME_KEYS, write_mmsa_config
-from khar_mmsa.integration.tune.grid import (candidate_key, grid_axes, grid_point, grid_size, hyperparameters,
+from khar_mmsa.tuning.config_file import RUNTIME_KEYS, write_mmsa_config
+from khar_mmsa.tuning.grid import (candidate_key, grid_axes, grid_point, grid_size, hyperparameters,
                                              pick_candidates)
-from khar_mmsa.integration.tune.search import select_and_test, tune_by_validation
-from khar_mmsa.integration.tune.table import (CANDIDATE_FAILURES, UntrustedCandidateError, best_marker, best_valid,
+from khar_mmsa.tuning.search import select_and_test, tune_by_validation
+from khar_mmsa.tuning.table import (CANDIDATE_FAILURES, UntrustedCandidateError, best_marker, best_valid,
                                               done_candidates, read_tune_csv)
 from khar_mmsa.training.loop import LOWER_IS_BETTER
 from khar_mmsa.training.seeding import seed_everything

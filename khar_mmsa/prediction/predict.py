@@ -29,7 +29,7 @@ from khar_mmsa.model.khar import KHaR
 from khar_mmsa.io.pickles import load_pickle
 from khar_mmsa.io.state_files import guard_settings, load_checkpoint, load_checkpoint_config
 from khar_mmsa.data.validation import FeatureValidationError, validate_features
-from khar_mmsa.integration.samples import check_length, check_sample
+from khar_mmsa.prediction.samples import check_length, check_sample
 from khar_mmsa.mmsa_conventions import SPLITS
 
 logger = logging.getLogger(f"MMSA.{__name__}")

@@ -8,11 +8,11 @@ therefore extends those functions so that they *add* our keys and otherwise do e
 * ``MMDataset.__init__`` / ``MetricsTop.__init__``: dataset key ``'simsv2'``, loaded and scored by
   MMSA's SIMS code (:data:`.extra_models.EXTRA_DATASETS`);
 * ``MMSA.data_loader.pickle``: serves feature files our runner has already read with the
-  restricted unpickler and checked (:mod:`.features`); any other file is read by ``pickle.load``
+  restricted unpickler and checked (:mod:`khar_mmsa.runs.features`); any other file is read by ``pickle.load``
   as before;
 * the bodies of ``MMSA_run``, ``MMSA_test``, ``get_config_regression`` and ``get_config_tune``
   (:mod:`.entry_points`, the same way for all four, whatever the import order): a call for 'khar'
-  goes to our runner (:func:`.runner.run`) / :func:`.mmsa_test.mmsa_test`; with MMSA's default
+  goes to our runner (:func:`khar_mmsa.runs.runner.run`) / :func:`khar_mmsa.prediction.mmsa_test.mmsa_test`; with MMSA's default
   config file, a model or dataset MMSA's JSON lacks is read from ours (:func:`.configs.config_for`);
   every other call runs MMSA's own body, unchanged.
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
-from khar_mmsa.integration.entry_points import route_entry_points
-from khar_mmsa.integration.extra_models import EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS
-from khar_mmsa.integration.features import FeatureServer
-from khar_mmsa.integration.replacements import mmsa_module, replace
+from khar_mmsa.registration.entry_points import route_entry_points
+from khar_mmsa.registration.extra_models import EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS
+from khar_mmsa.runs.features import FeatureServer
+from khar_mmsa.registration.replacements import mmsa_module, replace
 
 
 def add_to_mmsa() -> None:
@@ -53,7 +53,7 @@ def _amio_init(original: Callable) -> Callable:
             self.MODEL_MAP.update(EXTRA_MODELS)
             return
         # MMSA 2.2.1's AMIO.__init__ for a key MMSA's MODEL_MAP lacks (same attributes)
-        from khar_mmsa.integration.model_and_trainer import init_amio
+        from khar_mmsa.runs.model_and_trainer import init_amio
         init_amio(self, args, factory)
     return __init__
 

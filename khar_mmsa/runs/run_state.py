@@ -7,7 +7,7 @@ over all seeds; a file with another key is ignored (one log line) and replaced; 
 set aside as ``<name>.damaged-<k>`` (kept, named in the log) and every seed trains.  Before the
 row is appended, the file also records each results table's length (``appending``), so that a
 rerun after a kill between the two appends appends the row only to the table that lacks it
-(:func:`khar_mmsa.integration.results_files.append_rows`).  The runner removes the file once the
+(:func:`khar_mmsa.runs.results_files.append_rows`).  The runner removes the file once the
 run's row is written.
 """
 from __future__ import annotations
@@ -75,7 +75,7 @@ class RunState:
         return self.results.get(str(seed))
 
     def record(self, seed: int, result: Mapping[str, Any]) -> None:
-        from khar_mmsa.integration.results_files import is_number
+        from khar_mmsa.runs.results_files import is_number
         self.results[str(seed)] = {k: float(v) for k, v in result.items() if is_number(v)}
         self._write()
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Optional, Tuple
 
-from khar_mmsa.integration.extra_models import EXTRA_MODELS, is_extra_model, metrics_for
-from khar_mmsa.integration.replacements import mmsa_module
+from khar_mmsa.registration.extra_models import EXTRA_MODELS, is_extra_model, metrics_for
+from khar_mmsa.registration.replacements import mmsa_module
 
 
 def init_amio(amio: Any, args: Any, build_network: Callable[[Any], Any]) -> None:
@@ -36,7 +36,7 @@ def khar_settings(args: Mapping[str, Any]) -> Any:
     :class:`~khar_mmsa.config.KHaRConfig` (:meth:`~khar_mmsa.config.KHaRConfig.from_mmsa_args`;
     MMSA's and the runner's own keys ignored); raises :class:`~khar_mmsa.config.ConfigError` (or
     ``ConfigTypeError``) naming each bad key, its value and the allowed range.  The runner calls it
-    before any data is read (:func:`.extra_models.check_model_settings`), MMSA's ``AMIO(args)`` /
+    before any data is read (:func:`khar_mmsa.registration.extra_models.check_model_settings`), MMSA's ``AMIO(args)`` /
     ``ATIO().getTrain(args)`` through :func:`khar_network` / :func:`khar_trainer`."""
     from khar_mmsa.config import KHaRConfig
     return KHaRConfig.from_mmsa_args(args)

@@ -1,9 +1,9 @@
 """The model and dataset keys khar-mmsa adds to MMSA, and what the runner asks of them.
 
 :data:`EXTRA_MODELS` / :data:`EXTRA_TRAINERS` are what MMSA's ``AMIO`` / ``ATIO`` tables gain
-(:mod:`.mmsa_additions`), for a caller that goes through MMSA's own classes: each takes MMSA's
+(:mod:`.additions`), for a caller that goes through MMSA's own classes: each takes MMSA's
 ``args`` and converts them once (:data:`EXTRA_SETTINGS`) before it builds the network or trainer,
-which take the typed config only; the runner names KHaR's classes itself (:mod:`.model_and_trainer`).
+which take the typed config only; the runner names KHaR's classes itself (:mod:`khar_mmsa.runs.model_and_trainer`).
 :data:`EXTRA_DATASETS` maps each extra dataset key to the MMSA dataset whose loader and metrics it
 shares.
 """
@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Mapping
 
-from khar_mmsa.integration.replacements import mmsa_module
+from khar_mmsa.registration.replacements import mmsa_module
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class LazyTrainer(LazyClass):
         return self.resolve()(args, metrics=metrics_for(args["dataset_name"]))
 
 
-_BUILDERS = "khar_mmsa.integration.model_and_trainer"
+_BUILDERS = "khar_mmsa.runs.model_and_trainer"
 #: Extra model keys for ``AMIO``'s ``MODEL_MAP``: MMSA's ``args`` -> the network.
 EXTRA_MODELS: Dict[str, LazyClass] = {"khar": LazyClass(_BUILDERS, "khar_network")}
 #: Extra model keys for ``ATIO``'s ``TRAIN_MAP``: MMSA's ``args`` -> the trainer.

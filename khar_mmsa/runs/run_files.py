@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, List, Mapping
 
-from khar_mmsa.integration.results_files import check_results_files, results_csv_path, tidy_csv_path
+from khar_mmsa.runs.results_files import check_results_files, results_csv_path, tidy_csv_path
 
 
 class RunFileError(OSError):
@@ -24,7 +24,7 @@ class RunFileError(OSError):
 
 def files_to_write(args: Mapping[str, Any], settings: Any, log_dir: Path) -> List[Path]:
     """The files a run of ``args`` writes outside the results tables (see the module docstring)."""
-    from khar_mmsa.integration.extra_models import is_extra_model
+    from khar_mmsa.registration.extra_models import is_extra_model
     from khar_mmsa.training.checkpoints import SeedCheckpoint
     checkpoint = SeedCheckpoint(args["model_save_path"])
     paths = list(checkpoint.files) if is_extra_model(args["model_name"]) else [checkpoint.path]
@@ -77,6 +77,6 @@ def check_run_files(args: Mapping[str, Any], settings: Any, res_dir: Path, datas
     adapters = adapter_path(args, settings)
     if adapters is not None:
         check_adapter_file(adapters, own_name=not getattr(settings, "pretrained_adapters_path", None))
-    from khar_mmsa.integration.run_metrics import result_columns
+    from khar_mmsa.runs.run_metrics import result_columns
     check_results_files([results_csv_path(res_dir, dataset_name), tidy_csv_path(res_dir, dataset_name)],
                         result_columns(args["model_name"], dataset_name))

@@ -7,7 +7,7 @@ models), ``assign_gpu`` -- in this order:
 
 1. check the model and dataset names (:func:`khar_mmsa.io.names.check_run_names`: they become file
    names), the seeds and the output folders, and open the run's log file (never through a link);
-2. tuning (``is_tune=True``) goes to :func:`.tune.tune_by_validation`, which selects on validation;
+2. tuning (``is_tune=True``) goes to :func:`khar_mmsa.tuning.tune_by_validation`, which selects on validation;
 3. build the config once (MMSA's default JSON with ours, a ``config_file``, ``config`` overrides)
    and check the model's settings before any file is read ('khar': the one typed
    :class:`~khar_mmsa.config.KHaRConfig` of the run, passed down to the model and trainer);
@@ -32,18 +32,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from khar_mmsa.config import normalize_bools
-from khar_mmsa.integration.checkpoints import MissingCheckpointError
-from khar_mmsa.integration.configs import config_for
-from khar_mmsa.integration.devices import choose_device, cuda_available, log_thread_hint
-from khar_mmsa.integration.extra_models import check_model_settings
-from khar_mmsa.integration.features import file_key, load_features, make_loaders
-from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
-from khar_mmsa.integration.output_folders import check_output_folders
-from khar_mmsa.integration.replacements import require_registration
-from khar_mmsa.integration.results_files import is_number, summarize, tidy_csv_path, write_run_row
-from khar_mmsa.integration.run_files import check_run_files
-from khar_mmsa.integration.run_metrics import check_key_eval
-from khar_mmsa.integration.run_state import RunState, run_key
+from khar_mmsa.training.checkpoints import MissingCheckpointError
+from khar_mmsa.registration.configs import config_for
+from khar_mmsa.runs.devices import choose_device, cuda_available, log_thread_hint
+from khar_mmsa.registration.extra_models import check_model_settings
+from khar_mmsa.runs.features import file_key, load_features, make_loaders
+from khar_mmsa.runs.model_and_trainer import build_model_and_trainer
+from khar_mmsa.runs.output_folders import check_output_folders
+from khar_mmsa.registration.replacements import require_registration
+from khar_mmsa.runs.results_files import is_number, summarize, tidy_csv_path, write_run_row
+from khar_mmsa.runs.run_files import check_run_files
+from khar_mmsa.runs.run_metrics import check_key_eval
+from khar_mmsa.runs.run_state import RunState, run_key
 from khar_mmsa.io.names import check_run_names
 from khar_mmsa.reporting.run_log import run_log
 from khar_mmsa.mmsa_conventions import MMSA_DEFAULT_SEEDS, SeedError, check_seed  # noqa: F401 (runner.SeedError)
@@ -63,7 +63,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
     ``do_test`` gave them (natural units, unrounded: what MMSA averages into the row).
 
     Returns the numeric results row (``Model``, ``seeds``, ``<Metric>`` and ``<Metric>_std`` x100);
-    with ``is_tune=True``, what :func:`.tune.tune_by_validation` returns.  ``num_workers=None``:
+    with ``is_tune=True``, what :func:`khar_mmsa.tuning.tune_by_validation` returns.  ``num_workers=None``:
     0 loader workers without CUDA, else MMSA's 4.  ``gpu_ids=None``: MMSA's default ``[0]``
     (on a machine without CUDA the CPU, without the warning given GPU ids get)."""
     require_registration()
@@ -78,7 +78,7 @@ def run(model_name: str, dataset_name: str, config_file: Optional[str] = None,
     with run_log(folders["log_dir"], model_name, dataset_name, verbose_level):
         logger.info(f"{'=' * 40} {model_name} on {dataset_name} {'=' * 40}")
         if is_tune:
-            from khar_mmsa.integration.tune import tune_by_validation
+            from khar_mmsa.tuning import tune_by_validation
             return tune_by_validation(model_name, dataset_name, config_file=config_file, config=config,
                                       seeds=seeds, tune_times=tune_times, custom_feature=custom_feature,
                                       feature_T=feature_T, feature_A=feature_A, feature_V=feature_V,

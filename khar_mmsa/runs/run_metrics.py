@@ -12,7 +12,7 @@ import functools
 from typing import Any, List, Mapping, Optional
 
 from khar_mmsa.config.errors import ConfigError
-from khar_mmsa.integration.extra_models import EXTRA_TRAINER_CLASSES, metrics_for
+from khar_mmsa.registration.extra_models import EXTRA_TRAINER_CLASSES, metrics_for
 
 #: The metric every trainer adds after MMSA's metric function's (the L1 of the prediction).
 LOSS_METRIC = "Loss"

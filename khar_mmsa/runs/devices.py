@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-from khar_mmsa.integration.replacements import mmsa_module
+from khar_mmsa.registration.replacements import mmsa_module
 
 logger = logging.getLogger(f"MMSA.{__name__}")
 

@@ -6,7 +6,7 @@ Needs the ``ray`` extra (``pip install -e ".[ray]"``).  :func:`search`:
   MMSA's, or the file given), each parameter a ``tune.choice`` -- the same grid as
   ``MMSA_run(..., is_tune=True)``;
 * each trial builds its config like MMSA's tune mode and trains it with
-  :func:`khar_mmsa.integration.tune.train_candidate`, the same training code and validation as
+  :func:`khar_mmsa.tuning.train_candidate`, the same training code and validation as
   ``MMSA_run``; after every epoch it reports ``valid_<KeyEval>`` so the ASHA scheduler can stop
   poor trials early.  The test split is never scored in a trial;
 * each trial reserves ``cpus_per_trial`` CPUs and ``gpus_per_trial`` GPUs (a fraction shares a GPU);
@@ -74,7 +74,7 @@ def _require_ray() -> Any:
 def search_space(base: Mapping[str, Any]) -> Dict[str, Any]:
     """``tune.choice`` per ``d_paras`` parameter (a dict of choices for a nested one)."""
     tune = _require_ray()
-    from khar_mmsa.integration.tune import grid_axes
+    from khar_mmsa.tuning import grid_axes
     space: Dict[str, Any] = {}
     for item, key, choices in grid_axes(base):
         if key is None:
@@ -93,9 +93,9 @@ def _trial(params: Dict[str, Any], *, base: Dict[str, Any], overrides: Dict[str,
     import torch
     from ray import tune
 
-    from khar_mmsa.integration import register
+    from khar_mmsa.registration import register
     register()  # 'khar' and the MMSA fixes in this worker
-    from khar_mmsa.integration.tune import candidate_args, seed_everything, train_candidate, use_device
+    from khar_mmsa.tuning import candidate_args, seed_everything, train_candidate, use_device
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     _log_to(trial_dir / "mmsa.log")
@@ -127,9 +127,9 @@ def preflight(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Tuple[in
     Returns ``(grid points checked, invalid ones, grid size)``; raises :class:`TuneSetupError` when every
     checked point is invalid or the feature file cannot be read or does not fit the config.
     """
-    from khar_mmsa.integration.features import load_features
-    from khar_mmsa.integration.extra_models import check_model_settings
-    from khar_mmsa.integration.tune import candidate_args, grid_axes, grid_point, grid_size
+    from khar_mmsa.runs.features import load_features
+    from khar_mmsa.registration.extra_models import check_model_settings
+    from khar_mmsa.tuning import candidate_args, grid_axes, grid_point, grid_size
     axes = grid_axes(base)
     size = grid_size(axes)
     checked, invalid = 0, 0
@@ -240,7 +240,7 @@ def _log_to(path: Path) -> None:
     if _TRIAL_LOG["handler"] is not None:
         mmsa_logger.removeHandler(_TRIAL_LOG["handler"])
         _TRIAL_LOG["handler"].close()
-    from khar_mmsa.io.files import NoFollowFileHandler
+    from khar_mmsa.io.appends import NoFollowFileHandler
     handler = NoFollowFileHandler(path)  # a link at the trial log's place is refused, not followed
     handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
     mmsa_logger.addHandler(handler)
@@ -267,9 +267,9 @@ def search(model: str, dataset: str, *, config_file: Optional[str] = None, confi
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from khar_mmsa.integration import register
+    from khar_mmsa.registration import register
     register()
-    from khar_mmsa.integration.tune import base_tune_args, candidate_args, write_mmsa_config
+    from khar_mmsa.tuning import base_tune_args, candidate_args, write_mmsa_config
     from khar_mmsa.training.loop import LOWER_IS_BETTER
     model, dataset = model.lower(), dataset.lower()
     out_dir = Path(out_dir).resolve()
@@ -338,7 +338,7 @@ def _portable(base: Mapping[str, Any]) -> Dict[str, Any]:
 
 def test_best(outcome: SearchOutcome, seed: int = 1111, out_dir: os.PathLike = "ray-tune/test-best") -> Dict[str, Any]:
     """Train the selected config once with ``MMSA_run(config_file=...)`` and return its test row."""
-    from khar_mmsa.integration.runner import run
+    from khar_mmsa.runs.runner import run
     out = Path(out_dir)
     return run(outcome.model, outcome.dataset, config_file=str(outcome.config_file), seeds=[seed],
                     model_save_dir=str(out / "models"), res_save_dir=str(out / "results"),

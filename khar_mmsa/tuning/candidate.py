@@ -2,7 +2,7 @@
 
 Same loader, model, trainer and early stopping as a run (:func:`build_model_and_trainer`: KHaR's
 own classes for 'khar', MMSA's ``AMIO``/``ATIO`` for MMSA's models); the best checkpoint is scored
-on the **validation** split only.  The Ray Tune search (:mod:`khar_mmsa.experiments.ray_tune`) runs
+on the **validation** split only.  The Ray Tune search (:mod:`khar_mmsa.tuning.ray_tune`) runs
 the same functions, so a Ray trial trains and validates exactly like a candidate here.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
-from khar_mmsa.integration.devices import choose_device, cuda_available
-from khar_mmsa.integration.extra_models import is_extra_model
-from khar_mmsa.integration.features import feature_files, file_key, load_features, make_loaders
-from khar_mmsa.integration.model_and_trainer import build_model_and_trainer
-from khar_mmsa.integration.tune.values import plain
+from khar_mmsa.runs.devices import choose_device, cuda_available
+from khar_mmsa.registration.extra_models import is_extra_model
+from khar_mmsa.runs.features import feature_files, file_key, load_features, make_loaders
+from khar_mmsa.runs.model_and_trainer import build_model_and_trainer
+from khar_mmsa.tuning.values import plain
 from khar_mmsa.io.files import safe_torch_load
 from khar_mmsa.mmsa_conventions import default_folder
 from khar_mmsa.training.checkpoints import SeedCheckpoint
@@ -31,7 +31,7 @@ def base_tune_args(model_name: str, dataset_name: str, config_file: Any = None,
                    feature_A: Optional[str] = None, feature_V: Optional[str] = None) -> Any:
     """MMSA's tune-branch ``initial_args``: ``get_config_tune`` without the random draw (the
     ``d_paras`` entries stay lists), plus the device and feature paths ``MMSA_run`` adds."""
-    from khar_mmsa.integration.configs import config_for
+    from khar_mmsa.registration.configs import config_for
     if config_file is not None and str(config_file) != "" and not Path(config_file).is_file():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(config_file))
     args = config_for(model_name, dataset_name, "tune", config_file or None, random_choice=False)
@@ -136,7 +136,7 @@ def train_candidate(args: Any, num_workers: int = 0, on_epoch_end: Optional[Epoc
     attach_epoch_hook(trainer, on_epoch_end)
     trainer.do_train(model, dataloader, return_epoch_results=False)
     if not checkpoint.exists():
-        from khar_mmsa.integration.checkpoints import MissingCheckpointError
+        from khar_mmsa.training.checkpoints import MissingCheckpointError
         raise MissingCheckpointError(
             f"{args['model_name']} on {args['dataset_name']}: training finished without writing a checkpoint "
             f"to {checkpoint} (no epoch improved the validation {args.get('KeyEval')!r})")

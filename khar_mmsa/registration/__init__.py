@@ -1,9 +1,21 @@
 """Registration: what ``import khar_mmsa`` does to MMSA 2.2.1, in two named steps.
 
-1. :func:`.mmsa_additions.add_to_mmsa` -- what it *adds*: model ``'khar'``, dataset ``'simsv2'``,
+=========================  =========================================================================
+module                     what it holds
+=========================  =========================================================================
+:mod:`.additions`          step 1, what it adds: model 'khar', dataset 'simsv2', their configs, the
+                           ``MMSA_run`` / ``MMSA_test`` routes for 'khar'
+:mod:`.entry_points`       the bodies of MMSA_run, MMSA_test and the config getters: the routes
+:mod:`.fixes`              step 2, the fixes MMSA's own models need on today's torch, numpy, a CPU
+:mod:`.replacements`       every replaced MMSA name with its original, to put back
+:mod:`.extra_models`       the added model/dataset keys, MMSA's metrics for them, the settings check
+:mod:`.configs`            MMSA's default config JSON with ours (shipped in the wheel) merged in
+=========================  =========================================================================
+
+1. :func:`.additions.add_to_mmsa` -- what it *adds*: model ``'khar'``, dataset ``'simsv2'``,
    their configs, and the ``MMSA_run`` / ``MMSA_test`` routes for ``'khar'`` (every other call is
    MMSA's own body, unchanged; :mod:`.entry_points`);
-2. :func:`.mmsa_fixes.fix_mmsa` -- the *fixes* MMSA's own models need on today's torch, numpy and
+2. :func:`.fixes.fix_mmsa` -- the *fixes* MMSA's own models need on today's torch, numpy and
    a CPU (``MMSA.run.torch``, ``MMSA.run.round``, three ``ReduceLROnPlateau``): the only
    replacements that change what MMSA's own models do.
 
@@ -24,11 +36,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from khar_mmsa.integration.extra_models import (EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS, LazyClass,
+from khar_mmsa.registration.extra_models import (EXTRA_DATASETS, EXTRA_MODELS, EXTRA_TRAINERS, LazyClass,
                                                 LazyTrainer, check_model_settings, is_extra_model, metrics_for)
-from khar_mmsa.integration.mmsa_additions import add_to_mmsa
-from khar_mmsa.integration.mmsa_fixes import fix_mmsa
-from khar_mmsa.integration.replacements import (LOCK, is_registered, mmsa_module, registered_names,
+from khar_mmsa.registration.additions import add_to_mmsa
+from khar_mmsa.registration.fixes import fix_mmsa
+from khar_mmsa.registration.replacements import (LOCK, is_registered, mmsa_module, registered_names,
                                                 restore_all)
 
 logger = logging.getLogger("MMSA")
