@@ -172,12 +172,13 @@ def test_wheel_imported_first_registers_when_mmsa_is_imported_and_trains_khar(wh
                        model_save_dir='m', res_save_dir='r', log_dir='l')
         print("MAE", row["MAE"])
     """, tmp_path, python=str(wheel_venv))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"FROM {wheel_venv.parents[1]}" in done.stdout  # the wheel's copy, not the source tree
-    assert "MMSA LOADED BY IMPORT False" in done.stdout
-    assert "LOOKED UP True False" in done.stdout, done.stdout
-    assert "REGISTERED True" in done.stdout, done.stdout
-    assert "ROUTED True" in done.stdout
+    report = f"{done.stdout}\n{done.stderr[-3000:]}"  # each check below names what it saw
+    assert f"FROM {wheel_venv.parents[1]}" in done.stdout, report  # the wheel's copy, not the source tree
+    assert "MMSA LOADED BY IMPORT False" in done.stdout, report
+    assert "LOOKED UP True False" in done.stdout, report
+    assert "REGISTERED True" in done.stdout, report
+    assert "ROUTED True" in done.stdout, report
+    assert done.returncode == 0, report
     assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()
 
 
