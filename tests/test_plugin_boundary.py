@@ -39,22 +39,6 @@ def test_light_modules_do_not_load_mmsa_or_torch(tmp_path: Path) -> None:
     assert "HEAVY []" in done.stdout
 
 
-def test_looking_mmsa_up_without_loading_it_does_not_use_up_the_registration(tmp_path: Path) -> None:
-    """``importlib.util.find_spec('MMSA')`` (what ``--help`` does to list MMSA's keys) between
-    ``import khar_mmsa`` and the first real import of MMSA: MMSA is still registered when it loads."""
-    done = _python("""
-        import importlib.util, sys
-        import khar_mmsa
-        from khar_mmsa import registration
-        assert importlib.util.find_spec("MMSA") is not None and "MMSA" not in sys.modules
-        import MMSA.run
-        from khar_mmsa.registration.entry_points import body_of_MMSA_run
-        print("REGISTERED", registration.is_registered(), MMSA.run.MMSA_run.__code__ is body_of_MMSA_run.__code__)
-    """, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "REGISTERED True True" in done.stdout
-
-
 def test_mmsa_own_run_after_import_leaves_every_file_as_mmsa_would(tmp_path: Path, tiny_features,
                                                                    mmsa_run_kwargs, fast_mmsa,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,25 +151,34 @@ def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_imported_first_registers_when_mmsa_is_imported_and_trains_khar(wheel_venv: Path, tmp_path: Path,
                                                                              tiny_features, tiny_bert) -> None:
-    """In a fresh process: ``import khar_mmsa`` (the wheel's copy) loads no MMSA; ``from MMSA import
-    MMSA_run`` then binds the routed function, which trains 'khar'."""
+    """In a fresh process: ``import khar_mmsa`` (the wheel's copy) loads no MMSA;
+    ``importlib.util.find_spec('MMSA')`` (what ``--help`` does to list MMSA's keys) before the first
+    real import of MMSA does not use up the registration; ``from MMSA import MMSA_run`` then binds
+    the routed function, which trains 'khar'.  (One interpreter for both: each import of MMSA in a
+    fresh one costs seconds; a used-up or missing registration shows as REGISTERED / ROUTED False.)"""
     config = dict(TINY_KHAR, pretrained=str(tiny_bert), featurePath=str(tiny_features("mosi")))
     done = _python(f"""
-        import sys, khar_mmsa
+        import importlib.util, sys, khar_mmsa
         print("FROM", khar_mmsa.__file__)
         print("MMSA LOADED BY IMPORT", "MMSA" in sys.modules)
+        print("LOOKED UP", importlib.util.find_spec("MMSA") is not None, "MMSA" in sys.modules)
         from MMSA import MMSA_run
         import MMSA.run
+        from khar_mmsa import registration
         from khar_mmsa.registration.entry_points import body_of_MMSA_run
+        print("REGISTERED", registration.is_registered())
         print("ROUTED", MMSA_run is MMSA.run.MMSA_run and MMSA_run.__code__ is body_of_MMSA_run.__code__)
         row = MMSA_run('khar', 'mosi', config={config!r}, seeds=[1], gpu_ids=[], num_workers=0, verbose_level=0,
                        model_save_dir='m', res_save_dir='r', log_dir='l')
         print("MAE", row["MAE"])
     """, tmp_path, python=str(wheel_venv))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"FROM {wheel_venv.parents[1]}" in done.stdout  # the wheel's copy, not the source tree
-    assert "MMSA LOADED BY IMPORT False" in done.stdout
-    assert "ROUTED True" in done.stdout
+    report = f"{done.stdout}\n{done.stderr[-3000:]}"  # each check below names what it saw
+    assert f"FROM {wheel_venv.parents[1]}" in done.stdout, report  # the wheel's copy, not the source tree
+    assert "MMSA LOADED BY IMPORT False" in done.stdout, report
+    assert "LOOKED UP True False" in done.stdout, report
+    assert "REGISTERED True" in done.stdout, report
+    assert "ROUTED True" in done.stdout, report
+    assert done.returncode == 0, report
     assert (tmp_path / "r" / "normal" / "mosi.csv").is_file()
 
 

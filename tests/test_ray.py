@@ -148,53 +148,64 @@ def test_compare_through_ray_gives_the_local_table(tmp_path, tiny_bert, ray_clus
     assert ours["MAE_mean"].map(math.isfinite).all()
 
 
-def test_ray_tune_search_returns_a_config_that_mmsa_run_accepts(tmp_path, tiny_features, tiny_bert, ray_cluster,
-                                                               mmsa_run_kwargs, fast_mmsa, caplog,
-                                                               monkeypatch) -> None:
+def test_ray_tune_search_through_the_command_line_returns_a_config_that_mmsa_run_accepts(
+        tmp_path, tiny_features, tiny_bert, ray_cluster, mmsa_run_kwargs, fast_mmsa, caplog, capsys,
+        monkeypatch) -> None:
+    """``python -m khar_mmsa tune`` on the defaults, shrunk only in size: adapter pretraining stays on
+    (its epochs run in each trial, and the per-epoch report sees only the main training's); the
+    :func:`ray_tune.search` outcome it prints is checked too, and the config file it writes trains
+    with ``MMSA_run``.  One Tune run serves both (each costs a Tune start and a trial actor that
+    imports MMSA): the search's two options without a flag (``search_seed``, ``progress_interval_s``)
+    are added to the command line's call."""
+    from khar_mmsa import cli
     from khar_mmsa.tuning import ray_tune
+    from conftest import TINY_KHAR_SIZE
     from MMSA import MMSA_run
+    search, outcomes = ray_tune.search, []
+
+    def spied(*args, **kwargs):
+        outcomes.append(search(*args, **dict(kwargs, search_seed=0, progress_interval_s=0.0)))
+        return outcomes[-1]
+    monkeypatch.setattr(ray_tune, "search", spied)
     grid = {"learning_rate": [1e-3, 1e-4], "contrastive_weight": [0.0, 0.1]}
     config_file = tune_config_file(tmp_path, "khar", grid)
-    overrides = dict(TINY_KHAR, pretrained=str(tiny_bert), epochs=2, early_stop=2)
+    sizes = dict(TINY_KHAR_SIZE, epochs=2, early_stop=2, pretrain_epochs=1, pretrained=str(tiny_bert))
     feature = Path(os.path.relpath(tiny_features("mosi")))  # as typed, relative to the working folder
     with caplog.at_level("INFO", logger="MMSA"):
-        outcome = ray_tune.search("khar", "mosi", config_file=str(config_file), config=overrides,
-                                  custom_feature=str(feature), seed=1, num_samples=2, grace_period=1,
-                                  reduction_factor=2, cpus_per_trial=1, out_dir=tmp_path / "tune", search_seed=0,
-                                  progress_interval_s=0.0, max_concurrent=1)  # one trial actor, reused: one MMSA import
+        code = cli.main(["tune", "-m", "khar", "-d", "mosi", "-c", str(config_file), "--custom-feature", str(feature),
+                         "--samples", "2", "-s", "1", "--out", str(tmp_path / "tune"), "--threads", "1",
+                         "--grace-period", "1", "--reduction-factor", "2", "--cpus-per-trial", "1",
+                         "--max-concurrent", "1",  # one trial actor, reused: one MMSA import
+                         *[a for k, v in sizes.items() for a in ("--set", f"{k}={v}")]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert len(outcomes) == 1
+    outcome = outcomes[0]
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ray Tune: ") and "trials ended" in r.getMessage()]
     assert progress and progress[-1].startswith("Ray Tune: 2/2 trials ended (0 failed), 0 running, best valid_Loss")
     assert outcome.trials == 2 and outcome.metric == "valid_Loss" and outcome.mode == "min"
     assert set(outcome.best_params) == set(grid)
     assert all(outcome.best_params[k] in v for k, v in grid.items())
-    # validation reported every epoch; the best is the lowest validation loss any epoch reached
+    # validation reported every epoch of the main training (none of pretraining's); the best is the
+    # lowest validation loss any epoch reached
     history = pd.concat([r.metrics_dataframe for r in outcome.results if r.metrics_dataframe is not None])
     assert set(history["epoch"]) == {1, 2}
     assert outcome.best_value == pytest.approx(history["valid_Loss"].min())
     assert "Test_Loss" not in history.columns and not any(c.startswith("test") for c in history.columns)
+    printed = re.search(r"best by validation valid_Loss = (\d+\.\d{4}) \(2 trials, epochs trained per trial "
+                        r"\[(\d+), (\d+)\]\)", out)
+    assert printed, out
+    assert printed.group(1) == f"{outcome.best_value:.4f}"
+    epochs = [int(printed.group(2)), int(printed.group(3))]
+    assert epochs == outcome.epochs_per_trial and 2 in epochs and set(epochs) <= {1, 2}, out  # ASHA may stop one at 1
+    trial_logs = list((tmp_path / "tune").rglob("mmsa.log"))
+    assert len(trial_logs) == 2 and all("Pretraining adapters" in p.read_text() for p in trial_logs)
     # the written config file is in MMSA's schema and MMSA_run trains from it
     written = json.loads(Path(outcome.config_file).read_text())
     params = written["khar"]["datasetParams"]["mosi"]
     assert {k: params[k] for k in grid} == outcome.best_params and params["epochs"] == 2
     assert written["datasetCommonParams"]["mosi"]["unaligned"]["featurePath"] == str(tiny_features("mosi").resolve())
+    assert f"config file: {outcome.config_file}" in out
     monkeypatch.chdir(tmp_path)  # -c from another folder
     row = MMSA_run("khar", "mosi", config_file=str(outcome.config_file), **mmsa_run_kwargs)
     assert row["Model"] == "khar" and math.isfinite(row["MAE"])
-
-
-def test_ray_tune_cli_with_adapter_pretraining_as_shipped_trains_every_trial(tmp_path, tiny_features, tiny_bert,
-                                                                           ray_cluster, capsys) -> None:
-    """``python -m khar_mmsa tune`` on the defaults, shrunk only in size: adapter pretraining stays on
-    (its epochs run in each trial, and the per-epoch report sees only the main training's)."""
-    from khar_mmsa import cli
-    from conftest import TINY_KHAR_SIZE
-    config_file = tune_config_file(tmp_path, "khar", {"learning_rate": [1e-3]})
-    sizes = dict(TINY_KHAR_SIZE, epochs=2, early_stop=2, pretrain_epochs=1, pretrained=str(tiny_bert))
-    code = cli.main(["tune", "-m", "khar", "-d", "mosi", "-c", str(config_file), "--custom-feature",
-                     str(tiny_features("mosi")), "--samples", "1", "-s", "1", "--out", str(tmp_path / "tune"),
-                     "--threads", "1", *[a for k, v in sizes.items() for a in ("--set", f"{k}={v}")]])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert re.search(r"best by validation valid_Loss = \d+\.\d{4} \(1 trials, epochs trained per trial \[2\]\)", out), out
-    trial_logs = list((tmp_path / "tune").rglob("mmsa.log"))
-    assert len(trial_logs) == 1 and "Pretraining adapters" in trial_logs[0].read_text()
