@@ -4,8 +4,8 @@ the attention kernel at KHaR's shapes (16-wide heads).
     python -m benchmarks.attention --quick --threads 1    # MOSI shapes, the paper's Table 5 config
     python -m benchmarks.attention --smoke                # seconds (tests)
 
-Two measurements in one process, each beside the fp32 2048x2048 matmul rate measured right before
-and after it:
+Two measurements in one process, each beside the fp32 2048x2048 matmul rate (``--smoke``: 256x256)
+measured right before and after it:
 
 * **the kernel**: ``scaled_dot_product_attention`` forward and backward at the shapes KHaR's audio and
   vision encoders and adapters run at (batch 16; the frames of the speed benchmark's planted MOSI
@@ -26,17 +26,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from . import common
 from .common import Timer
+from .rates import MATMUL_N
 
 logger = logging.getLogger("MMSA")
 
 SETTINGS = {
     # (b, h, n, d_head): the attention calls of a KHaR step at MOSI shapes (profiled): audio cut to
     # 354 frames and vision to 494, adapters with 4 heads and encoders with 8, d_m 128 -> 16 wide
+    # matmul_n: the reference matmul's size (smoke: small, its test checks the rates' arithmetic, not the rate)
     "quick": {"shapes": [(16, 8, 494, 16), (16, 4, 494, 16), (16, 8, 354, 16), (16, 4, 354, 16)],
-              "seq_lens": (50, 375, 500), "batch": 16, "repeats": 3},
+              "seq_lens": (50, 375, 500), "batch": 16, "repeats": 3, "matmul_n": MATMUL_N},
     "full": {"shapes": [(16, 8, 494, 16), (16, 4, 494, 16), (16, 8, 354, 16), (16, 4, 354, 16)],
-             "seq_lens": (50, 375, 500), "batch": 16, "repeats": 5},
-    "smoke": {"shapes": [(2, 2, 24, 8)], "seq_lens": (8, 20, 24), "batch": 4, "repeats": 1},
+             "seq_lens": (50, 375, 500), "batch": 16, "repeats": 5, "matmul_n": MATMUL_N},
+    "smoke": {"shapes": [(2, 2, 24, 8)], "seq_lens": (8, 20, 24), "batch": 4, "repeats": 1, "matmul_n": 256},
 }
 ATTENTION_OPS = ("scaled_dot_product", "flash_attention")  # profiler op names of the SDPA kernels
 
@@ -80,7 +82,8 @@ CATEGORIES = (
 OTHER = "everything else (element-wise, LayerNorm, GELU, reductions, indexing, autograd bookkeeping)"
 
 
-def step_profile(encoder: Any, mode: str, batch_size: int, seq_lens: Sequence[int]) -> Dict[str, Any]:
+def step_profile(encoder: Any, mode: str, batch_size: int, seq_lens: Sequence[int],
+                 matmul_n: int = MATMUL_N) -> Dict[str, Any]:
     """One KHaR training step (after two warm-up steps, the first of them FLOP-counted) under
     ``torch.profiler``, its self CPU time grouped into :data:`CATEGORIES`, each with its FLOPs
     (FlopCounterMode, attention in its math form) and rate; the matmul rate right before and after."""
@@ -98,10 +101,10 @@ def step_profile(encoder: Any, mode: str, batch_size: int, seq_lens: Sequence[in
         stepper.step()
     op_flops = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
     stepper.step()
-    before = matmul_rate(cpu)
+    before = matmul_rate(cpu, matmul_n)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step_s = stepper.step()
-    rate = (before + matmul_rate(cpu)) / 2
+    rate = (before + matmul_rate(cpu, matmul_n)) / 2
     events = prof.key_averages()
     total_us = sum(e.self_cpu_time_total for e in events)
     cats: Dict[str, Dict[str, float]] = {}
@@ -148,13 +151,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     rows: List[Dict[str, Any]] = []
     with Timer() as total:
         for shape in settings["shapes"]:
-            before = matmul_rate(cpu)
+            before = matmul_rate(cpu, settings["matmul_n"])
             r = attention_rates(shape, settings["repeats"])
-            rate = (before + matmul_rate(cpu)) / 2
+            rate = (before + matmul_rate(cpu, settings["matmul_n"])) / 2
             rows.append({"shape": tuple(shape), "matmul_gflops": rate, **r})
             logger.info(f"[attention] {shape}: forward {r['forward_gflops']:.0f}, backward {r['backward_gflops']:.0f} "
                         f"GFLOP/s; matmul {rate:.0f}")
-        step = step_profile(encoder, args.mode, settings["batch"], settings["seq_lens"])
+        step = step_profile(encoder, args.mode, settings["batch"], settings["seq_lens"], settings["matmul_n"])
     table = common.markdown_table(
         ["(b, h, n, d_head)", "forward (ms)", "forward GFLOP/s", "backward (ms)", "backward GFLOP/s",
          "matmul GFLOP/s (same process)", "share of matmul rate: forward / backward"],

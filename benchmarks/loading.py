@@ -41,7 +41,7 @@ logger = logging.getLogger("MMSA")
 
 # samples (train, valid, test) and shapes (text tokens, audio frames x width, vision frames x width)
 SETTINGS = {
-    "smoke": dict(sizes=(40, 10, 10), text=8, audio=(10, 5), vision=(12, 20), repeats=1, adversarial=2 ** 16),
+    "smoke": dict(sizes=(40, 10, 10), text=8, audio=(10, 5), vision=(12, 20), repeats=1, adversarial=2 ** 12),
     "quick": dict(sizes=(16326, 1871, 4659), text=50, audio=(375, 5), vision=(500, 20), repeats=2,
                   adversarial=2 ** 22),
     "full": dict(sizes=(16326, 1871, 4659), text=50, audio=(500, 74), vision=(500, 35), repeats=2,

@@ -77,8 +77,8 @@ SETTINGS = {
     # batch, warm-up steps, timed steps, (full, task-only) pairs for the loss share, seq_lens;
     # the KHaR scaling table: audio/vision frames x batch sizes, its warm-up and timed steps;
     # matmul_n: the reference matmul's size (smoke: small, its test checks the share's arithmetic, not the rate)
-    "smoke": dict(batch=4, warmup=1, steps=2, share_pairs=2, seq_lens=(8, 10, 12),
-                  scaling_frames=(6, 12), scaling_batches=(2, 4), scaling_steps=1, matmul_n=256),
+    "smoke": dict(batch=4, warmup=1, steps=1, share_pairs=1, seq_lens=(8, 10, 12),
+                  scaling_frames=(6, 12), scaling_batches=(2,), scaling_steps=1, matmul_n=256),
     "quick": dict(batch=16, warmup=1, steps=3, share_pairs=5, seq_lens=MOSI_SEQ_LENS,
                   scaling_frames=(125, 250, 500, 1000), scaling_batches=(16, 64), scaling_steps=1, matmul_n=MATMUL_N),
     "full": dict(batch=64, warmup=3, steps=20, share_pairs=20, seq_lens=MOSI_SEQ_LENS,

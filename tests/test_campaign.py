@@ -210,6 +210,73 @@ def _cli(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=300)
 
 
+#: A worker's session that goes on: one interpreter runs ``benchmarks.campaign`` commands one after another
+#: (a JSON line ``[log file, argv]`` each on stdin), each command's stdout and stderr into its own log file,
+#: its exit status as one line on the session's own stdout.
+_SESSION = r"""
+import json, os, sys, traceback
+from benchmarks import campaign
+report = os.fdopen(os.dup(1), "w")
+for line in sys.stdin:
+    log, argv = json.loads(line)
+    sys.stdout.flush(); sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1); os.dup2(fd, 2); os.close(fd)
+    try:
+        campaign.main(argv)
+        rc = 0
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else (exc.code is not None)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        rc = 1
+    sys.stdout.flush(); sys.stderr.flush()
+    print(int(rc), file=report, flush=True)
+"""
+
+
+class _Session:
+    """``python -m benchmarks.campaign`` commands run in one interpreter, one after another, as one worker's
+    session that goes on (what a fresh process per command would pay in imports, it pays once); each call
+    returns what :func:`_cli` returns (its stderr holds the command's stdout and stderr)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.count = folder, 0
+        env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+        self.log = open(folder / "session.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-c", _SESSION], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess:
+        import threading
+        self.count += 1
+        log = self.folder / f"command{self.count}.log"
+        self.proc.stdin.write(json.dumps([str(log), list(args)]) + "\n")
+        self.proc.stdin.flush()
+        watchdog = threading.Timer(300, self.proc.kill)          # the timeout _cli has
+        watchdog.start()
+        try:
+            status = self.proc.stdout.readline()
+        finally:
+            watchdog.cancel()
+        text = log.read_text() if log.is_file() else ""
+        if not status:                                           # the session died: say how
+            text += f"\n[session ended, exit status {self.proc.wait()}]\n" + (self.folder / "session.log").read_text()
+        return subprocess.CompletedProcess(["benchmarks.campaign", *args], int(status) if status else -1, "", text)
+
+    def close(self) -> None:
+        """Ends the session: every command has answered by now (or the test failed), so it is killed rather
+        than left to tear its interpreter down."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self.log.close()
+
+
 # ---- the paired reading, recomputed by hand -------------------------------------------------------
 def _t2(q):
     """Student's t quantile with 2 degrees of freedom, in closed form: F(t) = 1/2 + t / (2 sqrt(2 + t^2))."""
@@ -329,10 +396,14 @@ def test_the_machine_note_names_each_machine_once_with_its_runs_and_load_range()
     assert "vm (1 run)" in text and "GPU box (1 run, 1-min load average at start 0.50)" in text
 
 
-def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path, labels):
+def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path, labels, request):
     work, records = tmp_path / "work", tmp_path / "records"
     common = ["--smoke", "--work", str(work), "--records", str(records), "--labels", str(labels)]
-    first = _cli("run", "--tables", "lr", *common)
+    # one worker's session trains the table, and later takes over a stale claim; every other command is a
+    # fresh process (a later session), 'held' among them: it finds the first session's records and reuses them
+    session = _Session(tmp_path / "session")
+    request.addfinalizer(session.close)
+    first = session("run", "--tables", "lr", *common)
     assert first.returncode == 0, first.stderr[-3000:]
     files = sorted(records.glob("*.json"))
     assert len(files) == len(LR_ROWS) * len(campaign_plan.SMOKE_SEEDS)
@@ -342,7 +413,7 @@ def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path,
     assert result["epochs_run"] == campaign_plan.SMOKE_EPOCHS == len(result["curve"])   # the fixed budget
     assert set(result["valid"]) >= {"MAE", "Corr"} and "MAE" in result["metrics"]
 
-    again = _cli("run", "--tables", "lr", *common)     # everything recorded: nothing trains, and it says so
+    again = session("run", "--tables", "lr", *common)  # everything recorded: nothing trains, and it says so
     assert again.returncode == 0 and "done in" not in again.stderr, again.stderr[-2000:]
     assert "nothing pending in lr" in again.stderr, again.stderr[-2000:]
 
@@ -361,10 +432,10 @@ def test_campaign_smoke_records_resumes_and_renders_from_records_alone(tmp_path,
         claim = work / "claims" / damaged.stem
         claim.write_text(f"{os.uname().nodename} {worker.pid} {psutil.Process(worker.pid).create_time():.3f}\n")
         held = _cli("run", "--tables", "lr", *common)      # a live worker holds it: nothing to do, said so
-        assert held.returncode == 0 and "done in" not in held.stderr, held.stderr[-2000:]
+        assert held.returncode == 0 and "done in" not in held.stderr, held.stderr[-2000:]   # 7 records reused
         assert f"1 pending run(s), each claimed by a live worker (process {worker.pid})" in held.stderr
         claim.write_text(f"{os.uname().nodename} {sleeper.pid} {psutil.Process(sleeper.pid).create_time():.3f}\n")
-        redone = _cli("run", "--tables", "lr", *common)
+        redone = session("run", "--tables", "lr", *common)
     finally:
         for proc in (sleeper, worker):
             proc.kill()
