@@ -287,8 +287,9 @@ def validation_predicts_test(camp: Campaign) -> str:
 
 def baseline_settings(rows: Sequence[Tuple[str, Sequence[Mapping[str, Any]]]]) -> str:
     """The settings MMSA's models ran with as their records hold them, beside MMSA's own defaults (mosi)."""
-    import MMSA
-    defaults = json.loads((Path(MMSA.__file__).parent / "config" / "config_regression.json").read_text())
+    import importlib.util
+    mmsa_folder = Path(importlib.util.find_spec("MMSA").submodule_search_locations[0])  # found, not imported
+    defaults = json.loads((mmsa_folder / "config" / "config_regression.json").read_text())
     parts = []
     for title, recs in rows:
         model = recs[0]["model"] if recs else None

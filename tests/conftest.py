@@ -39,6 +39,16 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--dist", dest="dist", default="no", help="ignored without pytest-xdist")
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every test module is imported by now (torch, transformers and MMSA with them): what they
+    allocated is moved out of the garbage collector's reach (``gc.freeze``), so the ``gc.collect()``
+    the runner and MMSA's ``MMSA_run`` make after each seed walks only what the tests create (about
+    0.26 s of CPU a call otherwise).  Objects made later are collected as usual."""
+    import gc
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.has_plugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): tests that share a worker under pytest-xdist")
