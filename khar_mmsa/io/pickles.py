@@ -42,7 +42,7 @@ from khar_mmsa.io.pickle_globals import ALLOWED_GLOBALS
 from khar_mmsa.io.pickle_machine import Machine
 from khar_mmsa.io.pickle_opcodes import OPCODES
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 PathLike = Union[str, "os.PathLike[str]"]
 

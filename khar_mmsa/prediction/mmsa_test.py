@@ -29,7 +29,7 @@ from khar_mmsa.registration.extra_models import EXTRA_MODELS, is_extra_model
 from khar_mmsa.registration.replacements import mmsa_module, require_registration
 from khar_mmsa.prediction.samples import check_sample
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 #: ``MMSA_test``'s ``gpu_id`` when the caller gives none.
 MMSA_DEFAULT_GPU_ID = 0

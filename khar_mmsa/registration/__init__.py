@@ -43,7 +43,7 @@ from khar_mmsa.registration.fixes import fix_mmsa
 from khar_mmsa.registration.replacements import (LOCK, is_registered, mmsa_module, registered_names,
                                                 restore_all)
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 __all__ = ["register", "unregister", "is_registered", "registered_names", "register_when_mmsa_is_imported",
            "EXTRA_MODELS", "EXTRA_TRAINERS", "EXTRA_DATASETS", "LazyClass", "LazyTrainer", "check_model_settings",

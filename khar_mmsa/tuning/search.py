@@ -26,7 +26,7 @@ from khar_mmsa.training.checkpoints import SeedCheckpoint
 from khar_mmsa.training.loop import Monitor
 from khar_mmsa.training.seeding import seed_everything
 
-logger = logging.getLogger("MMSA")
+logger = logging.getLogger(f"MMSA.{__name__}")
 
 
 def tune_by_validation(model_name: str, dataset_name: str, config_file: Any = None,
