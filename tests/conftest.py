@@ -155,3 +155,42 @@ def labels(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("labels") / "label.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _module_child(module: str, argv: list, errors: str, cwd: Any, env: Any, fresh_mmsa_logger: bool) -> None:
+    """The child of :func:`run_module_in_fork`: working folder and environment, standard error (fd 2 and
+    ``sys.stderr``) to ``errors``, then ``module`` run as ``python -m`` runs it (its ``SystemExit`` code
+    is the child's exit code; an uncaught exception's traceback goes to ``errors``, exit code 1)."""
+    import logging
+    import runpy
+    import sys
+    if cwd is not None:
+        os.chdir(cwd)
+    os.environ.update(env or {})
+    fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = open(2, "w", closefd=False)
+    sys.stdout = open(os.devnull, "w")
+    if fresh_mmsa_logger:  # as in a fresh interpreter
+        logging.getLogger("MMSA").handlers.clear()
+    if not hasattr(sys.modules.get(module), "__path__"):  # a module, not a package: run as __main__,
+        sys.modules.pop(module, None)                     # not found imported already
+    sys.argv = [module.rpartition(".")[2], *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def run_module_in_fork(module: str, argv: list, errors: Path, *, cwd: Any = None, env: Any = None,
+                       fresh_mmsa_logger: bool = False, timeout: float = 600) -> tuple:
+    """``python -m <module> <argv>`` in a forked child of the test process (its heavy imports done once,
+    here, as in test_sweep's killed driver): a crash there is the child's exit code, not pytest's.
+    Returns ``(exit code, standard error as text)``."""
+    import multiprocessing
+    child = multiprocessing.get_context("fork").Process(target=_module_child, args=(
+        module, list(argv), str(errors), None if cwd is None else str(cwd), env, fresh_mmsa_logger))
+    child.start()
+    child.join(timeout=timeout)
+    if child.is_alive():  # pragma: no cover - the caller's assertions fail on the exit code
+        child.kill()
+        child.join(timeout=30)
+    return child.exitcode, Path(errors).read_text() if Path(errors).is_file() else ""

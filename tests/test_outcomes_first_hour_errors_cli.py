@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_module_in_fork
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,38 +52,15 @@ def test_cli_missing_feature_file_is_one_line_before_heavy_imports_and_folders(t
     assert sorted(p.name for p in tmp_path.iterdir()) == [str(i) for i in range(len(ARGVS))], "a folder was made in HOME"
 
 
-def _transcripts_child(argv, cwd: str, errors: str) -> None:
-    """``python -m khar_mmsa.data.transcripts <argv>`` in a forked child of the test process (its heavy
-    imports done once, there): HOME and the working folder ``cwd``, standard error (fd 2 and
-    ``sys.stderr``) to ``errors``, the 'MMSA' logger without handlers as in a fresh interpreter."""
-    import logging
-    import runpy
-    os.chdir(cwd)
-    os.environ.update(_env(Path(cwd)))
-    fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stderr = open(2, "w", closefd=False)
-    sys.stdout = open(os.devnull, "w")
-    logging.getLogger("MMSA").handlers.clear()
-    sys.modules.pop("khar_mmsa.data.transcripts", None)  # run as __main__, not found imported
-    sys.argv = ["transcripts", *argv]
-    runpy.run_module("khar_mmsa.data.transcripts", run_name="__main__", alter_sys=True)
-
-
 def test_transcripts_builder_missing_label_csv_is_one_line(tmp_path, tiny_bert) -> None:
-    import multiprocessing
     work, errors = tmp_path / "work", tmp_path / "stderr.txt"
     work.mkdir()
-    child = multiprocessing.get_context("fork").Process(target=_transcripts_child, args=(
-        ["--labels", "MOSI/label.csv", "--encoder", str(tiny_bert), "--out", "t.pkl"], str(work), str(errors)))
-    child.start()
-    child.join(timeout=120)
-    if child.is_alive():  # pragma: no cover - the test fails below
-        child.kill()
-        child.join(timeout=30)
-    stderr = errors.read_text() if errors.is_file() else ""
-    assert child.exitcode == 2, (child.exitcode, stderr)
+    # ``python -m khar_mmsa.data.transcripts`` in a forked child (its heavy imports done once, here), in
+    # its own HOME and working folder, the 'MMSA' logger without handlers as in a fresh interpreter
+    exitcode, stderr = run_module_in_fork(
+        "khar_mmsa.data.transcripts", ["--labels", "MOSI/label.csv", "--encoder", str(tiny_bert), "--out", "t.pkl"],
+        errors, cwd=work, env=_env(work), fresh_mmsa_logger=True, timeout=120)
+    assert exitcode == 2, (exitcode, stderr)
     assert stderr.splitlines() == ["python -m khar_mmsa.data.transcripts: error: nothing written: label csv "
                                    "MOSI/label.csv: no such file"]
     assert not (work / "t.pkl").exists()

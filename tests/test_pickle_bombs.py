@@ -8,14 +8,10 @@ docs/mmsa-changes.md.)"""
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import pickle
 import pickletools
 import re
-import runpy
 import struct
-import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, Dict
@@ -27,7 +23,7 @@ from numpy._core.multiarray import _reconstruct  # numpy 2; pickled by name
 import khar_mmsa  # noqa: F401  (registers 'khar')
 from khar_mmsa.io.pickles import PickleSizeError, UnsafePickleError
 from MMSA import MMSA_run, MMSA_test
-from conftest import TINY_KHAR_SIZE, TINY_SEQ_LENS
+from conftest import TINY_KHAR_SIZE, TINY_SEQ_LENS, run_module_in_fork
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -403,28 +399,12 @@ def test_the_command_line_refuses_a_short_object_state_in_one_line(bomb_files, t
     argv = ["-m", "khar", "-d", "mosi", "-s", "1", "-n", "0", "--threads", "1", "--custom-feature", path,
             "--set", f"pretrained={tiny_bert}", "--model-save-dir", path + ".m", "--res-save-dir", path + ".r",
             "--log-dir", path + ".l"]
-    # ``python -m khar_mmsa <argv>`` in a forked child of the test process (MMSA imported already, as in
-    # test_sweep's killed driver): a crash there (round 4's SIGSEGV) is the child's exit code, not pytest's
-    proc = multiprocessing.get_context("fork").Process(target=_cli_child, args=(argv, str(errors)))
-    proc.start()
-    proc.join(timeout=600)
-    if proc.is_alive():  # pragma: no cover - the test fails below
-        proc.kill()
-        proc.join(timeout=30)
-    err = errors.read_text().strip() if errors.is_file() else ""
+    # ``python -m khar_mmsa <argv>`` in a forked child (MMSA imported already): a crash there (round 4's
+    # SIGSEGV) is the child's exit code, not pytest's
+    exitcode, err = run_module_in_fork("khar_mmsa", argv, errors)
+    err = err.strip()
     last = err.splitlines()[-1] if err else ""  # the log's lines come before it
-    assert proc.exitcode == 1 and "Traceback" not in err, (proc.exitcode, err)
+    assert exitcode == 1 and "Traceback" not in err, (exitcode, err)
     assert last.startswith(f"python -m khar_mmsa: error: {path}: ") and EXPECTED["object state"] in last, last
 
 
-def _cli_child(argv, errors: str) -> None:
-    """The child: standard error (fd 2 and ``sys.stderr``) to ``errors``, then the module entry point
-    run as ``python -m khar_mmsa`` runs it; its ``SystemExit`` code is the child's exit code (an
-    uncaught exception's traceback is written to ``errors`` by multiprocessing, exit code 1)."""
-    fd = os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stderr = open(2, "w", closefd=False)
-    sys.stdout = open(os.devnull, "w")
-    sys.argv = ["khar_mmsa", *argv]
-    runpy.run_module("khar_mmsa", run_name="__main__", alter_sys=True)
